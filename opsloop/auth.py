@@ -1,0 +1,238 @@
+"""API keys, roles and tenants.
+
+A key reads ``olk_<id>_<secret>``. Only the SHA-256 of the whole key is stored; the
+``id`` part finds the row, and the hashes are compared in constant time. Keys are
+random 256-bit secrets, so a fast hash is enough (there is nothing to brute-force).
+
+Roles are ordered: ``viewer < user < operator < admin``. Every key belongs to a tenant;
+``admin`` keys manage the whole platform (keys, budgets and audit of every tenant).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opsloop.audit import AuditLog
+from opsloop.db import Database
+from opsloop.errors import ConflictError, InvalidInputError, NotFoundError, UnauthorizedError
+from opsloop.tables import ApiKey, utcnow
+
+__all__ = ["KeyInfo", "KeyStore", "NewKey", "Principal", "Role"]
+
+_PREFIX = "olk"
+_TENANT_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+# Compared against when the key id is unknown, so that a miss costs what a hit costs.
+_DUMMY_HASH = hashlib.sha256(b"opsloop-no-such-key").hexdigest()
+
+
+class Role(IntEnum):
+    """What a key may do; a higher role may do everything a lower one may."""
+
+    VIEWER = 1
+    USER = 2
+    OPERATOR = 3
+    ADMIN = 4
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        """Return the role called ``name``; InvalidInputError names the allowed ones."""
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            allowed = ", ".join(r.name.lower() for r in cls)
+            raise InvalidInputError(
+                f"unknown role {name!r}; use one of {allowed}", field="role", value=name
+            ) from None
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id, tenant and role (or a local CLI operator)."""
+
+    key_id: str
+    tenant: str
+    role: Role
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this caller."""
+        return self.key_id
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A stored key, without its secret."""
+
+    id: str
+    tenant: str
+    role: Role
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as the API and the audit log show it."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "role": str(self.role),
+            "name": self.name,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly created key; the only time the secret exists in plain form."""
+
+    info: KeyInfo
+    secret: SecretStr = field(repr=False)
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _info(row: ApiKey) -> KeyInfo:
+    return KeyInfo(row.id, row.tenant, Role.parse(row.role), row.name, row.created_at, row.revoked_at)
+
+
+def check_tenant(tenant: str) -> str:
+    """Return ``tenant`` if it is a valid tenant name (lowercase, digits, - and _)."""
+    if not tenant or len(tenant) > 64 or not set(tenant) <= _TENANT_CHARS:
+        raise InvalidInputError(
+            "tenant must be 1-64 characters of a-z, 0-9, '-' and '_'", field="tenant", value=tenant
+        )
+    return tenant
+
+
+class KeyStore:
+    """Creates, lists, revokes and verifies API keys; every change is audited."""
+
+    def __init__(self, db: Database, audit: AuditLog, *, cache_seconds: float = 2.0) -> None:
+        self._db = db
+        self._audit = audit
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, str, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def create(
+        self, tenant: str, role: Role, *, name: str = "", actor: str, request_id: str | None = None
+    ) -> NewKey:
+        """Create a key for ``tenant`` with ``role``; the secret is returned only here."""
+        check_tenant(tenant)
+        key_id = secrets.token_hex(6)
+        secret = f"{_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+
+        def insert(session: Session) -> KeyInfo:
+            row = ApiKey(id=key_id, tenant=tenant, role=str(role), name=name, key_hash=_hash(secret))
+            row.created_at = utcnow()
+            session.add(row)
+            info = _info(row)
+            self._audit.record(
+                session,
+                actor=actor,
+                tenant=tenant,
+                action="key.create",
+                target=f"key:{key_id}",
+                after=info.to_dict(),
+                request_id=request_id,
+            )
+            return info
+
+        return NewKey(self._db.write(insert), SecretStr(secret))
+
+    def create_first_admin(self, *, actor: str) -> NewKey | None:
+        """Create an admin key of tenant ``default`` if no key exists yet, else None."""
+        with self._db.read() as session:
+            if session.scalar(select(ApiKey.id).limit(1)) is not None:
+                return None
+        key = self.create("default", Role.ADMIN, name="first admin", actor=actor)
+        # Two processes may both have seen an empty table; the earliest key wins.
+        with self._db.read() as session:
+            first = session.scalar(select(ApiKey.id).order_by(ApiKey.created_at, ApiKey.id).limit(1))
+        if first != key.info.id:
+            self.revoke(key.info.id, actor=actor)
+            return None
+        return key
+
+    def list(self, *, tenant: str | None = None, include_revoked: bool = False) -> list[KeyInfo]:
+        """Keys, oldest first, optionally of one tenant."""
+        query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+        if tenant is not None:
+            query = query.where(ApiKey.tenant == tenant)
+        if not include_revoked:
+            query = query.where(ApiKey.revoked_at.is_(None))
+        with self._db.read() as session:
+            return [_info(row) for row in session.scalars(query)]
+
+    def revoke(self, key_id: str, *, actor: str, request_id: str | None = None) -> KeyInfo:
+        """Revoke a key; it stops working at once here and within the cache time elsewhere."""
+
+        def update(session: Session) -> KeyInfo:
+            row = session.get(ApiKey, key_id)
+            if row is None:
+                raise NotFoundError(f"no key with id {key_id!r}", key_id=key_id)
+            if row.revoked_at is not None:
+                raise ConflictError(f"key {key_id!r} is already revoked", key_id=key_id)
+            before = _info(row).to_dict()
+            row.revoked_at = utcnow()
+            info = _info(row)
+            self._audit.record(
+                session,
+                actor=actor,
+                tenant=row.tenant,
+                action="key.revoke",
+                target=f"key:{key_id}",
+                before=before,
+                after=info.to_dict(),
+                request_id=request_id,
+            )
+            return info
+
+        info = self._db.write(update)
+        with self._lock:
+            self._cache.pop(key_id, None)
+        return info
+
+    def authenticate(self, presented: str | None) -> Principal:
+        """Return the principal of a presented key, or raise UnauthorizedError."""
+        if not presented:
+            raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
+        parts = presented.split("_")
+        key_id = parts[1] if len(parts) >= 3 and parts[0] == _PREFIX else ""
+        stored_hash, principal = self._lookup(key_id)
+        if not hmac.compare_digest(stored_hash, _hash(presented)) or principal is None:
+            raise UnauthorizedError("invalid or revoked API key")
+        return principal
+
+    def _lookup(self, key_id: str) -> tuple[str, Principal | None]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key_id)
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1], cached[2]
+        with self._db.read() as session:
+            row = session.get(ApiKey, key_id) if key_id else None
+        if row is None:
+            return _DUMMY_HASH, None
+        principal = None if row.revoked_at else Principal(row.id, row.tenant, Role.parse(row.role))
+        with self._lock:
+            self._cache[key_id] = (now, row.key_hash, principal)
+        return row.key_hash, principal

@@ -1,0 +1,140 @@
+"""The relational store: one SQLAlchemy engine, migrations, and safe write transactions.
+
+SQLite (the default) runs in WAL mode so readers never block the writer, and every
+write transaction starts with ``BEGIN IMMEDIATE`` so two processes (``opsloop serve``
+and the CLI, say) queue for the write lock instead of failing halfway through a
+transaction; a write that still finds the database locked is retried. PostgreSQL
+needs none of this and runs the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from opsloop.errors import BackendError, ConfigError
+
+__all__ = ["Database"]
+
+T = TypeVar("T")
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_WRITE = "opsloop_write"  # execution option that marks a connection for BEGIN IMMEDIATE
+_LOCK_RETRIES = 8
+
+
+class Database:
+    """Engine, sessions and migrations for one database URL."""
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000) -> None:
+        self.url = url
+        self.busy_timeout_ms = busy_timeout_ms
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether this is the embedded SQLite store."""
+        return self.url.startswith("sqlite")
+
+    @property
+    def engine(self) -> Engine:
+        """The started engine."""
+        if self._engine is None:
+            raise RuntimeError("Database.start() was not called")
+        return self._engine
+
+    def start(self) -> Database:
+        """Open the engine; returns self so it can be chained."""
+        if self._engine is not None:
+            return self
+        try:
+            if self.is_sqlite:
+                self._engine = self._sqlite_engine()
+            else:
+                self._engine = create_engine(self.url, pool_pre_ping=True)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise ConfigError(f"cannot use database URL: {exc}", setting="database_url") from exc
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        return self
+
+    def _sqlite_engine(self) -> Engine:
+        path = self.url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(self.url, connect_args={"timeout": self.busy_timeout_ms / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _configure(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event below choose how each transaction begins.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            write = conn.get_execution_options().get(_WRITE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+            self._sessions = None
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for queries; nothing it does is committed."""
+        if self._sessions is None:
+            raise RuntimeError("Database.start() was not called")
+        with self._sessions() as session:
+            yield session
+
+    def write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one write transaction and commit; retried while SQLite is locked.
+
+        ``work`` may run more than once, so it must only touch the session it is given.
+        """
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                with (
+                    self.engine.connect().execution_options(**{_WRITE: True}) as conn,
+                    Session(bind=conn, expire_on_commit=False) as session,
+                ):
+                    result = work(session)
+                    session.commit()
+                    return result
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or attempt == _LOCK_RETRIES - 1:
+                    raise BackendError(f"database write failed: {exc.orig}") from exc
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration; safe to run from several processes."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        # Two processes starting together must not both create the tables: SQLite's
+        # BEGIN IMMEDIATE (a write transaction) or a PostgreSQL advisory lock queues them.
+        with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(7283001)"))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")

@@ -1,0 +1,112 @@
+"""The opsloop exception tree; every error a client can see carries its HTTP status.
+
+    OpsloopError                 500 internal_error
+    ├── ConfigError              500 config_error      bad or missing setting
+    ├── BadRequestError          400 bad_request       malformed request (e.g. JSON)
+    ├── UnauthorizedError        401 unauthorized      missing, unknown or revoked key
+    ├── ForbiddenError           403 forbidden         key's role is too low
+    ├── NotFoundError            404 not_found         unknown model, key, alias ...
+    ├── ConflictError            409 conflict          already exists, concurrent change
+    ├── PayloadTooLargeError     413 payload_too_large body above the configured limit
+    ├── InvalidInputError        422 invalid_input     well-formed but wrong values
+    └── BackendError             502 backend_error     a dependency (MLflow, DB) failed
+
+Third-party errors are translated into the most specific of these at the boundary
+where they occur, chained with ``raise ... from exc``; serving maps them to the JSON
+error shape ``{"error": {"type", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BackendError",
+    "BadRequestError",
+    "ConfigError",
+    "ConflictError",
+    "ForbiddenError",
+    "InvalidInputError",
+    "NotFoundError",
+    "OpsloopError",
+    "PayloadTooLargeError",
+    "UnauthorizedError",
+]
+
+
+class OpsloopError(Exception):
+    """Base of every opsloop error; ``status`` and ``type`` say how clients see it."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the body of the JSON error response."""
+        return {"error": {"type": self.type, "message": self.message, "details": self.details}}
+
+
+class ConfigError(OpsloopError):
+    """A setting is missing or invalid."""
+
+    type = "config_error"
+
+
+class BadRequestError(OpsloopError):
+    """The request could not be parsed."""
+
+    status = 400
+    type = "bad_request"
+
+
+class UnauthorizedError(OpsloopError):
+    """No key, or a key that is unknown or revoked."""
+
+    status = 401
+    type = "unauthorized"
+
+
+class ForbiddenError(OpsloopError):
+    """The key is valid but its role does not allow the action."""
+
+    status = 403
+    type = "forbidden"
+
+
+class NotFoundError(OpsloopError):
+    """The named resource does not exist."""
+
+    status = 404
+    type = "not_found"
+
+
+class ConflictError(OpsloopError):
+    """The resource already exists or changed underneath the caller."""
+
+    status = 409
+    type = "conflict"
+
+
+class PayloadTooLargeError(OpsloopError):
+    """The request body is larger than the configured maximum."""
+
+    status = 413
+    type = "payload_too_large"
+
+
+class InvalidInputError(OpsloopError):
+    """The request is well-formed but a value is wrong; ``details`` names the field."""
+
+    status = 422
+    type = "invalid_input"
+
+
+class BackendError(OpsloopError):
+    """A dependency (tracking server, database, LLM backend) failed."""
+
+    status = 502
+    type = "backend_error"

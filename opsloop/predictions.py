@@ -1,0 +1,193 @@
+"""The prediction log: every /predict request, recorded off the request path.
+
+Requests hand a record to an in-memory queue and return; one writer thread inserts the
+queue in batches (one transaction per batch). A crash loses at most what was queued
+and not yet written; records that cannot be queued (the queue is full) or written (the
+store failed) are counted through ``on_dropped``, never silently lost. Ground-truth
+labels arrive later through :meth:`PredictionLog.feedback`, by request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from opsloop.db import Database
+from opsloop.errors import OpsloopError
+from opsloop.tables import Prediction, utcnow
+
+__all__ = ["FeedbackResult", "PredictionLog", "PredictionRecord"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """What one /predict request did."""
+
+    request_id: str
+    tenant: str
+    model: str
+    version: int
+    variant: str
+    inputs: list[dict[str, Any]]
+    outputs: list[Any]
+    latency_ms: float
+    at: datetime = field(default_factory=utcnow)
+    labels: list[Any] | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """Which request ids got their labels, and which could not take them."""
+
+    attached: list[str]
+    unknown: list[str]
+    rejected: dict[str, str]
+
+
+class PredictionLog:
+    """Batched, asynchronous writes of predictions; feedback by request id."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        batch_size: int = 500,
+        flush_seconds: float = 0.25,
+        max_pending: int = 100_000,
+        on_dropped: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        self._db = db
+        self._batch_size = batch_size
+        self._flush_seconds = flush_seconds
+        self._queue: queue.Queue[PredictionRecord] = queue.Queue(max_pending)
+        self._on_dropped = on_dropped
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> int:
+        """Records queued and not yet written."""
+        return self._queue.qsize()
+
+    def start(self) -> PredictionLog:
+        """Start the writer thread."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+            self._thread.start()
+        return self
+
+    def record(self, record: PredictionRecord) -> None:
+        """Queue a record; never blocks the request (a full queue drops and counts it)."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._on_dropped(1)
+
+    def flush(self) -> None:
+        """Block until every record queued so far is written (or dropped)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        if self._thread is not None:
+            self.flush()
+            self._stop.set()
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = [self._queue.get(timeout=self._flush_seconds)]
+            except queue.Empty:
+                continue
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    def _write(self, batch: Sequence[PredictionRecord]) -> None:
+        rows = [vars(record) for record in batch]  # not asdict(): it deep-copies every input
+        try:
+            self._db.write(lambda session: session.execute(insert(Prediction), rows))
+        except (OpsloopError, SQLAlchemyError):
+            log.exception("could not write %d predictions; they are dropped", len(rows))
+            self._on_dropped(len(rows))
+
+    def feedback(self, tenant: str, model: str, labels: dict[str, list[Any]]) -> FeedbackResult:
+        """Attach true labels (one per instance) to earlier predictions of ``model``."""
+        self.flush()  # a request answered a moment ago may still be queued
+
+        def attach(session: Session) -> FeedbackResult:
+            found = session.execute(
+                select(Prediction.request_id, Prediction.inputs).where(
+                    Prediction.tenant == tenant,
+                    Prediction.model == model,
+                    Prediction.request_id.in_(list(labels)),
+                )
+            ).all()
+            sizes = {request_id: len(inputs) for request_id, inputs in found}
+            attached, rejected = [], {}
+            now = utcnow()
+            for request_id, values in labels.items():
+                size = sizes.get(request_id)
+                if size is None:
+                    continue
+                if len(values) != size:
+                    rejected[request_id] = f"expected {size} labels (one per instance), got {len(values)}"
+                    continue
+                session.execute(
+                    update(Prediction)
+                    .where(
+                        Prediction.tenant == tenant,
+                        Prediction.model == model,
+                        Prediction.request_id == request_id,
+                    )
+                    .values(labels=values, feedback_at=now)
+                )
+                attached.append(request_id)
+            unknown = [request_id for request_id in labels if request_id not in sizes]
+            return FeedbackResult(attached, unknown, rejected)
+
+        return self._db.write(attach)
+
+    def recent(
+        self,
+        model: str,
+        *,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[PredictionRecord]:
+        """The newest logged predictions of ``model`` (logged after ``since``), newest first."""
+        self.flush()
+        query = select(Prediction).where(Prediction.model == model)
+        if tenant is not None:
+            query = query.where(Prediction.tenant == tenant)
+        if since is not None:
+            query = query.where(Prediction.at >= since)
+        with self._db.read() as session:
+            rows = session.scalars(query.order_by(Prediction.id.desc()).limit(limit)).all()
+        return [
+            PredictionRecord(
+                r.request_id, r.tenant, r.model, r.version, r.variant, r.inputs, r.outputs,
+                r.latency_ms, r.at, r.labels,
+            )
+            for r in rows
+        ]  # fmt: skip

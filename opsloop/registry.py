@@ -1,0 +1,690 @@
+"""The model and prompt registry: a small facade over MLflow 3's registry.
+
+Models are registered versions with aliases (``champion``, ``challenger``; MLflow 3
+deprecates stages) and opsloop's lineage (data hash, git commit, training params) as
+version tags. Prompts live in MLflow's prompt registry, versioned and aliased the same
+way. Nothing MLflow-specific leaks out: callers get frozen dataclasses of plain values,
+and every ``MlflowException`` becomes an opsloop error (``NotFoundError``,
+``ConflictError``, ``InvalidInputError``, else ``BackendError``) naming what was asked for.
+
+The embedded store is ``sqlite:///``, which ``opsloop serve`` and the CLI may open at the
+same time; MLflow's store handles that, so this module keeps no state of its own beyond
+the two URIs and the client built from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from opsloop.errors import (
+    BackendError,
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    OpsloopError,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion, PromptVersion
+
+__all__ = [
+    "EXPERIMENT_NAME",
+    "Lineage",
+    "ModelVersionInfo",
+    "PromptVersionInfo",
+    "Registry",
+    "current_git_sha",
+]
+
+EXPERIMENT_NAME = "opsloop"
+"""The MLflow experiment that holds opsloop's runs and logged models."""
+
+TAG_DATA_HASH = "opsloop.data_hash"
+TAG_GIT_SHA = "opsloop.git_sha"
+TAG_PARAMS = "opsloop.params"
+
+# MLflow's double-brace variables, e.g. ``{{ question }}`` (mlflow.prompt.constants).
+_PROMPT_VARIABLE = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\s*\}\}")
+
+_ERRORS: dict[str, type[OpsloopError]] = {
+    "RESOURCE_DOES_NOT_EXIST": NotFoundError,
+    "NOT_FOUND": NotFoundError,
+    "RESOURCE_ALREADY_EXISTS": ConflictError,
+    "ALREADY_EXISTS": ConflictError,
+    "INVALID_PARAMETER_VALUE": InvalidInputError,
+}
+
+T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
+
+
+def current_git_sha(cwd: str | Path | None = None) -> str | None:
+    """Return the commit checked out at ``cwd``, or None outside a repository or without git."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    try:
+        done = subprocess.run(
+            [git, "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a model version came from, stored as ``opsloop.*`` tags on the version.
+
+    Attributes:
+        data_hash: Hash of the training data, if known.
+        git_sha: Commit of the training code, if known.
+        params: Training parameters; must be JSON-serialisable.
+    """
+
+    data_hash: str | None = None
+    git_sha: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def capture(
+        cls, data_hash: str | None = None, params: dict[str, Any] | None = None, cwd: str | Path | None = None
+    ) -> Lineage:
+        """Build a Lineage whose ``git_sha`` is the commit checked out at ``cwd`` (default: here)."""
+        return cls(data_hash=data_hash, git_sha=current_git_sha(cwd), params=dict(params or {}))
+
+    def to_tags(self) -> dict[str, str]:
+        """Return the version tags that store this lineage; unknown values are left out.
+
+        Raises:
+            InvalidInputError: ``params`` cannot be written as JSON.
+        """
+        try:
+            params = json.dumps(self.params, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(
+                f"lineage params are not JSON-serialisable: {exc}", field="params"
+            ) from exc
+        tags = {TAG_PARAMS: params}
+        if self.data_hash is not None:
+            tags[TAG_DATA_HASH] = self.data_hash
+        if self.git_sha is not None:
+            tags[TAG_GIT_SHA] = self.git_sha
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Lineage:
+        """Read a Lineage back from version tags; a version registered elsewhere has none."""
+        try:
+            params = json.loads(tags.get(TAG_PARAMS) or "{}")
+        except json.JSONDecodeError:
+            params = {}  # written by hand outside opsloop; the raw tag is still in ``tags``
+        return cls(
+            data_hash=tags.get(TAG_DATA_HASH),
+            git_sha=tags.get(TAG_GIT_SHA),
+            params=params if isinstance(params, dict) else {},
+        )
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """One registered model version.
+
+    Attributes:
+        name: Registered model name.
+        version: Version number, from 1.
+        source: Where the version's artifacts are (``models:/m-...`` for MLflow 3 logged models).
+        run_id: The run that produced it, if any.
+        description: Free text, if set.
+        aliases: Aliases pointing at this version, sorted.
+        tags: All version tags, lineage included.
+        created_ms: Creation time in milliseconds since the epoch.
+    """
+
+    name: str
+    version: int
+    source: str
+    run_id: str | None = None
+    description: str | None = None
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    created_ms: int | None = None
+
+    @property
+    def lineage(self) -> Lineage:
+        """The lineage stored in this version's tags."""
+        return Lineage.from_tags(self.tags)
+
+    @property
+    def uri(self) -> str:
+        """The ``models:/`` URI that pins this exact version."""
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class PromptVersionInfo:
+    """One registered prompt version, with MLflow's ``{{ variable }}`` template syntax.
+
+    Attributes:
+        name: Prompt name.
+        version: Version number, from 1.
+        template: The template text.
+        commit_message: What changed in this version, if given.
+        aliases: Aliases pointing at this version, sorted.
+        tags: The version's user tags.
+    """
+
+    name: str
+    version: int
+    template: str
+    commit_message: str | None = None
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The template's variable names, sorted."""
+        return tuple(sorted(set(_PROMPT_VARIABLE.findall(self.template))))
+
+    @property
+    def uri(self) -> str:
+        """The ``prompts:/`` URI that pins this exact version."""
+        return f"prompts:/{self.name}/{self.version}"
+
+    def format(self, **variables: Any) -> str:
+        """Fill in the template; extra variables are ignored.
+
+        Args:
+            **variables: A value for every variable in the template.
+
+        Raises:
+            InvalidInputError: A template variable has no value.
+        """
+        missing = [name for name in self.variables if name not in variables]
+        if missing:
+            raise InvalidInputError(
+                f"prompt {self.name!r} version {self.version} needs variables {missing}",
+                field="variables",
+                missing=missing,
+            )
+        # One pass, so a value that itself contains ``{{ x }}`` is not expanded again.
+        return _PROMPT_VARIABLE.sub(lambda match: str(variables[match.group(1)]), self.template)
+
+
+class Registry:
+    """Models and prompts in an MLflow tracking store and registry.
+
+    Args:
+        tracking_uri: MLflow tracking and registry URI, e.g. ``sqlite:///home/mlflow.db``.
+        artifact_root: Artifact location of the ``opsloop`` experiment, e.g. a ``file://`` URI.
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: str) -> None:
+        if not tracking_uri:
+            raise ConfigError("the MLflow tracking URI is empty", setting="mlflow_tracking_uri")
+        if not artifact_root:
+            raise ConfigError("the MLflow artifact root is empty", setting="mlflow_artifact_root")
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Registry:
+        """Open the client and ensure the ``opsloop`` experiment; returns self for chaining.
+
+        Raises:
+            ConfigError: MLflow is not installed.
+            BackendError: The store cannot be opened.
+        """
+        if self._client is not None:
+            return self
+        mlflow = _import_mlflow()
+        if self.tracking_uri.startswith("sqlite:///"):
+            # SQLite creates the file but not its directory.
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self._bind_globals()
+        client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        self._experiment_id = self._ensure_experiment(client)
+        self._client = client
+        return self
+
+    def close(self) -> None:
+        """Forget the client; MLflow keeps no connection that needs closing."""
+        self._client = None
+        self._experiment_id = None
+
+    @property
+    def experiment_id(self) -> str:
+        """The id of the ``opsloop`` experiment; log runs and models there."""
+        if self._experiment_id is None:
+            raise RuntimeError("Registry.start() was not called")
+        return self._experiment_id
+
+    # -- models ----------------------------------------------------------------------------
+
+    def register_model(
+        self, name: str, model_uri: str, lineage: Lineage, *, description: str | None = None
+    ) -> ModelVersionInfo:
+        """Register a logged model as the next version of ``name``, creating ``name`` if needed.
+
+        Args:
+            name: Registered model name.
+            model_uri: The logged model, ``models:/<model_id>`` or ``runs:/<run_id>/<path>``.
+            lineage: Stored as ``opsloop.*`` version tags.
+            description: Free text for the version.
+
+        Raises:
+            ConflictError: ``name`` is taken by a prompt.
+            NotFoundError: The run in ``model_uri`` does not exist.
+            InvalidInputError: A bad name or URI.
+        """
+        client = self._started()
+        tags = lineage.to_tags()
+        what = f"registering {model_uri!r} as model {name!r}"
+        with _translated(what, model=name, model_uri=model_uri):
+            # MLflow would otherwise file the model version under the prompt.
+            if client.get_prompt(name) is not None:
+                raise ConflictError(f"{name!r} is already the name of a prompt", model=name)
+            # mlflow.register_model, not the client, because only it resolves MLflow 3's
+            # ``runs:/`` URIs to the logged model (the run holds no MLmodel any more) and
+            # links the logged model to the version; it reads the global registry URI.
+            self._bind_globals()
+            mv = _import_mlflow().register_model(model_uri, name, tags=tags)
+            if description is not None:
+                mv = client.update_model_version(name, str(mv.version), description=description)
+        return _model_version_info(mv, aliases=())
+
+    def models(self) -> list[str]:
+        """Return the names of all registered models (prompts excluded), sorted."""
+        client = self._started()
+        with _translated("listing models"):
+            found = _all_pages(lambda token: client.search_registered_models(page_token=token))
+        return sorted(rm.name for rm in found)
+
+    def alias_versions(self, alias: str) -> dict[str, int]:
+        """Every model that has ``alias``, with the version it points at (one store query)."""
+        client = self._started()
+        with _translated(f"listing the {alias!r} versions"):
+            found = _all_pages(lambda token: client.search_registered_models(page_token=token))
+        return {rm.name: int(rm.aliases[alias]) for rm in found if alias in (rm.aliases or {})}
+
+    def versions(self, name: str) -> list[ModelVersionInfo]:
+        """Return every version of a model, oldest first, each with its aliases.
+
+        Raises:
+            NotFoundError: No model has this name.
+        """
+        client = self._started()
+        with _translated(f"model {name!r}", model=name):
+            by_version = _aliases_by_version(client.get_registered_model(name).aliases)
+            found = _all_pages(
+                lambda token: client.search_model_versions(_name_filter(name), page_token=token)
+            )
+        infos = [_model_version_info(mv, by_version.get(int(mv.version), ())) for mv in found]
+        return sorted(infos, key=lambda info: info.version)
+
+    def get_version(self, name: str, version: int | str) -> ModelVersionInfo:
+        """Return one version of a model.
+
+        Raises:
+            NotFoundError: No such model or version.
+            InvalidInputError: ``version`` is not a positive integer.
+        """
+        client = self._started()
+        number = _version_number(version)
+        with _translated(f"model {name!r} version {number}", model=name, version=number):
+            mv = client.get_model_version(name, str(number))
+        return _model_version_info(mv, tuple(sorted(mv.aliases or ())))
+
+    def set_alias(self, name: str, alias: str, version: int | str) -> int | None:
+        """Point ``alias`` at a version of a model; returns the version it pointed at before.
+
+        Raises:
+            NotFoundError: No such model or version.
+            InvalidInputError: A bad alias name or version.
+        """
+        client = self._started()
+        _check_alias(alias)
+        number = _version_number(version)
+        what = f"setting alias {alias!r} of model {name!r} to version {number}"
+        with _translated(what, model=name, alias=alias, version=number):
+            previous = client.get_registered_model(name).aliases.get(alias)
+            client.set_registered_model_alias(name, alias, str(number))
+        return None if previous is None else int(previous)
+
+    def get_alias(self, name: str, alias: str) -> ModelVersionInfo:
+        """Return the version an alias points at.
+
+        Raises:
+            NotFoundError: No such model, or the alias is not set.
+        """
+        client = self._started()
+        what = f"model {name!r} alias {alias!r}"
+        with _translated(what, model=name, alias=alias, invalid_means_missing=True):
+            mv = client.get_model_version_by_alias(name, alias)
+        return _model_version_info(mv, tuple(sorted(mv.aliases or ())))
+
+    def delete_alias(self, name: str, alias: str) -> int:
+        """Remove an alias from a model; returns the version it pointed at.
+
+        Raises:
+            NotFoundError: No such model, or the alias is not set (MLflow itself ignores that).
+        """
+        client = self._started()
+        with _translated(f"deleting alias {alias!r} of model {name!r}", model=name, alias=alias):
+            previous = client.get_registered_model(name).aliases.get(alias)
+            if previous is None:
+                raise NotFoundError(f"model {name!r} has no alias {alias!r}", model=name, alias=alias)
+            client.delete_registered_model_alias(name, alias)
+        return int(previous)
+
+    def model_uri(self, name: str, alias_or_version: str | int) -> str:
+        """Return the ``models:/`` URI for an alias (``@alias``) or a version number."""
+        if _is_version(alias_or_version):
+            return f"models:/{name}/{_version_number(alias_or_version)}"
+        return f"models:/{name}@{alias_or_version}"
+
+    def load_model(
+        self, name: str, alias_or_version: str | int, *, flavor: Literal["pyfunc", "sklearn"] = "pyfunc"
+    ) -> Any:
+        """Load a model version for inference.
+
+        An alias is resolved to its version first, so the artifacts loaded are those of the
+        version the alias pointed at when asked, even if it moves meanwhile.
+
+        Args:
+            name: Registered model name.
+            alias_or_version: An alias, or a version number.
+            flavor: ``pyfunc`` for MLflow's generic ``predict`` wrapper, ``sklearn`` for the
+                scikit-learn estimator itself (``predict_proba`` and all).
+
+        Returns:
+            An ``mlflow.pyfunc.PyFuncModel`` or the scikit-learn estimator.
+
+        Raises:
+            NotFoundError: No such model, version or alias.
+        """
+        if isinstance(alias_or_version, str) and not _is_version(alias_or_version):
+            version = self.get_alias(name, alias_or_version).version
+        else:
+            version = self.get_version(name, alias_or_version).version
+        _import_mlflow()  # for the install hint
+        import mlflow.pyfunc
+        import mlflow.sklearn
+
+        load = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
+        with _translated(f"loading model {name!r} version {version}", model=name, version=version):
+            self._bind_globals()  # MLflow's loaders resolve models:/ URIs with the global registry
+            return load(f"models:/{name}/{version}")
+
+    def input_columns(self, name: str, version: int) -> list[tuple[str, str]]:
+        """The ``(column, type)`` pairs of a version's input signature, in order.
+
+        Types are MLflow's names: ``long``, ``integer``, ``double``, ``float``, ``string``,
+        ``boolean``, ``datetime``, ``binary``.
+
+        Raises:
+            NotFoundError: No such model or version.
+            InvalidInputError: The version was logged without a column-based signature.
+        """
+        from mlflow.models import get_model_info
+
+        with _translated(f"model {name!r} version {version}", model=name, version=version):
+            self._bind_globals()
+            signature = get_model_info(f"models:/{name}/{version}").signature
+        inputs = signature.inputs if signature is not None else None
+        if inputs is None or not inputs.has_input_names():
+            raise InvalidInputError(
+                f"model {name!r} version {version} has no column-based input signature; "
+                "log it with signature=infer_signature(<DataFrame of inputs>)",
+                model=name,
+                version=version,
+            )
+        return [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in inputs.inputs]
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def register_prompt(
+        self,
+        name: str,
+        template: str,
+        *,
+        commit_message: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> PromptVersionInfo:
+        """Register ``template`` as the next version of prompt ``name``, creating it if needed.
+
+        Args:
+            name: Prompt name: letters, digits, ``_``, ``-`` and ``.``.
+            template: Text with ``{{ variable }}`` placeholders.
+            commit_message: What changed in this version.
+            tags: Version tags.
+
+        Raises:
+            ConflictError: ``name`` is taken by a model.
+            InvalidInputError: A bad name.
+        """
+        client = self._started()
+        with _translated(f"registering prompt {name!r}", prompt=name):
+            # MLflow reports this clash as a bad parameter; it is a conflict.
+            if client.search_registered_models(_name_filter(name)):
+                raise ConflictError(f"{name!r} is already the name of a model", prompt=name)
+            pv = client.register_prompt(name, template, commit_message=commit_message, tags=dict(tags or {}))
+        return _prompt_version_info(pv)
+
+    def prompts(self) -> list[str]:
+        """Return the names of all registered prompts, sorted."""
+        client = self._started()
+        with _translated("listing prompts"):
+            found = _all_pages(lambda token: client.search_prompts(page_token=token))
+        return sorted(prompt.name for prompt in found)
+
+    def set_prompt_alias(self, name: str, alias: str, version: int | str) -> int | None:
+        """Point ``alias`` at a version of a prompt; returns the version it pointed at before.
+
+        Raises:
+            NotFoundError: No such prompt or version.
+            InvalidInputError: A bad alias name or version.
+        """
+        client = self._started()
+        _check_alias(alias)
+        number = _version_number(version)
+        try:
+            previous: int | None = self._prompt_by_alias(name, alias).version
+        except NotFoundError:
+            previous = None
+        what = f"setting alias {alias!r} of prompt {name!r} to version {number}"
+        with _translated(what, prompt=name, alias=alias, version=number):
+            client.set_prompt_alias(name, alias, number)
+        return previous
+
+    def load_prompt(self, name: str, alias_or_version: str | int) -> PromptVersionInfo:
+        """Return a prompt version by alias or version number.
+
+        This asks the store every time: MlflowClient.load_prompt would cache alias lookups
+        per process (so a move made by another process shows late) and start a thread that
+        tags the prompt with the active experiment on every uncached load.
+
+        Raises:
+            NotFoundError: No such prompt, version or alias.
+        """
+        if isinstance(alias_or_version, str) and not _is_version(alias_or_version):
+            return self._prompt_by_alias(name, alias_or_version)
+        client = self._started()
+        number = _version_number(alias_or_version)
+        what = f"prompt {name!r} version {number}"
+        with _translated(what, prompt=name, version=number, invalid_means_missing=True):
+            pv = client.get_prompt_version(name, number)
+        if pv is None:
+            raise NotFoundError(f"prompt {name!r} has no version {number}", prompt=name, version=number)
+        return _prompt_version_info(pv)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _started(self) -> MlflowClient:
+        if self._client is None:
+            raise RuntimeError("Registry.start() was not called")
+        return self._client
+
+    def _prompt_by_alias(self, name: str, alias: str) -> PromptVersionInfo:
+        client = self._started()
+        what = f"prompt {name!r} alias {alias!r}"
+        with _translated(what, prompt=name, alias=alias, invalid_means_missing=True):
+            pv = client.get_prompt_version_by_alias(name, alias)
+        return _prompt_version_info(pv)
+
+    def _bind_globals(self) -> None:
+        # MLflow's fluent API (register_model, the flavors' load_model, log_model under
+        # start_run) reads the process-global tracking and registry URIs, not a client's;
+        # point them at this store so nothing lands in ./mlruns or another store.
+        mlflow = _import_mlflow()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
+    def _ensure_experiment(self, client: MlflowClient) -> str:
+        with _translated(f"experiment {EXPERIMENT_NAME!r} in {self.tracking_uri}"):
+            experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+            if experiment is None:
+                try:
+                    return client.create_experiment(EXPERIMENT_NAME, artifact_location=self.artifact_root)
+                except _import_mlflow().exceptions.MlflowException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    # Another process (serve and CLI share the store) created it meanwhile.
+                    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+                    if experiment is None:
+                        raise
+            if experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(experiment.experiment_id)
+            if experiment.artifact_location.rstrip("/") != self.artifact_root.rstrip("/"):
+                # An experiment's artifact location is fixed at creation; say where they go.
+                _log.warning(
+                    "experiment %r keeps its artifacts in %s, not the configured %s",
+                    EXPERIMENT_NAME,
+                    experiment.artifact_location,
+                    self.artifact_root,
+                )
+            return str(experiment.experiment_id)
+
+
+def _import_mlflow() -> ModuleType:
+    try:
+        import mlflow
+    except ImportError as exc:
+        raise ConfigError(
+            "the registry needs MLflow: pip install 'mlflow>=3.1'", setting="mlflow_tracking_uri"
+        ) from exc
+    return mlflow
+
+
+@contextmanager
+def _translated(what: str, *, invalid_means_missing: bool = False, **details: Any) -> Iterator[None]:
+    """Turn an MlflowException raised inside into the matching opsloop error.
+
+    With ``invalid_means_missing`` (lookups whose arguments were checked already), the SQL
+    store's INVALID_PARAMETER_VALUE means "alias not set" or "that name is a model, not a
+    prompt": both are a NotFoundError (MlflowClient.load_prompt's ``allow_missing`` reads
+    that code the same way).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        code = str(exc.error_code)
+        error = _ERRORS.get(code, BackendError)
+        if invalid_means_missing and code == "INVALID_PARAMETER_VALUE":
+            error = NotFoundError
+        raise error(f"{what}: {exc.message}", **details, mlflow_error=code) from exc
+
+
+def _all_pages(fetch: Callable[[str | None], list[T]]) -> list[T]:
+    items: list[T] = []
+    token: str | None = None
+    while True:
+        page = fetch(token)
+        items.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return items
+
+
+def _name_filter(name: str) -> str:
+    # MLflow's filter grammar has no escape character, only a choice of quotes.
+    if "'" not in name:
+        return f"name = '{name}'"
+    if '"' not in name:
+        return f'name = "{name}"'
+    raise InvalidInputError(f"model name {name!r} cannot be searched for", field="name", value=name)
+
+
+def _is_version(alias_or_version: str | int) -> bool:
+    return isinstance(alias_or_version, int) or (alias_or_version.isascii() and alias_or_version.isdigit())
+
+
+def _check_alias(alias: str) -> None:
+    # Everywhere an alias or a version is accepted, digits mean a version, so an all-digit
+    # alias (which MLflow allows) could never be reached.
+    if _is_version(alias):
+        raise InvalidInputError(f"alias must not be all digits, got {alias!r}", field="alias", value=alias)
+
+
+def _version_number(version: int | str) -> int:
+    if isinstance(version, bool) or not _is_version(version):
+        raise InvalidInputError(f"version must be a positive integer, got {version!r}", field="version")
+    number = int(version)
+    if number < 1:
+        raise InvalidInputError(f"version must be a positive integer, got {version!r}", field="version")
+    return number
+
+
+def _aliases_by_version(aliases: dict[str, Any]) -> dict[int, tuple[str, ...]]:
+    by_version: dict[int, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(int(version), []).append(alias)
+    return {version: tuple(sorted(names)) for version, names in by_version.items()}
+
+
+def _model_version_info(mv: ModelVersion, aliases: tuple[str, ...]) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        name=mv.name,
+        version=int(mv.version),
+        source=str(mv.source),
+        run_id=mv.run_id or None,
+        description=mv.description or None,
+        aliases=aliases,
+        tags=dict(mv.tags or {}),
+        created_ms=mv.creation_timestamp,
+    )
+
+
+def _prompt_version_info(pv: PromptVersion) -> PromptVersionInfo:
+    if not isinstance(pv.template, str):
+        raise InvalidInputError(
+            f"prompt {pv.name!r} version {pv.version} is a chat prompt; only text prompts are supported",
+            prompt=pv.name,
+            version=pv.version,
+        )
+    return PromptVersionInfo(
+        name=pv.name,
+        version=int(pv.version),
+        template=pv.template,
+        commit_message=pv.commit_message or None,
+        aliases=tuple(sorted(pv.aliases or ())),
+        tags=dict(pv.tags or {}),
+    )

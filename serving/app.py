@@ -1,0 +1,53 @@
+"""The FastAPI app factory: builds the Platform from Settings and wires the routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from opsloop.settings import Settings, load_settings
+from serving.errors import install_error_handlers
+from serving.middleware import RequestMiddleware
+from serving.platform import Platform
+from serving.routers import admin, health, models
+
+__all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger("opsloop")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; components open in the lifespan, so building is cheap."""
+    platform = Platform.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        platform.start_store()
+        admin_key = platform.ensure_admin_key()
+        if admin_key is not None:
+            log.warning("created the first admin key; it is in %s (mode 0600)", admin_key)
+        platform.start_serving()
+        yield
+        platform.close()
+
+    app = FastAPI(
+        title="opsloop",
+        summary="Serve, watch, evaluate and improve LLMs, RAG and classical models.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.platform = platform
+    install_error_handlers(app)
+    app.add_middleware(RequestMiddleware, metrics=platform.metrics, max_body_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(admin.router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn's worker processes, which get their settings from OPSLOOP_*."""
+    return create_app(load_settings())

@@ -1,0 +1,92 @@
+"""The ``opsloop`` command line: one module per command group, combined here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from opsloop.errors import OpsloopError
+from opsloop.telemetry import MULTIPROC_ENV
+from serving.cli import audit, drift, keys, models
+from serving.cli.common import State, err, fail
+from serving.platform import Platform
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="opsloop: serve, watch, evaluate and improve LLMs, RAG and classical models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
+app.add_typer(models.app, name="models")
+app.add_typer(drift.app, name="drift")
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML settings file (also OPSLOOP_CONFIG).", dir_okay=False),
+    ] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home", help="State directory (also OPSLOOP_HOME; default ./.opsloop).", file_okay=False
+        ),
+    ] = None,
+) -> None:
+    """Settings come from flags, OPSLOOP_* variables, the --config file, then defaults."""
+    ctx.obj = State(config, home)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Run the API server (OpenAPI docs at /docs); stop it with Ctrl-C."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    state: State = ctx.obj
+    settings = state.settings(host=host, port=port, workers=workers, log_level=log_level)
+    try:
+        # Migrate and create the first admin key once, before any worker starts.
+        platform = Platform.build(settings).start_store()
+        admin_key = platform.ensure_admin_key()
+        platform.close()
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    if admin_key is not None:
+        err.print(f"[bold green]Created the first admin key[/]: {admin_key} (mode 0600)")
+    err.print(f"opsloop on http://{settings.host}:{settings.port}  (docs: /docs, state: {settings.home})")
+    if settings.workers == 1:
+        uvicorn.run(
+            create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+        )
+        return
+    # Workers rebuild Settings from the environment and share metrics through files.
+    metrics_dir = settings.home / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ.update(settings.env())
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    uvicorn.run(
+        "serving.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+    )

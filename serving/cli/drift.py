@@ -1,0 +1,193 @@
+"""``opsloop drift``: compare a current data set with a reference one, feature by feature."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+from rich.console import Console
+
+from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
+from serving.cli.common import err, fail, out
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from workflows.drift_report import DriftReport
+
+app = typer.Typer(help="Detect data drift between a reference and a current data set.", no_args_is_help=True)
+
+DRIFT_EXIT_CODE = 3
+_READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+# Options that every drift command takes.
+FormatOption = Annotated[
+    Literal["table", "json", "html"],
+    typer.Option("--format", "-f", help="table (terminal), json, or html (one self-contained page)."),
+]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write the report here instead of stdout.")
+]
+FailOnDriftOption = Annotated[
+    bool, typer.Option("--fail-on-drift", help=f"Exit with code {DRIFT_EXIT_CODE} on dataset drift.")
+]
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file, chosen by its extension.
+
+    Raises:
+        NotFoundError: ``path`` is not a file.
+        InvalidInputError: The extension is unsupported, pyarrow is missing for Parquet, or the
+            file cannot be parsed.
+    """
+    import pandas as pd
+
+    if not path.is_file():
+        raise NotFoundError(f"no such file: {path}", field="path", path=str(path))
+    fmt = _READERS.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(
+            f"unsupported file type {path.suffix or '(none)'!r} of {path}: use .csv or .parquet",
+            field="path",
+            path=str(path),
+        )
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise InvalidInputError(
+            f"reading {path} needs pyarrow: pip install pyarrow", field="path", path=str(path)
+        )
+    try:
+        return pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+    except (ValueError, OSError) as exc:  # pandas' parser errors are ValueErrors
+        raise InvalidInputError(f"cannot read {path}: {exc}", field="path", path=str(path)) from exc
+
+
+@app.command("compare")
+def drift_compare(
+    reference: Annotated[Path, typer.Argument(help="Reference data (e.g. training set): .csv or .parquet.")],
+    current: Annotated[Path, typer.Argument(help="Current data to check, with the same columns.")],
+    format_: FormatOption = "table",
+    output: OutputOption = None,
+    categorical: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--categorical", help="Treat this column as categorical (repeatable); text columns always are."
+        ),
+    ] = None,
+    column: Annotated[
+        list[str] | None, typer.Option("--column", help="Compare only this column (repeatable).")
+    ] = None,
+    bins: Annotated[int, typer.Option(min=2, help="Quantile bins for numeric features.")] = 10,
+    psi_threshold: Annotated[
+        float | None, typer.Option(help="PSI above this is a material change (default 0.2).")
+    ] = None,
+    ks_pvalue: Annotated[
+        float | None, typer.Option(help="Significance level of the numeric tests (default 0.05).")
+    ] = None,
+    chi2_pvalue: Annotated[
+        float | None, typer.Option(help="Significance level of the categorical test (default 0.05).")
+    ] = None,
+    wasserstein_threshold: Annotated[
+        float | None,
+        typer.Option(help="Wasserstein distance, in reference std, that is material (default 0.1)."),
+    ] = None,
+    js_threshold: Annotated[
+        float | None, typer.Option(help="Jensen-Shannon distance that is material (default 0.1).")
+    ] = None,
+    dataset_share: Annotated[
+        float | None,
+        typer.Option(help="Share of drifted features at which the dataset drifts (default 0.5)."),
+    ] = None,
+    fail_on_drift: FailOnDriftOption = False,
+) -> None:
+    """Compare CURRENT with REFERENCE and report drift per feature and for the whole dataset.
+
+    A numeric feature drifts when its change is significant (KS or binned chi-square test)
+    and material (PSI or normalised Wasserstein distance above threshold).
+    A categorical feature drifts when its chi-square test is significant and PSI or JS is above threshold.
+    Exits 0 whether or not there is drift, unless --fail-on-drift is given (then 3 on dataset drift).
+    """
+    from workflows.drift import compare_frames, thresholds_from
+
+    try:
+        thresholds = thresholds_from(
+            {
+                "psi": psi_threshold,
+                "ks_pvalue": ks_pvalue,
+                "chi2_pvalue": chi2_pvalue,
+                "wasserstein": wasserstein_threshold,
+                "js": js_threshold,
+                "dataset_share": dataset_share,
+            }
+        )
+        ref_frame, cur_frame = read_frame(reference), read_frame(current)
+        report = compare_frames(
+            ref_frame, cur_frame, categorical=categorical, thresholds=thresholds, columns=column, bins=bins
+        )
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    _emit(report, format_, output, fail_on_drift)
+
+
+@app.command("report")
+def drift_report(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")],
+    last: Annotated[
+        int, typer.Option(min=1, help="Compare at most this many of the newest instances.")
+    ] = 1000,
+    window: Annotated[
+        str | None, typer.Option(help="Only instances logged in this window, e.g. 30m, 1h, 7d.")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(min=1, help="Whose reference to use (default: the champion).")
+    ] = None,
+    format_: FormatOption = "table",
+    output: OutputOption = None,
+    fail_on_drift: FailOnDriftOption = False,
+) -> None:
+    """Compare a served model's logged inputs with the reference sample its version was trained on."""
+    from workflows.drift_monitor import live_report, window_start
+
+    platform, registry = ctx.obj.registry()
+    try:
+        report = live_report(
+            registry, platform.predictions, model, version=version, last=last, since=window_start(window)
+        )
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    _emit(report, format_, output, fail_on_drift)
+
+
+def _emit(report: DriftReport, format_: str, output: Path | None, fail_on_drift: bool) -> None:
+    """Print or write the report, say the verdict, and exit 3 on drift if asked to."""
+    if format_ == "table" and output is None:
+        out.print(report.to_table())
+    else:
+        if format_ == "json":
+            text = report.to_json()
+        elif format_ == "html":
+            text = report.to_html()
+        else:
+            text = _plain(report)
+        if output is None:
+            print(text)
+        else:
+            try:
+                output.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise fail(InvalidInputError(f"cannot write {output}: {exc}", field="output")) from exc
+            err.print(f"wrote the {format_} report to {output}")
+    colour = "red" if report.dataset_drift else "green"
+    err.print(f"[{colour}]{report.verdict()}[/]", highlight=False)
+    if fail_on_drift and report.dataset_drift:
+        raise typer.Exit(code=DRIFT_EXIT_CODE)
+
+
+def _plain(report: DriftReport) -> str:
+    console = Console(file=io.StringIO(), width=120, no_color=True)
+    console.print(report.to_table())
+    return console.file.getvalue()  # type: ignore[attr-defined]

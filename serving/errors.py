@@ -1,0 +1,82 @@
+"""Maps every error to the JSON shape ``{"error": {"type", "message", "details"}}``.
+
+Domain errors carry their status; framework errors (validation, unknown routes) are
+translated; anything unexpected becomes a 500 that names the request id and never
+shows the traceback to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from opsloop.errors import BadRequestError, InvalidInputError, OpsloopError
+
+__all__ = ["install_error_handlers"]
+
+log = logging.getLogger("opsloop.serving")
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+
+
+def _response(error: OpsloopError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.to_dict(), status_code=error.status, headers=headers)
+
+
+async def _opsloop_error(request: Request, exc: OpsloopError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return _response(exc, headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors: list[dict[str, Any]] = list(exc.errors())
+    if any(err.get("type") == "json_invalid" for err in errors):
+        ctx = errors[0].get("ctx", {})
+        return _response(
+            BadRequestError(
+                f"request body is not valid JSON: {ctx.get('error', 'parse error')}",
+                position=errors[0]["loc"][-1] if errors[0].get("loc") else None,
+            )
+        )
+    fields = [
+        {
+            "field": ".".join(str(part) for part in err["loc"] if part != "body"),
+            "message": err["msg"],
+            "type": err["type"],
+        }
+        for err in errors
+    ]
+    message = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields)
+    return _response(InvalidInputError(f"invalid request: {message}", errors=fields))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error_type = _HTTP_TYPES.get(exc.status_code, "http_error")
+    body = {"error": {"type": error_type, "message": str(exc.detail), "details": {}}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    body = {
+        "error": {
+            "type": "internal_error",
+            "message": "internal server error; the server log has the details",
+            "details": {"request_id": request_id},
+        }
+    }
+    return JSONResponse(body, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.exception_handler(OpsloopError)(_opsloop_error)
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(Exception)(_unexpected)

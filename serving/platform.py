@@ -1,0 +1,175 @@
+"""The composition root: builds every component of one opsloop process from Settings."""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import getpass
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from opsloop.audit import AuditLog
+from opsloop.auth import KeyStore, NewKey
+from opsloop.db import Database
+from opsloop.predictions import PredictionLog
+from opsloop.registry import Registry
+from opsloop.settings import Settings
+from opsloop.telemetry import Metrics
+from serving.runtime import LoadedModel, ModelRuntime
+from workflows.drift_monitor import DriftMonitor
+
+__all__ = ["Platform", "cli_actor", "write_admin_key"]
+
+log = logging.getLogger("opsloop")
+
+ComponentState = Literal["starting", "ready", "failed"]
+
+
+def cli_actor() -> str:
+    """How the audit log names someone running the CLI on this machine."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def write_admin_key(path: Path, key: NewKey) -> None:
+    """Write the first admin key to ``path``, readable by its owner only, never overwriting."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.secret.get_secret_value() + "\n")
+
+
+@dataclass
+class Platform:
+    """Every long-lived component, built once per process and passed down explicitly."""
+
+    settings: Settings
+    db: Database
+    audit: AuditLog
+    keys: KeyStore
+    registry: Registry
+    runtime: ModelRuntime
+    predictions: PredictionLog
+    drift: DriftMonitor
+    metrics: Metrics
+    components: dict[str, ComponentState] = field(default_factory=dict)
+    _starting: list[threading.Thread] = field(default_factory=list)
+    _scheduler: Any = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Platform:
+        """Construct the components; nothing opens until start_store() and start_serving()."""
+        db = Database(settings.db_url)
+        audit = AuditLog(db)
+        keys = KeyStore(db, audit, cache_seconds=settings.key_cache_seconds)
+        registry = Registry(settings.tracking_uri, settings.artifact_root)
+        metrics = Metrics()
+
+        def swapped(model: LoadedModel) -> None:
+            metrics.models.champion.labels(model.name).set(model.version)
+
+        runtime = ModelRuntime(registry, poll_seconds=settings.model_poll_seconds, on_swap=swapped)
+        predictions = PredictionLog(db, on_dropped=metrics.models.log_dropped.inc)
+        drift = DriftMonitor(db, registry, predictions, audit, metrics.drift, last=settings.drift_last)
+        return cls(settings, db, audit, keys, registry, runtime, predictions, drift, metrics)
+
+    def start_store(self) -> Platform:
+        """Create ``home``, open the database and migrate it; enough for the CLI's key commands."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.db.start().upgrade()
+        self.components["store"] = "ready"
+        return self
+
+    def start_serving(self) -> None:
+        """Start what the server needs beyond the store; models load in the background."""
+        self.predictions.start()
+        self.components["registry"] = "starting"
+        self.components["models"] = "starting"
+        thread = threading.Thread(target=self._start_models, name="models-start", daemon=True)
+        thread.start()
+        self._starting.append(thread)
+
+    def _start_models(self) -> None:
+        try:
+            self.registry.start()
+            self.components["registry"] = "ready"
+            if self.settings.bootstrap_demo:
+                self._bootstrap_demo()
+            self.runtime.start()
+            # Move everything loaded so far (MLflow, scikit-learn, the models) out of the
+            # collector's reach: full collections of that heap stalled requests 200-300 ms.
+            gc.collect()
+            gc.freeze()
+            self.components["models"] = "ready"
+            self._schedule_drift_checks()
+        except Exception:
+            log.exception("models failed to start")
+            for name in ("registry", "models"):
+                if self.components[name] != "ready":
+                    self.components[name] = "failed"
+
+    def _schedule_drift_checks(self) -> None:
+        """Check every served model for drift every ``drift_check_seconds`` (0: never)."""
+        if self.settings.drift_check_seconds <= 0:
+            return
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(
+            lambda: self.drift.check_all(list(self.runtime.loaded())),
+            "interval",
+            seconds=self.settings.drift_check_seconds,
+            id="drift-checks",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def ensure_admin_key(self) -> Path | None:
+        """On first start with no keys, create an admin key and return where it was written."""
+        key = self.keys.create_first_admin(actor="system")
+        if key is None:
+            return None
+        write_admin_key(self.settings.admin_key_path, key)
+        return self.settings.admin_key_path
+
+    def _bootstrap_demo(self) -> None:
+        """Train the demo model if the registry is empty; once, however many workers start."""
+        from workflows.demo import train_demo
+        from workflows.promotion import promote
+
+        with open(self.settings.home / "bootstrap.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self.registry.models():
+                return
+            info = train_demo(self.registry, alias=None)
+            promote(self.registry, self.audit, info.name, info.version, actor="system")
+        log.warning("registered the demo model %s version %s as champion", info.name, info.version)
+
+    @property
+    def ready(self) -> bool:
+        """Whether every component has started."""
+        return bool(self.components) and all(s == "ready" for s in self.components.values())
+
+    def close(self) -> None:
+        """Wait for components still starting, then release connections.
+
+        Waiting matters because MLflow migrates its store with Alembic, whose context is
+        process-global: a later Platform in this process must not migrate at the same time.
+        """
+        for thread in self._starting:
+            thread.join(timeout=120)
+        self._starting.clear()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        self.runtime.close()
+        self.predictions.close()
+        self.registry.close()
+        self.db.close()

@@ -1,0 +1,77 @@
+"""Helpers for end-to-end tests: `opsloop serve` and CLI processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+OPSLOOP = str(Path(sys.executable).with_name("opsloop"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(home: Path) -> dict[str, str]:
+    """This process's environment, pointed at ``home``, without other tests' MLflow store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPSLOOP_"))}
+    return {**env, "OPSLOOP_HOME": str(home)}
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = environment(home)
+    return subprocess.run([OPSLOOP, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+class Server:
+    """A running `opsloop serve` process."""
+
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        env = {**environment(home), **(env or {})}
+        self.proc = subprocess.Popen(
+            [OPSLOOP, "serve", "--port", port, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.wait_for("/healthz", 200)
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def wait_for(self, path: str, status: int, seconds: float = 90) -> httpx.Response:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "".join(self.output)
+            try:
+                response = self.http.get(path)
+                if response.status_code == status:
+                    return response
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{path} never answered {status}:\n{''.join(self.output)}")
+
+    def stop(self) -> int:
+        self.http.close()
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=30)

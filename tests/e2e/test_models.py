@@ -1,0 +1,202 @@
+"""The classical-model loop as a user drives it: demo bootstrap, CLI, hot-swap under load."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server, cli
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("models") / "home", env={"OPSLOOP_DRIFT_CHECK_SECONDS": "2"})
+    server.wait_for("/readyz", 200, seconds=180)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def user(server: Server) -> dict[str, str]:
+    created = cli(server.home, "keys", "create", "--tenant", "acme", "--role", "user")
+    assert created.returncode == 0, created.stderr
+    return {"Authorization": f"Bearer {created.stdout.strip()}"}
+
+
+def _example(server: Server, user: dict[str, str]) -> dict[str, Any]:
+    described = server.http.get("/models/credit-risk", headers=user)
+    assert described.status_code == 200, described.text
+    example: dict[str, Any] = described.json()["example"]
+    return example
+
+
+def _wait_for_version(server: Server, user: dict[str, str], version: int) -> None:
+    deadline = time.monotonic() + 5
+    body = _example(server, user)
+    while server.http.post("/predict/credit-risk", json=body, headers=user).json()["version"] != version:
+        assert time.monotonic() < deadline, f"version {version} not served within 5 s"
+        time.sleep(0.1)
+
+
+def test_demo_model_is_served_right_after_first_start(server: Server, user: dict[str, str]) -> None:
+    body = _example(server, user)
+    response = server.http.post("/predict/credit-risk", json=body, headers=user)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["version"] == 1 and result["predictions"][0] in (0, 1)
+    assert set(result["probabilities"][0]) == {"0", "1"}
+
+    request_id = result["request_id"]
+    feedback = server.http.post(
+        "/feedback/credit-risk",
+        json={"feedback": [{"request_id": request_id, "labels": [1]}, {"request_id": "x", "labels": [0]}]},
+        headers=user,
+    )
+    assert feedback.json() == {"attached": [request_id], "unknown": ["x"], "rejected": {}}
+    listed = cli(server.home, "models", "list")
+    assert listed.returncode == 0 and "credit-risk" in listed.stdout
+
+
+def test_promotion_under_load_fails_no_request_and_rollback_restores(
+    server: Server, user: dict[str, str]
+) -> None:
+    trained = cli(server.home, "models", "train", "--demo", "--shift", "--rows", "2000", "--no-promote")
+    assert trained.returncode == 0, trained.stderr
+    assert "version 2 (not promoted)" in trained.stderr
+    body = _example(server, user)
+    statuses: Counter[int] = Counter()
+    versions: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for _ in range(3000):  # bounded; stopped much earlier
+                if stop.is_set():
+                    return
+                response = http.post("/predict/credit-risk", json=body, headers=user)
+                statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    versions[response.json()["version"]] += 1
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.0)
+        promoted = cli(server.home, "models", "promote", "credit-risk", "2")
+        assert promoted.returncode == 0, promoted.stderr
+        promoted_at = time.monotonic()
+        while versions[2] == 0:
+            assert time.monotonic() - promoted_at < 5, "version 2 not served within 5 s"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert set(statuses) == {200}, statuses
+    assert versions[1] > 0 and versions[2] > 0
+
+    rolled_back = cli(server.home, "models", "rollback", "credit-risk")
+    assert rolled_back.returncode == 0, rolled_back.stderr
+    assert "champion 2 -> 1" in rolled_back.stderr
+    _wait_for_version(server, user, 1)
+
+    versions_table = cli(server.home, "models", "versions", "credit-risk")
+    assert versions_table.returncode == 0 and "champion" in versions_table.stdout
+    trail = cli(server.home, "audit", "tail", "--json", "--action", "model.promote")
+    assert '"before": {"alias": "champion", "version": 1}' in trail.stdout
+    assert '"after": {"alias": "champion", "version": 2}' in trail.stdout
+    metrics = server.http.get("/metrics").text
+    assert 'opsloop_model_champion_version{model="credit-risk"} 1.0' in metrics
+
+
+def test_bring_your_own_model(server: Server, user: dict[str, str], tmp_path: Path) -> None:
+    import mlflow.sklearn
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    frame = pd.DataFrame({"a": np.arange(50.0), "b": np.arange(50.0) % 7})
+    model = LogisticRegression(C=100.0).fit(frame, frame["a"] > 20)  # fitted with column names
+    path = tmp_path / "byo"
+    mlflow.sklearn.save_model(
+        model, path, signature=infer_signature(frame), pip_requirements=["scikit-learn"]
+    )
+    registered = cli(server.home, "models", "register", "byo", "--from", str(path))
+    assert registered.returncode == 0, registered.stderr
+    unpromoted = server.http.post("/predict/byo", json={"instances": [{"a": 1.0, "b": 2.0}]}, headers=user)
+    assert unpromoted.status_code == 404
+    assert cli(server.home, "models", "promote", "byo", "1").returncode == 0
+    response = server.http.post(
+        "/predict/byo", json={"instances": [{"a": 1.0, "b": 2.0}, {"a": 40.0, "b": 5.0}]}, headers=user
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == [False, True]
+    bad = cli(server.home, "models", "promote", "byo", "7")
+    assert bad.returncode == 1 and "version 7" in bad.stderr
+
+
+def _send(server: Server, user: dict[str, str], shift: bool, seed: int) -> None:
+    from workflows.demo import FEATURE_NAMES, generate_credit_data
+
+    frame = generate_credit_data(600, seed=seed, shift=shift)[list(FEATURE_NAMES)]
+    rows = json.loads(frame.to_json(orient="records"))
+    for start in range(0, len(rows), 50):
+        response = server.http.post(
+            "/predict/credit-risk", json={"instances": rows[start : start + 50]}, headers=user
+        )
+        assert response.status_code == 200, response.text
+    time.sleep(1.0)  # the prediction log writes in the background
+
+
+def test_drift_report_on_live_traffic(server: Server, user: dict[str, str]) -> None:
+    _send(server, user, shift=False, seed=11)
+    calm = cli(server.home, "drift", "report", "--model", "credit-risk", "--last", "600", "--format", "json")
+    assert calm.returncode == 0, calm.stderr
+    assert json.loads(calm.stdout)["dataset_drift"] is False
+
+    _send(server, user, shift=True, seed=12)
+    drifted = cli(
+        server.home, "drift", "report", "--model", "credit-risk", "--last", "600", "--format", "json"
+    )
+    report = json.loads(drifted.stdout)
+    assert report["dataset_drift"] is True, report
+    assert report["features"]["income"]["drifted"] and not report["features"]["age"]["drifted"]
+
+    operator = cli(server.home, "keys", "create", "--tenant", "acme", "--role", "operator").stdout.strip()
+    api = server.http.get(
+        "/admin/drift/credit-risk",
+        params={"last": 600, "window": "1h"},
+        headers={"Authorization": f"Bearer {operator}"},
+    )
+    assert api.status_code == 200, api.text
+    assert api.json()["dataset_drift"] is True
+    assert server.http.get("/admin/drift/credit-risk", headers=user).status_code == 403
+    bad = server.http.get(
+        "/admin/drift/credit-risk", params={"window": "soon"}, headers={"Authorization": f"Bearer {operator}"}
+    )
+    assert bad.status_code == 422 and "window" in bad.json()["error"]["message"]
+    unknown = cli(server.home, "drift", "report", "--model", "nope")
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+
+    # The scheduled check (every 2 s here) exports the verdict and keeps its history.
+    deadline = time.monotonic() + 20
+    while 'opsloop_drift_dataset{model="credit-risk"} 1.0' not in server.http.get("/metrics").text:
+        assert time.monotonic() < deadline, "scheduled drift check did not report drift"
+        time.sleep(0.5)
+    history = server.http.get(
+        "/admin/drift/credit-risk/history", headers={"Authorization": f"Bearer {operator}"}
+    )
+    assert history.status_code == 200 and history.json()[0]["dataset_drift"] is True
+    trail = cli(server.home, "audit", "tail", "--json", "--action", "drift.detected")
+    assert '"target": "model:credit-risk"' in trail.stdout

@@ -1,0 +1,179 @@
+"""The HTTP surface of the kernel, through the real app and its lifespan."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from opsloop.auth import Role
+from opsloop.settings import Settings, load_settings
+from serving.app import create_app
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> FastAPI:
+    return create_app(load_settings(home=tmp_path / "home", max_body_bytes=4096, bootstrap_demo=False))
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def admin_key(app: FastAPI, client: TestClient) -> str:
+    settings: Settings = app.state.platform.settings
+    return settings.admin_key_path.read_text().strip()
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _key(app: FastAPI, role: Role, tenant: str = "acme") -> str:
+    return str(app.state.platform.keys.create(tenant, role, actor="test").secret.get_secret_value())
+
+
+def _assert_error(response_json: dict[str, object], kind: str) -> None:
+    error = response_json["error"]
+    assert isinstance(error, dict)
+    assert error["type"] == kind
+    assert set(error) == {"type", "message", "details"}
+
+
+def test_first_start_writes_admin_key_with_mode_0600(app: FastAPI, admin_key: str) -> None:
+    path = app.state.platform.settings.admin_key_path
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert admin_key.startswith("olk_")
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    readiness = client.get("/readyz").json()
+    assert readiness["components"]["store"] == "ready"
+    assert readiness["components"]["registry"] in {"starting", "ready"}
+
+
+def test_metrics_count_requests_by_route_template(client: TestClient, admin_key: str) -> None:
+    client.delete("/admin/keys/doesnotexist", headers=_auth(admin_key))
+    client.get("/healthz")
+    text = client.get("/metrics").text
+    assert (
+        'opsloop_http_requests_total{method="DELETE",route="/admin/keys/{key_id}",status="404"} 1.0' in text
+    )
+    assert 'opsloop_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    assert "opsloop_http_request_duration_seconds_bucket" in text
+    assert "opsloop_http_requests_in_flight" in text
+    assert "process_resident_memory_bytes" in text
+
+
+def test_missing_and_bad_keys_get_401(client: TestClient) -> None:
+    for headers in [{}, _auth("olk_nope_nope"), {"Authorization": "Basic abc"}]:
+        response = client.get("/admin/audit", headers=headers)
+        assert response.status_code == 401
+        _assert_error(response.json(), "unauthorized")
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_low_role_gets_403(app: FastAPI, client: TestClient) -> None:
+    response = client.get("/admin/keys", headers=_auth(_key(app, Role.OPERATOR)))
+    assert response.status_code == 403
+    _assert_error(response.json(), "forbidden")
+    assert response.json()["error"]["details"] == {"required": "admin", "role": "operator"}
+
+
+def test_key_management_over_http_is_audited(client: TestClient, admin_key: str) -> None:
+    created = client.post(
+        "/admin/keys", json={"tenant": "acme", "role": "user", "name": "app"}, headers=_auth(admin_key)
+    )
+    assert created.status_code == 201
+    new = created.json()
+    assert new["key"].startswith(f"olk_{new['id']}_")
+    listed = client.get("/admin/keys", params={"tenant": "acme"}, headers=_auth(admin_key)).json()
+    assert [k["id"] for k in listed] == [new["id"]] and "key" not in listed[0]
+
+    revoked = client.delete(f"/admin/keys/{new['id']}", headers=_auth(admin_key))
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    assert client.get("/healthz", headers=_auth(new["key"])).status_code == 200
+    assert client.get("/admin/keys", headers=_auth(new["key"])).status_code == 401
+
+    audit = client.get("/admin/audit", params={"tenant": "acme"}, headers=_auth(admin_key))
+    entries = audit.json()
+    assert [e["action"] for e in entries] == ["key.revoke", "key.create"]
+    assert all(e["request_id"] and e["actor"] == admin_key.split("_")[1] for e in entries)
+    assert new["key"] not in audit.text
+
+
+def test_request_id_is_echoed(client: TestClient, admin_key: str) -> None:
+    response = client.post(
+        "/admin/keys",
+        json={"tenant": "acme", "role": "viewer"},
+        headers={**_auth(admin_key), "X-Request-ID": "req-123"},
+    )
+    assert response.headers["x-request-id"] == "req-123"
+    entries = client.get("/admin/audit", params={"action": "key.create"}, headers=_auth(admin_key)).json()
+    assert entries[0]["request_id"] == "req-123"
+
+
+def test_bad_input_gets_specific_errors(client: TestClient, admin_key: str) -> None:
+    headers = {**_auth(admin_key), "Content-Type": "application/json"}
+    malformed = client.post("/admin/keys", content=b'{"tenant": "acme", "role":', headers=headers)
+    assert malformed.status_code == 400
+    _assert_error(malformed.json(), "bad_request")
+    assert "not valid JSON" in malformed.json()["error"]["message"]
+
+    missing = client.post("/admin/keys", json={"tenant": "acme"}, headers=headers)
+    assert missing.status_code == 422
+    assert missing.json()["error"]["details"]["errors"][0]["field"] == "role"
+
+    bad_role = client.post("/admin/keys", json={"tenant": "acme", "role": "root"}, headers=headers)
+    assert bad_role.status_code == 422
+    assert bad_role.json()["error"]["details"] == {"field": "role", "value": "root"}
+
+    bad_limit = client.get("/admin/audit", params={"limit": 0}, headers=headers)
+    assert bad_limit.status_code == 422
+    assert bad_limit.json()["error"]["details"]["errors"][0]["field"] == "query.limit"
+
+    unknown = client.get("/no/such/route")
+    assert unknown.status_code == 404
+    _assert_error(unknown.json(), "not_found")
+
+
+def test_oversized_bodies_get_413(client: TestClient, admin_key: str) -> None:
+    headers = {**_auth(admin_key), "Content-Type": "application/json"}
+    body = json.dumps({"tenant": "acme", "role": "user", "name": "x" * 5000}).encode()
+    sized = client.post("/admin/keys", content=body, headers=_auth(admin_key))
+    assert sized.status_code == 413
+    _assert_error(sized.json(), "payload_too_large")
+    assert sized.json()["error"]["details"] == {"limit": 4096}
+
+    chunked = client.post("/admin/keys", content=iter([body[:3000], body[3000:]]), headers=headers)
+    assert chunked.status_code == 413
+
+    small = client.post(
+        "/admin/keys", content=iter([b'{"tenant": "acme", ', b'"role": "user"}']), headers=headers
+    )
+    assert small.status_code == 201, small.text
+
+
+def test_unexpected_errors_hide_the_traceback(app: FastAPI, client: TestClient) -> None:
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    response = client.get("/boom", headers={"X-Request-ID": "r-9"})
+    assert response.status_code == 500
+    assert "secret internals" not in response.text and "Traceback" not in response.text
+    assert response.json()["error"]["details"] == {"request_id": "r-9"}
+
+
+def test_openapi_documents_the_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/healthz", "/readyz", "/metrics", "/admin/keys", "/admin/audit"} <= set(paths)
+    assert client.get("/docs").status_code == 200

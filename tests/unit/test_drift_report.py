@@ -1,0 +1,84 @@
+"""Drift report renderings: the JSON shape, the table, and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from workflows.drift import DriftThresholds, compare_frames
+from workflows.drift_report import DriftReport
+
+
+@pytest.fixture(scope="module")
+def report() -> DriftReport:
+    rng = np.random.default_rng(0)
+    n = 1000
+    reference = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, n),
+            "income": rng.lognormal(10, 0.5, n),
+            "plan": rng.choice(["free", "pro", "<team>"], n, p=[0.6, 0.3, 0.1]),
+        }
+    )
+    current = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, n),
+            "income": rng.lognormal(10.5, 0.5, n),
+            "plan": rng.choice(["free", "pro", "<team>"], n, p=[0.3, 0.4, 0.3]),
+        }
+    )
+    return compare_frames(reference, current)
+
+
+def test_json_has_the_documented_shape(report: DriftReport) -> None:
+    body = json.loads(report.to_json())
+    assert isinstance(body["dataset_drift"], bool) and body["dataset_drift"] is True
+    assert body["share_drifted"] == pytest.approx(2 / 3)
+    assert list(body["features"]) == ["age", "income", "plan"]
+    numeric = {"kind", "drifted", "psi", "ks_pvalue", "wasserstein", "js", "chi2_pvalue"}
+    assert set(body["features"]["age"]) == numeric
+    assert set(body["features"]["plan"]) == {"kind", "drifted", "psi", "js", "chi2_pvalue"}
+    assert body["features"]["age"]["kind"] == "numeric" and body["features"]["plan"]["kind"] == "categorical"
+    assert [body["features"][n]["drifted"] for n in ("age", "income", "plan")] == [False, True, True]
+    assert body["thresholds"] == {
+        "psi": 0.2,
+        "ks_pvalue": 0.05,
+        "chi2_pvalue": 0.05,
+        "wasserstein": 0.1,
+        "js": 0.1,
+        "dataset_share": 0.5,
+    }
+    assert (body["reference_rows"], body["current_rows"]) == (1000, 1000)
+    assert report.to_dict() == body
+
+
+def test_dataset_share_decides_the_dataset_verdict(report: DriftReport) -> None:
+    strict = DriftReport.build(
+        report.features, DriftThresholds(dataset_share=0.9), reference_rows=1, current_rows=1
+    )
+    assert not strict.dataset_drift and strict.share_drifted == pytest.approx(2 / 3)
+
+
+def test_table_lists_every_feature_with_its_verdict(report: DriftReport) -> None:
+    console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(report.to_table())
+    text = console.export_text()
+    assert "dataset drift (2 of 3 features drifted: income, plan)" in text
+    for name in ("age", "income", "plan"):
+        assert name in text
+    assert text.count("DRIFT") == 2 and text.count(" ok ") == 1
+
+
+def test_html_is_one_self_contained_page(report: DriftReport) -> None:
+    page = report.to_html()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for external in ("http://", "https://", "<script", "<link", "@import", "url("):
+        assert external not in page
+    assert page.count("<svg") == 3 and page.count("<style>") == 1
+    assert "dataset drift (2 of 3 features drifted: income, plan)" in page
+    assert "&lt;team&gt;" in page and "<team>" not in page  # values are escaped
+    assert page.count('class="verdict drift"') == 2

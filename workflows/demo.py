@@ -1,0 +1,441 @@
+"""The demo model that ships with opsloop: synthetic credit risk, from data to a registered version.
+
+Each row is a loan applicant; the label ``default`` (0/1) says whether the loan defaulted.
+The data-generating process, per row (``U``: uniform, ``N``: normal):
+
+- ``age`` ~ integers U[21, 75]; ``employment_type`` is ``retired`` with probability 0.65 from
+  age 62 on and 0.02 before, otherwise salaried / self_employed / unemployed at 0.70 / 0.20 / 0.10.
+- ``income`` = exp(N(ln 48000, 0.45)) times 1.0 / 1.15 / 0.35 / 0.6 by employment type.
+- ``home_ownership``: rent / own / mortgage at 0.40 / 0.20 / 0.40; ``purpose``: car / home /
+  education / business / other at 0.30 / 0.20 / 0.15 / 0.15 / 0.20.
+- ``loan_amount`` = exp(N(ln 12000, 0.6)) clipped to [500, 150000]; ``loan_term_months`` one of
+  12 / 24 / 36 / 48 / 60 at 0.10 / 0.20 / 0.35 / 0.15 / 0.20.
+- ``credit_history_years`` ~ Gamma(2, 4) capped at age - 18; ``num_late_payments`` ~ Poisson(0.6).
+- ``debt_to_income`` = Beta(2, 6) (existing debt) + yearly loan repayment / income, capped at 3.
+
+The label is Bernoulli(sigmoid(z)), a logistic model with known coefficients::
+
+    z = -2.2 + 3.0 * (debt_to_income - 0.4) + 0.7 * num_late_payments
+        + 1.2 * [unemployed] + 0.3 * [self_employed] - 0.1 * (credit_history_years - 8)
+        - 0.5 * ln(income / 48000) + 0.4 * [purpose = business] - 0.3 * [home_ownership = own]
+
+so a higher debt-to-income ratio, late payments, unemployment, a business loan and a low
+income raise the risk of default, and a long credit history and owning a home lower it.
+About 23% of the rows default, and a logistic regression reaches a holdout ROC AUC near 0.78.
+
+``shift=True`` draws from a drifted world for drift detection: incomes are 25% lower and
+loans 30% larger (so ``debt_to_income`` rises too), late payments ~ Poisson(1.2), the
+non-retired are unemployed at 0.25 (salaried 0.60, self_employed 0.15), business loans
+double (purpose car / home / education / business / other at 0.20 / 0.15 / 0.10 / 0.30 /
+0.25), and the concept moves: the ``debt_to_income`` coefficient grows from 3.0 to 5.0.
+Six of the ten inputs change, so a drift check calls it dataset drift at the usual 0.5
+share. About 48% of those rows default.
+
+``train_demo`` fits :func:`build_pipeline` on such data, logs the run (params, holdout
+metrics, the model, a :func:`reference_profile` for drift checks) to MLflow and registers the
+model with lineage under an alias.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import mlflow.artifacts
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from opsloop.errors import BackendError, InvalidInputError, NotFoundError
+from opsloop.registry import Lineage, ModelVersionInfo, Registry
+
+__all__ = [
+    "CLASSIFIER_PARAMS",
+    "FEATURES",
+    "FEATURE_NAMES",
+    "LABEL",
+    "PROFILE_ARTIFACT",
+    "Feature",
+    "build_pipeline",
+    "data_hash",
+    "generate_credit_data",
+    "load_reference_profile",
+    "reference_profile",
+    "train_demo",
+]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column of the demo model.
+
+    Attributes:
+        name: Column name.
+        kind: ``numeric`` (scaled) or ``categorical`` (one-hot encoded).
+        dtype: MLflow's type name for the column: ``long``, ``double`` or ``string``.
+        categories: The allowed values of a categorical feature; ``()`` for numeric ones.
+        description: What the column means.
+    """
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    dtype: Literal["long", "double", "string"]
+    categories: tuple[str, ...] = ()
+    description: str = ""
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("age", "numeric", "long", description="applicant's age in years, 21-75"),
+    Feature("income", "numeric", "double", description="yearly income"),
+    Feature("loan_amount", "numeric", "double", description="amount borrowed"),
+    Feature("loan_term_months", "numeric", "long", description="12, 24, 36, 48 or 60"),
+    Feature("credit_history_years", "numeric", "double", description="years since the first credit"),
+    Feature("num_late_payments", "numeric", "long", description="late payments on record"),
+    Feature("debt_to_income", "numeric", "double", description="yearly debt service / income"),
+    Feature(
+        "employment_type",
+        "categorical",
+        "string",
+        ("salaried", "self_employed", "unemployed", "retired"),
+        "how the applicant earns a living",
+    ),
+    Feature("home_ownership", "categorical", "string", ("rent", "own", "mortgage"), "housing"),
+    Feature(
+        "purpose",
+        "categorical",
+        "string",
+        ("car", "home", "education", "business", "other"),
+        "what the loan is for",
+    ),
+)
+"""The model's inputs, in the order the pipeline reads them (by position)."""
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+LABEL = "default"
+PROFILE_ARTIFACT = "reference_profile.json"
+CLASSIFIER_PARAMS: dict[str, Any] = {"C": 1.0, "max_iter": 1000, "solver": "lbfgs"}
+"""Hyperparameters of the LogisticRegression, logged as ``classifier.*`` params."""
+
+_PANDAS_DTYPES = {"long": "int64", "double": "float64", "string": "str"}
+_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+_PROBABILITY_BINS = np.linspace(0.0, 1.0, 11)
+# The FunctionTransformer below calls numpy.asarray; skops refuses unlisted callables on load.
+_SKOPS_TRUSTED = ["numpy.asarray"]
+_MISSING = "RESOURCE_DOES_NOT_EXIST"
+
+
+def generate_credit_data(rows: int, *, seed: int = 0, shift: bool = False) -> pd.DataFrame:
+    """Draw ``rows`` applicants and their labels from the process in the module docstring.
+
+    Args:
+        rows: Number of rows, at least 100.
+        seed: Seed of numpy's default generator; the same seed gives the same frame.
+        shift: Draw from the drifted world (lower incomes, more late payments and
+            unemployment, a heavier ``debt_to_income`` coefficient).
+
+    Returns:
+        The FEATURES columns in order (int64, float64 and string dtypes), then ``default`` (int64).
+
+    Raises:
+        InvalidInputError: ``rows`` is below 100.
+    """
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 100:
+        raise InvalidInputError(f"rows must be an integer of at least 100, got {rows!r}", field="rows")
+    rng = np.random.default_rng(seed)
+    age = rng.integers(21, 76, rows)
+    retired_p = np.where(age >= 62, 0.65, 0.02)
+    draw = rng.random(rows)
+    rest = (draw - retired_p) / (1.0 - retired_p)  # uniform on [0, 1) for the non-retired
+    salaried, self_employed = (0.60, 0.15) if shift else (0.70, 0.20)
+    employment = np.select(
+        [draw < retired_p, rest < salaried, rest < salaried + self_employed],
+        ["retired", "salaried", "self_employed"],
+        "unemployed",
+    )
+    factor = {"salaried": 1.0, "self_employed": 1.15, "unemployed": 0.35, "retired": 0.6}
+    income = np.exp(rng.normal(np.log(48_000), 0.45, rows)) * pd.Series(employment).map(factor).to_numpy()
+    income = np.round(income * (0.75 if shift else 1.0), 2)
+    home = rng.choice(["rent", "own", "mortgage"], rows, p=[0.4, 0.2, 0.4])
+    purpose_mix = [0.2, 0.15, 0.1, 0.3, 0.25] if shift else [0.3, 0.2, 0.15, 0.15, 0.2]
+    purpose = rng.choice(["car", "home", "education", "business", "other"], rows, p=purpose_mix)
+    typical_loan = 15_600 if shift else 12_000
+    loan = np.round(np.clip(np.exp(rng.normal(np.log(typical_loan), 0.6, rows)), 500, 150_000), 2)
+    term = rng.choice([12, 24, 36, 48, 60], rows, p=[0.1, 0.2, 0.35, 0.15, 0.2])
+    history = np.round(np.minimum(rng.gamma(2.0, 4.0, rows), age - 18), 1)
+    late = rng.poisson(1.2 if shift else 0.6, rows)
+    dti = np.round(np.minimum(rng.beta(2, 6, rows) + loan * 12 / term / income, 3.0), 4)
+    z = (
+        -2.2
+        + (5.0 if shift else 3.0) * (dti - 0.4)
+        + 0.7 * late
+        + 1.2 * (employment == "unemployed")
+        + 0.3 * (employment == "self_employed")
+        - 0.1 * (history - 8)
+        - 0.5 * np.log(income / 48_000)
+        + 0.4 * (purpose == "business")
+        - 0.3 * (home == "own")
+    )
+    label = (rng.random(rows) < 1.0 / (1.0 + np.exp(-z))).astype(np.int64)
+    columns = [age, income, loan, term, history, late, dti, employment, home, purpose]
+    frame = pd.DataFrame(dict(zip(FEATURE_NAMES, columns, strict=True)))
+    frame = frame.astype({f.name: _PANDAS_DTYPES[f.dtype] for f in FEATURES})
+    frame[LABEL] = label
+    return frame
+
+
+def build_pipeline() -> Pipeline:
+    """Return the unfitted model: scaling and one-hot encoding by column position, then a classifier.
+
+    The first step turns any input into a 2-D object array, so the fitted pipeline takes a
+    DataFrame in FEATURES order or the plain object array serving builds per request, and
+    gives both the same answer without feature-name warnings. Fit it on an object array
+    (as :func:`train_demo` does) so that it records no column names.
+    """
+    numeric = [i for i, f in enumerate(FEATURES) if f.kind == "numeric"]
+    categorical = [i for i, f in enumerate(FEATURES) if f.kind == "categorical"]
+    encode = ColumnTransformer(
+        [
+            ("numeric", StandardScaler(), numeric),
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), categorical),
+        ]
+    )
+    return Pipeline(
+        [
+            ("to_array", FunctionTransformer(np.asarray, kw_args={"dtype": "O"})),
+            ("encode", encode),
+            ("classifier", LogisticRegression(**CLASSIFIER_PARAMS)),
+        ]
+    )
+
+
+def reference_profile(
+    frame: pd.DataFrame, probabilities: Any, *, sample_rows: int = 5000, seed: int = 0
+) -> dict[str, Any]:
+    """Summarise model inputs and predicted probabilities for later drift checks.
+
+    Numeric features get count, missing, mean, std, min, max, quantiles and a histogram
+    over up to 10 quantile-based bins (``edges``/``counts``, numpy's convention: bins are
+    half-open except the last; later data outside the edges belongs in the outer bins).
+    Categorical features get counts and frequencies of every declared category (and of any
+    other value seen). Predictions get a histogram on the fixed bins 0, 0.1, ..., 1.
+
+    Args:
+        frame: At least the FEATURES columns.
+        probabilities: P(default) per row, or a ``predict_proba`` array (column 1 is used).
+        sample_rows: How many rows (drawn without replacement) to keep as ``sample``, so
+            tests such as Kolmogorov-Smirnov can run later without the training set.
+        seed: Seed of that draw.
+
+    Returns:
+        ``{"rows", "features": {name: {...}}, "predictions": {...}, "sample": {name: [...]}}``,
+        all JSON-serialisable.
+
+    Raises:
+        InvalidInputError: A feature column is missing or empty, or the lengths differ.
+    """
+    missing = [name for name in FEATURE_NAMES if name not in frame.columns]
+    if missing:
+        raise InvalidInputError(f"frame lacks feature columns {missing}", field="frame", missing=missing)
+    proba = np.asarray(probabilities, dtype=float)
+    proba = proba[:, 1] if proba.ndim == 2 else proba
+    if len(frame) == 0 or proba.shape != (len(frame),):
+        raise InvalidInputError(
+            f"need one probability per row of a non-empty frame: {len(frame)} rows, shape {proba.shape}",
+            field="probabilities",
+        )
+    features: dict[str, Any] = {}
+    for feature in FEATURES:
+        column = frame[feature.name]
+        present = column.dropna()
+        if present.empty:
+            raise InvalidInputError(f"feature {feature.name!r} has no values", field=feature.name)
+        entry: dict[str, Any] = {
+            "kind": feature.kind,
+            "count": len(present),
+            "missing": len(column) - len(present),
+        }
+        if feature.kind == "numeric":
+            values = present.to_numpy(dtype=float)
+            edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, 11)))
+            edges = edges if len(edges) > 1 else np.array([edges[0], edges[0]])  # constant column
+            counts, _ = np.histogram(values, bins=edges)
+            entry |= {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "min": float(values.min()),
+                "max": float(values.max()),
+                "quantiles": {
+                    str(q): float(v) for q, v in zip(_QUANTILES, np.quantile(values, _QUANTILES), strict=True)
+                },
+                "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+            }
+        else:
+            seen = present.astype(str).value_counts()
+            counts_by = {c: int(seen.get(c, 0)) for c in feature.categories}
+            counts_by |= {str(c): int(n) for c, n in seen.items() if c not in counts_by}
+            entry |= {"counts": counts_by, "frequencies": {c: n / len(present) for c, n in counts_by.items()}}
+        features[feature.name] = entry
+    counts, _ = np.histogram(proba, bins=_PROBABILITY_BINS)
+    predictions = {
+        "mean": float(proba.mean()),
+        "histogram": {"edges": np.round(_PROBABILITY_BINS, 1).tolist(), "counts": counts.tolist()},
+    }
+    keep = np.random.default_rng(seed).permutation(len(frame))[:sample_rows]
+    sample = {name: frame[name].iloc[keep].tolist() for name in FEATURE_NAMES}
+    return {"rows": len(frame), "features": features, "predictions": predictions, "sample": sample}
+
+
+def data_hash(frame: pd.DataFrame) -> str:
+    """Return ``sha256:<hex>`` of the frame's CSV bytes (no index): the lineage's data hash."""
+    return "sha256:" + hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
+
+
+def train_demo(
+    registry: Registry,
+    *,
+    rows: int = 5000,
+    seed: int = 0,
+    shift: bool = False,
+    name: str = "credit-risk",
+    alias: str | None = "champion",
+    progress: Callable[[str], None] | None = None,
+) -> ModelVersionInfo:
+    """Generate data, train, evaluate on a holdout, log to MLflow, register and alias the model.
+
+    Args:
+        registry: A started registry; the run goes into its experiment.
+        rows: Rows to generate; 80% train, 20% stratified holdout.
+        seed: Seed of the data and the split.
+        shift: Train on drifted data (see the module docstring).
+        name: Registered model name.
+        alias: Alias pointed at the new version; None leaves aliases alone (callers that
+            audit alias moves use ``workflows.promotion.promote`` instead).
+        progress: Called with a line per step.
+
+    Returns:
+        The new version, with its alias, lineage tags and holdout metrics in the description.
+
+    Raises:
+        InvalidInputError: ``rows`` is below 100, or a bad name or alias.
+        BackendError: MLflow failed to log the run.
+    """
+    say = progress or (lambda message: None)
+    say(f"generating {rows} rows (seed {seed}{', shifted' if shift else ''})")
+    frame = generate_credit_data(rows, seed=seed, shift=shift)
+    digest = data_hash(frame)
+    inputs = frame[list(FEATURE_NAMES)]
+    x_train, x_test, y_train, y_test = train_test_split(
+        inputs, frame[LABEL].to_numpy(), test_size=0.2, stratify=frame[LABEL], random_state=seed
+    )
+    say(f"fitting on {len(x_train)} rows")
+    # Fitted on an object array, the model carries no ``feature_names_in_``; serving reads
+    # that as "takes plain arrays" and skips building a DataFrame per request.
+    pipeline = build_pipeline().fit(x_train.to_numpy(dtype=object), y_train)
+    train_proba = pipeline.predict_proba(x_train)
+    holdout = pipeline.predict_proba(x_test)[:, 1]
+    metrics = {
+        "roc_auc": float(roc_auc_score(y_test, holdout)),
+        "accuracy": float(accuracy_score(y_test, holdout >= 0.5)),
+        "log_loss": float(log_loss(y_test, holdout, labels=[0, 1])),
+        "brier": float(brier_score_loss(y_test, holdout)),
+    }
+    summary = " ".join(f"{key}={value:.4f}" for key, value in metrics.items())
+    say(f"holdout ({len(x_test)} rows): {summary}")
+    params: dict[str, Any] = {"rows": rows, "seed": seed, "shift": shift, "test_size": 0.2}
+    params["classifier"] = "LogisticRegression"
+    params.update({f"classifier.{key}": value for key, value in CLASSIFIER_PARAMS.items()})
+    profile = reference_profile(x_train, train_proba)
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values; the demo's never do.
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        signature = infer_signature(x_train, train_proba)
+    say(f"logging the run to experiment {registry.experiment_id}")
+    # Another Registry may have pointed MLflow's process-global URIs elsewhere since start().
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    mlflow.set_registry_uri(registry.tracking_uri)
+    try:
+        with mlflow.start_run(experiment_id=registry.experiment_id, run_name=f"{name}-demo"):
+            mlflow.log_params(params)
+            mlflow.log_metrics(metrics)
+            mlflow.set_tag("opsloop.data_hash", digest)
+            logged = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                signature=signature,
+                input_example=x_train.iloc[:1],
+                # Explicit, because inferring them imports the model in a subprocess (~10 s).
+                pip_requirements=[
+                    f"{dist}=={installed_version(dist)}"
+                    for dist in ("scikit-learn", "numpy", "pandas", "skops")
+                ],
+                pyfunc_predict_fn="predict_proba",  # pyfunc answers probabilities, like the estimator
+                skops_trusted_types=_SKOPS_TRUSTED,
+            )
+            mlflow.log_dict(profile, PROFILE_ARTIFACT)
+    except MlflowException as exc:
+        raise BackendError(f"logging the demo model run: {exc.message}", model=name) from exc
+    say(f"registering {name!r}")
+    lineage = Lineage.capture(data_hash=digest, params=params, cwd=Path(__file__).resolve().parent)
+    created = registry.register_model(
+        name,
+        logged.model_uri,
+        lineage,
+        description=f"demo credit-risk model; holdout {summary}; data {digest}",
+    )
+    if alias is not None:
+        registry.set_alias(name, alias, created.version)
+        say(f"{name!r} version {created.version} is {alias!r}")
+    return registry.get_version(name, created.version)
+
+
+def load_reference_profile(registry: Registry, name: str, version: int | str) -> dict[str, Any]:
+    """Download the reference profile logged with a version by :func:`train_demo`.
+
+    Args:
+        registry: A started registry.
+        name: Registered model name.
+        version: A version number, or an alias.
+
+    Raises:
+        NotFoundError: No such model, version or alias, or the version has no profile.
+        BackendError: MLflow failed otherwise.
+    """
+    is_number = isinstance(version, int) or version.isdigit()
+    info = registry.get_version(name, version) if is_number else registry.get_alias(name, str(version))
+    if info.run_id is None:
+        raise NotFoundError(
+            f"model {name!r} version {info.version} has no run", model=name, version=info.version
+        )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=info.run_id,
+                artifact_path=PROFILE_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=registry.tracking_uri,
+            )
+            profile: dict[str, Any] = json.loads(Path(path).read_text())
+    except (MlflowException, OSError) as exc:
+        missing = isinstance(exc, FileNotFoundError) or getattr(exc, "error_code", "") == _MISSING
+        raise (NotFoundError if missing else BackendError)(
+            f"reference profile of model {name!r} version {info.version}: {exc}",
+            model=name,
+            version=info.version,
+        ) from exc
+    return profile

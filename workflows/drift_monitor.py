@@ -1,0 +1,233 @@
+"""Drift of a served model's live inputs against the reference of the version that serves.
+
+:class:`DriftMonitor` runs such checks on a schedule inside ``opsloop serve``, keeps each
+result, exports it to Prometheus and hands drifted checks to subscribers (retraining).
+
+The reference is the sample kept in the version's reference profile at training time
+(``workflows.demo.reference_profile``), so a check never reads the training set; the
+current data are the newest instances in the prediction log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opsloop.audit import AuditLog
+from opsloop.db import Database
+from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
+from opsloop.predictions import PredictionLog
+from opsloop.registry import Registry
+from opsloop.tables import DriftCheck, utcnow
+from opsloop.telemetry import DriftMetrics
+from workflows.demo import load_reference_profile
+from workflows.drift import DriftThresholds, compare_frames
+from workflows.drift_report import DriftReport
+
+__all__ = ["DriftCheckResult", "DriftMonitor", "live_report", "parse_window", "window_start"]
+
+log = logging.getLogger(__name__)
+
+_WINDOW = re.compile(r"^(\d+)\s*([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_window(window: str) -> timedelta:
+    """``30m``, ``1h``, ``7d`` and the like as a timedelta."""
+    match = _WINDOW.match(window.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise InvalidInputError(
+            f"window must look like 30m, 1h or 7d, got {window!r}", field="window", value=window
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def live_report(
+    registry: Registry,
+    predictions: PredictionLog,
+    model: str,
+    *,
+    version: int | None = None,
+    last: int = 1000,
+    since: datetime | None = None,
+    thresholds: DriftThresholds | None = None,
+) -> DriftReport:
+    """Compare the newest ``last`` logged instances (since ``since``) with the reference.
+
+    Args:
+        registry: A started registry.
+        predictions: The prediction log.
+        model: Registered model name.
+        version: Whose reference to use; default the current champion.
+        last: At most this many of the newest instances.
+        since: Only instances logged after this time.
+        thresholds: Drift thresholds; defaults when None.
+
+    Raises:
+        NotFoundError: No such model or version, or no reference profile.
+        InvalidInputError: No logged instances in the window, or a profile without a sample.
+    """
+    if last < 1:
+        raise InvalidInputError("last must be at least 1", field="last", value=last)
+    info = registry.get_alias(model, "champion") if version is None else registry.get_version(model, version)
+    profile = load_reference_profile(registry, model, info.version)
+    if not profile.get("sample"):
+        raise InvalidInputError(
+            f"the reference profile of {model!r} version {info.version} has no sample; retrain it",
+            model=model,
+            version=info.version,
+        )
+    reference = pd.DataFrame(profile["sample"])
+    rows = [
+        instance
+        for record in predictions.recent(model, limit=last, since=since)
+        for instance in record.inputs
+    ][:last]
+    if not rows:
+        window = f" since {since.isoformat()}" if since else ""
+        raise NotFoundError(f"no logged predictions of {model!r}{window} to compare", model=model)
+    categorical = [name for name, f in profile["features"].items() if f.get("kind") == "categorical"]
+    columns = list(reference.columns)
+    return compare_frames(
+        reference, pd.DataFrame(rows, columns=columns), categorical, thresholds, columns=columns
+    )
+
+
+def window_start(window: str | None) -> datetime | None:
+    """The start of a ``window`` ending now, or None for no window."""
+    return None if window is None else utcnow() - parse_window(window)
+
+
+@dataclass(frozen=True)
+class DriftCheckResult:
+    """One stored drift check."""
+
+    model: str
+    version: int
+    at: datetime
+    dataset_drift: bool
+    share_drifted: float
+    report: dict[str, Any]
+
+
+class DriftMonitor:
+    """Checks served models for drift, keeps every result, and tells subscribers.
+
+    A retraining workflow subscribes with :meth:`subscribe`; it is called on every check
+    that finds dataset drift. The first drifted check after a calm one is audited.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        predictions: PredictionLog,
+        audit: AuditLog,
+        metrics: DriftMetrics,
+        *,
+        last: int = 1000,
+        thresholds: DriftThresholds | None = None,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._predictions = predictions
+        self._audit = audit
+        self._metrics = metrics
+        self._last = last
+        self._thresholds = thresholds
+        self._hooks: list[Callable[[DriftCheckResult], None]] = []
+
+    def subscribe(self, hook: Callable[[DriftCheckResult], None]) -> None:
+        """Call ``hook`` with every check that finds dataset drift."""
+        self._hooks.append(hook)
+
+    def check(self, model: str) -> DriftCheckResult | None:
+        """Check ``model``'s champion now; None when there is no traffic to compare yet."""
+        version = self._registry.get_alias(model, "champion").version
+        try:
+            report = live_report(
+                self._registry,
+                self._predictions,
+                model,
+                version=version,
+                last=self._last,
+                thresholds=self._thresholds,
+            )
+        except NotFoundError:
+            self._metrics.checks.labels(model, "skipped").inc()
+            return None
+        previous = self.history(model, limit=1)
+        result = DriftCheckResult(
+            model, version, utcnow(), report.dataset_drift, report.share_drifted, report.to_dict()
+        )
+
+        def store(session: Session) -> None:
+            session.add(
+                DriftCheck(
+                    at=result.at,
+                    model=model,
+                    version=version,
+                    dataset_drift=result.dataset_drift,
+                    share_drifted=result.share_drifted,
+                    report=result.report,
+                )
+            )
+            if result.dataset_drift and not (previous and previous[0].dataset_drift):
+                self._audit.record(
+                    session,
+                    actor="system",
+                    tenant="default",
+                    action="drift.detected",
+                    target=f"model:{model}",
+                    after={
+                        "version": version,
+                        "drifted": report.drifted_features,
+                        "share": result.share_drifted,
+                    },
+                )
+
+        self._db.write(store)
+        self._export(result, report)
+        if result.dataset_drift:
+            for hook in self._hooks:
+                hook(result)
+        return result
+
+    def check_all(self, models: Iterable[str]) -> None:
+        """Check each model; one failure is logged and does not stop the others."""
+        for model in models:
+            try:
+                self.check(model)
+            except OpsloopError:
+                self._metrics.checks.labels(model, "failed").inc()
+                log.exception("drift check of %s failed", model)
+
+    def history(self, model: str, *, limit: int = 100) -> list[DriftCheckResult]:
+        """Stored checks of ``model``, newest first."""
+        query = (
+            select(DriftCheck).where(DriftCheck.model == model).order_by(DriftCheck.id.desc()).limit(limit)
+        )
+        with self._db.read() as session:
+            rows = session.scalars(query).all()
+        return [
+            DriftCheckResult(r.model, r.version, r.at, r.dataset_drift, r.share_drifted, r.report)
+            for r in rows
+        ]
+
+    def _export(self, result: DriftCheckResult, report: DriftReport) -> None:
+        model = result.model
+        self._metrics.checks.labels(model, "drift" if result.dataset_drift else "no_drift").inc()
+        self._metrics.dataset.labels(model).set(1.0 if result.dataset_drift else 0.0)
+        self._metrics.share.labels(model).set(result.share_drifted)
+        for feature, scores in report.to_dict()["features"].items():
+            for method, value in scores.items():
+                if method not in ("kind", "drifted") and value is not None:
+                    self._metrics.score.labels(model, feature, method).set(value)
