@@ -66,12 +66,14 @@ class PredictionLog:
         flush_seconds: float = 0.25,
         max_pending: int = 100_000,
         on_dropped: Callable[[int], None] = lambda count: None,
+        on_written: Callable[[int], None] = lambda count: None,
     ) -> None:
         self._db = db
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
         self._queue: queue.Queue[PredictionRecord] = queue.Queue(max_pending)
         self._on_dropped = on_dropped
+        self._on_written = on_written
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -129,6 +131,8 @@ class PredictionLog:
         except (OpsloopError, SQLAlchemyError):
             log.exception("could not write %d predictions; they are dropped", len(rows))
             self._on_dropped(len(rows))
+        else:
+            self._on_written(len(rows))
 
     def feedback(self, tenant: str, model: str, labels: dict[str, list[Any]]) -> FeedbackResult:
         """Attach true labels (one per instance) to earlier predictions of ``model``."""
@@ -167,6 +171,20 @@ class PredictionLog:
 
         return self._db.write(attach)
 
+    def labelled(
+        self, model: str, version: int, *, since: datetime | None = None, limit: int = 100_000
+    ) -> list[PredictionRecord]:
+        """The newest ``limit`` predictions of a version that have labels, oldest first."""
+        self.flush()
+        query = select(Prediction).where(
+            Prediction.model == model, Prediction.version == version, Prediction.feedback_at.is_not(None)
+        )
+        if since is not None:
+            query = query.where(Prediction.at >= since)
+        with self._db.read() as session:
+            rows = session.scalars(query.order_by(Prediction.id.desc()).limit(limit)).all()
+        return [_record(r) for r in reversed(rows)]
+
     def recent(
         self,
         model: str,
@@ -184,10 +202,11 @@ class PredictionLog:
             query = query.where(Prediction.at >= since)
         with self._db.read() as session:
             rows = session.scalars(query.order_by(Prediction.id.desc()).limit(limit)).all()
-        return [
-            PredictionRecord(
-                r.request_id, r.tenant, r.model, r.version, r.variant, r.inputs, r.outputs,
-                r.latency_ms, r.at, r.labels,
-            )
-            for r in rows
-        ]  # fmt: skip
+        return [_record(r) for r in rows]
+
+
+def _record(row: Prediction) -> PredictionRecord:
+    return PredictionRecord(
+        row.request_id, row.tenant, row.model, row.version, row.variant, row.inputs, row.outputs,
+        row.latency_ms, row.at, row.labels,
+    )  # fmt: skip

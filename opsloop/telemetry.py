@@ -104,6 +104,11 @@ class ModelMetrics:
             "Prediction records lost: queue full or the store failed.",
             registry=registry,
         )
+        self.log_written = Counter(
+            "opsloop_prediction_log_written_total",
+            "Prediction records written to the prediction log.",
+            registry=registry,
+        )
 
 
 class DriftMetrics:
@@ -128,6 +133,20 @@ class DriftMetrics:
             "opsloop_drift_share",
             "Share of the model's features that drifted at the latest check.",
             ["model"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.concept = Gauge(
+            "opsloop_concept_drift",
+            "1 if ADWIN found the champion's error rate rising in the labelled feedback, else 0.",
+            ["model", "version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.error_rate = Gauge(
+            "opsloop_model_error_rate",
+            "The champion's error rate on labelled feedback since its last change point.",
+            ["model", "version"],
             registry=registry,
             multiprocess_mode="max",
         )

@@ -74,7 +74,9 @@ class Platform:
             metrics.models.champion.labels(model.name).set(model.version)
 
         runtime = ModelRuntime(registry, poll_seconds=settings.model_poll_seconds, on_swap=swapped)
-        predictions = PredictionLog(db, on_dropped=metrics.models.log_dropped.inc)
+        predictions = PredictionLog(
+            db, on_dropped=metrics.models.log_dropped.inc, on_written=metrics.models.log_written.inc
+        )
         drift = DriftMonitor(db, registry, predictions, audit, metrics.drift, last=settings.drift_last)
         return cls(settings, db, audit, keys, registry, runtime, predictions, drift, metrics)
 

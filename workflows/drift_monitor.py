@@ -3,6 +3,9 @@
 :class:`DriftMonitor` runs such checks on a schedule inside ``opsloop serve``, keeps each
 result, exports it to Prometheus and hands drifted checks to subscribers (retraining).
 
+Each check also runs ADWIN (:mod:`workflows.concept_drift`) over the champion's labelled
+feedback, when there is some, and exports its error rate.
+
 The reference is the sample kept in the version's reference profile at training time
 (``workflows.demo.reference_profile``), so a check never reads the training set; the
 current data are the newest instances in the prediction log.
@@ -15,22 +18,23 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from opsloop.audit import AuditLog
-from opsloop.db import Database
 from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
-from opsloop.predictions import PredictionLog
-from opsloop.registry import Registry
 from opsloop.tables import DriftCheck, utcnow
-from opsloop.telemetry import DriftMetrics
-from workflows.demo import load_reference_profile
-from workflows.drift import DriftThresholds, compare_frames
-from workflows.drift_report import DriftReport
+
+if TYPE_CHECKING:  # the statistics pull in pandas, SciPy and MLflow; `opsloop --help` should not
+    from sqlalchemy.orm import Session
+
+    from opsloop.audit import AuditLog
+    from opsloop.db import Database
+    from opsloop.predictions import PredictionLog
+    from opsloop.registry import Registry
+    from opsloop.telemetry import DriftMetrics
+    from workflows.drift import DriftThresholds
+    from workflows.drift_report import DriftReport
 
 __all__ = ["DriftCheckResult", "DriftMonitor", "live_report", "parse_window", "window_start"]
 
@@ -75,6 +79,11 @@ def live_report(
         NotFoundError: No such model or version, or no reference profile.
         InvalidInputError: No logged instances in the window, or a profile without a sample.
     """
+    import pandas as pd
+
+    from workflows.demo import load_reference_profile
+    from workflows.drift import compare_frames
+
     if last < 1:
         raise InvalidInputError("last must be at least 1", field="last", value=last)
     info = registry.get_alias(model, "champion") if version is None else registry.get_version(model, version)
@@ -196,10 +205,22 @@ class DriftMonitor:
 
         self._db.write(store)
         self._export(result, report)
+        self._check_concept(model, version)
         if result.dataset_drift:
             for hook in self._hooks:
                 hook(result)
         return result
+
+    def _check_concept(self, model: str, version: int) -> None:
+        """Export the champion's error rate and ADWIN's verdict, once feedback has labels."""
+        from workflows.concept_drift import concept_report
+
+        try:
+            concept = concept_report(self._predictions, model, version, since=None)
+        except NotFoundError:
+            return  # no labels yet
+        self._metrics.concept.labels(model, str(version)).set(1.0 if concept.drifted else 0.0)
+        self._metrics.error_rate.labels(model, str(version)).set(concept.current_error_rate)
 
     def check_all(self, models: Iterable[str]) -> None:
         """Check each model; one failure is logged and does not stop the others."""

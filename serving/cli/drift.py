@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
-from serving.cli.common import err, fail, out
+from serving.cli.common import err, fail, out, when
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -160,6 +160,81 @@ def drift_report(
     except OpsloopError as exc:
         raise fail(exc) from exc
     _emit(report, format_, output, fail_on_drift)
+
+
+@app.command("concept")
+def drift_concept(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")],
+    version: Annotated[
+        int | None, typer.Option(min=1, help="Whose predictions to score (default: the champion).")
+    ] = None,
+    window: Annotated[
+        str | None, typer.Option(help="Only predictions made in this window, e.g. 1h, 7d.")
+    ] = None,
+    delta: Annotated[
+        float, typer.Option(min=0, max=1, help="ADWIN's confidence: smaller finds fewer, surer changes.")
+    ] = 0.002,
+    format_: Annotated[Literal["table", "json"], typer.Option("--format", "-f")] = "table",
+    fail_on_drift: FailOnDriftOption = False,
+) -> None:
+    """Find where a model version's error rate changed, from the labels sent to /feedback.
+
+    Each labelled instance is one error (1 for a wrong class, the absolute error for a
+    number), in the order the predictions were made; ADWIN cuts that stream where the mean
+    error changed. With --fail-on-drift, exits 3 when the error rate rose.
+    """
+    from workflows.concept_drift import concept_report
+    from workflows.drift_monitor import window_start
+
+    platform, registry = ctx.obj.registry()
+    try:
+        chosen = version or registry.get_alias(model, "champion").version
+        report = concept_report(platform.predictions, model, chosen, since=window_start(window), delta=delta)
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    if format_ == "json":
+        print(report.to_json())
+    else:
+        out.print(report.to_table())
+    err.print(f"[{'red' if report.drifted else 'green'}]{report.verdict()}[/]", highlight=False)
+    if fail_on_drift and report.drifted:
+        raise typer.Exit(code=DRIFT_EXIT_CODE)
+
+
+@app.command("history")
+def drift_history(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name.")],
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many checks.")] = 20,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per line, full reports.")] = False,
+) -> None:
+    """The scheduled drift checks of a model that `opsloop serve` ran, newest first."""
+    import json
+
+    from rich.table import Table
+
+    platform = ctx.obj.platform()
+    checks = platform.drift.history(model, limit=limit)
+    if json_:
+        for check in checks:
+            print(json.dumps({**check.__dict__, "at": check.at.isoformat()}))
+        return
+    table = Table(title=f"Drift checks of {model}")
+    for column in ("time (UTC)", "version", "dataset drift", "share drifted", "drifted features"):
+        table.add_column(column)
+    for check in checks:
+        drifted = [name for name, f in check.report["features"].items() if f["drifted"]]
+        table.add_row(
+            when(check.at),
+            str(check.version),
+            "[red]yes[/]" if check.dataset_drift else "[green]no[/]",
+            f"{check.share_drifted:.0%}",
+            ", ".join(drifted),
+        )
+    out.print(table)
+    if not checks:
+        err.print(f"no drift checks of {model!r} yet: `opsloop serve` runs them on a schedule")
 
 
 def _emit(report: DriftReport, format_: str, output: Path | None, fail_on_drift: bool) -> None:

@@ -1,4 +1,4 @@
-"""Admin API: API keys and the audit log (admin role)."""
+"""Admin API: API keys and the audit log (admin role); drift reports (operator role)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,27 @@ async def drift(
             platform.registry, platform.predictions, model, version=version, last=last, since=since
         )
         return report.to_dict()
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/drift/{model}/concept", summary="Change points of a model version's error rate (ADWIN)")
+async def concept_drift(
+    model: str,
+    platform: PlatformDep,
+    _: OperatorKey,
+    version: Annotated[int | None, Query(ge=1)] = None,
+    window: Annotated[str | None, Query(examples=["7d"])] = None,
+    delta: Annotated[float, Query(gt=0, lt=1)] = 0.002,
+) -> dict[str, Any]:
+    """The report of ``opsloop drift concept`` as JSON (operator role)."""
+    from workflows.concept_drift import concept_report
+    from workflows.drift_monitor import window_start
+
+    def run() -> dict[str, Any]:
+        since = window_start(window)
+        chosen = version or platform.registry.get_alias(model, "champion").version
+        return concept_report(platform.predictions, model, chosen, since=since, delta=delta).to_dict()
 
     return await run_in_threadpool(run)
 

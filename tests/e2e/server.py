@@ -71,6 +71,14 @@ class Server:
             time.sleep(0.2)
         raise AssertionError(f"{path} never answered {status}:\n{''.join(self.output)}")
 
+    def metric(self, sample: str) -> float:
+        """The value of one sample line of /metrics, such as ``x_total{a="b"}``; 0 when absent."""
+        for line in self.http.get("/metrics").text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+        return 0.0
+
     def stop(self) -> int:
         self.http.close()
         self.proc.send_signal(signal.SIGINT)

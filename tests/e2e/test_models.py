@@ -151,12 +151,16 @@ def _send(server: Server, user: dict[str, str], shift: bool, seed: int) -> None:
 
     frame = generate_credit_data(600, seed=seed, shift=shift)[list(FEATURE_NAMES)]
     rows = json.loads(frame.to_json(orient="records"))
+    written = server.metric("opsloop_prediction_log_written_total")
     for start in range(0, len(rows), 50):
         response = server.http.post(
             "/predict/credit-risk", json={"instances": rows[start : start + 50]}, headers=user
         )
         assert response.status_code == 200, response.text
-    time.sleep(1.0)  # the prediction log writes in the background
+    deadline = time.monotonic() + 30  # the prediction log writes in the background
+    while server.metric("opsloop_prediction_log_written_total") < written + len(rows) / 50:
+        assert time.monotonic() < deadline, "the prediction log did not catch up within 30 s"
+        time.sleep(0.1)
 
 
 def test_drift_report_on_live_traffic(server: Server, user: dict[str, str]) -> None:
@@ -200,3 +204,48 @@ def test_drift_report_on_live_traffic(server: Server, user: dict[str, str]) -> N
     assert history.status_code == 200 and history.json()[0]["dataset_drift"] is True
     trail = cli(server.home, "audit", "tail", "--json", "--action", "drift.detected")
     assert '"target": "model:credit-risk"' in trail.stdout
+
+
+def test_concept_drift_from_feedback_labels(server: Server, user: dict[str, str]) -> None:
+    """The true relationship flips halfway: ADWIN finds where the error rate rose."""
+    from workflows.demo import FEATURE_NAMES, LABEL, generate_credit_data
+
+    frame = generate_credit_data(2000, seed=21)
+    rows = json.loads(frame[list(FEATURE_NAMES)].to_json(orient="records"))
+    truth = frame[LABEL].tolist()
+    feedback = []
+    for start in range(0, len(rows), 100):
+        response = server.http.post(
+            "/predict/credit-risk", json={"instances": rows[start : start + 100]}, headers=user
+        )
+        assert response.status_code == 200, response.text
+        labels = truth[start : start + 100]
+        if start >= 1000:  # the world changed: what was a default no longer is, and vice versa
+            labels = [1 - label for label in labels]
+        feedback.append({"request_id": response.json()["request_id"], "labels": labels})
+    sent = server.http.post("/feedback/credit-risk", json={"feedback": feedback}, headers=user)
+    assert sent.status_code == 200 and len(sent.json()["attached"]) == 20, sent.text
+
+    concept = cli(server.home, "drift", "concept", "--model", "credit-risk", "--format", "json")
+    assert concept.returncode == 0, concept.stderr
+    report = json.loads(concept.stdout)
+    assert report["drifted"] is True and report["instances"] >= 2000, report
+    rise = next(p for p in report["change_points"] if p["worse"])
+    assert rise["error_after"] > rise["error_before"] + 0.3
+    assert "concept drift: the error rate rose" in concept.stderr
+    table = cli(server.home, "drift", "concept", "--model", "credit-risk", "--fail-on-drift")
+    assert table.returncode == 3 and "worse" in table.stdout
+
+    operator = cli(server.home, "keys", "create", "--tenant", "acme", "--role", "operator").stdout.strip()
+    api = server.http.get("/admin/drift/credit-risk/concept", headers={"Authorization": f"Bearer {operator}"})
+    assert api.status_code == 200 and api.json()["drifted"] is True, api.text
+    missing = cli(server.home, "drift", "concept", "--model", "credit-risk", "--version", "2")
+    assert missing.returncode == 1 and "no labelled predictions" in missing.stderr
+
+    deadline = time.monotonic() + 20  # the scheduled check (every 2 s here) exports it too
+    while server.metric('opsloop_concept_drift{model="credit-risk",version="1"}') != 1.0:
+        assert time.monotonic() < deadline, "the scheduled check did not export concept drift"
+        time.sleep(0.5)
+    assert server.metric('opsloop_model_error_rate{model="credit-risk",version="1"}') > 0.5
+    history = cli(server.home, "drift", "history", "--model", "credit-risk")
+    assert history.returncode == 0 and "Drift checks of credit-risk" in history.stdout

@@ -6,11 +6,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pytest
 from sqlalchemy import text
 
 from opsloop.db import Database
+from opsloop.errors import NotFoundError
 from opsloop.predictions import PredictionLog, PredictionRecord
 
 
@@ -99,3 +103,26 @@ def test_a_crash_loses_at_most_what_was_not_yet_written(tmp_path: Path) -> None:
     ids = {r.request_id for r in PredictionLog(Database(url).start()).recent("risk", limit=1000)}
     assert {f"flushed{i}" for i in range(500)} <= ids
     assert len(ids) <= 520
+
+
+def test_concept_drift_reads_labelled_predictions_of_one_version(database: Database) -> None:
+    from workflows.concept_drift import concept_report
+
+    log = PredictionLog(database).start()
+    rng = np.random.default_rng(0)
+    wrong = [rng.random() < (0.05 if i < 1500 else 0.5) for i in range(3000)]
+    for i in range(len(wrong)):
+        log.record(replace(_record(f"r{i}"), outputs=[1], version=3))
+    log.record(replace(_record("other"), outputs=[1], version=4))
+    log.record(replace(_record("unlabelled"), outputs=[1], version=3))
+    labels = {f"r{i}": [0 if is_wrong else 1] for i, is_wrong in enumerate(wrong)}
+    assert len(log.feedback("acme", "risk", {**labels, "other": [0]}).attached) == 3001
+
+    report = concept_report(log, "risk", 3)
+    assert report.instances == 3000  # not version 4's, not the unlabelled one
+    assert report.drifted and 1400 <= report.change_points[0].index <= 1650
+    assert report.current_error_rate == pytest.approx(0.5, abs=0.06)
+    assert [r.request_id for r in log.labelled("risk", 3, limit=2)] == ["r2998", "r2999"]
+    with pytest.raises(NotFoundError, match="version 9"):
+        concept_report(log, "risk", 9)
+    log.close()
