@@ -185,8 +185,8 @@ class ModelRuntime:
                 continue
             try:
                 self.refresh(name, version)
-            except OpsloopError:
-                log.exception("could not load %s; still serving the version loaded before", name)
+            except Exception:  # a broken artifact raises anything; keep serving the others
+                log.exception("could not load %s version %s; still serving the one before", name, version)
 
     def start(self) -> ModelRuntime:
         """Load every model now and start watching the registry."""
@@ -201,7 +201,7 @@ class ModelRuntime:
         while not self._stop.wait(self._poll_seconds):
             try:
                 self.refresh_all()
-            except OpsloopError:
+            except Exception:  # the watcher must outlive any one failure, or swaps stop for good
                 log.exception("model watcher could not read the registry")
 
     def close(self) -> None:

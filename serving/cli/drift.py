@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
 from serving.cli.common import err, fail, out, when
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from workflows.drift_report import DriftReport
@@ -202,6 +205,114 @@ def drift_concept(
         raise typer.Exit(code=DRIFT_EXIT_CODE)
 
 
+@app.command("queries")
+def drift_queries(
+    reference: Annotated[
+        Path, typer.Argument(help="Reference queries: .txt (one per line), .jsonl, .csv or .parquet.")
+    ],
+    current: Annotated[Path, typer.Argument(help="Current queries, in any of the same formats.")],
+    alpha: Annotated[float, typer.Option(min=0, max=1, help="Significance level of the verdict.")] = 0.05,
+    permutations: Annotated[int, typer.Option(min=20, help="Permutations of the embedding test.")] = 200,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="A sentence-transformers model directory (default: the packaged MiniLM)."),
+    ] = None,
+    format_: Annotated[Literal["table", "json"], typer.Option("--format", "-f")] = "table",
+    fail_on_drift: FailOnDriftOption = False,
+) -> None:
+    """Compare two sets of RAG queries: their embeddings, and their retrieval scores when given.
+
+    .jsonl, .csv and .parquet files hold a `query` column and, optionally, a `score` column
+    (e.g. each query's top-1 retrieval similarity). Queries are embedded with the same model
+    the RAG pipeline uses; a kernel two-sample permutation test decides whether they moved.
+    """
+    from rag.embedder import SentenceTransformerEmbedder
+    from workflows.query_drift import QueryDriftThresholds, query_drift
+
+    try:
+        ref_queries, ref_scores = read_queries(reference)
+        cur_queries, cur_scores = read_queries(current)
+        if (ref_scores is None) != (cur_scores is None):
+            raise InvalidInputError("give a score column in both files or in neither", field="score")
+        embedder = SentenceTransformerEmbedder(model)
+        with err.status(f"embedding {len(ref_queries) + len(cur_queries)} queries"):
+            ref_vectors, cur_vectors = embedder.embed(ref_queries), embedder.embed(cur_queries)
+        report = query_drift(
+            ref_vectors,
+            cur_vectors,
+            ref_scores,
+            cur_scores,
+            QueryDriftThresholds(alpha=alpha),
+            permutations=permutations,
+        )
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    if format_ == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        out.print(_query_table(report.to_dict()))
+    verdict = "query drift" if report.drifted else "no query drift"
+    err.print(f"[{'red' if report.drifted else 'green'}]{verdict}[/]", highlight=False)
+    if fail_on_drift and report.drifted:
+        raise typer.Exit(code=DRIFT_EXIT_CODE)
+
+
+def read_queries(path: Path) -> tuple[list[str], np.ndarray | None]:
+    """Queries, and their scores when the file has a ``score`` column.
+
+    Raises:
+        NotFoundError: No such file.
+        InvalidInputError: Unreadable, no ``query`` column, or an empty or non-numeric score.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if not path.is_file():
+        raise NotFoundError(f"no such file: {path}", field="path", path=str(path))
+    if path.suffix.lower() == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [line.strip() for line in lines if line.strip()], None
+    try:
+        frame = pd.read_json(path, lines=True) if path.suffix.lower() == ".jsonl" else read_frame(path)
+    except ValueError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc}", field="path", path=str(path)) from exc
+    if "query" not in frame.columns:
+        raise InvalidInputError(f"{path} has no 'query' column", field="query", path=str(path))
+    queries = [str(q) for q in frame["query"]]
+    if "score" not in frame.columns:
+        return queries, None
+    scores = pd.to_numeric(frame["score"], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(scores).all():
+        row = int(np.flatnonzero(~np.isfinite(scores))[0])
+        raise InvalidInputError(f"{path}: score of row {row} is not a number", field="score", row=row)
+    return queries, scores
+
+
+def _query_table(report: dict[str, Any]) -> Table:
+    table = Table(title="Query drift")
+    for column in ("test", "drifted", "p-value", "distance", "reference", "current"):
+        table.add_column(column)
+    embedding, scores = report["embedding"], report["scores"]
+    table.add_row(
+        "embeddings (kernel MMD)",
+        "[red]yes[/]" if embedding["drifted"] else "[green]no[/]",
+        f"{embedding['pvalue']:.4f}",
+        f"cosine {embedding['cosine_distance']:.3f}",
+        str(embedding["reference_count"]),
+        str(embedding["current_count"]),
+    )
+    if scores is not None:
+        table.add_row(
+            "retrieval scores (KS)",
+            "[red]yes[/]" if scores["drifted"] else "[green]no[/]",
+            f"{scores['ks_pvalue']:.4f}",
+            f"mean {scores['reference_mean']:.3f} -> {scores['current_mean']:.3f}",
+            str(scores["reference_count"]),
+            str(scores["current_count"]),
+        )
+    return table
+
+
 @app.command("history")
 def drift_history(
     ctx: typer.Context,
@@ -210,10 +321,6 @@ def drift_history(
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per line, full reports.")] = False,
 ) -> None:
     """The scheduled drift checks of a model that `opsloop serve` ran, newest first."""
-    import json
-
-    from rich.table import Table
-
     platform = ctx.obj.platform()
     checks = platform.drift.history(model, limit=limit)
     if json_:

@@ -23,8 +23,16 @@ def free_port() -> int:
 
 
 def environment(home: Path) -> dict[str, str]:
-    """This process's environment, pointed at ``home``, without other tests' MLflow store."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPSLOOP_"))}
+    """This process's environment, pointed at ``home``, without other tests' MLflow store.
+
+    PYTEST_CURRENT_TEST goes too: MLflow turns on test-only checks when it sees it, and the
+    processes under test should run as they do for a user.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "OPSLOOP_")) and k != "PYTEST_CURRENT_TEST"
+    }
     return {**env, "OPSLOOP_HOME": str(home)}
 
 

@@ -38,11 +38,21 @@ def _example(server: Server, user: dict[str, str]) -> dict[str, Any]:
     return example
 
 
+# The swap itself takes well under 2 s (measured under this test's load); the bound is loose
+# because CI shares 2 cores between the server, the CLI and the load threads.
+SWAP_SECONDS = 10
+
+
+def _not_swapped(server: Server, version: int) -> str:
+    log = "".join(server.output[-40:])
+    return f"version {version} not served within {SWAP_SECONDS} s; server log:\n{log}"
+
+
 def _wait_for_version(server: Server, user: dict[str, str], version: int) -> None:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + SWAP_SECONDS
     body = _example(server, user)
     while server.http.post("/predict/credit-risk", json=body, headers=user).json()["version"] != version:
-        assert time.monotonic() < deadline, f"version {version} not served within 5 s"
+        assert time.monotonic() < deadline, _not_swapped(server, version)
         time.sleep(0.1)
 
 
@@ -95,7 +105,7 @@ def test_promotion_under_load_fails_no_request_and_rollback_restores(
         assert promoted.returncode == 0, promoted.stderr
         promoted_at = time.monotonic()
         while versions[2] == 0:
-            assert time.monotonic() - promoted_at < 5, "version 2 not served within 5 s"
+            assert time.monotonic() - promoted_at < SWAP_SECONDS, _not_swapped(server, 2)
             time.sleep(0.05)
         time.sleep(0.5)
     finally:

