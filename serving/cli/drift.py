@@ -292,24 +292,18 @@ def _query_table(report: dict[str, Any]) -> Table:
     table = Table(title="Query drift")
     for column in ("test", "drifted", "p-value", "distance", "reference", "current"):
         table.add_column(column)
+
+    def row(test: str, result: dict[str, Any], pvalue: float, distance: str) -> None:
+        verdict = "[red]yes[/]" if result["drifted"] else "[green]no[/]"
+        counts = str(result["reference_count"]), str(result["current_count"])
+        table.add_row(test, verdict, f"{pvalue:.4f}", distance, *counts)
+
     embedding, scores = report["embedding"], report["scores"]
-    table.add_row(
-        "embeddings (kernel MMD)",
-        "[red]yes[/]" if embedding["drifted"] else "[green]no[/]",
-        f"{embedding['pvalue']:.4f}",
-        f"cosine {embedding['cosine_distance']:.3f}",
-        str(embedding["reference_count"]),
-        str(embedding["current_count"]),
-    )
+    cosine = f"cosine {embedding['cosine_distance']:.3f}"
+    row("embeddings (kernel MMD)", embedding, embedding["pvalue"], cosine)
     if scores is not None:
-        table.add_row(
-            "retrieval scores (KS)",
-            "[red]yes[/]" if scores["drifted"] else "[green]no[/]",
-            f"{scores['ks_pvalue']:.4f}",
-            f"mean {scores['reference_mean']:.3f} -> {scores['current_mean']:.3f}",
-            str(scores["reference_count"]),
-            str(scores["current_count"]),
-        )
+        means = f"mean {scores['reference_mean']:.3f} -> {scores['current_mean']:.3f}"
+        row("retrieval scores (KS)", scores, scores["ks_pvalue"], means)
     return table
 
 
