@@ -203,3 +203,19 @@ def test_demo_data_shift_is_detected_and_resampling_is_not() -> None:
     changed = {"income", "loan_amount", "num_late_payments", "debt_to_income", "employment_type"}
     assert set(shifted.drifted_features) == changed | {"purpose", "default"}
     assert shifted.dataset_drift  # 7 of 11 columns
+
+
+@pytest.mark.parametrize(("n", "m"), [(300, 500), (20_000, 15_000), (200_000, 300_000)])
+def test_ks_and_wasserstein_match_scipy_with_ties_and_at_every_size(n: int, m: int) -> None:
+    rng = np.random.default_rng(n)
+    reference = rng.integers(0, 20, n).astype(float)  # many ties
+    current = rng.integers(1, 21, m).astype(float) + rng.normal(0, 0.001, m) * (m > 100_000)
+    statistic, pvalue = ks_test(reference, current)
+    expected = stats.ks_2samp(reference, current)
+    assert statistic == pytest.approx(expected.statistic, abs=1e-12)
+    # Above 50,000 effective rows the limiting distribution stands in for SciPy's finite one.
+    assert pvalue == pytest.approx(expected.pvalue, rel=5e-3, abs=1e-300)
+    scale = float(np.std(reference))
+    assert normalised_wasserstein(reference, current) == pytest.approx(
+        stats.wasserstein_distance(reference, current) / scale, rel=1e-9
+    )
