@@ -1,0 +1,115 @@
+"""What every LLM backend speaks: chat requests in the OpenAI shape, results with usage.
+
+The gateway, the RAG answerer, evals and agents depend on :class:`LLMClient` only;
+``opsloop.llm`` holds the backends (llama.cpp in-process, any OpenAI-compatible server
+such as vLLM, Anthropic's Messages API). Token counts are the backend's own, so the cost
+ledger charges what the backend counted, streamed or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "ChatChunk",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatResult",
+    "FinishReason",
+    "LLMClient",
+    "Role",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a conversation."""
+
+    role: Role
+    content: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one call used, as the backend counted them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat completion request; ``model`` is the backend's own model name."""
+
+    messages: Sequence[ChatMessage]
+    model: str = ""
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A finished completion."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    model: str
+    backend: str
+    ttft_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """One piece of a streamed completion; the last one has ``finish_reason`` and ``usage``."""
+
+    delta: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """A chat backend. Implementations raise opsloop errors, never their SDK's.
+
+    ``BackendError`` (or a subclass) for connection failures, timeouts, 5xx and 429, so a
+    router can fall back; ``InvalidInputError`` for requests the backend refuses as bad.
+    """
+
+    name: str
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        """Complete ``request`` and return the whole answer."""
+        ...
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Complete ``request`` piece by piece; the final chunk carries usage."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the backend's resources (model memory, HTTP connections)."""
+        ...
