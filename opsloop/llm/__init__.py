@@ -1,4 +1,8 @@
-"""LLM clients: one protocol (:mod:`opsloop.llm.protocol`) and its backends."""
+"""LLM clients: one protocol (:mod:`opsloop.llm.protocol`) and its backends.
+
+The backends import heavy SDKs; import them from their modules (``opsloop.llm.llamacpp``,
+``opsloop.llm.openai_compat``) where they are wired, so ``import opsloop.llm`` stays light.
+"""
 
 from opsloop.llm.protocol import (
     ChatChunk,
@@ -7,6 +11,7 @@ from opsloop.llm.protocol import (
     ChatResult,
     FinishReason,
     LLMClient,
+    MeteredStream,
     Role,
     Usage,
 )
@@ -18,6 +23,7 @@ __all__ = [
     "ChatResult",
     "FinishReason",
     "LLMClient",
+    "MeteredStream",
     "Role",
     "Usage",
 ]

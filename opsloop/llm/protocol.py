@@ -8,7 +8,7 @@ ledger charges what the backend counted, streamed or not.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -19,6 +19,7 @@ __all__ = [
     "ChatResult",
     "FinishReason",
     "LLMClient",
+    "MeteredStream",
     "Role",
     "Usage",
 ]
@@ -92,6 +93,30 @@ class ChatChunk:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+class MeteredStream(Protocol):
+    """A streamed completion that knows what it used, also when stopped early.
+
+    ``usage`` is set with the final chunk, or by :meth:`aclose` after the consumer stopped
+    (a client disconnect), for what was generated up to then. Consume it as
+    ``try: async for chunk in stream: ... finally: await stream.aclose()`` and charge
+    ``stream.usage``: a stream that is never closed may generate on to ``max_tokens``.
+    """
+
+    usage: Usage | None
+
+    def __aiter__(self) -> MeteredStream:
+        """The stream itself."""
+        ...
+
+    async def __anext__(self) -> ChatChunk:
+        """The next piece of the completion."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop generating and settle ``usage``."""
+        ...
+
+
 @runtime_checkable
 class LLMClient(Protocol):
     """A chat backend. Implementations raise opsloop errors, never their SDK's.
@@ -106,7 +131,7 @@ class LLMClient(Protocol):
         """Complete ``request`` and return the whole answer."""
         ...
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    def stream(self, request: ChatRequest) -> MeteredStream:
         """Complete ``request`` piece by piece; the final chunk carries usage."""
         ...
 

@@ -1,0 +1,236 @@
+"""OpenAICompatClient against a real OpenAI-compatible server (llama.cpp's) on loopback.
+
+The server needs llama-cpp-python's ``server`` extra (sse-starlette, starlette-context);
+without it the server tests skip locally and fail in CI. Error mapping is tested through
+an injected ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from opsloop.errors import BackendError, InvalidInputError
+from opsloop.llm.llamacpp import default_model_path
+from opsloop.llm.openai_compat import OpenAICompatClient
+from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, LLMClient
+
+MODEL = "smollm2"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _request(question: str, max_tokens: int = 12) -> ChatRequest:
+    return ChatRequest(
+        messages=[ChatMessage("user", question)], max_tokens=max_tokens, temperature=0.0, seed=7
+    )
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    """A llama.cpp OpenAI-compatible server with SmolLM2 on a free loopback port."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import llama_cpp.server.app"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        reason = (
+            "llama.cpp's server needs llama-cpp-python[server] "
+            f"(sse-starlette, starlette-context): {probe.stderr.strip().splitlines()[-1]}"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    port = _free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path())]
+    command += ["--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "False"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"llama.cpp server exited: {process.stderr.read() if process.stderr else ''}")
+            try:
+                if httpx.get(f"{url}/models", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("llama.cpp server did not answer /v1/models within 60 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_chat_through_a_real_server(server_url: str) -> None:
+    async def run() -> None:
+        client = OpenAICompatClient(server_url, api_key="sk-test", model=MODEL, name="vllm")
+        assert isinstance(client, LLMClient)
+        try:
+            result = await client.chat(_request("What is the capital of France?"))
+        finally:
+            await client.aclose()
+        assert result.text.strip() and result.backend == "vllm"
+        assert result.finish_reason in ("stop", "length")
+        assert result.usage.prompt_tokens > 0 and 0 < result.usage.completion_tokens <= 12
+
+    asyncio.run(run())
+
+
+def test_stream_through_a_real_server(server_url: str) -> None:
+    async def run() -> tuple[list[ChatChunk], str]:
+        client = OpenAICompatClient(server_url, model=MODEL)
+        try:
+            whole = await client.chat(_request("Write a story about a cat."))
+            return [
+                chunk async for chunk in client.stream(_request("Write a story about a cat."))
+            ], whole.text
+        finally:
+            await client.aclose()
+
+    chunks, whole = asyncio.run(run())
+    *deltas, final = chunks
+    text = "".join(chunk.delta for chunk in deltas)
+    assert text and text == whole
+    assert final.finish_reason == "length" and final.usage is not None
+    assert final.usage.completion_tokens > 0 and final.usage.prompt_tokens > 0
+
+
+def test_early_stop_keeps_counted_usage(server_url: str) -> None:
+    async def run() -> None:
+        client = OpenAICompatClient(server_url, model=MODEL)
+        stream = client.stream(_request("Write a long story about a dragon.", max_tokens=24))
+        try:
+            seen = 0
+            async for _ in stream:
+                seen += 1
+                if seen == 2:
+                    break
+        finally:
+            await stream.aclose()
+            await client.aclose()
+        assert stream.usage is not None and stream.usage.completion_tokens == 2
+        assert stream.usage_estimated
+
+    asyncio.run(run())
+
+
+def test_dead_backend_is_a_retryable_backend_error_quickly() -> None:
+    client = OpenAICompatClient(f"http://127.0.0.1:{_free_port()}/v1", model=MODEL, timeout=30.0)
+    with pytest.raises(BackendError, match="unreachable") as info:
+        asyncio.run(client.chat(_request("hi")))  # the first call also imports the SDK
+    assert info.value.details["retryable"] is True
+
+    async def stream() -> None:
+        async for _ in client.stream(_request("hi")):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="unreachable"):
+        asyncio.run(stream())
+    assert time.monotonic() - started < 3.0  # refused at once: no SDK retries, no waiting for the timeout
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "retryable"),
+    [
+        (429, BackendError, True),
+        (500, BackendError, True),
+        (503, BackendError, True),
+        (401, BackendError, False),
+    ],
+)
+def test_status_errors_map_to_backend_errors(status: int, error: type[Exception], retryable: bool) -> None:
+    seen: list[httpx.Request] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, json={"error": {"message": f"upstream said {status}"}})
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+            client = OpenAICompatClient(
+                "http://llm.test/v1", api_key="sk-secret", model=MODEL, http_client=http
+            )
+            with pytest.raises(error) as info:
+                await client.chat(_request("hi"))
+            await client.aclose()
+            assert not http.is_closed  # the caller owns the injected client
+        assert isinstance(info.value, BackendError)
+        assert info.value.details == {
+            "backend": "openai",
+            "upstream_status": status,
+            "retryable": retryable,
+        }
+        assert f"upstream said {status}" in info.value.message
+        assert "sk-secret" not in info.value.message and "sk-secret" not in repr(client)
+
+    asyncio.run(run())
+    assert len(seen) == 1  # no hidden SDK retries: the router decides
+    assert seen[0].headers["authorization"] == "Bearer sk-secret"
+
+
+def test_bad_request_maps_to_invalid_input() -> None:
+    def reply(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "max_tokens is too large"}})
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+            client = OpenAICompatClient("http://llm.test/v1", model=MODEL, http_client=http)
+            with pytest.raises(InvalidInputError, match="max_tokens is too large") as info:
+                await client.chat(_request("hi"))
+            with pytest.raises(InvalidInputError, match="max_tokens is too large"):
+                async for _ in client.stream(_request("hi")):
+                    pass
+        assert info.value.details["upstream_status"] == 400
+        assert isinstance(info.value.__cause__, Exception)
+
+    asyncio.run(run())
+
+
+def test_cached_tokens_and_usage_from_the_server() -> None:
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 1,
+            "total_tokens": 11,
+            "prompt_tokens_details": {"cached_tokens": 8},
+        },
+    }
+
+    async def run() -> None:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+        async with httpx.AsyncClient(transport=transport) as http:
+            client = OpenAICompatClient("http://llm.test/v1", model=MODEL, http_client=http)
+            result = await client.chat(_request("hi"))
+        assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.cached_tokens) == (
+            10,
+            1,
+            8,
+        )
+
+    asyncio.run(run())
