@@ -57,7 +57,7 @@ class SentenceTransformerEmbedder:
     @property
     def dimension(self) -> int:
         """Length of every vector (loads the model)."""
-        size = self._loaded().get_sentence_embedding_dimension()
+        size = self._loaded().get_embedding_dimension()
         if size is None:
             raise BackendError(f"the model at {self._path()} does not say its embedding size")
         return int(size)
