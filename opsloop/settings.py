@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,6 +68,25 @@ class Settings(BaseSettings):
         description="How long a verified key is trusted before the store is asked again; "
         "a revocation made by another process takes effect within this time.",
     )
+    vector_store: Literal["edge", "qdrant"] = Field(
+        default="edge",
+        description="edge: Qdrant Edge in-process under home/qdrant; qdrant: a Qdrant server at qdrant_url.",
+    )
+    qdrant_url: str | None = Field(
+        default=None, validate_default=True, description="Qdrant server URL; needed by vector_store=qdrant."
+    )
+    qdrant_api_key: SecretStr | None = Field(default=None, description="API key of the Qdrant server.")
+    rag_top_k: int = Field(default=5, ge=1, le=50, description="Chunks a /query retrieves by default.")
+    rag_score_threshold: float = Field(
+        default=0.3, ge=-1.0, le=1.0, description="Cosine similarity below which a chunk is not a source."
+    )
+    rag_context_tokens: int = Field(
+        default=1500, ge=16, description="Token budget of the sources block in the answer prompt."
+    )
+    rag_max_answer_tokens: int = Field(default=256, ge=1, description="Most tokens of a generated answer.")
+    llm_model_path: Path | None = Field(
+        default=None, description="GGUF file of the local LLM; default: the packaged SmolLM2-135M-Instruct."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -85,6 +104,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, home: Path) -> Path:
         return home.expanduser().resolve()
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _qdrant_needs_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("vector_store") == "qdrant" and not url:
+            raise ValueError(f"vector_store 'qdrant' needs a qdrant_url ({ENV_PREFIX}QDRANT_URL)")
+        return url
 
     @property
     def db_url(self) -> str:
@@ -109,7 +135,9 @@ class Settings(BaseSettings):
     def env(self) -> dict[str, str]:
         """These settings as ``OPSLOOP_*`` variables, to hand to worker processes."""
         return {
-            f"{ENV_PREFIX}{name.upper()}": str(value)
+            f"{ENV_PREFIX}{name.upper()}": value.get_secret_value()
+            if isinstance(value, SecretStr)
+            else str(value)
             for name, value in self.model_dump().items()
             if value is not None
         }

@@ -12,7 +12,7 @@ from opsloop.settings import Settings, load_settings
 from serving.errors import install_error_handlers
 from serving.middleware import RequestMiddleware
 from serving.platform import Platform
-from serving.routers import admin, health, models
+from serving.routers import admin, health, models, rag
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMiddleware, metrics=platform.metrics, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(rag.router)
     app.include_router(admin.router)
     return app
 

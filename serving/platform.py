@@ -10,7 +10,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opsloop.audit import AuditLog
 from opsloop.auth import KeyStore, NewKey
@@ -21,6 +21,9 @@ from opsloop.settings import Settings
 from opsloop.telemetry import Metrics
 from serving.runtime import LoadedModel, ModelRuntime
 from workflows.drift_monitor import DriftMonitor
+
+if TYPE_CHECKING:
+    from serving.rag_service import RagService
 
 __all__ = ["Platform", "cli_actor", "write_admin_key"]
 
@@ -60,6 +63,9 @@ class Platform:
     components: dict[str, ComponentState] = field(default_factory=dict)
     _starting: list[threading.Thread] = field(default_factory=list)
     _scheduler: Any = None
+    _rag: RagService | None = None
+    _rag_lock: threading.Lock = field(default_factory=threading.Lock)
+    _registry_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, settings: Settings) -> Platform:
@@ -98,7 +104,7 @@ class Platform:
 
     def _start_models(self) -> None:
         try:
-            self.registry.start()
+            self.start_registry()
             self.components["registry"] = "ready"
             if self.settings.bootstrap_demo:
                 self._bootstrap_demo()
@@ -114,6 +120,26 @@ class Platform:
             for name in ("registry", "models"):
                 if self.components[name] != "ready":
                     self.components[name] = "failed"
+
+    def start_registry(self) -> Registry:
+        """Start the registry once, whichever thread (model start-up or a first query) asks first."""
+        with self._registry_lock:
+            return self.registry.start()
+
+    @property
+    def rag(self) -> RagService:
+        """The RAG runtime, built on first use (see ``serving.rag_service`` for the store lock).
+
+        Raises:
+            ConflictError: Another process holds the embedded vector store.
+        """
+        with self._rag_lock:
+            if self._rag is None:
+                from serving.rag_service import RagService
+
+                self._rag = RagService(self.settings, self.registry, self.audit, self.start_registry)
+                self.components["rag"] = "ready"
+            return self._rag
 
     def _schedule_drift_checks(self) -> None:
         """Check every served model for drift every ``drift_check_seconds`` (0: never)."""
@@ -171,6 +197,13 @@ class Platform:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        with self._rag_lock:
+            rag, self._rag = self._rag, None
+        if rag is not None:
+            try:
+                rag.close()
+            except Exception:  # the rest must still close; the failure is logged, not lost
+                log.exception("closing the RAG runtime failed")
         self.runtime.close()
         self.predictions.close()
         self.registry.close()

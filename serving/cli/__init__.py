@@ -11,7 +11,7 @@ import typer
 
 from opsloop.errors import OpsloopError
 from opsloop.telemetry import MULTIPROC_ENV
-from serving.cli import audit, drift, keys, models
+from serving.cli import audit, drift, keys, models, rag
 from serving.cli.common import State, err, fail
 from serving.platform import Platform
 
@@ -26,6 +26,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.add_typer(models.app, name="models")
 app.add_typer(drift.app, name="drift")
+app.command("ingest")(rag.ingest)
+app.command("query")(rag.query)
 
 
 @app.callback()

@@ -61,3 +61,32 @@ def test_env_round_trips_into_worker_settings(tmp_path: Path, monkeypatch: pytes
     for name, value in original.env().items():
         monkeypatch.setenv(name, value)
     assert load_settings() == original
+
+
+def test_qdrant_store_needs_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSLOOP_VECTOR_STORE", "qdrant")
+    with pytest.raises(ConfigError, match="OPSLOOP_QDRANT_URL") as caught:
+        load_settings()
+    assert caught.value.details["settings"] == ["qdrant_url"]
+    monkeypatch.setenv("OPSLOOP_QDRANT_URL", "http://qdrant:6333")
+    assert load_settings().qdrant_url == "http://qdrant:6333"
+
+
+def test_qdrant_api_key_is_secret_but_reaches_workers(tmp_path: Path) -> None:
+    settings = load_settings(
+        home=tmp_path, vector_store="qdrant", qdrant_url="http://q:6333", qdrant_api_key="s3"
+    )
+    assert "s3" not in repr(settings)
+    assert settings.env()["OPSLOOP_QDRANT_API_KEY"] == "s3"
+
+
+def test_rag_defaults_and_bounds(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path)
+    assert (settings.vector_store, settings.rag_top_k, settings.rag_score_threshold) == ("edge", 5, 0.3)
+    assert (settings.rag_context_tokens, settings.rag_max_answer_tokens, settings.llm_model_path) == (
+        1500,
+        256,
+        None,
+    )
+    with pytest.raises(ConfigError, match="OPSLOOP_RAG_TOP_K"):
+        load_settings(home=tmp_path, rag_top_k=0)

@@ -1,0 +1,152 @@
+"""RAG end to end: `opsloop ingest` a folder, then `POST /query` on a real `opsloop serve`.
+
+The CLI ingests before the server starts: with the embedded store (Qdrant Edge) one process
+holds the store at a time, and the server takes it on its first RAG request (the last test
+checks that the CLI then refuses with an error naming the lock).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rag.answer import DONT_KNOW
+from tests.e2e.server import Server, cli
+
+DOCS = {
+    "install.md": "# Installing Frobnicator\n\n## Linux\n\n"
+    "Run `apt install frobnicator`, then start the daemon with `frobd --port 7311`.\n"
+    "The frobnicator daemon listens on port 7311 by default.\n",
+    "billing.md": "# Billing\n\nInvoices are sent on the first day of each month. Refunds are "
+    "processed within 14 days of a written request to the billing team.\n",
+    "security.md": "# Security\n\nAll API keys are stored as SHA-256 hashes. Rotate keys every 90 days.\n",
+}
+ENV = {
+    "OPSLOOP_DRIFT_CHECK_SECONDS": "0",
+    "OPSLOOP_BOOTSTRAP_DEMO": "false",
+    "OPSLOOP_RAG_MAX_ANSWER_TOKENS": "32",
+}
+
+
+@dataclass
+class Setup:
+    server: Server
+    docs: Path
+    first: subprocess.CompletedProcess[str]
+    again: subprocess.CompletedProcess[str]
+    acme: dict[str, str]
+    globex: dict[str, str]
+    acme_operator: dict[str, str]
+
+
+def _key(home: Path, tenant: str, role: str) -> dict[str, str]:
+    done = cli(home, "keys", "create", "--tenant", tenant, "--role", role)
+    assert done.returncode == 0, done.stderr
+    return {"Authorization": f"Bearer {done.stdout.strip()}"}
+
+
+def _ingest(home: Path, docs: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(home, "ingest", str(docs), "--collection", "docs", "--tenant", "acme", *args)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    home = tmp_path_factory.mktemp("rag-home")
+    docs = tmp_path_factory.mktemp("docs")
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    first = _ingest(home, docs)
+    again = _ingest(home, docs)
+    keys = _key(home, "acme", "user"), _key(home, "globex", "user"), _key(home, "acme", "operator")
+    server = Server(home, env=ENV)
+    try:
+        yield Setup(server, docs, first, again, *keys)
+    finally:
+        assert server.stop() == 0, "".join(server.output)
+
+
+def test_ingest_reports_added_then_unchanged(setup: Setup) -> None:
+    assert setup.first.returncode == 0, setup.first.stderr
+    assert "added" in setup.first.stdout and "chunks written: 3" in setup.first.stdout
+    assert setup.again.returncode == 0, setup.again.stderr
+    unchanged = next(line for line in setup.again.stdout.splitlines() if "unchanged" in line)
+    assert "3" in unchanged and "chunks written: 0" in setup.again.stdout
+
+
+def test_query_answers_from_the_right_file(setup: Setup) -> None:
+    response = setup.server.http.post(
+        "/query",
+        json={"question": "Which port does the frobnicator daemon listen on?", "collection": "docs"},
+        headers=setup.acme,
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["sources"][0]["source"] == "install.md"
+    assert body["sources"][0]["n"] == 1 and "7311" in body["sources"][0]["text"]
+    assert body["answer"] and body["answer"] != DONT_KNOW
+    assert body["usage"]["prompt_tokens"] > 0 and 0 < body["usage"]["completion_tokens"] <= 32
+    assert body["prompt_version"] == 1 and body["model"] and body["request_id"]
+    assert set(body["timings"]) == {"retrieval_ms", "prompt_ms", "generation_ms"}
+
+
+def test_another_tenant_cannot_see_the_collection(setup: Setup) -> None:
+    response = setup.server.http.post(
+        "/query", json={"question": "Which port?", "collection": "docs"}, headers=setup.globex
+    )
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["details"] == {"collection": "docs"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"question": "  ", "collection": "docs"}, "question"),
+        ({"question": "hi", "collection": "../etc"}, "collection"),
+        ({"question": "hi", "collection": "docs", "top_k": 0}, "top_k"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(setup: Setup, body: dict[str, object], field: str) -> None:
+    response = setup.server.http.post("/query", json=body, headers=setup.acme)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["error"]["details"]["errors"]] == [field]
+
+
+def test_nothing_relevant_means_i_dont_know(setup: Setup) -> None:
+    response = setup.server.http.post(
+        "/query",
+        json={"question": "What is the capital of Mongolia?", "collection": "docs"},
+        headers=setup.acme,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["answer"] == DONT_KNOW and body["sources"] == [] and body["citations"] == []
+    assert body["model"] is None and body["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+
+
+def test_upload_needs_operator_and_is_idempotent(setup: Setup) -> None:
+    text = b"# Support\n\nThe support hotline is open from 9 to 17 on weekdays.\n"
+    url = "/collections/docs/documents?source=support.md"
+    assert setup.server.http.post(url, content=text, headers=setup.acme).status_code == 403
+    first = setup.server.http.post(url, content=text, headers=setup.acme_operator)
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "added" and first.json()["chunks_written"] == 1
+    again = setup.server.http.post(url, content=text, headers=setup.acme_operator)
+    assert again.json()["status"] == "unchanged" and again.json()["chunks_written"] == 0
+    bad = setup.server.http.post(
+        "/collections/docs/documents?source=x.exe", content=b"MZ", headers=setup.acme_operator
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "source"
+
+
+def test_cli_ingest_refuses_while_the_server_holds_the_store(setup: Setup) -> None:
+    # The earlier queries made the server open the store; it keeps it until it stops.
+    setup.server.http.post("/query", json={"question": "port?", "collection": "docs"}, headers=setup.acme)
+    done = _ingest(setup.server.home, setup.docs)
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert "Qdrant Edge store is in use by another process" in message and "lock" in message
