@@ -9,10 +9,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, Index, Integer, String, TypeDecorator
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiKey", "AuditEvent", "Base", "DriftCheck", "Prediction", "UTCDateTime", "utcnow"]
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "DriftCheck",
+    "Prediction",
+    "RagQuery",
+    "UTCDateTime",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -115,3 +124,27 @@ class DriftCheck(Base):
     dataset_drift: Mapped[bool] = mapped_column(Boolean)
     share_drifted: Mapped[float] = mapped_column(Float)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RagQuery(Base):
+    """One RAG query: what was retrieved (ids and scores), the answer, tokens and timings."""
+
+    __tablename__ = "rag_queries"
+    __table_args__ = (Index("ix_rag_queries_tenant_collection_at", "tenant", "collection", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    request_id: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(64))
+    collection: Mapped[str] = mapped_column(String(64))
+    question: Mapped[str] = mapped_column(Text)
+    chunk_ids: Mapped[list[Any]] = mapped_column(JSON)
+    scores: Mapped[list[Any]] = mapped_column(JSON)
+    dense_scores: Mapped[list[Any]] = mapped_column(JSON)
+    answer: Mapped[str | None] = mapped_column(Text, default=None)
+    prompt_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    retrieval_ms: Mapped[float] = mapped_column(Float)
+    generation_ms: Mapped[float | None] = mapped_column(Float, default=None)

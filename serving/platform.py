@@ -16,6 +16,7 @@ from opsloop.audit import AuditLog
 from opsloop.auth import KeyStore, NewKey
 from opsloop.db import Database
 from opsloop.predictions import PredictionLog
+from opsloop.query_log import QueryLog
 from opsloop.registry import Registry
 from opsloop.settings import Settings
 from opsloop.telemetry import Metrics
@@ -60,6 +61,7 @@ class Platform:
     predictions: PredictionLog
     drift: DriftMonitor
     metrics: Metrics
+    queries: QueryLog
     components: dict[str, ComponentState] = field(default_factory=dict)
     _starting: list[threading.Thread] = field(default_factory=list)
     _scheduler: Any = None
@@ -84,7 +86,8 @@ class Platform:
             db, on_dropped=metrics.models.log_dropped.inc, on_written=metrics.models.log_written.inc
         )
         drift = DriftMonitor(db, registry, predictions, audit, metrics.drift, last=settings.drift_last)
-        return cls(settings, db, audit, keys, registry, runtime, predictions, drift, metrics)
+        queries = QueryLog(db)
+        return cls(settings, db, audit, keys, registry, runtime, predictions, drift, metrics, queries)
 
     def start_store(self) -> Platform:
         """Create ``home``, open the database and migrate it; enough for the CLI's key commands."""
@@ -137,7 +140,11 @@ class Platform:
             if self._rag is None:
                 from serving.rag_service import RagService
 
-                self._rag = RagService(self.settings, self.registry, self.audit, self.start_registry)
+                # The query log's writer runs only in processes that answer queries.
+                self.queries.start()
+                self._rag = RagService(
+                    self.settings, self.registry, self.audit, self.queries, self.start_registry
+                )
                 self.components["rag"] = "ready"
             return self._rag
 
@@ -206,5 +213,6 @@ class Platform:
                 log.exception("closing the RAG runtime failed")
         self.runtime.close()
         self.predictions.close()
+        self.queries.close()
         self.registry.close()
         self.db.close()

@@ -2,6 +2,7 @@
 
 ``Platform.rag`` builds one :class:`RagService` on first use. Models load lazily on their
 first call, so building it is cheap; with the embedded store it takes the store lock (below).
+Every answered query (also ``generate=False`` ones) is handed to the :class:`QueryLog`.
 
 Tenant isolation. A tenant names collections in its own namespace: the store holds tenant
 ``acme``'s collection ``docs`` under the physical name ``t_<16 hex of sha256(tenant)>__docs``.
@@ -28,6 +29,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +39,10 @@ from opsloop.audit import AuditLog
 from opsloop.auth import check_tenant
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
 from opsloop.llm.llamacpp import LlamaCppClient
+from opsloop.query_log import QueryLog, QueryLogEntry
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
-from rag.answer import Answer, Answerer, ensure_answer_prompt, load_answer_prompt
+from rag.answer import Answer, Answerer, Source, build_context, ensure_answer_prompt, load_answer_prompt
 from rag.chunking import HFTokenizer
 from rag.embedder import SentenceTransformerEmbedder
 from rag.ingest import Ingestor, IngestReport, ProgressCallback
@@ -75,12 +78,25 @@ def physical_name(tenant: str, collection: str) -> str:
 
 @dataclass(frozen=True)
 class QueryResult:
-    """An answer, with where its time went."""
+    """The outcome of one query: the answer (None when not generated), its sources and timings.
 
-    answer: Answer
+    ``sources`` are numbered as the model sees them (a prefix of ``chunks`` that fits the context
+    budget); ``chunks`` is everything retrieved, best first. Times are in milliseconds;
+    ``prompt_ms`` and ``generation_ms`` are None for a retrieval-only query.
+    """
+
+    answer: Answer | None
+    sources: list[Source]
+    chunks: list[RetrievedChunk]
+    request_id: str
+    latency_ms: float
     retrieval_ms: float
-    prompt_ms: float
-    generation_ms: float
+    prompt_ms: float | None
+    generation_ms: float | None
+
+    def chunk_id(self, source: Source) -> str:
+        """The store id of the chunk a source was cut from (sources number ``chunks`` from 1)."""
+        return self.chunks[source.n - 1].id
 
 
 class _StoreLock:
@@ -122,6 +138,7 @@ class RagService:
         settings: The ``vector_store``, ``qdrant_*``, ``rag_*`` and ``llm_model_path`` settings.
         registry: Where the ``rag-answer`` prompt lives; started on first query.
         audit: Records each ingest run.
+        queries: Where every answered query is logged (a started :class:`QueryLog`).
         start_registry: Starts ``registry`` (the Platform serialises this with its own start).
 
     Raises:
@@ -133,11 +150,13 @@ class RagService:
         settings: Settings,
         registry: Registry,
         audit: AuditLog,
+        queries: QueryLog,
         start_registry: Callable[[], Registry] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.audit = audit
+        self.queries = queries
         self._start_registry = start_registry or registry.start
         self._lock: _StoreLock | None = None
         if settings.vector_store == "qdrant":
@@ -226,9 +245,19 @@ class RagService:
     # -- query -----------------------------------------------------------------------
 
     async def query(
-        self, tenant: str, question: str, collection: str, top_k: int | None = None
+        self,
+        tenant: str,
+        question: str,
+        collection: str,
+        top_k: int | None = None,
+        *,
+        generate: bool = True,
+        request_id: str | None = None,
     ) -> QueryResult:
-        """Answer ``question`` from ``tenant``'s ``collection``.
+        """Answer ``question`` from ``tenant``'s ``collection`` and log the query.
+
+        With ``generate=False`` only retrieval runs: no prompt read, no LLM call, ``answer`` None.
+        Failed queries are not logged (they raise before there is anything to log).
 
         Raises:
             InvalidInputError: Empty question, bad collection name or top_k; the field is named.
@@ -243,13 +272,33 @@ class RagService:
         started = time.perf_counter()
         chunks = await asyncio.to_thread(self._retrieve, name, collection, question, top_k)
         retrieved = time.perf_counter()
-        prompt = await asyncio.to_thread(self._prompt)
-        prompted = time.perf_counter()
-        answer = await self.answerer.answer(question, chunks, prompt.template, prompt.version)
-        done = time.perf_counter()
-        return QueryResult(
-            answer, (retrieved - started) * 1000, (prompted - retrieved) * 1000, (done - prompted) * 1000
+        answer: Answer | None = None
+        prompt_ms: float | None = None
+        generation_ms: float | None = None
+        if generate:
+            prompt = await asyncio.to_thread(self._prompt)
+            prompted = time.perf_counter()
+            answer = await self.answerer.answer(question, chunks, prompt.template, prompt.version)
+            prompt_ms = (prompted - retrieved) * 1000
+            generation_ms = (time.perf_counter() - prompted) * 1000
+            sources = answer.sources
+        else:
+            # The sources the model would have been given: same numbering, same cut texts.
+            _, sources = await asyncio.to_thread(
+                build_context, chunks, self.answerer.tokenizer, self.answerer.context_tokens
+            )
+        result = QueryResult(
+            answer=answer,
+            sources=sources,
+            chunks=chunks,
+            request_id=request_id or uuid.uuid4().hex,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            retrieval_ms=(retrieved - started) * 1000,
+            prompt_ms=prompt_ms,
+            generation_ms=generation_ms,
         )
+        self.queries.record(_log_entry(tenant, collection, question, result))
+        return result
 
     def _retrieve(self, name: str, collection: str, question: str, top_k: int | None) -> list[RetrievedChunk]:
         if name not in self.store.collections():
@@ -277,6 +326,26 @@ class RagService:
         finally:
             if self._lock is not None:
                 self._lock.release()
+
+
+def _log_entry(tenant: str, collection: str, question: str, result: QueryResult) -> QueryLogEntry:
+    answer = result.answer
+    return QueryLogEntry(
+        request_id=result.request_id,
+        tenant=tenant,
+        collection=collection,
+        question=question,
+        chunk_ids=[c.id for c in result.chunks],
+        scores=[c.score for c in result.chunks],
+        dense_scores=[c.dense_score for c in result.chunks],
+        answer=None if answer is None else answer.answer,
+        prompt_version=None if answer is None else str(answer.prompt_version),
+        prompt_tokens=0 if answer is None else answer.usage.prompt_tokens,
+        completion_tokens=0 if answer is None else answer.usage.completion_tokens,
+        latency_ms=result.latency_ms,
+        retrieval_ms=result.retrieval_ms,
+        generation_ms=result.generation_ms,
+    )
 
 
 def _run_coroutine(coroutine: Coroutine[Any, Any, None]) -> None:

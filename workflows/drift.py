@@ -14,7 +14,7 @@ Numeric features get
 - the **Jensen-Shannon** distance (base 2, in [0, 1]) over the PSI bins.
 
 Categorical features get PSI and Jensen-Shannon over category frequencies and a
-**chi-square** goodness-of-fit test of the current counts against the reference frequencies.
+**chi-square** test of homogeneity of the reference's and the current counts.
 
 Decision rule (:class:`DriftThresholds`): a feature drifts when the change is both
 *significant* (unlikely to be sampling noise) and *material* (big enough to matter):

@@ -36,8 +36,8 @@ class FeatureDrift:
         ks_pvalue: Kolmogorov-Smirnov p-value; None for categorical features.
         wasserstein: Wasserstein distance in reference standard deviations; None for categorical.
         js: Jensen-Shannon distance (base 2) over ``bins``.
-        chi2_pvalue: Chi-square p-value: goodness of fit to the reference frequencies for
-            categorical features, homogeneity over the PSI bins for numeric ones.
+        chi2_pvalue: Chi-square p-value of the test of homogeneity of the two samples'
+            counts: over the categories, or over the PSI bins for numeric features.
         reference_count: Reference values compared (missing ones excluded).
         current_count: Current values compared.
         reference_missing: Reference values dropped as missing.

@@ -94,15 +94,21 @@ def query(
     collection: CollectionOption,
     tenant: TenantOption = "default",
     top_k: Annotated[int | None, typer.Option("--top-k", min=1, max=50, help="Chunks to retrieve.")] = None,
+    generate: Annotated[
+        bool, typer.Option("--generate/--no-generate", help="--no-generate: retrieval only, no LLM call.")
+    ] = True,
     format_: Annotated[
         Literal["text", "json"], typer.Option("--format", "-f", help="text (for people) or json.")
     ] = "text",
 ) -> None:
-    """Answer QUESTION from a collection and list the numbered sources it was written from."""
+    """Answer QUESTION from a collection and list the numbered sources it was written from.
+
+    The query is logged like an API query (see ``GET /admin/queries``).
+    """
     state: State = ctx.obj
     platform = state.platform()
     try:
-        result = asyncio.run(platform.rag.query(tenant, question, collection, top_k))
+        result = asyncio.run(platform.rag.query(tenant, question, collection, top_k, generate=generate))
     except OpsloopError as exc:
         raise fail(exc) from exc
     finally:
@@ -110,25 +116,28 @@ def query(
     answer = result.answer
     if format_ == "json":
         body = {
-            "answer": answer.answer,
+            "answer": None if answer is None else answer.answer,
             "sources": [
                 {
                     "n": s.n,
+                    "chunk_id": result.chunk_id(s),
                     "source": s.source,
                     "title": s.title,
                     "headings": list(s.headings),
                     "score": s.score,
                     "text": s.text,
                 }
-                for s in answer.sources
+                for s in result.sources
             ],
-            "citations": answer.citations,
+            "citations": [] if answer is None else answer.citations,
             "usage": {
-                "prompt_tokens": answer.usage.prompt_tokens,
-                "completion_tokens": answer.usage.completion_tokens,
+                "prompt_tokens": 0 if answer is None else answer.usage.prompt_tokens,
+                "completion_tokens": 0 if answer is None else answer.usage.completion_tokens,
             },
-            "prompt_version": answer.prompt_version,
-            "model": answer.model,
+            "prompt_version": None if answer is None else answer.prompt_version,
+            "model": None if answer is None else answer.model,
+            "request_id": result.request_id,
+            "latency_ms": result.latency_ms,
             "timings": {
                 "retrieval_ms": result.retrieval_ms,
                 "prompt_ms": result.prompt_ms,
@@ -137,15 +146,19 @@ def query(
         }
         out.print_json(json.dumps(body))
         return
-    out.print(answer.answer, highlight=False)
-    if answer.sources:
-        out.print()
-    for s in answer.sources:
+    if answer is not None:
+        out.print(answer.answer, highlight=False)
+        if result.sources:
+            out.print()
+    for s in result.sources:
         where = context_header(s.title, s.headings)
         out.print(f"[{s.n}] {s.source}" + (f"  ({where})" if where else ""), highlight=False, markup=False)
+    if answer is None:
+        err.print(f"retrieval only; retrieval {result.retrieval_ms:.0f} ms", highlight=False)
+        return
     err.print(
         f"prompt v{answer.prompt_version}, {answer.model or 'no model call'}; "
-        f"retrieval {result.retrieval_ms:.0f} ms, prompt {result.prompt_ms:.0f} ms, "
-        f"generation {result.generation_ms:.0f} ms",
+        f"retrieval {result.retrieval_ms:.0f} ms, prompt {result.prompt_ms or 0:.0f} ms, "
+        f"generation {result.generation_ms or 0:.0f} ms",
         highlight=False,
     )

@@ -1,4 +1,4 @@
-"""Admin API: API keys and the audit log (admin role); drift reports (operator role)."""
+"""Admin API: API keys and the audit log (admin role); drift reports and the RAG query log (operator role)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from opsloop.audit import AuditFilter
 from opsloop.auth import KeyInfo, Role
+from opsloop.errors import ForbiddenError
 from serving.deps import AdminKey, OperatorKey, PlatformDep, request_id
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -155,3 +156,48 @@ async def drift_history(
     """Scheduled checks of ``model``, newest first, each with its full report."""
     checks = await run_in_threadpool(platform.drift.history, model, limit=limit)
     return [{**check.__dict__, "at": check.at.isoformat()} for check in checks]
+
+
+class QueryLogPublic(BaseModel):
+    """One logged RAG query; ``chunk_ids``, ``scores`` and ``dense_scores`` are parallel, best first."""
+
+    id: int
+    at: datetime
+    request_id: str
+    tenant: str
+    collection: str
+    question: str
+    chunk_ids: list[str]
+    scores: list[float] = Field(description="Reciprocal-rank-fusion scores.")
+    dense_scores: list[float] = Field(description="Cosine similarities of the dense search.")
+    answer: str | None
+    prompt_version: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    retrieval_ms: float
+    generation_ms: float | None
+
+
+@router.get("/queries", summary="Recent RAG queries: retrieved chunks, answer, tokens and latency")
+async def queries(
+    platform: PlatformDep,
+    principal: OperatorKey,
+    collection: str | None = None,
+    tenant: Annotated[str | None, Query(description="Admins only; others see their own tenant.")] = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[QueryLogPublic]:
+    """Logged queries, newest first: an operator sees its own tenant's, an admin any tenant's."""
+    if principal.role < Role.ADMIN:
+        if tenant is not None and tenant != principal.tenant:
+            raise ForbiddenError(
+                "only an admin key may read another tenant's queries",
+                tenant=tenant,
+                role=str(principal.role),
+            )
+        tenant = principal.tenant
+    entries = await run_in_threadpool(
+        platform.queries.recent, tenant=tenant, collection=collection, since=since, limit=limit
+    )
+    return [QueryLogPublic.model_validate(vars(e)) for e in entries]

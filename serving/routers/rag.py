@@ -28,12 +28,16 @@ class QueryRequest(BaseModel):
     top_k: int | None = Field(
         default=None, ge=1, le=50, description="Chunks to retrieve (default rag_top_k)."
     )
+    generate: bool = Field(
+        default=True, description="False: retrieval only, no LLM call; the answer is null."
+    )
 
 
 class SourcePublic(BaseModel):
     """One numbered source the answer was written from; ``text`` is what the model saw."""
 
     n: int
+    chunk_id: str = Field(description="The chunk's id in the store (as in GET /admin/queries).")
     source: str
     title: str
     headings: list[str]
@@ -52,20 +56,29 @@ class TimingsPublic(BaseModel):
     """Where the request's time went, in milliseconds."""
 
     retrieval_ms: float = Field(description="Embedding the question, dense + sparse search, fusion.")
-    prompt_ms: float = Field(description="Reading the production answer prompt from the registry.")
-    generation_ms: float = Field(description="The LLM call (zero when nothing was retrieved).")
+    prompt_ms: float | None = Field(
+        description="Reading the production answer prompt from the registry (null: generate=false)."
+    )
+    generation_ms: float | None = Field(
+        description="The LLM call (zero when nothing was retrieved, null: generate=false)."
+    )
 
 
 class QueryResponse(BaseModel):
-    """An answer with its sources, the cited source numbers and the prompt version used."""
+    """An answer with its sources, the cited source numbers and the prompt version used.
 
-    answer: str
+    With ``generate=false``: ``answer``, ``prompt_version`` and ``model`` are null, ``citations``
+    empty and ``usage`` zeros; ``sources`` are those the model would have been given.
+    """
+
+    answer: str | None
     sources: list[SourcePublic]
     citations: list[int]
     usage: UsagePublic
-    prompt_version: str | int
+    prompt_version: str | int | None
     model: str | None
     request_id: str
+    latency_ms: float = Field(description="The whole query: retrieval, prompt and generation.")
     timings: TimingsPublic
 
 
@@ -85,23 +98,38 @@ async def query(
 ) -> QueryResponse:
     """Retrieve from the caller's tenant's ``collection`` and answer with the ``production`` prompt."""
     rag = await run_in_threadpool(lambda: platform.rag)
-    result = await rag.query(principal.tenant, body.question, body.collection, body.top_k)
+    result = await rag.query(
+        principal.tenant,
+        body.question,
+        body.collection,
+        body.top_k,
+        generate=body.generate,
+        request_id=request_id(request),
+    )
     answer = result.answer
     return QueryResponse(
-        answer=answer.answer,
+        answer=None if answer is None else answer.answer,
         sources=[
             SourcePublic(
-                n=s.n, source=s.source, title=s.title, headings=list(s.headings), score=s.score, text=s.text
+                n=s.n,
+                chunk_id=result.chunk_id(s),
+                source=s.source,
+                title=s.title,
+                headings=list(s.headings),
+                score=s.score,
+                text=s.text,
             )
-            for s in answer.sources
+            for s in result.sources
         ],
-        citations=answer.citations,
+        citations=[] if answer is None else answer.citations,
         usage=UsagePublic(
-            prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens
+            prompt_tokens=0 if answer is None else answer.usage.prompt_tokens,
+            completion_tokens=0 if answer is None else answer.usage.completion_tokens,
         ),
-        prompt_version=answer.prompt_version,
-        model=answer.model,
-        request_id=request_id(request) or "",
+        prompt_version=None if answer is None else answer.prompt_version,
+        model=None if answer is None else answer.model,
+        request_id=result.request_id,
+        latency_ms=result.latency_ms,
         timings=TimingsPublic(
             retrieval_ms=result.retrieval_ms, prompt_ms=result.prompt_ms, generation_ms=result.generation_ms
         ),

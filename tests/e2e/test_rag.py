@@ -41,6 +41,7 @@ class Setup:
     acme: dict[str, str]
     globex: dict[str, str]
     acme_operator: dict[str, str]
+    globex_operator: dict[str, str]
 
 
 def _key(home: Path, tenant: str, role: str) -> dict[str, str]:
@@ -61,7 +62,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         (docs / name).write_text(text)
     first = _ingest(home, docs)
     again = _ingest(home, docs)
-    keys = _key(home, "acme", "user"), _key(home, "globex", "user"), _key(home, "acme", "operator")
+    keys = (
+        _key(home, "acme", "user"),
+        _key(home, "globex", "user"),
+        _key(home, "acme", "operator"),
+        _key(home, "globex", "operator"),
+    )
     server = Server(home, env=ENV)
     try:
         yield Setup(server, docs, first, again, *keys)
@@ -92,6 +98,7 @@ def test_query_answers_from_the_right_file(setup: Setup) -> None:
     assert body["usage"]["prompt_tokens"] > 0 and 0 < body["usage"]["completion_tokens"] <= 32
     assert body["prompt_version"] == 1 and body["model"] and body["request_id"]
     assert set(body["timings"]) == {"retrieval_ms", "prompt_ms", "generation_ms"}
+    assert body["latency_ms"] >= body["timings"]["retrieval_ms"] > 0 and body["sources"][0]["chunk_id"]
 
 
 def test_another_tenant_cannot_see_the_collection(setup: Setup) -> None:
@@ -141,6 +148,60 @@ def test_upload_needs_operator_and_is_idempotent(setup: Setup) -> None:
         "/collections/docs/documents?source=x.exe", content=b"MZ", headers=setup.acme_operator
     )
     assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "source"
+
+
+def test_generate_false_retrieves_without_calling_the_model(setup: Setup) -> None:
+    response = setup.server.http.post(
+        "/query",
+        json={"question": "How long do refunds take?", "collection": "docs", "generate": False},
+        headers=setup.acme,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["answer"] is None and body["model"] is None and body["prompt_version"] is None
+    assert body["usage"] == {"prompt_tokens": 0, "completion_tokens": 0} and body["citations"] == []
+    assert body["sources"][0]["source"] == "billing.md" and body["sources"][0]["chunk_id"]
+    assert body["timings"]["prompt_ms"] is None and body["timings"]["generation_ms"] is None
+    assert body["latency_ms"] > 0
+
+
+def test_admin_queries_shows_the_tenants_own_queries(setup: Setup) -> None:
+    asked = setup.server.http.post(
+        "/query",
+        json={"question": "Which port does the frobnicator daemon listen on?", "collection": "docs"},
+        headers={**setup.acme, "X-Request-ID": "logged-generate"},
+        timeout=120,
+    )
+    assert asked.status_code == 200, asked.text
+    retrieved = setup.server.http.post(
+        "/query",
+        json={"question": "How long do refunds take?", "collection": "docs", "generate": False},
+        headers={**setup.acme, "X-Request-ID": "logged-retrieve"},
+    )
+    assert retrieved.status_code == 200, retrieved.text
+
+    assert setup.server.http.get("/admin/queries", headers=setup.acme).status_code == 403
+    response = setup.server.http.get("/admin/queries?collection=docs&limit=50", headers=setup.acme_operator)
+    assert response.status_code == 200, response.text
+    entries = {e["request_id"]: e for e in response.json()}
+    assert list(entries)[:2] == ["logged-retrieve", "logged-generate"]  # newest first
+    generated, retrieval_only = entries["logged-generate"], entries["logged-retrieve"]
+    body = asked.json()
+    assert generated["chunk_ids"][0] == body["sources"][0]["chunk_id"]
+    assert len(generated["chunk_ids"]) == len(generated["scores"]) == len(generated["dense_scores"])
+    assert generated["answer"] == body["answer"] and generated["prompt_version"] == "1"
+    assert generated["prompt_tokens"] == body["usage"]["prompt_tokens"] > 0
+    assert generated["completion_tokens"] == body["usage"]["completion_tokens"] > 0
+    assert generated["latency_ms"] == pytest.approx(body["latency_ms"]) and generated["generation_ms"] > 0
+    assert retrieval_only["answer"] is None and retrieval_only["generation_ms"] is None
+    assert retrieval_only["prompt_tokens"] == retrieval_only["completion_tokens"] == 0
+    assert retrieval_only["chunk_ids"][0] == retrieved.json()["sources"][0]["chunk_id"]
+    assert {e["tenant"] for e in entries.values()} == {"acme"}
+
+    other = setup.server.http.get("/admin/queries", headers=setup.globex_operator)
+    assert other.status_code == 200 and other.json() == []
+    peek = setup.server.http.get("/admin/queries?tenant=acme", headers=setup.globex_operator)
+    assert peek.status_code == 403, peek.text
 
 
 def test_cli_ingest_refuses_while_the_server_holds_the_store(setup: Setup) -> None:

@@ -1,0 +1,204 @@
+"""The RAG query log: every query (``POST /query`` and ``opsloop query``), recorded off its path.
+
+Why a background writer, when a query already takes hundreds of milliseconds of retrieval and
+generation and one more INSERT would hardly show? Because the cost of the INSERT is not bounded
+by the query: on SQLite it queues for the one write lock (up to the 30 s busy timeout) behind
+the prediction log's batches and the CLI, and a failed write must not turn an answered question
+into an error. So, as in :mod:`opsloop.predictions`, a query hands its entry to an in-memory
+queue and returns; one writer thread inserts the queue in batches, one transaction per batch. A
+crash loses at most what was queued and not yet written; entries that cannot be queued (the
+queue is full) or written (the store failed) are counted through ``on_dropped`` and logged,
+never silently lost. Readers call :meth:`QueryLog.flush` first, so a query answered a moment ago
+is visible.
+
+This module is kernel: it knows rows and numbers, not retrievers or answerers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from opsloop.db import Database
+from opsloop.errors import OpsloopError
+from opsloop.tables import RagQuery, utcnow
+
+__all__ = ["QueryLog", "QueryLogEntry"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueryLogEntry:
+    """What one RAG query did.
+
+    ``chunk_ids``, ``scores`` (reciprocal-rank-fusion) and ``dense_scores`` (cosine) are parallel
+    lists over every retrieved chunk, best first. ``answer``, ``prompt_version`` and
+    ``generation_ms`` are None for a retrieval-only query (``generate=false``).
+    """
+
+    request_id: str
+    tenant: str
+    collection: str
+    question: str
+    chunk_ids: list[str]
+    scores: list[float]
+    dense_scores: list[float]
+    answer: str | None
+    prompt_version: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    retrieval_ms: float
+    generation_ms: float | None
+    at: datetime = field(default_factory=utcnow)
+    id: int | None = None
+    """Set on entries read back from the store."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as plain JSON-ready values (``at`` as ISO 8601)."""
+        return {**vars(self), "at": self.at.isoformat()}
+
+
+class QueryLog:
+    """Batched, asynchronous writes of RAG queries; reads of the newest ones.
+
+    Args:
+        db: The started relational store (migrated to ``0004`` or later).
+        batch_size: Most entries written in one transaction.
+        flush_seconds: How long the writer waits for a first entry before looking again.
+        max_pending: Entries queued before :meth:`record` starts dropping (and counting) them.
+        on_dropped: Called with the number of entries lost.
+        on_written: Called with the number of entries written.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        batch_size: int = 200,
+        flush_seconds: float = 0.25,
+        max_pending: int = 10_000,
+        on_dropped: Callable[[int], None] = lambda count: None,
+        on_written: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        self._db = db
+        self._batch_size = batch_size
+        self._flush_seconds = flush_seconds
+        self._queue: queue.Queue[QueryLogEntry] = queue.Queue(max_pending)
+        self._on_dropped = on_dropped
+        self._on_written = on_written
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Entries queued and not yet written."""
+        return self._queue.qsize()
+
+    def start(self) -> QueryLog:
+        """Start the writer thread (again after :meth:`close`); returns self."""
+        with self._lifecycle:
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="query-log", daemon=True)
+                self._thread.start()
+        return self
+
+    def record(self, entry: QueryLogEntry) -> None:
+        """Queue an entry; never blocks the query (a full queue drops, logs and counts it)."""
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            log.warning("the query log queue is full; query %s is not logged", entry.request_id)
+            self._on_dropped(1)
+
+    def flush(self) -> None:
+        """Block until every entry queued so far is written (or dropped); needs a started writer."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        with self._lifecycle:
+            if self._thread is not None:
+                self._queue.join()
+                self._stop.set()
+                self._thread.join(timeout=30)
+                self._thread = None
+
+    def recent(
+        self,
+        *,
+        tenant: str | None = None,
+        collection: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[QueryLogEntry]:
+        """The newest logged queries matching every given filter (at or after ``since``), newest first."""
+        self.flush()
+        query = select(RagQuery)
+        if tenant is not None:
+            query = query.where(RagQuery.tenant == tenant)
+        if collection is not None:
+            query = query.where(RagQuery.collection == collection)
+        if since is not None:
+            query = query.where(RagQuery.at >= since)
+        with self._db.read() as session:
+            rows = session.scalars(query.order_by(RagQuery.id.desc()).limit(limit)).all()
+        return [_entry(row) for row in rows]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = [self._queue.get(timeout=self._flush_seconds)]
+            except queue.Empty:
+                continue
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    def _write(self, batch: Sequence[QueryLogEntry]) -> None:
+        rows = [{k: v for k, v in vars(entry).items() if k != "id"} for entry in batch]
+        try:
+            self._db.write(lambda session: session.execute(insert(RagQuery), rows))
+        except (OpsloopError, SQLAlchemyError):
+            log.exception("could not write %d query log entries; they are dropped", len(rows))
+            self._on_dropped(len(rows))
+        else:
+            self._on_written(len(rows))
+
+
+def _entry(row: RagQuery) -> QueryLogEntry:
+    return QueryLogEntry(
+        request_id=row.request_id,
+        tenant=row.tenant,
+        collection=row.collection,
+        question=row.question,
+        chunk_ids=list(row.chunk_ids),
+        scores=list(row.scores),
+        dense_scores=list(row.dense_scores),
+        answer=row.answer,
+        prompt_version=row.prompt_version,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        latency_ms=row.latency_ms,
+        retrieval_ms=row.retrieval_ms,
+        generation_ms=row.generation_ms,
+        at=row.at,
+        id=row.id,
+    )
