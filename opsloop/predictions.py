@@ -1,33 +1,26 @@
 """The prediction log: every /predict request, recorded off the request path.
 
-Requests hand a record to an in-memory queue and return; one writer thread inserts the
-queue in batches (one transaction per batch). A crash loses at most what was queued
-and not yet written; records that cannot be queued (the queue is full) or written (the
-store failed) are counted through ``on_dropped``, never silently lost. Ground-truth
+Requests hand a record to :class:`opsloop.batch_writer.BatchWriter` and return; its thread
+inserts the queue in batches. A crash loses at most what was queued and not yet written;
+what cannot be queued or written is counted through ``on_dropped``. Ground-truth
 labels arrive later through :meth:`PredictionLog.feedback`, by request id.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from opsloop.batch_writer import BatchWriter
 from opsloop.db import Database
-from opsloop.errors import OpsloopError
 from opsloop.tables import Prediction, utcnow
 
 __all__ = ["FeedbackResult", "PredictionLog", "PredictionRecord"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,70 +62,39 @@ class PredictionLog:
         on_written: Callable[[int], None] = lambda count: None,
     ) -> None:
         self._db = db
-        self._batch_size = batch_size
-        self._flush_seconds = flush_seconds
-        self._queue: queue.Queue[PredictionRecord] = queue.Queue(max_pending)
-        self._on_dropped = on_dropped
-        self._on_written = on_written
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._writer = BatchWriter[PredictionRecord](
+            db,
+            Prediction,
+            vars,  # not asdict(): it deep-copies every input
+            name="prediction-log",
+            batch_size=batch_size,
+            flush_seconds=flush_seconds,
+            max_pending=max_pending,
+            on_dropped=on_dropped,
+            on_written=on_written,
+        )
 
     @property
     def pending(self) -> int:
         """Records queued and not yet written."""
-        return self._queue.qsize()
+        return self._writer.pending
 
     def start(self) -> PredictionLog:
         """Start the writer thread."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-            self._thread.start()
+        self._writer.start()
         return self
 
     def record(self, record: PredictionRecord) -> None:
         """Queue a record; never blocks the request (a full queue drops and counts it)."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self._on_dropped(1)
+        self._writer.record(record)
 
     def flush(self) -> None:
         """Block until every record queued so far is written (or dropped)."""
-        self._queue.join()
+        self._writer.flush()
 
     def close(self) -> None:
         """Write what is queued and stop the writer."""
-        if self._thread is not None:
-            self.flush()
-            self._stop.set()
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                batch = [self._queue.get(timeout=self._flush_seconds)]
-            except queue.Empty:
-                continue
-            while len(batch) < self._batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._write(batch)
-            for _ in batch:
-                self._queue.task_done()
-
-    def _write(self, batch: Sequence[PredictionRecord]) -> None:
-        rows = [vars(record) for record in batch]  # not asdict(): it deep-copies every input
-        try:
-            self._db.write(lambda session: session.execute(insert(Prediction), rows))
-        except (OpsloopError, SQLAlchemyError):
-            log.exception("could not write %d predictions; they are dropped", len(rows))
-            self._on_dropped(len(rows))
-        else:
-            self._on_written(len(rows))
+        self._writer.close()
 
     def feedback(self, tenant: str, model: str, labels: dict[str, list[Any]]) -> FeedbackResult:
         """Attach true labels (one per instance) to earlier predictions of ``model``."""

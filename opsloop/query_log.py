@@ -4,36 +4,27 @@ Why a background writer, when a query already takes hundreds of milliseconds of 
 generation and one more INSERT would hardly show? Because the cost of the INSERT is not bounded
 by the query: on SQLite it queues for the one write lock (up to the 30 s busy timeout) behind
 the prediction log's batches and the CLI, and a failed write must not turn an answered question
-into an error. So, as in :mod:`opsloop.predictions`, a query hands its entry to an in-memory
-queue and returns; one writer thread inserts the queue in batches, one transaction per batch. A
-crash loses at most what was queued and not yet written; entries that cannot be queued (the
-queue is full) or written (the store failed) are counted through ``on_dropped`` and logged,
-never silently lost. Readers call :meth:`QueryLog.flush` first, so a query answered a moment ago
-is visible.
+into an error. So, as the prediction log does, it writes through
+:class:`opsloop.batch_writer.BatchWriter`: a query hands its entry to a queue and returns.
+Readers call :meth:`QueryLog.flush` first, so a query answered a moment ago is visible.
 
 This module is kernel: it knows rows and numbers, not retrievers or answerers.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select
 
+from opsloop.batch_writer import BatchWriter
 from opsloop.db import Database
-from opsloop.errors import OpsloopError
 from opsloop.tables import RagQuery, utcnow
 
 __all__ = ["QueryLog", "QueryLogEntry"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,50 +82,39 @@ class QueryLog:
         on_written: Callable[[int], None] = lambda count: None,
     ) -> None:
         self._db = db
-        self._batch_size = batch_size
-        self._flush_seconds = flush_seconds
-        self._queue: queue.Queue[QueryLogEntry] = queue.Queue(max_pending)
-        self._on_dropped = on_dropped
-        self._on_written = on_written
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lifecycle = threading.Lock()
+        self._writer = BatchWriter[QueryLogEntry](
+            db,
+            RagQuery,
+            lambda entry: {k: v for k, v in vars(entry).items() if k != "id"},
+            name="query-log",
+            batch_size=batch_size,
+            flush_seconds=flush_seconds,
+            max_pending=max_pending,
+            on_dropped=on_dropped,
+            on_written=on_written,
+        )
 
     @property
     def pending(self) -> int:
         """Entries queued and not yet written."""
-        return self._queue.qsize()
+        return self._writer.pending
 
     def start(self) -> QueryLog:
         """Start the writer thread (again after :meth:`close`); returns self."""
-        with self._lifecycle:
-            if self._thread is None:
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="query-log", daemon=True)
-                self._thread.start()
+        self._writer.start()
         return self
 
     def record(self, entry: QueryLogEntry) -> None:
-        """Queue an entry; never blocks the query (a full queue drops, logs and counts it)."""
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            log.warning("the query log queue is full; query %s is not logged", entry.request_id)
-            self._on_dropped(1)
+        """Queue an entry; never blocks the query (a full queue drops and counts it)."""
+        self._writer.record(entry)
 
     def flush(self) -> None:
         """Block until every entry queued so far is written (or dropped); needs a started writer."""
-        if self._thread is not None:
-            self._queue.join()
+        self._writer.flush()
 
     def close(self) -> None:
         """Write what is queued and stop the writer."""
-        with self._lifecycle:
-            if self._thread is not None:
-                self._queue.join()
-                self._stop.set()
-                self._thread.join(timeout=30)
-                self._thread = None
+        self._writer.close()
 
     def recent(
         self,
@@ -156,31 +136,6 @@ class QueryLog:
         with self._db.read() as session:
             rows = session.scalars(query.order_by(RagQuery.id.desc()).limit(limit)).all()
         return [_entry(row) for row in rows]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                batch = [self._queue.get(timeout=self._flush_seconds)]
-            except queue.Empty:
-                continue
-            while len(batch) < self._batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._write(batch)
-            for _ in batch:
-                self._queue.task_done()
-
-    def _write(self, batch: Sequence[QueryLogEntry]) -> None:
-        rows = [{k: v for k, v in vars(entry).items() if k != "id"} for entry in batch]
-        try:
-            self._db.write(lambda session: session.execute(insert(RagQuery), rows))
-        except (OpsloopError, SQLAlchemyError):
-            log.exception("could not write %d query log entries; they are dropped", len(rows))
-            self._on_dropped(len(rows))
-        else:
-            self._on_written(len(rows))
 
 
 def _entry(row: RagQuery) -> QueryLogEntry:

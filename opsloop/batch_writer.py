@@ -1,0 +1,132 @@
+"""Writes records off the request path: a bounded queue and one thread inserting batches.
+
+Callers hand a record to :meth:`BatchWriter.record` and return at once; the writer thread
+inserts the queue in batches, one transaction per batch. A crash loses at most what was
+queued and not yet written; records that cannot be queued (the queue is full) or written
+(the store failed) are counted through ``on_dropped``, never silently lost.
+The prediction log and the RAG query log both write this way.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from opsloop.db import Database
+from opsloop.errors import OpsloopError
+
+__all__ = ["BatchWriter"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class BatchWriter(Generic[T]):
+    """Batched, asynchronous inserts of records into one table.
+
+    Args:
+        db: The started relational store.
+        table: The ORM class whose table receives the rows.
+        to_row: The column values of one record.
+        name: What the records are, for the thread name and log messages.
+        batch_size: Most records written in one transaction.
+        flush_seconds: How long the writer waits for a first record before looking again.
+        max_pending: Records queued before :meth:`record` starts dropping (and counting) them.
+        on_dropped: Called with the number of records lost.
+        on_written: Called with the number of records written.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        table: type[Any],
+        to_row: Callable[[T], dict[str, Any]],
+        *,
+        name: str,
+        batch_size: int,
+        flush_seconds: float,
+        max_pending: int,
+        on_dropped: Callable[[int], None],
+        on_written: Callable[[int], None],
+    ) -> None:
+        self._db = db
+        self._table = table
+        self._to_row = to_row
+        self._name = name
+        self._batch_size = batch_size
+        self._flush_seconds = flush_seconds
+        self._queue: queue.Queue[T] = queue.Queue(max_pending)
+        self._on_dropped = on_dropped
+        self._on_written = on_written
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Records queued and not yet written."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Start the writer thread (again after :meth:`close`)."""
+        with self._lifecycle:
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def record(self, record: T) -> None:
+        """Queue a record; never blocks (a full queue drops and counts it).
+
+        No log line per dropped record: it would flood the log just when the process is overloaded.
+        """
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._on_dropped(1)
+
+    def flush(self) -> None:
+        """Block until every record queued so far is written (or dropped); needs a started writer."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        with self._lifecycle:
+            if self._thread is not None:
+                self._queue.join()
+                self._stop.set()
+                self._thread.join(timeout=30)
+                self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = [self._queue.get(timeout=self._flush_seconds)]
+            except queue.Empty:
+                continue
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    def _write(self, batch: list[T]) -> None:
+        rows = [self._to_row(record) for record in batch]
+        try:
+            self._db.write(lambda session: session.execute(insert(self._table), rows))
+        except (OpsloopError, SQLAlchemyError):
+            log.exception("could not write %d %s records; they are dropped", len(rows), self._name)
+            self._on_dropped(len(rows))
+        else:
+            self._on_written(len(rows))
