@@ -77,6 +77,22 @@ class Settings(BaseSettings):
     )
     qdrant_api_key: SecretStr | None = Field(default=None, description="API key of the Qdrant server.")
     rag_top_k: int = Field(default=5, ge=1, le=50, description="Chunks a /query retrieves by default.")
+    rag_chunk_tokens: int = Field(
+        default=256,
+        ge=16,
+        le=256,
+        description="Chunk size of a new collection, in MiniLM tokens (its window).",
+    )
+    rag_overlap_tokens: int = Field(
+        default=32, ge=0, description="Tokens consecutive chunks share, for a new collection."
+    )
+    bootstrap_docs: bool = Field(
+        default=True,
+        description="serve: bring collection 'docs' of tenant 'default' up to date with docs_path at start.",
+    )
+    docs_path: Path | None = Field(
+        default=None, description="The corpus bootstrap_docs ingests; default: the bundled user docs."
+    )
     rag_score_threshold: float = Field(
         default=0.3, ge=-1.0, le=1.0, description="Cosine similarity below which a chunk is not a source."
     )
@@ -111,6 +127,14 @@ class Settings(BaseSettings):
         if info.data.get("vector_store") == "qdrant" and not url:
             raise ValueError(f"vector_store 'qdrant' needs a qdrant_url ({ENV_PREFIX}QDRANT_URL)")
         return url
+
+    @field_validator("rag_overlap_tokens")
+    @classmethod
+    def _overlap_below_chunk(cls, overlap: int, info: ValidationInfo) -> int:
+        chunk = info.data.get("rag_chunk_tokens")
+        if chunk is not None and overlap >= chunk:
+            raise ValueError(f"must be below rag_chunk_tokens ({chunk})")
+        return overlap
 
     @property
     def db_url(self) -> str:

@@ -18,6 +18,7 @@ __all__ = [
     "Base",
     "DriftCheck",
     "Prediction",
+    "RagCollection",
     "RagQuery",
     "UTCDateTime",
     "utcnow",
@@ -148,3 +149,17 @@ class RagQuery(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     retrieval_ms: Mapped[float] = mapped_column(Float)
     generation_ms: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class RagCollection(Base):
+    """A tenant's RAG collection: how its files are chunked, and what its last ingestion did."""
+
+    __tablename__ = "rag_collections"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    chunk_tokens: Mapped[int] = mapped_column(Integer)
+    overlap_tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_ingest_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_ingest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

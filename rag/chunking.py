@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opsloop.errors import BackendError, InvalidInputError
+from rag._imports import MODEL_IMPORT_LOCK
 from rag.loaders import Document, Section
 
 if TYPE_CHECKING:
@@ -287,7 +288,8 @@ class HFTokenizer:
     def _loaded(self) -> PreTrainedTokenizerBase:
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = self._load()
+                with MODEL_IMPORT_LOCK:  # loading imports more of transformers lazily
+                    self._tokenizer = self._load()
             return self._tokenizer
 
     def _load(self) -> PreTrainedTokenizerBase:

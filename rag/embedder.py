@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from opsloop.errors import BackendError, InvalidInputError
+from rag._imports import MODEL_IMPORT_LOCK
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -87,7 +88,8 @@ class SentenceTransformerEmbedder:
     def _loaded(self) -> SentenceTransformer:
         with self._lock:
             if self._model is None:
-                self._model = self._load()
+                with MODEL_IMPORT_LOCK:  # loading imports more of transformers lazily
+                    self._model = self._load()
             return self._model
 
     def _load(self) -> SentenceTransformer:

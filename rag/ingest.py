@@ -38,7 +38,7 @@ redone; changing the embedding model does not: ingest into a new collection inst
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +50,15 @@ from rag.loaders import Document, Skipped, load_folder
 from rag.sparse import BM25Encoder
 from rag.stores.protocol import Point, VectorStore
 
-__all__ = ["CHUNK_ID_NAMESPACE", "IngestProgress", "IngestReport", "Ingestor", "chunk_id"]
+__all__ = [
+    "CHUNK_ID_NAMESPACE",
+    "IngestProgress",
+    "IngestReport",
+    "Ingestor",
+    "Status",
+    "StoredDocument",
+    "chunk_id",
+]
 
 CHUNK_ID_NAMESPACE = uuid.UUID("6f1c7a52-3d0e-5b8a-9c47-0e2b5d8f4a13")
 """Namespace of the uuid5 chunk ids; changing it would make every stored chunk look stale."""
@@ -59,6 +67,7 @@ KEYWORD_FIELDS = ("kind", "source", "doc_sha256")
 _GET_PAGE = 256
 
 Status = Literal["added", "replaced", "unchanged", "deleted", "skipped"]
+_FILE_STATUSES = ("added", "replaced", "unchanged", "deleted")
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,34 @@ class IngestReport:
     skipped: list[Skipped] = field(default_factory=list)
     chunks_written: int = 0
     chunks_deleted: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (what the API answers and the catalog keeps)."""
+        return {
+            **{status: list(getattr(self, status)) for status in _FILE_STATUSES},
+            "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
+            "chunks_written": self.chunks_written,
+            "chunks_deleted": self.chunks_deleted,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IngestReport:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            **{status: list(data.get(status, [])) for status in _FILE_STATUSES},
+            skipped=[Skipped(s["source"], s["reason"]) for s in data.get("skipped", [])],
+            chunks_written=int(data.get("chunks_written", 0)),
+            chunks_deleted=int(data.get("chunks_deleted", 0)),
+        )
+
+    def __add__(self, other: IngestReport) -> IngestReport:
+        """Both runs' reports in one, as if they were one run."""
+        return IngestReport(
+            **{status: getattr(self, status) + getattr(other, status) for status in _FILE_STATUSES},
+            skipped=self.skipped + other.skipped,
+            chunks_written=self.chunks_written + other.chunks_written,
+            chunks_deleted=self.chunks_deleted + other.chunks_deleted,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +130,16 @@ class IngestProgress:
 
 
 ProgressCallback = Callable[[IngestProgress], None]
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """One source as the store holds it: its title, chunk count and content digest."""
+
+    source: str
+    title: str
+    chunks: int
+    sha256: str
 
 
 def chunk_id(collection: str, source: str, chunk: Chunk) -> str:
@@ -187,16 +234,22 @@ class Ingestor:
         return self._run(collection, loaded.documents, loaded.skipped, missing, progress)
 
     def ingest_documents(
-        self, collection: str, documents: Sequence[Document], *, progress: ProgressCallback | None = None
+        self,
+        collection: str,
+        documents: Sequence[Document],
+        *,
+        skipped: Sequence[Skipped] = (),
+        progress: ProgressCallback | None = None,
     ) -> IngestReport:
         """Write already loaded documents (e.g. uploads), with the same rules as ``ingest``.
 
-        Each document needs ``metadata["sha256"]``, as ``load_bytes`` sets it.
+        Each document needs ``metadata["sha256"]``, as ``load_bytes`` sets it. ``skipped`` are
+        files the caller could not load, reported as ``ingest`` reports its own.
 
         Raises:
             InvalidInputError: Two documents share a source, or one has no ``sha256``.
         """
-        return self._run(collection, documents, [], [], progress)
+        return self._run(collection, documents, list(skipped), [], progress)
 
     # -- the run ---------------------------------------------------------------------
 
@@ -274,10 +327,7 @@ class Ingestor:
                     flush()
         flush()
 
-        for start in range(0, len(missing), _GET_PAGE):
-            page = missing[start : start + _GET_PAGE]
-            counts["deleted"] += len(self.store.ids_where(collection, "source", page))
-            self.store.delete_where(collection, "source", page)
+        counts["deleted"] += self.delete_sources(collection, missing)
         for source in missing:
             finished(source, "deleted", 0)
 
@@ -290,6 +340,36 @@ class Ingestor:
             chunks_written=counts["written"],
             chunks_deleted=counts["deleted"],
         )
+
+    def delete_sources(self, collection: str, sources: Sequence[str]) -> int:
+        """Delete every chunk of ``sources``; returns how many chunks there were."""
+        deleted = 0
+        for start in range(0, len(sources), _GET_PAGE):
+            page = list(sources[start : start + _GET_PAGE])
+            deleted += len(self.store.ids_where(collection, "source", page))
+            self.store.delete_where(collection, "source", page)
+        return deleted
+
+    def documents(self, collection: str) -> list[StoredDocument]:
+        """The sources stored in ``collection``, by source, read from each one's first chunk.
+
+        Every stored source has a chunk 0: a file's chunks are written in order, and its stale
+        chunks are deleted only after its new ones are in.
+        """
+        ids = sorted(self.store.ids_where(collection, "chunk", 0))
+        found: dict[str, StoredDocument] = {}
+        for start in range(0, len(ids), _GET_PAGE):
+            for point in self.store.get(collection, ids[start : start + _GET_PAGE]):
+                payload = point.payload
+                source = str(payload.get("source", ""))
+                if source:
+                    found[source] = StoredDocument(
+                        source,
+                        str(payload.get("title", "")),
+                        int(payload.get("chunks", 0)),
+                        str(payload.get("doc_sha256", "")),
+                    )
+        return [found[source] for source in sorted(found)]
 
     def _plan(self, collection: str, document: Document) -> _Plan:
         """What to write for ``document``; ``unchanged`` when the store already holds exactly it."""

@@ -40,6 +40,7 @@ __all__ = [
     "Section",
     "Skipped",
     "UnsupportedDocumentError",
+    "folder_files",
     "load_bytes",
     "load_file",
     "load_folder",
@@ -400,7 +401,7 @@ def load_folder(root: Path | str, *, patterns: Sequence[str] | None = None) -> L
         raise InvalidInputError(f"{root} is not a folder", field="root", value=str(root))
     documents: list[Document] = []
     skipped: list[Skipped] = []
-    for path in _walk(root):
+    for path in folder_files(root):
         source = path.relative_to(root).as_posix()
         if patterns is not None and not any(
             fnmatch.fnmatchcase(source, pattern) or fnmatch.fnmatchcase(path.name, pattern)
@@ -419,7 +420,7 @@ def load_folder(root: Path | str, *, patterns: Sequence[str] | None = None) -> L
     return LoadResult(documents, skipped)
 
 
-def _walk(root: Path) -> list[Path]:
+def folder_files(root: Path) -> list[Path]:
     """Every non-hidden file under ``root``, sorted by relative path (not by os.walk's order)."""
     paths: list[Path] = []
     for folder, dirnames, filenames in os.walk(root):

@@ -1,18 +1,38 @@
-"""FastAPI dependencies as ``Annotated`` aliases: the platform and the caller's role."""
+"""FastAPI dependencies as ``Annotated`` aliases: the platform and the caller's role.
+
+Besides API keys, a server accepts its own ``Platform.local_token``: the CLI on the same
+machine reads it from the embedded store's lock file (owner-only, like ``admin.key``) and
+hands its RAG work to the server that holds the store. The CLI needs no key for local state,
+so this grants nothing new; it acts for the tenant in ``X-Opsloop-Tenant`` and is audited as
+the ``X-Opsloop-Actor`` it names (``cli:<user>``).
+"""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from opsloop.auth import Principal, Role
-from opsloop.errors import ForbiddenError
+from opsloop.auth import Principal, Role, check_tenant
+from opsloop.errors import ForbiddenError, InvalidInputError
 from serving.platform import Platform
 
-__all__ = ["AdminKey", "OperatorKey", "PlatformDep", "UserKey", "ViewerKey", "request_id"]
+__all__ = [
+    "LOCAL_ACTOR_HEADER",
+    "LOCAL_TENANT_HEADER",
+    "AdminKey",
+    "OperatorKey",
+    "PlatformDep",
+    "UserKey",
+    "ViewerKey",
+    "request_id",
+]
+
+LOCAL_TENANT_HEADER = "X-Opsloop-Tenant"
+LOCAL_ACTOR_HEADER = "X-Opsloop-Actor"
 
 _bearer = HTTPBearer(auto_error=False, description="An opsloop API key.")
 
@@ -39,7 +59,8 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
         platform: PlatformDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        principal = platform.keys.authenticate(credentials.credentials if credentials else None)
+        presented = credentials.credentials if credentials else None
+        principal = _local(platform, presented, request) or platform.keys.authenticate(presented)
         if principal.role < role:
             raise ForbiddenError(
                 f"this action needs role '{role}' or higher; key {principal.key_id} has '{principal.role}'",
@@ -50,6 +71,18 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return dependency
+
+
+def _local(platform: Platform, presented: str | None, request: Request) -> Principal | None:
+    """The CLI acting through this server, when it presents the server's own token."""
+    token = platform.local_token
+    if token is None or presented is None or not hmac.compare_digest(presented, token):
+        return None
+    tenant = check_tenant(request.headers.get(LOCAL_TENANT_HEADER, ""))
+    actor = request.headers.get(LOCAL_ACTOR_HEADER, "cli")
+    if not actor.startswith("cli") or len(actor) > 64 or not actor.isprintable():
+        raise InvalidInputError("the local actor must be 'cli' or 'cli:<user>'", field=LOCAL_ACTOR_HEADER)
+    return Principal(actor, tenant, Role.ADMIN)
 
 
 ViewerKey = Annotated[Principal, Depends(require(Role.VIEWER))]

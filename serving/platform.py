@@ -7,6 +7,7 @@ import gc
 import getpass
 import logging
 import os
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from opsloop.audit import AuditLog
 from opsloop.auth import KeyStore, NewKey
 from opsloop.db import Database
+from opsloop.errors import ConflictError
 from opsloop.predictions import PredictionLog
 from opsloop.query_log import QueryLog
+from opsloop.rag_catalog import CollectionCatalog
 from opsloop.registry import Registry
 from opsloop.settings import Settings
 from opsloop.telemetry import Metrics
@@ -26,11 +29,20 @@ from workflows.drift_monitor import DriftMonitor
 if TYPE_CHECKING:
     from serving.rag_service import RagService
 
-__all__ = ["Platform", "cli_actor", "write_admin_key"]
+__all__ = ["DOCS_COLLECTION", "DOCS_TENANT", "Platform", "bundled_docs", "cli_actor", "write_admin_key"]
 
 log = logging.getLogger("opsloop")
 
 ComponentState = Literal["starting", "ready", "failed"]
+
+DOCS_TENANT = "default"
+DOCS_COLLECTION = "docs"
+"""Where ``bootstrap_docs`` keeps the bundled user docs: the first admin key's tenant."""
+
+
+def bundled_docs() -> Path:
+    """The user documentation shipped beside the packages (``docs/`` of the source tree)."""
+    return Path(__file__).resolve().parent.parent / "docs"
 
 
 def cli_actor() -> str:
@@ -66,6 +78,8 @@ class Platform:
     _starting: list[threading.Thread] = field(default_factory=list)
     _scheduler: Any = None
     _rag: RagService | None = None
+    local_token: str | None = None
+    """Set while serving: the CLI presents it (from the store's lock file) to act through this server."""
     _rag_lock: threading.Lock = field(default_factory=threading.Lock)
     _registry_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -101,9 +115,11 @@ class Platform:
         self.predictions.start()
         self.components["registry"] = "starting"
         self.components["models"] = "starting"
-        thread = threading.Thread(target=self._start_models, name="models-start", daemon=True)
-        thread.start()
-        self._starting.append(thread)
+        self.local_token = secrets.token_urlsafe(32)
+        for target, name in ((self._start_models, "models-start"), (self._start_rag, "rag-start")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._starting.append(thread)
 
     def _start_models(self) -> None:
         try:
@@ -124,6 +140,31 @@ class Platform:
                 if self.components[name] != "ready":
                     self.components[name] = "failed"
 
+    def _start_rag(self) -> None:
+        """Take the RAG store now, so CLI runs find this server holding it; ingest the bundled docs."""
+        try:
+            rag = self.rag
+        except ConflictError as exc:  # another process (a sibling worker, a CLI run) has it
+            log.warning("RAG is served by another process: %s", exc.message)
+            return
+        if not self.settings.bootstrap_docs:
+            return
+        self.components["rag"] = "starting"
+        docs = self.settings.docs_path or bundled_docs()
+        try:
+            run = rag.ingest(DOCS_TENANT, DOCS_COLLECTION, docs, delete_missing=True)
+        except Exception:
+            log.exception("ingesting the bundled docs from %s failed", docs)
+            self.components["rag"] = "failed"
+            return
+        self.components["rag"] = "ready"
+        report = run.report
+        log.warning(
+            "collection %r of tenant %r: %d documents added, %d replaced, %d unchanged, %d deleted",
+            DOCS_COLLECTION, DOCS_TENANT, len(report.added), len(report.replaced),
+            len(report.unchanged), len(report.deleted),
+        )  # fmt: skip
+
     def start_registry(self) -> Registry:
         """Start the registry once, whichever thread (model start-up or a first query) asks first."""
         with self._registry_lock:
@@ -142,10 +183,18 @@ class Platform:
 
                 # The query log's writer runs only in processes that answer queries.
                 self.queries.start()
+                holder = {}
+                if self.local_token is not None:
+                    holder = {"url": self.local_url, "token": self.local_token}
                 self._rag = RagService(
-                    self.settings, self.registry, self.audit, self.queries, self.start_registry
+                    self.settings,
+                    self.registry,
+                    self.audit,
+                    self.queries,
+                    CollectionCatalog(self.db),
+                    self.start_registry,
+                    holder,
                 )
-                self.components["rag"] = "ready"
             return self._rag
 
     def _schedule_drift_checks(self) -> None:
@@ -186,6 +235,14 @@ class Platform:
             info = train_demo(self.registry, alias=None)
             promote(self.registry, self.audit, info.name, info.version, actor="system")
         log.warning("registered the demo model %s version %s as champion", info.name, info.version)
+
+    @property
+    def local_url(self) -> str:
+        """Where a process on this machine reaches this server."""
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - bound to all; loopback is one of them
+            host = "127.0.0.1"
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.settings.port}"
 
     @property
     def ready(self) -> bool:

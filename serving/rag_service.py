@@ -13,11 +13,17 @@ asking for ``docs`` looks in its own namespace and gets 404.
 Store lock. A Qdrant Edge shard can be open in one process only (its WAL is locked), and
 ``EdgeStore`` keeps shards open until it closes. So the embedded store belongs to one process
 at a time: the first RagService of a process takes an exclusive ``flock`` on
-``$OPSLOOP_HOME/qdrant/.lock`` and holds it until :meth:`RagService.close`. A second process
-(``opsloop ingest`` while ``opsloop serve`` has answered a query, or a second server worker)
-gets a ``ConflictError`` naming the lock file and the holder's pid, instead of a WAL error
-halfway through a run. Ingest with the CLI before the server's first query, stop the server,
-or use ``vector_store: qdrant``, which has no such limit.
+``$OPSLOOP_HOME/qdrant/.lock`` and holds it until :meth:`RagService.close`. The lock file says
+who holds it: ``{"pid": ...}``, and for an ``opsloop serve`` also the URL the server listens on
+and a token of that server process (the file is readable by its owner only). ``opsloop serve``
+takes the store at start, and the CLI, finding it held, hands its work to that server over HTTP
+(:func:`store_holder`, ``serving.cli.remote``). A second process that is no server (another CLI
+run, a second server worker) gets a ``ConflictError`` naming the lock file and the holder's pid,
+instead of a WAL error halfway through a run. ``vector_store: qdrant`` has no such limit.
+
+Collections. Chunk settings are the collection's (``opsloop.rag_catalog``): the first ingest or
+upload fixes them (the request's, else ``rag_chunk_tokens``/``rag_overlap_tokens``), later ones
+use them unless they ask for others, which re-chunks every file of the collection.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import json
 import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,18 +47,27 @@ from opsloop.auth import check_tenant
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
 from opsloop.llm.llamacpp import LlamaCppClient
 from opsloop.query_log import QueryLog, QueryLogEntry
+from opsloop.rag_catalog import CollectionCatalog
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
 from rag.answer import Answer, Answerer, Source, build_context, ensure_answer_prompt, load_answer_prompt
 from rag.chunking import HFTokenizer
 from rag.embedder import SentenceTransformerEmbedder
-from rag.ingest import Ingestor, IngestReport, ProgressCallback
-from rag.loaders import load_bytes
+from rag.ingest import Ingestor, IngestReport, ProgressCallback, StoredDocument
+from rag.loaders import Skipped, load_bytes
 from rag.retriever import HybridRetriever, RetrievedChunk
 from rag.sparse import BM25Encoder
 from rag.stores import EdgeStore, VectorStore
 
-__all__ = ["COLLECTION_PATTERN", "QueryResult", "RagService", "physical_name"]
+__all__ = [
+    "COLLECTION_PATTERN",
+    "CollectionView",
+    "IngestRun",
+    "QueryResult",
+    "RagService",
+    "physical_name",
+    "store_holder",
+]
 
 COLLECTION_PATTERN = r"[a-z0-9][a-z0-9_-]{0,43}"
 """A tenant's collection name: lowercase (so case-insensitive file systems cannot merge two)."""
@@ -73,7 +89,68 @@ def physical_name(tenant: str, collection: str) -> str:
             field="collection",
             value=repr(collection),
         )
-    return f"t_{hashlib.sha256(tenant.encode('utf-8')).hexdigest()[:16]}__{collection}"
+    return f"{_tenant_prefix(tenant)}{collection}"
+
+
+def _tenant_prefix(tenant: str) -> str:
+    return f"t_{hashlib.sha256(tenant.encode('utf-8')).hexdigest()[:16]}__"
+
+
+def store_holder(home: Path) -> dict[str, Any] | None:
+    """Who holds the embedded store: its lock file's ``pid`` (a server's also has ``url``, ``token``).
+
+    None when no process holds it.
+    """
+    path = home / "qdrant" / _LOCK_FILE
+    try:
+        with open(path) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = lock.read()
+            else:
+                return None  # nobody holds it (closing drops the shared lock again)
+    except FileNotFoundError:
+        return None
+    try:
+        holder = json.loads(text)
+    except json.JSONDecodeError:
+        return {"pid": text.strip() or "unknown"}
+    return holder if isinstance(holder, dict) else {"pid": "unknown"}
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """One ingest or upload into a collection: what it did and how long it took."""
+
+    collection: str
+    report: IngestReport
+    seconds: float
+    chunk_tokens: int
+    overlap_tokens: int
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary the API answers with and the catalog keeps as the last ingestion."""
+        return {
+            "collection": self.collection,
+            **self.report.to_dict(),
+            "seconds": round(self.seconds, 3),
+            "chunk_tokens": self.chunk_tokens,
+            "overlap_tokens": self.overlap_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class CollectionView:
+    """A tenant's collection as ``GET /collections`` shows it."""
+
+    name: str
+    chunks: int
+    documents: list[StoredDocument]
+    chunk_tokens: int
+    overlap_tokens: int
+    last_ingest_at: str | None
+    last_ingest: dict[str, Any] | None = field(default=None)
 
 
 @dataclass(frozen=True)
@@ -102,27 +179,28 @@ class QueryResult:
 class _StoreLock:
     """An exclusive ``flock`` on the embedded store's directory, held while the store is open."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, holder: dict[str, str]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / _LOCK_FILE
-        self._file: IO[str] | None = open(self.path, "a+")  # noqa: SIM115 - held until release()
+        # Owner-only: a server's entry holds the token that lets the CLI act through it.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._file: IO[str] | None = os.fdopen(fd, "r+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "unknown"
             self._file.close()
             self._file = None
+            pid = (store_holder(directory.parent) or {}).get("pid", "unknown")
             raise ConflictError(
-                f"the Qdrant Edge store is in use by another process (pid {holder}, lock {self.path}); "
-                "an `opsloop serve` holds it once it has answered a RAG request. Stop that process, "
-                "ingest through POST /collections/{name}/documents, or use vector_store=qdrant",
+                f"the Qdrant Edge store is in use by another process (pid {pid}, lock {self.path}); "
+                "wait for it to finish, stop it, or use vector_store=qdrant",
                 lock=str(self.path),
-                pid=holder,
+                pid=pid,
             ) from exc
+        os.fchmod(fd, 0o600)
         self._file.seek(0)
         self._file.truncate()
-        self._file.write(str(os.getpid()))
+        self._file.write(json.dumps({"pid": os.getpid(), **holder}))
         self._file.flush()
 
     def release(self) -> None:
@@ -137,9 +215,12 @@ class RagService:
     Args:
         settings: The ``vector_store``, ``qdrant_*``, ``rag_*`` and ``llm_model_path`` settings.
         registry: Where the ``rag-answer`` prompt lives; started on first query.
-        audit: Records each ingest run.
+        audit: Records each ingest, upload and deletion.
         queries: Where every answered query is logged (a started :class:`QueryLog`).
+        catalog: The collections' chunk settings and last ingestions.
         start_registry: Starts ``registry`` (the Platform serialises this with its own start).
+        holder: What the embedded store's lock file says besides the pid (a server's URL and
+            token, see the module docs).
 
     Raises:
         ConflictError: Another process holds the embedded store (see the module docs).
@@ -151,12 +232,15 @@ class RagService:
         registry: Registry,
         audit: AuditLog,
         queries: QueryLog,
+        catalog: CollectionCatalog,
         start_registry: Callable[[], Registry] | None = None,
+        holder: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.audit = audit
         self.queries = queries
+        self.catalog = catalog
         self._start_registry = start_registry or registry.start
         self._lock: _StoreLock | None = None
         if settings.vector_store == "qdrant":
@@ -164,13 +248,12 @@ class RagService:
 
             self.store: VectorStore = QdrantServerStore(settings.qdrant_url, api_key=settings.qdrant_api_key)
         else:
-            self._lock = _StoreLock(settings.home / "qdrant")
+            self._lock = _StoreLock(settings.home / "qdrant", holder or {})
             self.store = EdgeStore(settings.home / "qdrant")
         self.embedder = SentenceTransformerEmbedder()
         self.tokenizer = HFTokenizer()
         self.sparse = BM25Encoder()
         self.retriever = HybridRetriever(self.store, self.embedder, self.sparse, top_k=settings.rag_top_k)
-        self.ingestor = Ingestor(self.store, self.embedder, self.tokenizer, sparse_encoder=self.sparse)
         self.llm = LlamaCppClient(settings.llm_model_path)
         self.answerer = Answerer(
             self.llm,
@@ -190,57 +273,160 @@ class RagService:
         root: Path | str,
         *,
         delete_missing: bool = False,
+        chunk_tokens: int | None = None,
+        overlap_tokens: int | None = None,
         progress: ProgressCallback | None = None,
         actor: str = "system",
-    ) -> IngestReport:
-        """Bring ``tenant``'s ``collection`` up to date with the files under ``root`` (see Ingestor)."""
-        report = self.ingestor.ingest(
-            physical_name(tenant, collection), root, delete_missing=delete_missing, progress=progress
-        )
-        self.audit.append(
-            actor=actor,
-            tenant=tenant,
-            action="rag.ingest",
-            target=collection,
-            after={
-                "added": len(report.added),
-                "replaced": len(report.replaced),
-                "unchanged": len(report.unchanged),
-                "deleted": len(report.deleted),
-                "skipped": len(report.skipped),
-            },
-        )
-        return report
+    ) -> IngestRun:
+        """Bring ``tenant``'s ``collection`` up to date with the files under ``root`` (see Ingestor).
+
+        ``chunk_tokens``/``overlap_tokens``: new chunk settings for the collection (see the module docs).
+        """
+        started = time.perf_counter()
+        name = physical_name(tenant, collection)
+        ingestor = self._ingestor(tenant, collection, chunk_tokens, overlap_tokens)
+        report = ingestor.ingest(name, root, delete_missing=delete_missing, progress=progress)
+        return self._finish(tenant, collection, ingestor, report, started, "rag.ingest", actor, None)
 
     def upload(
         self,
         tenant: str,
         collection: str,
-        source: str,
-        data: bytes,
+        files: Sequence[tuple[str, bytes]],
         *,
+        chunk_tokens: int | None = None,
+        overlap_tokens: int | None = None,
         actor: str,
         request_id: str | None = None,
-    ) -> IngestReport:
-        """Add or replace one document, given as the bytes of a file named ``source``.
+    ) -> IngestRun:
+        """Add or replace documents, each given as a file name (its source) and the file's bytes.
+
+        A file that cannot be loaded is reported in ``skipped``; the others are ingested.
 
         Raises:
-            InvalidInputError: Unsupported suffix or unparsable file (``field="source"``), or no text.
+            InvalidInputError: No files, two with one name, or none that could be loaded (the
+                reasons are in ``details["skipped"]``).
         """
+        started = time.perf_counter()
         name = physical_name(tenant, collection)
-        document = load_bytes(data, source=source)
-        if not document.sections:
-            raise InvalidInputError(f"{source} has no extractable text", field="body", source=source)
-        report = self.ingestor.ingest_documents(name, [document])
+        if not files:
+            raise InvalidInputError("no files in the upload", field="files")
+        documents = []
+        skipped: list[Skipped] = []
+        for source, data in files:
+            try:
+                document = load_bytes(data, source=source)
+            except InvalidInputError as exc:
+                skipped.append(Skipped(source, exc.message))
+                continue
+            if document.sections:
+                documents.append(document)
+            else:
+                skipped.append(Skipped(source, f"{source} has no extractable text"))
+        if not documents:
+            raise InvalidInputError(
+                "no uploaded file could be loaded: " + "; ".join(s.reason for s in skipped),
+                field="files",
+                skipped=[{"source": s.source, "reason": s.reason} for s in skipped],
+            )
+        ingestor = self._ingestor(tenant, collection, chunk_tokens, overlap_tokens)
+        report = ingestor.ingest_documents(name, documents, skipped=skipped)
+        return self._finish(tenant, collection, ingestor, report, started, "rag.upload", actor, request_id)
+
+    def delete_document(
+        self, tenant: str, collection: str, source: str, *, actor: str, request_id: str | None = None
+    ) -> int:
+        """Delete every chunk of ``source``; returns how many there were.
+
+        Raises:
+            NotFoundError: No such collection in the tenant, or no such source in it.
+        """
+        name = self._existing(tenant, collection)
+        deleted = Ingestor(self.store, self.embedder, self.tokenizer).delete_sources(name, [source])
+        if not deleted:
+            raise NotFoundError(f"no document {source!r} in collection {collection!r}", source=source)
         self.audit.append(
             actor=actor,
             tenant=tenant,
-            action="rag.upload",
+            action="rag.delete",
             target=f"{collection}/{source}",
-            after={"chunks_written": report.chunks_written, "chunks_deleted": report.chunks_deleted},
+            after={"chunks_deleted": deleted},
             request_id=request_id,
         )
-        return report
+        return deleted
+
+    def _ingestor(
+        self, tenant: str, collection: str, chunk_tokens: int | None, overlap_tokens: int | None
+    ) -> Ingestor:
+        """An Ingestor with the collection's chunk settings, storing new ones first."""
+        info = self.catalog.get(tenant, collection)
+        chunk = chunk_tokens or (info.chunk_tokens if info else self.settings.rag_chunk_tokens)
+        if overlap_tokens is not None:
+            overlap = overlap_tokens
+        else:
+            overlap = info.overlap_tokens if info else self.settings.rag_overlap_tokens
+        # Built first: it checks the settings, so bad ones are refused before they are stored.
+        ingestor = Ingestor(
+            self.store, self.embedder, self.tokenizer, sparse_encoder=self.sparse,
+            max_tokens=chunk, overlap_tokens=overlap,
+        )  # fmt: skip
+        if info is None or (info.chunk_tokens, info.overlap_tokens) != (chunk, overlap):
+            self.catalog.configure(tenant, collection, chunk_tokens=chunk, overlap_tokens=overlap)
+        return ingestor
+
+    def _finish(
+        self,
+        tenant: str,
+        collection: str,
+        ingestor: Ingestor,
+        report: IngestReport,
+        started: float,
+        action: str,
+        actor: str,
+        request_id: str | None,
+    ) -> IngestRun:
+        run = IngestRun(
+            collection, report, time.perf_counter() - started, ingestor.max_tokens, ingestor.overlap_tokens
+        )
+        summary = run.summary()
+        self.catalog.record_ingest(tenant, collection, summary)
+        counts = {s: len(v) if isinstance(v, list) else v for s, v in summary.items() if s != "collection"}
+        self.audit.append(
+            actor=actor, tenant=tenant, action=action, target=collection, after=counts, request_id=request_id
+        )
+        return run
+
+    # -- collections -----------------------------------------------------------------
+
+    def collections(self, tenant: str) -> list[CollectionView]:
+        """The tenant's collections, by name, with their documents."""
+        prefix = _tenant_prefix(tenant)
+        names = [n[len(prefix) :] for n in self.store.collections() if n.startswith(prefix)]
+        return [self.collection(tenant, name) for name in names]
+
+    def collection(self, tenant: str, collection: str) -> CollectionView:
+        """One collection: its documents, chunk count, chunk settings and last ingestion.
+
+        Raises:
+            NotFoundError: The tenant has no such collection.
+        """
+        name = self._existing(tenant, collection)
+        info = self.catalog.get(tenant, collection)
+        return CollectionView(
+            name=collection,
+            chunks=self.store.count(name),
+            documents=Ingestor(self.store, self.embedder, self.tokenizer).documents(name),
+            chunk_tokens=info.chunk_tokens if info else self.settings.rag_chunk_tokens,
+            overlap_tokens=info.overlap_tokens if info else self.settings.rag_overlap_tokens,
+            last_ingest_at=info.last_ingest_at.isoformat() if info and info.last_ingest_at else None,
+            last_ingest=info.last_ingest if info else None,
+        )
+
+    def _existing(self, tenant: str, collection: str) -> str:
+        name = physical_name(tenant, collection)
+        if name not in self.store.collections():
+            raise NotFoundError(f"no collection {collection!r} in this tenant", collection=collection)
+        return name
 
     # -- query -----------------------------------------------------------------------
 
@@ -268,9 +454,9 @@ class RagService:
             raise InvalidInputError(
                 "question must be a non-empty string", field="question", value=repr(question)
             )
-        name = physical_name(tenant, collection)
+        physical_name(tenant, collection)  # a bad name is a 422 before any work
         started = time.perf_counter()
-        chunks = await asyncio.to_thread(self._retrieve, name, collection, question, top_k)
+        chunks = await asyncio.to_thread(self._retrieve, tenant, collection, question, top_k)
         retrieved = time.perf_counter()
         answer: Answer | None = None
         prompt_ms: float | None = None
@@ -300,11 +486,14 @@ class RagService:
         self.queries.record(_log_entry(tenant, collection, question, result))
         return result
 
-    def _retrieve(self, name: str, collection: str, question: str, top_k: int | None) -> list[RetrievedChunk]:
-        if name not in self.store.collections():
-            raise NotFoundError(f"no collection {collection!r} in this tenant", collection=collection)
+    def _retrieve(
+        self, tenant: str, collection: str, question: str, top_k: int | None
+    ) -> list[RetrievedChunk]:
         return self.retriever.retrieve(
-            name, question, top_k=top_k, score_threshold=self.settings.rag_score_threshold
+            self._existing(tenant, collection),
+            question,
+            top_k=top_k,
+            score_threshold=self.settings.rag_score_threshold,
         )
 
     def _prompt(self) -> PromptVersionInfo:

@@ -1,31 +1,65 @@
 """``opsloop ingest`` and ``opsloop query``: fill a tenant's RAG collection and ask it questions.
 
-Both open the vector store in this process. With the embedded store (Qdrant Edge) only one
-process may hold it: if an ``opsloop serve`` has already answered a RAG request, these commands
-stop with an error naming the lock (see ``serving.rag_service``).
+Both work on this home's vector store in this process, unless an ``opsloop serve`` holds the
+embedded store (Qdrant Edge admits one process): then they hand the work to that server
+(``serving.cli.remote``) and print the same report.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from opsloop.errors import OpsloopError
+from opsloop.settings import Settings
 from rag.chunking import context_header
-from rag.ingest import IngestProgress, IngestReport
+from rag.ingest import IngestProgress, IngestReport, ProgressCallback
 from serving.cli.common import State, err, fail, out
+from serving.cli.remote import ServerRag
 from serving.platform import cli_actor
 
 __all__ = ["ingest", "query"]
 
 CollectionOption = Annotated[str, typer.Option("--collection", help="Collection name (within the tenant).")]
 TenantOption = Annotated[str, typer.Option("--tenant", help="Tenant that owns the collection.")]
+
+
+def _server(settings: Settings, tenant: str) -> ServerRag | None:
+    """The server to hand the work to, when one holds the embedded store."""
+    if settings.vector_store != "edge":
+        return None
+    server = ServerRag.find(settings.home, tenant=tenant, actor=cli_actor())
+    if server is not None:
+        err.print(
+            f"opsloop serve at {server.url} holds the vector store; working through it", highlight=False
+        )
+    return server
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[ProgressCallback]:
+    with Progress(
+        TextColumn("[bold]ingest[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("loading", total=None)
+
+        def advance(event: IngestProgress) -> None:
+            progress.update(task, completed=event.done, total=event.total, description=event.source)
+
+        yield advance
 
 
 def ingest(
@@ -36,42 +70,56 @@ def ingest(
     delete_missing: Annotated[
         bool, typer.Option("--delete-missing", help="Also delete chunks of files no longer under PATH.")
     ] = False,
+    chunk_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-tokens", min=16, max=256, help="Set the collection's chunk size (re-chunks every file)."
+        ),
+    ] = None,
+    overlap_tokens: Annotated[
+        int | None, typer.Option("--overlap-tokens", min=0, help="Set the collection's chunk overlap.")
+    ] = None,
 ) -> None:
     """Bring a collection up to date with the files under PATH; unchanged files are skipped.
 
+    A new collection is chunked with rag_chunk_tokens / rag_overlap_tokens unless the options
+    say otherwise; the collection keeps its settings for later runs and uploads.
     Exits 1 when a file could not be loaded (it is listed with the reason) or on any error.
     """
     state: State = ctx.obj
-    platform = state.platform()
+    settings = state.settings()
+    chunking: dict[str, Any] = {"chunk_tokens": chunk_tokens, "overlap_tokens": overlap_tokens}
     try:
-        rag = platform.rag
-        with Progress(
-            TextColumn("[bold]ingest[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            console=err,
-            transient=True,
-        ) as progress:
-            task = progress.add_task("loading", total=None)
-
-            def advance(event: IngestProgress) -> None:
-                progress.update(task, completed=event.done, total=event.total, description=event.source)
-
-            report = rag.ingest(
-                tenant, collection, path, delete_missing=delete_missing, progress=advance, actor=cli_actor()
-            )
+        server = _server(settings, tenant)
+        if server is not None:
+            with server, _progress_bar() as advance:
+                report, seconds = server.ingest(
+                    collection, path, delete_missing=delete_missing, progress=advance, **chunking
+                )
+        else:
+            platform = state.platform()
+            try:
+                with _progress_bar() as advance:
+                    run = platform.rag.ingest(
+                        tenant,
+                        collection,
+                        path,
+                        delete_missing=delete_missing,
+                        progress=advance,
+                        actor=cli_actor(),
+                        **chunking,
+                    )
+                report, seconds = run.report, run.seconds
+            finally:
+                platform.close()
     except OpsloopError as exc:
         raise fail(exc) from exc
-    finally:
-        platform.close()
-    _print_report(report, collection)
+    _print_report(report, collection, seconds)
     if report.skipped:
         raise typer.Exit(code=1)
 
 
-def _print_report(report: IngestReport, collection: str) -> None:
+def _print_report(report: IngestReport, collection: str, seconds: float) -> None:
     table = Table(title=f"ingest into {collection}")
     table.add_column("status")
     table.add_column("files", justify="right")
@@ -85,7 +133,10 @@ def _print_report(report: IngestReport, collection: str) -> None:
     for item in report.skipped:
         table.add_row("", "", f"[red]{item.source}[/]: {item.reason}")
     out.print(table)
-    out.print(f"chunks written: {report.chunks_written}, deleted: {report.chunks_deleted}")
+    out.print(
+        f"chunks written: {report.chunks_written}, deleted: {report.chunks_deleted}; {seconds:.1f} s",
+        highlight=False,
+    )
 
 
 def query(
@@ -105,60 +156,50 @@ def query(
 
     The query is logged like an API query (see ``GET /admin/queries``).
     """
+    from serving.routers.rag import query_response
+
     state: State = ctx.obj
-    platform = state.platform()
+    settings = state.settings()
     try:
-        result = asyncio.run(platform.rag.query(tenant, question, collection, top_k, generate=generate))
+        server = _server(settings, tenant)
+        if server is not None:
+            with server:
+                body = server.query(collection, question, top_k, generate=generate)
+        else:
+            platform = state.platform()
+            try:
+                result = asyncio.run(
+                    platform.rag.query(tenant, question, collection, top_k, generate=generate)
+                )
+            finally:
+                platform.close()
+            body = query_response(result).model_dump(mode="json")
     except OpsloopError as exc:
         raise fail(exc) from exc
-    finally:
-        platform.close()
-    answer = result.answer
     if format_ == "json":
-        body = {
-            "answer": None if answer is None else answer.answer,
-            "sources": [
-                {
-                    "n": s.n,
-                    "chunk_id": result.chunk_id(s),
-                    "source": s.source,
-                    "title": s.title,
-                    "headings": list(s.headings),
-                    "score": s.score,
-                    "text": s.text,
-                }
-                for s in result.sources
-            ],
-            "citations": [] if answer is None else answer.citations,
-            "usage": {
-                "prompt_tokens": 0 if answer is None else answer.usage.prompt_tokens,
-                "completion_tokens": 0 if answer is None else answer.usage.completion_tokens,
-            },
-            "prompt_version": None if answer is None else answer.prompt_version,
-            "model": None if answer is None else answer.model,
-            "request_id": result.request_id,
-            "latency_ms": result.latency_ms,
-            "timings": {
-                "retrieval_ms": result.retrieval_ms,
-                "prompt_ms": result.prompt_ms,
-                "generation_ms": result.generation_ms,
-            },
-        }
-        out.print_json(json.dumps(body))
+        out.print_json(data=body)
         return
-    if answer is not None:
-        out.print(answer.answer, highlight=False)
-        if result.sources:
+    _print_answer(body)
+
+
+def _print_answer(body: dict[str, Any]) -> None:
+    """The answer, its numbered sources, and where the time went, for a person."""
+    if body["answer"] is not None:
+        out.print(body["answer"], highlight=False)
+        if body["sources"]:
             out.print()
-    for s in result.sources:
-        where = context_header(s.title, s.headings)
-        out.print(f"[{s.n}] {s.source}" + (f"  ({where})" if where else ""), highlight=False, markup=False)
-    if answer is None:
-        err.print(f"retrieval only; retrieval {result.retrieval_ms:.0f} ms", highlight=False)
+    for s in body["sources"]:
+        where = context_header(s["title"], s["headings"])
+        out.print(
+            f"[{s['n']}] {s['source']}" + (f"  ({where})" if where else ""), highlight=False, markup=False
+        )
+    timings = body["timings"]
+    if body["answer"] is None:
+        err.print(f"retrieval only; retrieval {timings['retrieval_ms']:.0f} ms", highlight=False)
         return
     err.print(
-        f"prompt v{answer.prompt_version}, {answer.model or 'no model call'}; "
-        f"retrieval {result.retrieval_ms:.0f} ms, prompt {result.prompt_ms or 0:.0f} ms, "
-        f"generation {result.generation_ms or 0:.0f} ms",
+        f"prompt v{body['prompt_version']}, {body['model'] or 'no model call'}; "
+        f"retrieval {timings['retrieval_ms']:.0f} ms, prompt {timings['prompt_ms'] or 0:.0f} ms, "
+        f"generation {timings['generation_ms'] or 0:.0f} ms",
         highlight=False,
     )

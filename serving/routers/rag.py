@@ -1,21 +1,31 @@
-"""RAG: ``POST /query`` answers from a tenant's collection; ``POST /collections/{name}/documents`` ingests."""
+"""RAG: ``POST /query`` answers from a tenant's collection; ``/collections`` lists and fills them.
+
+Collections belong to the key's tenant: another tenant's name is simply not there (404).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, File, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
-from opsloop.errors import InvalidInputError
 from rag.answer import MAX_QUESTION_CHARS
-from serving.deps import OperatorKey, PlatformDep, UserKey, request_id
-from serving.rag_service import COLLECTION_PATTERN
+from serving.deps import OperatorKey, PlatformDep, UserKey, ViewerKey, request_id
+from serving.rag_service import COLLECTION_PATTERN, CollectionView, QueryResult
 
 router = APIRouter(tags=["rag"])
 
 CollectionName = Annotated[str, StringConstraints(pattern=f"^{COLLECTION_PATTERN}$")]
+CollectionPath = Annotated[str, Path(pattern=f"^{COLLECTION_PATTERN}$")]
+ChunkTokens = Annotated[
+    int | None,
+    Query(ge=16, le=256, description="New chunk size of the collection, in tokens (re-chunks every file)."),
+]
+OverlapTokens = Annotated[
+    int | None, Query(ge=0, le=255, description="New overlap of the collection's chunks, in tokens.")
+]
 
 
 class QueryRequest(BaseModel):
@@ -82,30 +92,75 @@ class QueryResponse(BaseModel):
     timings: TimingsPublic
 
 
-class IngestPublic(BaseModel):
-    """What one upload did to the collection."""
+class SkippedPublic(BaseModel):
+    """A file that was not ingested, and why."""
+
+    source: str
+    reason: str
+
+
+class IngestSummary(BaseModel):
+    """What an ingestion did, by file (the same summary ``opsloop ingest`` prints)."""
+
+    collection: str
+    added: list[str]
+    replaced: list[str] = Field(description="Files whose content changed (or whose last run was cut short).")
+    unchanged: list[str]
+    deleted: list[str]
+    skipped: list[SkippedPublic]
+    chunks_written: int
+    chunks_deleted: int
+    seconds: float
+    chunk_tokens: int
+    overlap_tokens: int
+
+
+class DocumentPublic(BaseModel):
+    """One stored document."""
+
+    source: str
+    title: str
+    chunks: int
+    sha256: str = Field(description="SHA-256 of the file's bytes when it was ingested.")
+
+
+class _CollectionBase(BaseModel):
+    name: str
+    chunks: int
+    chunk_tokens: int
+    overlap_tokens: int
+    last_ingest_at: str | None
+    last_ingest: IngestSummary | None
+
+
+class CollectionPublic(_CollectionBase):
+    """A collection of the caller's tenant, with its number of documents."""
+
+    documents: int
+
+
+class CollectionDetail(_CollectionBase):
+    """A collection with its documents."""
+
+    documents: list[DocumentPublic]
+
+
+class CollectionList(BaseModel):
+    """The caller's tenant's collections, by name."""
+
+    collections: list[CollectionPublic]
+
+
+class DeletedPublic(BaseModel):
+    """What deleting a document removed."""
 
     collection: str
     source: str
-    status: str
-    chunks_written: int
     chunks_deleted: int
 
 
-@router.post("/query", summary="Answer a question from a collection, citing its sources")
-async def query(
-    body: QueryRequest, platform: PlatformDep, principal: UserKey, request: Request
-) -> QueryResponse:
-    """Retrieve from the caller's tenant's ``collection`` and answer with the ``production`` prompt."""
-    rag = await run_in_threadpool(lambda: platform.rag)
-    result = await rag.query(
-        principal.tenant,
-        body.question,
-        body.collection,
-        body.top_k,
-        generate=body.generate,
-        request_id=request_id(request),
-    )
+def query_response(result: QueryResult) -> QueryResponse:
+    """The public form of a query's result (the API's response and ``opsloop query --format json``)."""
     answer = result.answer
     return QueryResponse(
         answer=None if answer is None else answer.answer,
@@ -136,38 +191,88 @@ async def query(
     )
 
 
-@router.post(
-    "/collections/{name}/documents",
-    summary="Add or replace one document in a collection",
-    openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
-)
+def _collection_fields(view: CollectionView) -> dict[str, Any]:
+    fields = ("name", "chunks", "chunk_tokens", "overlap_tokens", "last_ingest_at", "last_ingest")
+    return {name: getattr(view, name) for name in fields}
+
+
+@router.post("/query", summary="Answer a question from a collection, citing its sources")
+async def query(
+    body: QueryRequest, platform: PlatformDep, principal: UserKey, request: Request
+) -> QueryResponse:
+    """Retrieve from the caller's tenant's ``collection`` and answer with the ``production`` prompt."""
+    rag = await run_in_threadpool(lambda: platform.rag)
+    result = await rag.query(
+        principal.tenant,
+        body.question,
+        body.collection,
+        body.top_k,
+        generate=body.generate,
+        request_id=request_id(request),
+    )
+    return query_response(result)
+
+
+@router.post("/collections/{name}/documents", summary="Add or replace documents in a collection")
 async def upload(
-    name: Annotated[str, Path(pattern=f"^{COLLECTION_PATTERN}$")],
-    source: Annotated[
-        str,
-        Query(min_length=1, max_length=512, description="File name with its suffix, e.g. guide/setup.md."),
-    ],
+    name: CollectionPath,
+    files: Annotated[list[UploadFile], File(description="One or more .md, .txt, .html or .pdf files.")],
     platform: PlatformDep,
     principal: OperatorKey,
     request: Request,
-) -> IngestPublic:
-    """The raw file is the request body; its ``source`` suffix picks the loader (.md, .txt, .html, .pdf).
+    chunk_tokens: ChunkTokens = None,
+    overlap_tokens: OverlapTokens = None,
+) -> IngestSummary:
+    """Each file's name (with its suffix, e.g. ``guide/setup.md``) is its source and picks its loader.
 
-    Uploading the same bytes again changes nothing; new bytes under the same source replace its chunks.
+    The same bytes again change nothing; new bytes under a source replace its chunks. Files that
+    cannot be loaded are listed in ``skipped``; when none can, the answer is a 422 listing why.
     """
-    data = await request.body()
-    if not data:
-        raise InvalidInputError("the request body (the file) is empty", field="body")
-    report = await run_in_threadpool(
+    uploads = [(f.filename or "", await f.read()) for f in files]
+    run = await run_in_threadpool(
         lambda: platform.rag.upload(
-            principal.tenant, name, source, data, actor=principal.actor, request_id=request_id(request)
+            principal.tenant,
+            name,
+            uploads,
+            chunk_tokens=chunk_tokens,
+            overlap_tokens=overlap_tokens,
+            actor=principal.actor,
+            request_id=request_id(request),
         )
     )
-    status = next((s for s in ("added", "replaced") if getattr(report, s)), "unchanged")
-    return IngestPublic(
-        collection=name,
-        source=source,
-        status=status,
-        chunks_written=report.chunks_written,
-        chunks_deleted=report.chunks_deleted,
+    return IngestSummary.model_validate(run.summary())
+
+
+@router.delete(
+    "/collections/{name}/documents/{source:path}", summary="Delete a document's chunks from a collection"
+)
+async def delete_document(
+    name: CollectionPath, source: str, platform: PlatformDep, principal: OperatorKey, request: Request
+) -> DeletedPublic:
+    """Remove every chunk of ``source``; 404 when the collection has no such document."""
+    deleted = await run_in_threadpool(
+        lambda: platform.rag.delete_document(
+            principal.tenant, name, source, actor=principal.actor, request_id=request_id(request)
+        )
+    )
+    return DeletedPublic(collection=name, source=source, chunks_deleted=deleted)
+
+
+@router.get("/collections", summary="The caller's tenant's collections")
+async def list_collections(platform: PlatformDep, principal: ViewerKey) -> CollectionList:
+    """Every collection of the key's tenant, with document and chunk counts and the last ingestion."""
+    views = await run_in_threadpool(lambda: platform.rag.collections(principal.tenant))
+    return CollectionList(
+        collections=[CollectionPublic(**_collection_fields(v), documents=len(v.documents)) for v in views]
+    )
+
+
+@router.get("/collections/{name}", summary="One collection and its documents")
+async def get_collection(
+    name: CollectionPath, platform: PlatformDep, principal: ViewerKey
+) -> CollectionDetail:
+    """The collection's documents, chunk count, chunk settings and last ingestion."""
+    view = await run_in_threadpool(lambda: platform.rag.collection(principal.tenant, name))
+    return CollectionDetail(
+        **_collection_fields(view), documents=[DocumentPublic(**vars(d)) for d in view.documents]
     )

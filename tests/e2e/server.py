@@ -33,7 +33,8 @@ def environment(home: Path) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("MLFLOW_", "OPSLOOP_")) and k != "PYTEST_CURRENT_TEST"
     }
-    return {**env, "OPSLOOP_HOME": str(home)}
+    # Ingesting the bundled docs at start loads the embedder: only the tests about it want that.
+    return {**env, "OPSLOOP_HOME": str(home), "OPSLOOP_BOOTSTRAP_DOCS": "false"}
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,17 +1,19 @@
 """RAG end to end: `opsloop ingest` a folder, then `POST /query` on a real `opsloop serve`.
 
-The CLI ingests before the server starts: with the embedded store (Qdrant Edge) one process
-holds the store at a time, and the server takes it on its first RAG request (the last test
-checks that the CLI then refuses with an error naming the lock).
+The CLI ingests before the server starts and again while it runs: with the embedded store
+(Qdrant Edge) one process holds the store at a time, the server takes it at start, and the
+CLI then hands its work to the server. The server also ingests the bundled docs at start.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rag.answer import DONT_KNOW
@@ -28,6 +30,7 @@ DOCS = {
 ENV = {
     "OPSLOOP_DRIFT_CHECK_SECONDS": "0",
     "OPSLOOP_BOOTSTRAP_DEMO": "false",
+    "OPSLOOP_BOOTSTRAP_DOCS": "true",
     "OPSLOOP_RAG_MAX_ANSWER_TOKENS": "32",
 }
 
@@ -135,19 +138,66 @@ def test_nothing_relevant_means_i_dont_know(setup: Setup) -> None:
     assert body["model"] is None and body["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
 
 
+def _upload(setup: Setup, headers: dict[str, str], *files: tuple[str, bytes]) -> httpx.Response:
+    return setup.server.http.post(
+        "/collections/docs/documents", files=[("files", f) for f in files], headers=headers, timeout=120
+    )
+
+
 def test_upload_needs_operator_and_is_idempotent(setup: Setup) -> None:
     text = b"# Support\n\nThe support hotline is open from 9 to 17 on weekdays.\n"
-    url = "/collections/docs/documents?source=support.md"
-    assert setup.server.http.post(url, content=text, headers=setup.acme).status_code == 403
-    first = setup.server.http.post(url, content=text, headers=setup.acme_operator)
+    assert _upload(setup, setup.acme, ("support.md", text)).status_code == 403
+    first = _upload(setup, setup.acme_operator, ("support.md", text))
     assert first.status_code == 200, first.text
-    assert first.json()["status"] == "added" and first.json()["chunks_written"] == 1
-    again = setup.server.http.post(url, content=text, headers=setup.acme_operator)
-    assert again.json()["status"] == "unchanged" and again.json()["chunks_written"] == 0
-    bad = setup.server.http.post(
-        "/collections/docs/documents?source=x.exe", content=b"MZ", headers=setup.acme_operator
+    assert first.json()["added"] == ["support.md"] and first.json()["chunks_written"] == 1
+    assert first.json()["chunk_tokens"] == 256 and first.json()["seconds"] >= 0
+    again = _upload(setup, setup.acme_operator, ("support.md", text))
+    assert again.json()["unchanged"] == ["support.md"] and again.json()["chunks_written"] == 0
+
+
+def test_upload_of_several_files_reports_the_bad_ones(setup: Setup) -> None:
+    mixed = _upload(
+        setup,
+        setup.acme_operator,
+        ("faq/hours.txt", b"The office opens at 8 and closes at 18."),
+        ("x.exe", b"MZ"),
     )
-    assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "source"
+    assert mixed.status_code == 200, mixed.text
+    assert mixed.json()["added"] == ["faq/hours.txt"]
+    assert [s["source"] for s in mixed.json()["skipped"]] == ["x.exe"]
+    bad = _upload(setup, setup.acme_operator, ("x.exe", b"MZ"))
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["error"]["details"]["skipped"][0]["source"] == "x.exe"
+    nothing = setup.server.http.post("/collections/docs/documents", headers=setup.acme_operator)
+    assert nothing.status_code == 422, nothing.text
+
+
+def test_collections_list_only_the_tenants_own(setup: Setup) -> None:
+    listed = setup.server.http.get("/collections", headers=setup.acme)
+    assert listed.status_code == 200, listed.text
+    (docs,) = listed.json()["collections"]
+    assert docs["name"] == "docs" and docs["documents"] >= 3 and docs["chunks"] >= docs["documents"]
+    detail = setup.server.http.get("/collections/docs", headers=setup.acme).json()
+    sources = {d["source"]: d for d in detail["documents"]}
+    assert {"install.md", "billing.md", "security.md"} <= set(sources)
+    assert sources["billing.md"]["title"] == "Billing" and sources["billing.md"]["chunks"] == 1
+    assert detail["last_ingest_at"] and detail["last_ingest"]["collection"] == "docs"
+    assert setup.server.http.get("/collections", headers=setup.globex).json() == {"collections": []}
+    hidden = setup.server.http.get("/collections/docs", headers=setup.globex)
+    assert hidden.status_code == 404, hidden.text
+
+
+def test_another_tenants_upload_stays_in_its_own_namespace(setup: Setup) -> None:
+    text = b"# Globex\n\nThe frobnicator daemon of Globex listens on port 9999.\n"
+    assert _upload(setup, setup.globex_operator, ("globex.md", text)).status_code == 200
+    acme = setup.server.http.get("/collections/docs", headers=setup.acme).json()
+    assert "globex.md" not in {d["source"] for d in acme["documents"]}
+    globex = setup.server.http.get("/collections/docs", headers=setup.globex).json()
+    assert [d["source"] for d in globex["documents"]] == ["globex.md"]
+    deleted = setup.server.http.delete("/collections/docs/documents/globex.md", headers=setup.globex_operator)
+    assert deleted.status_code == 200 and deleted.json()["chunks_deleted"] == 1
+    gone = setup.server.http.delete("/collections/docs/documents/globex.md", headers=setup.globex_operator)
+    assert gone.status_code == 404, gone.text
 
 
 def test_generate_false_retrieves_without_calling_the_model(setup: Setup) -> None:
@@ -204,10 +254,43 @@ def test_admin_queries_shows_the_tenants_own_queries(setup: Setup) -> None:
     assert peek.status_code == 403, peek.text
 
 
-def test_cli_ingest_refuses_while_the_server_holds_the_store(setup: Setup) -> None:
-    # The earlier queries made the server open the store; it keeps it until it stops.
-    setup.server.http.post("/query", json={"question": "port?", "collection": "docs"}, headers=setup.acme)
-    done = _ingest(setup.server.home, setup.docs)
-    assert done.returncode == 1
-    message = " ".join(done.stderr.split())
-    assert "Qdrant Edge store is in use by another process" in message and "lock" in message
+def test_the_bundled_docs_answer_questions_about_opsloop(setup: Setup) -> None:
+    setup.server.wait_for("/readyz", 200, seconds=180)
+    # The docs belong to tenant "default", the first admin key's (here the keys came first).
+    admin = _key(setup.server.home, "default", "user")
+    response = setup.server.http.post(
+        "/query",
+        json={"question": "How do I rotate an API key?", "collection": "docs", "generate": False},
+        headers=admin,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["sources"][0]["source"] == "auth.md"
+
+
+def test_cli_works_through_the_server_that_holds_the_store(setup: Setup) -> None:
+    (setup.docs / "billing.md").write_text("# Billing\n\nInvoices are sent on the last day of each month.\n")
+    (setup.docs / "new.md").write_text("# New\n\nThe new guide explains the frobnicator's dashboard.\n")
+    (setup.docs / "security.md").unlink()
+    done = _ingest(setup.server.home, setup.docs, "--delete-missing")
+    assert done.returncode == 0, done.stderr
+    assert "holds the vector store" in done.stderr
+    rows = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("│")}
+    # The collection now mirrors the folder: also the files uploaded earlier are gone.
+    counts = {
+        status: int(rows[status].split()[3]) for status in ("added", "replaced", "unchanged", "deleted")
+    }
+    assert counts == {"added": 1, "replaced": 1, "unchanged": 1, "deleted": 3}, done.stdout
+    detail = setup.server.http.get("/collections/docs", headers=setup.acme).json()
+    assert {d["source"] for d in detail["documents"]} == {"billing.md", "install.md", "new.md"}
+
+    asked = cli(
+        setup.server.home,
+        *("query", "When are invoices sent?", "--collection", "docs", "--tenant", "acme"),
+        *("--no-generate", "--format", "json"),
+    )
+    assert asked.returncode == 0, asked.stderr
+    body = json.loads(asked.stdout)
+    assert body["sources"][0]["source"] == "billing.md" and "last day" in body["sources"][0]["text"]
+    audit = cli(setup.server.home, "audit", "tail", "--action", "rag.delete", "--tenant", "acme", "--json")
+    deletions = {e["target"]: e for e in map(json.loads, audit.stdout.splitlines())}
+    assert deletions["docs/security.md"]["actor"].startswith("cli:")

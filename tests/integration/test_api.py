@@ -17,7 +17,9 @@ from serving.app import create_app
 
 @pytest.fixture
 def app(tmp_path: Path) -> FastAPI:
-    return create_app(load_settings(home=tmp_path / "home", max_body_bytes=4096, bootstrap_demo=False))
+    return create_app(
+        load_settings(home=tmp_path / "home", max_body_bytes=4096, bootstrap_demo=False, bootstrap_docs=False)
+    )
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
     settings = load_settings(
         home=tmp_path_factory.mktemp("predict") / "home",
         bootstrap_demo=False,
+        bootstrap_docs=False,
         model_poll_seconds=0.2,
         max_instances=50,
     )

@@ -1,0 +1,167 @@
+"""The RAG commands run through the ``opsloop serve`` that holds the embedded store.
+
+A Qdrant Edge store is open in one process at a time, and a running server holds it. Rather
+than fail, ``opsloop ingest`` and ``opsloop query`` then send their work to that server over
+its public HTTP API, authenticated with the token the server left in the store's lock file
+(``serving.rag_service.store_holder``; see ``serving.deps`` for what the token may do):
+
+* ingest: each file under the folder is uploaded (``POST /collections/{name}/documents``),
+  one per request, so the progress bar moves and no body grows past ``max_body_bytes``; with
+  ``--delete-missing``, the collection's documents (``GET /collections/{name}``) that are no
+  longer files are deleted one by one. The server answers each upload with the same summary
+  a local run makes, so the CLI prints one report either way.
+* query: one ``POST /query``, whose JSON is what ``--format json`` prints locally too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from opsloop.errors import (
+    BackendError,
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    OpsloopError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
+from rag.ingest import IngestProgress, IngestReport, ProgressCallback, Status
+from rag.loaders import folder_files
+from serving.deps import LOCAL_ACTOR_HEADER, LOCAL_TENANT_HEADER
+from serving.rag_service import store_holder
+
+__all__ = ["ServerRag"]
+
+_ERRORS: dict[int, type[OpsloopError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: InvalidInputError,
+}
+
+
+class ServerRag:
+    """A client of the server that holds this home's store, acting for one tenant.
+
+    Args:
+        url: The server's base URL.
+        token: The server's local token.
+        tenant: The tenant the commands act for.
+        actor: How the server's audit log names the caller (``cli:<user>``).
+        transport: Optional httpx transport (tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        tenant: str,
+        actor: str,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}", LOCAL_TENANT_HEADER: tenant, LOCAL_ACTOR_HEADER: actor}
+        # Generous: an upload embeds its chunks before it answers, and a first query loads models.
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=600, transport=transport)
+        self.url = url
+
+    @classmethod
+    def find(cls, home: Path, *, tenant: str, actor: str) -> ServerRag | None:
+        """The server holding ``home``'s embedded store, or None when no server holds it."""
+        holder = store_holder(home)
+        if not holder or not holder.get("url") or not holder.get("token"):
+            return None
+        return cls(str(holder["url"]), str(holder["token"]), tenant=tenant, actor=actor)
+
+    def __enter__(self) -> ServerRag:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.http.close()
+
+    def ingest(
+        self,
+        collection: str,
+        root: Path,
+        *,
+        delete_missing: bool = False,
+        chunk_tokens: int | None = None,
+        overlap_tokens: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[IngestReport, float]:
+        """Upload every file under ``root``; returns the merged report and the seconds it took.
+
+        Raises:
+            InvalidInputError: ``root`` is not a folder.
+            OpsloopError: The server refused a request (the server's error, same class).
+        """
+        if not root.is_dir():
+            raise InvalidInputError(f"{root} is not a folder", field="root", value=str(root))
+        files = folder_files(root)
+        sources = [path.relative_to(root).as_posix() for path in files]
+        params = {
+            k: v
+            for k, v in (("chunk_tokens", chunk_tokens), ("overlap_tokens", overlap_tokens))
+            if v is not None
+        }
+        started = time.perf_counter()
+        report = IngestReport()
+        for done, (path, source) in enumerate(zip(files, sources, strict=True), start=1):
+            try:
+                summary = self._call(
+                    "POST",
+                    f"/collections/{collection}/documents",
+                    params=params,
+                    files=[("files", (source, path.read_bytes()))],
+                )
+            except (InvalidInputError, PayloadTooLargeError) as exc:
+                summary = {
+                    "skipped": exc.details.get("skipped") or [{"source": source, "reason": exc.message}]
+                }
+            report += IngestReport.from_dict(summary)
+            if progress is not None:
+                statuses: tuple[Status, ...] = ("added", "replaced", "unchanged")
+                status: Status = next((s for s in statuses if summary.get(s)), "skipped")
+                progress(IngestProgress(source, status, 0, done, len(files)))
+        if delete_missing:
+            present = set(sources)
+            stored = self._call("GET", f"/collections/{collection}")["documents"]
+            for document in stored:
+                source = document["source"]
+                if source not in present:
+                    deleted = self._call("DELETE", f"/collections/{collection}/documents/{quote(source)}")
+                    report += IngestReport(deleted=[source], chunks_deleted=deleted["chunks_deleted"])
+        return report, time.perf_counter() - started
+
+    def query(self, collection: str, question: str, top_k: int | None, *, generate: bool) -> dict[str, Any]:
+        """``POST /query``'s JSON answer."""
+        body = {"question": question, "collection": collection, "top_k": top_k, "generate": generate}
+        return self._call("POST", "/query", json=body)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise BackendError(
+                f"the opsloop server at {self.url}, which holds the vector store, does not answer: {exc}"
+            ) from exc
+        body: dict[str, Any] = response.json() if response.content else {}
+        if response.is_success:
+            return body
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        message = error.get("message") or f"HTTP {response.status_code} from {self.url}{path}"
+        raise _ERRORS.get(response.status_code, BackendError)(message, **(error.get("details") or {}))
