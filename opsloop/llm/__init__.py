@@ -1,7 +1,8 @@
 """LLM clients: one protocol (:mod:`opsloop.llm.protocol`) and its backends.
 
 The backends import heavy SDKs; import them from their modules (``opsloop.llm.llamacpp``,
-``opsloop.llm.openai_compat``) where they are wired, so ``import opsloop.llm`` stays light.
+``opsloop.llm.openai_compat``, ``opsloop.llm.anthropic``) where they are wired, so
+``import opsloop.llm`` stays light.
 """
 
 from opsloop.llm.protocol import (
@@ -13,6 +14,8 @@ from opsloop.llm.protocol import (
     LLMClient,
     MeteredStream,
     Role,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 
@@ -25,5 +28,7 @@ __all__ = [
     "LLMClient",
     "MeteredStream",
     "Role",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
 ]

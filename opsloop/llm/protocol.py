@@ -4,13 +4,21 @@ The gateway, the RAG answerer, evals and agents depend on :class:`LLMClient` onl
 ``opsloop.llm`` holds the backends (llama.cpp in-process, any OpenAI-compatible server
 such as vLLM, Anthropic's Messages API). Token counts are the backend's own, so the cost
 ledger charges what the backend counted, streamed or not.
+
+Function tools follow OpenAI's chat format: a request offers ``tools`` (``{"type":
+"function", "function": {"name", "description", "parameters"}}``), the model answers with
+:class:`ToolCall` objects (``finish_reason="tool_calls"``; streamed as
+:class:`ToolCallDelta` pieces), the caller replays them in an assistant message's
+``tool_calls`` and answers each with a ``role="tool"`` message naming its
+``tool_call_id``. The Anthropic backend translates all of this; the others do not send
+tools yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ChatChunk",
@@ -21,6 +29,8 @@ __all__ = [
     "LLMClient",
     "MeteredStream",
     "Role",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
 ]
 
@@ -29,12 +39,61 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model asked for: one entry of OpenAI's ``tool_calls``.
+
+    ``arguments`` is JSON text, as the model wrote it (OpenAI does not guarantee it parses).
+    """
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def to_openai(self) -> dict[str, Any]:
+        """Return the call in OpenAI's shape, ``{"id", "type": "function", "function": {...}}``."""
+        function = {"name": self.name, "arguments": self.arguments}
+        return {"id": self.id, "type": "function", "function": function}
+
+    @classmethod
+    def from_openai(cls, data: Mapping[str, Any]) -> ToolCall:
+        """Build a call from OpenAI's shape (the inverse of :meth:`to_openai`).
+
+        Raises:
+            KeyError: ``data`` has no ``id`` or no ``function.name``.
+        """
+        function = data.get("function") or {}
+        arguments = function.get("arguments") or "{}"
+        return cls(id=str(data["id"]), name=str(function["name"]), arguments=str(arguments))
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call, as in OpenAI's ``delta.tool_calls``.
+
+    ``index`` numbers the calls of one answer from 0; the first piece of a call carries its
+    ``id`` and ``name``, later pieces append to ``arguments``.
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    """One message of a conversation."""
+    """One message of a conversation.
+
+    An assistant message that only calls tools has ``content=""`` (OpenAI's ``null``) and
+    ``tool_calls``; a ``role="tool"`` message carries one result in ``content`` and the
+    ``tool_call_id`` it answers.
+    """
 
     role: Role
-    content: str
+    content: str = ""
     name: str | None = None
+    tool_calls: Sequence[ToolCall] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +128,8 @@ class ChatRequest:
     top_p: float | None = None
     stop: Sequence[str] = ()
     seed: int | None = None
+    tools: Sequence[Mapping[str, Any]] = ()
+    """Function tools in OpenAI's shape: ``{"type": "function", "function": {...}}``."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +142,7 @@ class ChatResult:
     model: str
     backend: str
     ttft_ms: float | None = None
+    tool_calls: Sequence[ToolCall] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +153,7 @@ class ChatChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    tool_calls: Sequence[ToolCallDelta] = ()
 
 
 class MeteredStream(Protocol):

@@ -1,35 +1,22 @@
 """OpenAICompatClient against a real OpenAI-compatible server (llama.cpp's) on loopback.
 
-The server needs llama-cpp-python's ``server`` extra (sse-starlette, starlette-context);
-without it the server tests skip locally and fail in CI. Error mapping is tested through
-an injected ``httpx.MockTransport``.
+The server (``llama_server_url``, from tests/integration/llama_server.py) needs
+llama-cpp-python's ``server`` extra; without it the server tests skip locally and fail in
+CI. Error mapping is tested through an injected ``httpx.MockTransport``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from opsloop.errors import BackendError, InvalidInputError
-from opsloop.llm.llamacpp import default_model_path
 from opsloop.llm.openai_compat import OpenAICompatClient
 from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, LLMClient
-
-MODEL = "smollm2"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.integration.llama_server import MODEL, free_port
 
 
 def _request(question: str, max_tokens: int = 12) -> ChatRequest:
@@ -38,52 +25,9 @@ def _request(question: str, max_tokens: int = 12) -> ChatRequest:
     )
 
 
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    """A llama.cpp OpenAI-compatible server with SmolLM2 on a free loopback port."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "import llama_cpp.server.app"], capture_output=True, text=True, check=False
-    )
-    if probe.returncode != 0:
-        reason = (
-            "llama.cpp's server needs llama-cpp-python[server] "
-            f"(sse-starlette, starlette-context): {probe.stderr.strip().splitlines()[-1]}"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    port = _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path())]
-    command += ["--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "False"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama.cpp server exited: {process.stderr.read() if process.stderr else ''}")
-            try:
-                if httpx.get(f"{url}/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("llama.cpp server did not answer /v1/models within 60 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def test_chat_through_a_real_server(server_url: str) -> None:
+def test_chat_through_a_real_server(llama_server_url: str) -> None:
     async def run() -> None:
-        client = OpenAICompatClient(server_url, api_key="sk-test", model=MODEL, name="vllm")
+        client = OpenAICompatClient(llama_server_url, api_key="sk-test", model=MODEL, name="vllm")
         assert isinstance(client, LLMClient)
         try:
             result = await client.chat(_request("What is the capital of France?"))
@@ -96,9 +40,9 @@ def test_chat_through_a_real_server(server_url: str) -> None:
     asyncio.run(run())
 
 
-def test_stream_through_a_real_server(server_url: str) -> None:
+def test_stream_through_a_real_server(llama_server_url: str) -> None:
     async def run() -> tuple[list[ChatChunk], str]:
-        client = OpenAICompatClient(server_url, model=MODEL)
+        client = OpenAICompatClient(llama_server_url, model=MODEL)
         try:
             whole = await client.chat(_request("Write a story about a cat."))
             return [
@@ -115,9 +59,9 @@ def test_stream_through_a_real_server(server_url: str) -> None:
     assert final.usage.completion_tokens > 0 and final.usage.prompt_tokens > 0
 
 
-def test_early_stop_keeps_counted_usage(server_url: str) -> None:
+def test_early_stop_keeps_counted_usage(llama_server_url: str) -> None:
     async def run() -> None:
-        client = OpenAICompatClient(server_url, model=MODEL)
+        client = OpenAICompatClient(llama_server_url, model=MODEL)
         stream = client.stream(_request("Write a long story about a dragon.", max_tokens=24))
         try:
             seen = 0
@@ -135,7 +79,7 @@ def test_early_stop_keeps_counted_usage(server_url: str) -> None:
 
 
 def test_dead_backend_is_a_retryable_backend_error_quickly() -> None:
-    client = OpenAICompatClient(f"http://127.0.0.1:{_free_port()}/v1", model=MODEL, timeout=30.0)
+    client = OpenAICompatClient(f"http://127.0.0.1:{free_port()}/v1", model=MODEL, timeout=30.0)
     with pytest.raises(BackendError, match="unreachable") as info:
         asyncio.run(client.chat(_request("hi")))  # the first call also imports the SDK
     assert info.value.details["retryable"] is True
