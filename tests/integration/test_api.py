@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from opsloop.auth import Role
 from opsloop.settings import Settings, load_settings
 from serving.app import create_app
+from serving.rag_service import store_holder
 
 
 @pytest.fixture
@@ -179,3 +181,37 @@ def test_openapi_documents_the_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/healthz", "/readyz", "/metrics", "/admin/keys", "/admin/audit"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_the_servers_local_token_acts_for_the_named_tenant(app: FastAPI, client: TestClient) -> None:
+    # The token the CLI reads from the store's lock file (owner-only) to act through this server.
+    deadline = time.monotonic() + 30  # the store is taken by a start-up thread
+    while (holder := store_holder(app.state.platform.settings.home)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert holder is not None and holder["token"] == app.state.platform.local_token
+    lock = app.state.platform.settings.home / "qdrant" / ".lock"
+    assert lock.stat().st_mode & 0o777 == 0o600
+    headers = {**_auth(holder["token"]), "X-Opsloop-Tenant": "acme", "X-Opsloop-Actor": "cli:alice"}
+    listed = client.get("/collections", headers=headers)
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == {"collections": []}
+    created = client.post("/admin/keys", json={"tenant": "acme", "role": "user"}, headers=headers)
+    assert created.status_code == 201, created.text
+    audit = client.get("/admin/audit?action=key.create", headers=headers).json()
+    assert audit[0]["actor"] == "cli:alice"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"X-Opsloop-Tenant": "acme"}, 401),  # someone else's token: not the server's
+        ({}, 422),  # no tenant named
+        ({"X-Opsloop-Tenant": "acme", "X-Opsloop-Actor": "olk_fake"}, 422),  # may not pose as a key
+    ],
+)
+def test_the_local_token_needs_a_tenant_and_a_cli_actor(
+    app: FastAPI, client: TestClient, headers: dict[str, str], status: int
+) -> None:
+    token = "wrong" if status == 401 else app.state.platform.local_token
+    response = client.get("/collections", headers={**_auth(token), **headers})
+    assert response.status_code == status, response.text

@@ -1,0 +1,100 @@
+"""Collections through the RAG runtime: chunk settings per collection, listing, deletes, the store lock.
+
+Real parts: Qdrant Edge under a temporary home, the packaged MiniLM tokenizer and embedder,
+SQLite for the catalog and the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opsloop.audit import AuditFilter
+from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
+from opsloop.settings import load_settings
+from serving.platform import Platform
+from serving.rag_service import RagService, store_holder
+
+LONG = b"# Guide\n\n" + b" ".join(b"The frobnicator turns word%d into dust." % i for i in range(120)) + b"\n"
+SHORT = b"# Notes\n\nThe notes are short.\n"
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    platform = Platform.build(load_settings(home=tmp_path / "home", bootstrap_docs=False)).start_store()
+    yield platform
+    platform.close()
+
+
+@pytest.fixture
+def rag(platform: Platform) -> RagService:
+    return platform.rag
+
+
+def _upload(rag: RagService, *files: tuple[str, bytes], tenant: str = "acme", **chunking: int) -> dict:
+    return rag.upload(tenant, "guides", list(files), actor="test", **chunking).summary()
+
+
+def test_chunk_settings_belong_to_the_collection(rag: RagService) -> None:
+    first = _upload(rag, ("guide.md", LONG), chunk_tokens=64, overlap_tokens=8)
+    assert (first["chunk_tokens"], first["overlap_tokens"]) == (64, 8) and first["added"] == ["guide.md"]
+    many = rag.collection("acme", "guides").chunks
+    assert many > 4  # 120 sentences in 64-token chunks
+
+    # A later upload without settings cuts the same way: the first file stays as it is.
+    later = _upload(rag, ("guide.md", LONG), ("notes.md", SHORT))
+    assert later["unchanged"] == ["guide.md"] and (later["chunk_tokens"], later["overlap_tokens"]) == (64, 8)
+
+    # New settings re-chunk every file that is uploaded under them.
+    rechunked = _upload(rag, ("guide.md", LONG), chunk_tokens=256, overlap_tokens=32)
+    assert rechunked["replaced"] == ["guide.md"] and rechunked["chunks_deleted"] == many
+    view = rag.collection("acme", "guides")
+    assert (view.chunk_tokens, view.overlap_tokens) == (256, 32) and view.chunks < many + 1
+    assert view.last_ingest is not None and view.last_ingest["replaced"] == ["guide.md"]
+
+
+def test_bad_chunk_settings_are_refused_before_they_are_stored(rag: RagService) -> None:
+    _upload(rag, ("notes.md", SHORT), chunk_tokens=64, overlap_tokens=8)
+    with pytest.raises(InvalidInputError) as caught:
+        _upload(rag, ("notes.md", SHORT), chunk_tokens=32, overlap_tokens=40)
+    assert caught.value.details["field"] == "overlap_tokens"
+    view = rag.collection("acme", "guides")
+    assert (view.chunk_tokens, view.overlap_tokens) == (64, 8)
+
+
+def test_collections_documents_and_deletes_stay_within_the_tenant(
+    rag: RagService, platform: Platform
+) -> None:
+    _upload(rag, ("guide.md", LONG), ("notes.md", SHORT))
+    _upload(rag, ("other.md", SHORT), tenant="globex")
+    (acme,) = rag.collections("acme")
+    assert acme.name == "guides" and [d.source for d in acme.documents] == ["guide.md", "notes.md"]
+    notes = next(d for d in acme.documents if d.source == "notes.md")
+    assert (notes.title, notes.chunks, len(notes.sha256)) == ("Notes", 1, 64)
+    assert [d.source for d in rag.collection("globex", "guides").documents] == ["other.md"]
+
+    with pytest.raises(NotFoundError):
+        rag.delete_document("globex", "guides", "notes.md", actor="test")
+    assert rag.delete_document("acme", "guides", "notes.md", actor="test") == 1
+    assert [d.source for d in rag.collection("acme", "guides").documents] == ["guide.md"]
+    with pytest.raises(NotFoundError):
+        rag.collection("acme", "missing")
+    events = platform.audit.query(AuditFilter(action="rag.delete"))
+    assert [e.target for e in events] == ["guides/notes.md"]
+
+
+def test_a_second_opener_of_the_store_is_refused_naming_the_holder(platform: Platform, tmp_path: Path) -> None:
+    platform.rag  # noqa: B018 - takes the store lock
+    holder = store_holder(platform.settings.home)
+    assert holder is not None and holder.get("url") is None  # not a server: the CLI cannot hand off
+    other = Platform.build(platform.settings).start_store()
+    try:
+        with pytest.raises(ConflictError) as caught:
+            other.rag  # noqa: B018
+        assert caught.value.details["pid"] == holder["pid"]
+    finally:
+        other.close()
+    platform.close()
+    assert store_holder(platform.settings.home) is None
