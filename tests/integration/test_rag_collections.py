@@ -85,7 +85,7 @@ def test_collections_documents_and_deletes_stay_within_the_tenant(
     assert [e.target for e in events] == ["guides/notes.md"]
 
 
-def test_a_second_opener_of_the_store_is_refused_naming_the_holder(platform: Platform, tmp_path: Path) -> None:
+def test_a_second_opener_of_the_store_is_refused_naming_the_holder(platform: Platform) -> None:
     platform.rag  # noqa: B018 - takes the store lock
     holder = store_holder(platform.settings.home)
     assert holder is not None and holder.get("url") is None  # not a server: the CLI cannot hand off
