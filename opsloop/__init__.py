@@ -17,6 +17,7 @@ from opsloop.errors import (
     NotFoundError,
     OpsloopError,
     PayloadTooLargeError,
+    RateLimitedError,
     UnauthorizedError,
 )
 from opsloop.settings import Settings, load_settings
@@ -41,6 +42,7 @@ __all__ = [
     "OpsloopError",
     "PayloadTooLargeError",
     "Principal",
+    "RateLimitedError",
     "Role",
     "Settings",
     "UnauthorizedError",

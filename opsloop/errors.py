@@ -9,6 +9,8 @@
     ├── ConflictError            409 conflict          already exists, concurrent change
     ├── PayloadTooLargeError     413 payload_too_large body above the configured limit
     ├── InvalidInputError        422 invalid_input     well-formed but wrong values
+    ├── RateLimitedError         429 rate_limited      a rate limit or budget is used up
+    │   └── BudgetExceededError  (opsloop.budgets)     names the budget and when it resets
     └── BackendError             502 backend_error     a dependency (MLflow, DB) failed
 
 Third-party errors are translated into the most specific of these at the boundary
@@ -30,6 +32,7 @@ __all__ = [
     "NotFoundError",
     "OpsloopError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "UnauthorizedError",
 ]
 
@@ -103,6 +106,13 @@ class InvalidInputError(OpsloopError):
 
     status = 422
     type = "invalid_input"
+
+
+class RateLimitedError(OpsloopError):
+    """A rate limit or budget is used up; ``details["retry_after_s"]`` says when to retry."""
+
+    status = 429
+    type = "rate_limited"
 
 
 class BackendError(OpsloopError):

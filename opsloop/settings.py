@@ -7,11 +7,12 @@ the defaults below. The app factory builds it once and passes it down.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,10 +21,30 @@ from pydantic_settings import (
 )
 
 from opsloop.errors import ConfigError
+from opsloop.llm.routes import RouteConfig, RouteTable
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["DEFAULT_LLM_ROUTE", "Settings", "default_llm_routes", "load_settings"]
 
 ENV_PREFIX = "OPSLOOP_"
+DEFAULT_LLM_ROUTE = "smollm2"
+"""The public model name of the embedded default route."""
+
+
+def default_llm_routes(model_path: Path | str | None = None) -> dict[str, RouteConfig]:
+    """The gateway's default: SmolLM2 (or ``model_path``) on llama.cpp in-process, free.
+
+    One request at a time (``max_concurrency: 1``): a llama.cpp context runs one completion
+    at a time anyway, and the router queues the rest for ``queue_timeout_s``.
+    """
+    backend: dict[str, Any] = {
+        "name": "local",
+        "kind": "llamacpp",
+        "max_concurrency": 1,
+        "cost_per_token": 0.0,
+    }
+    if model_path is not None:
+        backend["model_path"] = model_path
+    return {DEFAULT_LLM_ROUTE: RouteConfig.model_validate({"backends": [backend], "queue_timeout_s": 30.0})}
 
 
 class Settings(BaseSettings):
@@ -103,6 +124,26 @@ class Settings(BaseSettings):
     llm_model_path: Path | None = Field(
         default=None, description="GGUF file of the local LLM; default: the packaged SmolLM2-135M-Instruct."
     )
+    llm_routes: RouteTable = Field(
+        default_factory=default_llm_routes,
+        description="Gateway routes: public model name -> backends tried in order (see docs/gateway.md); "
+        f"default: {DEFAULT_LLM_ROUTE!r} on the local llama.cpp model.",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis for the budget and rate-limit counters, shared by every gateway process; "
+        "default: counters in this process only.",
+    )
+    budget_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long budget rows are cached; another process's change applies within it.",
+    )
+    llm_default_max_tokens: int = Field(
+        default=512,
+        ge=1,
+        description="Most tokens a gateway completion generates when the request sets none.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -115,6 +156,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Add the YAML file between the environment and the defaults."""
         return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_routes_follow_the_local_model(cls, data: Any) -> Any:
+        # Not a data-dependent default_factory: that one fails whenever another field does,
+        # adding a confusing second error to the one that names the bad setting.
+        if isinstance(data, dict) and "llm_routes" not in data and data.get("llm_model_path") is not None:
+            return {**data, "llm_routes": default_llm_routes(data["llm_model_path"])}
+        return data
 
     @field_validator("home")
     @classmethod
@@ -157,14 +207,32 @@ class Settings(BaseSettings):
         return self.home / "admin.key"
 
     def env(self) -> dict[str, str]:
-        """These settings as ``OPSLOOP_*`` variables, to hand to worker processes."""
-        return {
+        """These settings as ``OPSLOOP_*`` variables, to hand to worker processes.
+
+        Routes go as JSON (which pydantic-settings parses back), their API keys in clear:
+        the variables are for this machine's worker processes only.
+        """
+        env = {
             f"{ENV_PREFIX}{name.upper()}": value.get_secret_value()
             if isinstance(value, SecretStr)
             else str(value)
-            for name, value in self.model_dump().items()
+            for name, value in self.model_dump(exclude={"llm_routes"}).items()
             if value is not None
         }
+        env[f"{ENV_PREFIX}LLM_ROUTES"] = json.dumps(_routes_data(self.llm_routes))
+        return env
+
+
+def _routes_data(routes: dict[str, RouteConfig]) -> dict[str, Any]:
+    """``routes`` as JSON-ready data that validates back to equal routes, secrets revealed."""
+    data: dict[str, Any] = {}
+    for public, route in routes.items():
+        dumped = route.model_dump(mode="json", exclude_defaults=True)
+        for spec, raw in zip(route.backends, dumped["backends"], strict=True):
+            if spec.api_key is not None:
+                raw["api_key"] = spec.api_key.get_secret_value()
+        data[public] = dumped
+    return data
 
 
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
@@ -182,10 +250,15 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = [
-            f"{ENV_PREFIX}{'.'.join(map(str, err['loc'])).upper()}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
+            f"{_setting_name(err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in exc.errors()
         ]
         raise ConfigError(
             "invalid settings: " + "; ".join(problems),
             settings=[".".join(map(str, err["loc"])) for err in exc.errors()],
         ) from exc
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    """``OPSLOOP_LLM_ROUTES.chat.backends.0.base_url``: the variable, then the path inside it."""
+    head, *rest = [str(part) for part in loc] or ["settings"]
+    return ".".join([f"{ENV_PREFIX}{head.upper()}", *rest])

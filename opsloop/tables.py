@@ -11,12 +11,15 @@ from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import text
 
 __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "BudgetRow",
     "DriftCheck",
+    "LLMCallRow",
     "Prediction",
     "RagCollection",
     "RagQuery",
@@ -163,3 +166,47 @@ class RagCollection(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_ingest_at: Mapped[datetime | None] = mapped_column(default=None)
     last_ingest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class LLMCallRow(Base):
+    """One LLM gateway call in the usage/cost ledger: who, which route and backend, tokens, cost, outcome."""
+
+    __tablename__ = "llm_calls"
+    __table_args__ = (
+        Index("ix_llm_calls_tenant_at", "tenant", "at"),
+        Index("ix_llm_calls_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    request_id: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(32))
+    route: Mapped[str] = mapped_column(String(128))
+    backend: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(256))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    streamed: Mapped[bool] = mapped_column(Boolean)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_type: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class BudgetRow(Base):
+    """A budget or rate limit of a tenant, or of one of its keys (``key_id`` set)."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (Index("ux_budgets_scope", "tenant", text("coalesce(key_id, '')"), "kind", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    kind: Mapped[str] = mapped_column(String(16))
+    limit: Mapped[float] = mapped_column(Float)
+    soft_ratio: Mapped[float] = mapped_column(Float, default=0.8)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(64))

@@ -20,9 +20,20 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.process_collector import ProcessCollector
 
-__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "DriftMetrics", "Metrics", "ModelMetrics"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "MULTIPROC_ENV",
+    "BudgetMetrics",
+    "DriftMetrics",
+    "EvalMetrics",
+    "Metrics",
+    "ModelMetrics",
+]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Time to a first token: tens of milliseconds (a warm GPU) to tens of seconds (a queue on CPU).
+_TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 
 # Request latencies from sub-millisecond (cached predictions) to minutes (LLM calls).
 _LATENCY_BUCKETS = (
@@ -59,6 +70,9 @@ class Metrics:
         )
         self.models = ModelMetrics(self.registry)
         self.drift = DriftMetrics(self.registry)
+        self.llm = LLMMetrics(self.registry)
+        self.budgets = BudgetMetrics(self.registry)
+        self.evals = EvalMetrics(self.registry)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric of this process (or all workers)."""
@@ -154,5 +168,146 @@ class DriftMetrics:
             "opsloop_drift_checks_total",
             "Drift checks by model and outcome (drift, no_drift, skipped, failed).",
             ["model", "outcome"],
+            registry=registry,
+        )
+
+
+class BudgetMetrics:
+    """Budgets and rate limits: spent share of each (the contract in deploy/prometheus), crossings, refusals.
+
+    The ``budget`` label is the budget's name: its kind (``daily_usd``, ``monthly_tokens``, ``rpm`` ...)
+    for a tenant-wide budget, ``<kind>@<key id>`` for a budget of one key.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.spent_ratio = Gauge(
+            "opsloop_budget_spent_ratio",
+            "Spent share of each tenant's LLM budget (spent / limit).",
+            ["tenant", "budget"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.soft_limit = Counter(
+            "opsloop_budget_soft_limit_total",
+            "Times a budget crossed its soft threshold (once per budget and window).",
+            ["tenant", "budget"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "opsloop_budget_rejected_total",
+            "Requests refused with 429 because a budget or rate limit was used up.",
+            ["tenant", "budget"],
+            registry=registry,
+        )
+
+
+class LLMMetrics:
+    """The LLM gateway: tokens, cost, time to first token, latency, errors and fallbacks.
+
+    ``route`` is the public model name, ``backend`` the backend that served (or failed) it.
+    Token ``direction`` is ``prompt``, ``completion`` or ``cached`` (cached tokens are a part
+    of the prompt tokens, counted again on their own).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.tokens = Counter(
+            "opsloop_llm_tokens_total",
+            "Tokens of gateway calls by route, backend and direction (prompt, completion, cached).",
+            ["route", "backend", "direction"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "opsloop_llm_cost_usd_total",
+            "Cost of gateway calls in US dollars, by route and backend (as in the ledger).",
+            ["route", "backend"],
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "opsloop_llm_time_to_first_token_seconds",
+            "Time from a gateway request to its first generated token, by route and backend.",
+            ["route", "backend"],
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "opsloop_llm_request_duration_seconds",
+            "Whole gateway calls, to the last token, by route, backend and streamed (true/false).",
+            ["route", "backend", "streamed"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "opsloop_llm_requests_total",
+            "Gateway calls by route and outcome (ok, error, disconnected).",
+            ["route", "outcome"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "opsloop_llm_errors_total",
+            "Failed gateway calls by route and the error type the client got "
+            "(backend_error, backend_overloaded, invalid_input, not_found ...).",
+            ["route", "type"],
+            registry=registry,
+        )
+        self.backend_errors = Counter(
+            "opsloop_llm_backend_errors_total",
+            "Failed calls to a backend (each retry counts) by backend and reason (timeout, http_429 ...).",
+            ["backend", "reason"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "opsloop_llm_fallbacks_total",
+            "Times a route moved on from a failed backend to the next, by route and both backends.",
+            ["route", "from_backend", "to_backend"],
+            registry=registry,
+        )
+        self.ledger_dropped = Counter(
+            "opsloop_llm_ledger_dropped_total",
+            "Ledger rows lost: queue full or the store failed.",
+            registry=registry,
+        )
+
+
+class EvalMetrics:
+    """Scheduled eval jobs: the last score of each metric, the last success, failures, the gate.
+
+    ``job`` is the job's name in ``eval_jobs``. Alert on a score below its floor, on
+    ``time() - opsloop_eval_last_success_timestamp_seconds`` growing past the job's period (a
+    job that stopped running, or keeps failing), and on ``opsloop_eval_gate_passed == 0``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.score = Gauge(
+            "opsloop_eval_score",
+            "Mean of each metric in the job's last finished eval run.",
+            ["job", "metric"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.metric_failures = Gauge(
+            "opsloop_eval_metric_failures",
+            "Samples of the job's last run whose metric failed (judge timeouts, unparsable output ...).",
+            ["job", "metric"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.last_success = Gauge(
+            "opsloop_eval_last_success_timestamp_seconds",
+            "Unix time the job last finished an eval run.",
+            ["job"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.gate_passed = Gauge(
+            "opsloop_eval_gate_passed",
+            "1 if the job's last run passed its gate against the baseline, else 0 (jobs with a baseline).",
+            ["job"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.runs = Counter(
+            "opsloop_eval_runs_total",
+            "Scheduled eval runs by job and outcome (ok, gate_failed, failed).",
+            ["job", "outcome"],
             registry=registry,
         )

@@ -12,7 +12,7 @@ from opsloop.settings import Settings, load_settings
 from serving.errors import install_error_handlers
 from serving.middleware import RequestMiddleware
 from serving.platform import Platform
-from serving.routers import admin, health, models, rag
+from serving.routers import admin, budgets, costs, gateway, health, models, rag
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("created the first admin key; it is in %s (mode 0600)", admin_key)
         platform.start_serving()
         yield
+        await platform.aclose_gateway()
         platform.close()
 
     app = FastAPI(
@@ -45,7 +46,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(rag.router)
+    app.include_router(gateway.router)
+    app.include_router(costs.router)
     app.include_router(admin.router)
+    app.include_router(budgets.router)
     return app
 
 

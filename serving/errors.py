@@ -30,6 +30,8 @@ def _response(error: OpsloopError, headers: dict[str, str] | None = None) -> JSO
 
 async def _opsloop_error(request: Request, exc: OpsloopError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status == 429 and isinstance(exc.details.get("retry_after_s"), int):
+        headers = {"Retry-After": str(exc.details["retry_after_s"])}
     return _response(exc, headers)
 
 

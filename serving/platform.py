@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import gc
 import getpass
@@ -15,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from opsloop.audit import AuditLog
 from opsloop.auth import KeyStore, NewKey
+from opsloop.budgets import BudgetEnforcer, BudgetStore, InProcessCounters, RedisCounters
 from opsloop.db import Database
 from opsloop.errors import ConflictError
+from opsloop.ledger import Ledger
 from opsloop.predictions import PredictionLog
 from opsloop.query_log import QueryLog
 from opsloop.rag_catalog import CollectionCatalog
@@ -27,6 +30,7 @@ from serving.runtime import LoadedModel, ModelRuntime
 from workflows.drift_monitor import DriftMonitor
 
 if TYPE_CHECKING:
+    from serving.gateway_service import Gateway
     from serving.rag_service import RagService
 
 __all__ = ["DOCS_COLLECTION", "DOCS_TENANT", "Platform", "bundled_docs", "cli_actor", "write_admin_key"]
@@ -74,13 +78,18 @@ class Platform:
     drift: DriftMonitor
     metrics: Metrics
     queries: QueryLog
+    ledger: Ledger
+    budgets: BudgetStore
+    enforcer: BudgetEnforcer
     components: dict[str, ComponentState] = field(default_factory=dict)
     _starting: list[threading.Thread] = field(default_factory=list)
     _scheduler: Any = None
     _rag: RagService | None = None
+    _gateway: Gateway | None = None
     local_token: str | None = None
     """Set while serving: the CLI presents it (from the store's lock file) to act through this server."""
     _rag_lock: threading.Lock = field(default_factory=threading.Lock)
+    _gateway_lock: threading.Lock = field(default_factory=threading.Lock)
     _registry_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -101,7 +110,14 @@ class Platform:
         )
         drift = DriftMonitor(db, registry, predictions, audit, metrics.drift, last=settings.drift_last)
         queries = QueryLog(db)
-        return cls(settings, db, audit, keys, registry, runtime, predictions, drift, metrics, queries)
+        ledger = Ledger(db, on_dropped=metrics.llm.ledger_dropped.inc)
+        budgets = BudgetStore(db, audit, cache_seconds=settings.budget_cache_seconds)
+        counters = RedisCounters(settings.redis_url) if settings.redis_url else InProcessCounters()
+        enforcer = BudgetEnforcer(budgets, counters, audit=audit, metrics=metrics.budgets)
+        return cls(
+            settings, db, audit, keys, registry, runtime, predictions, drift, metrics, queries, ledger,
+            budgets, enforcer,
+        )  # fmt: skip
 
     def start_store(self) -> Platform:
         """Create ``home``, open the database and migrate it; enough for the CLI's key commands."""
@@ -197,6 +213,33 @@ class Platform:
                 )
             return self._rag
 
+    @property
+    def gateway(self) -> Gateway:
+        """The LLM gateway (router over ``llm_routes``, ledger writer), built on first use.
+
+        Building it opens nothing: llama.cpp loads its model on the first request, remote
+        clients connect on theirs. The RAG answerer still has a llama.cpp client of its own.
+        """
+        with self._gateway_lock:
+            if self._gateway is None:
+                from serving.gateway_service import Gateway
+
+                self._gateway = Gateway(
+                    self.settings.llm_routes,
+                    self.ledger,
+                    self.metrics.llm,
+                    self.enforcer.start(),
+                    default_max_tokens=self.settings.llm_default_max_tokens,
+                )
+            return self._gateway
+
+    async def aclose_gateway(self) -> None:
+        """Close the gateway's backends on the event loop that served them (before close())."""
+        with self._gateway_lock:
+            gateway, self._gateway = self._gateway, None
+        if gateway is not None:
+            await gateway.aclose()
+
     def _schedule_drift_checks(self) -> None:
         """Check every served model for drift every ``drift_check_seconds`` (0: never)."""
         if self.settings.drift_check_seconds <= 0:
@@ -268,8 +311,12 @@ class Platform:
                 rag.close()
             except Exception:  # the rest must still close; the failure is logged, not lost
                 log.exception("closing the RAG runtime failed")
+        if self._gateway is not None:  # no event loop served it (the CLI): close it on a new one
+            asyncio.run(self.aclose_gateway())
         self.runtime.close()
         self.predictions.close()
         self.queries.close()
+        self.ledger.close()
+        self.enforcer.close()
         self.registry.close()
         self.db.close()

@@ -14,7 +14,6 @@ current data are the newest instances in the prediction log.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from opsloop.durations import parse_duration
 from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
 from opsloop.tables import DriftCheck, utcnow
 
@@ -40,18 +40,10 @@ __all__ = ["DriftCheckResult", "DriftMonitor", "live_report", "parse_window", "w
 
 log = logging.getLogger(__name__)
 
-_WINDOW = re.compile(r"^(\d+)\s*([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
 
 def parse_window(window: str) -> timedelta:
     """``30m``, ``1h``, ``7d`` and the like as a timedelta."""
-    match = _WINDOW.match(window.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise InvalidInputError(
-            f"window must look like 30m, 1h or 7d, got {window!r}", field="window", value=window
-        )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    return parse_duration(window, field="window")
 
 
 def live_report(

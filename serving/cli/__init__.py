@@ -11,7 +11,7 @@ import typer
 
 from opsloop.errors import OpsloopError
 from opsloop.telemetry import MULTIPROC_ENV
-from serving.cli import audit, drift, keys, models, rag
+from serving.cli import audit, budgets, costs, drift, keys, models, rag
 from serving.cli.common import State, err, fail
 from serving.platform import Platform
 
@@ -23,9 +23,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(keys.app, name="keys")
+app.add_typer(budgets.app, name="budgets")
 app.add_typer(audit.app, name="audit")
 app.add_typer(models.app, name="models")
 app.add_typer(drift.app, name="drift")
+app.add_typer(costs.app, name="costs")
 app.command("ingest")(rag.ingest)
 app.command("query")(rag.query)
 

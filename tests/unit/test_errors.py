@@ -15,6 +15,7 @@ from opsloop import errors
         (errors.ConflictError, 409, "conflict"),
         (errors.PayloadTooLargeError, 413, "payload_too_large"),
         (errors.InvalidInputError, 422, "invalid_input"),
+        (errors.RateLimitedError, 429, "rate_limited"),
         (errors.BackendError, 502, "backend_error"),
     ],
 )

@@ -1,0 +1,70 @@
+"""Budgets and rate limits per tenant and per key, and their enforcement on the LLM gateway's hot path.
+
+Kinds, each counted in a fixed UTC window that resets at its end:
+
+    kind            counts                  window
+    daily_usd       spend in USD            UTC day
+    daily_tokens    tokens                  UTC day
+    monthly_usd     spend in USD            UTC calendar month
+    monthly_tokens  tokens                  UTC calendar month
+    rpm             requests                UTC minute
+    tpm             tokens                  UTC minute
+
+A tenant's budgets apply to all its keys together; a key's budgets apply to that key alone;
+a request must fit both. The gateway calls :meth:`BudgetEnforcer.reserve` before calling the
+model and :meth:`BudgetEnforcer.settle` with the actual tokens and cost afterwards (also after
+a failure, with what was spent, so that reserved tokens are given back).
+
+Admission is check-and-reserve, atomic over all of a request's counters:
+
+- ``rpm`` counts the request at reserve time and admits while fewer than ``limit`` were
+  admitted in the minute, so exactly ``limit`` requests get through (across processes too,
+  with Redis counters).
+- Token budgets add the caller's ``est_tokens`` at reserve time and correct it at settle;
+  USD budgets add the cost at settle. Either admits while the counted use is below the limit,
+  so the overshoot is bounded by what the requests already in flight spend beyond their
+  reservation: with ``est_tokens`` an upper bound, a token budget ends less than one request
+  over its limit; with ``est_tokens=0`` it ends at most the in-flight requests' tokens over.
+
+Fixed windows allow up to twice a per-minute limit across a minute boundary, the usual
+trade for O(1) state. Budget rows are cached per tenant for ``cache_seconds``, so the hot path
+makes no database query; a change made by another process applies within that time.
+
+Counters are pluggable (:mod:`opsloop.budgets.counters`): in-process counters start from zero
+when the process starts (a restart forgets the day's and month's spend) and are per process;
+Redis counters are shared by every gateway process and survive restarts of the gateway.
+"""
+
+from opsloop.budgets.counters import Admission, Counters, InProcessCounters, RedisCounters, Slot
+from opsloop.budgets.enforcer import BudgetEnforcer, BudgetSource, BudgetUsage, Reservation, SoftLimitCrossing
+from opsloop.budgets.model import (
+    DEFAULT_SOFT_RATIO,
+    KINDS,
+    Budget,
+    BudgetExceededError,
+    Window,
+    validate,
+    window_of,
+)
+from opsloop.budgets.store import BudgetStore
+
+__all__ = [
+    "DEFAULT_SOFT_RATIO",
+    "KINDS",
+    "Admission",
+    "Budget",
+    "BudgetEnforcer",
+    "BudgetExceededError",
+    "BudgetSource",
+    "BudgetStore",
+    "BudgetUsage",
+    "Counters",
+    "InProcessCounters",
+    "RedisCounters",
+    "Reservation",
+    "Slot",
+    "SoftLimitCrossing",
+    "Window",
+    "validate",
+    "window_of",
+]

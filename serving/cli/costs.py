@@ -1,0 +1,99 @@
+"""``opsloop costs report``: LLM usage and cost from the ledger, by tenant, key, route, model or backend.
+
+It reads the ledger in the store directly (SQLite or PostgreSQL), so it works with or without
+a running server; a server writes its calls within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import typer
+from rich import box
+from rich.table import Table
+
+from opsloop.durations import parse_duration
+from opsloop.errors import OpsloopError
+from opsloop.ledger import CostRow, GroupBy
+from serving.cli.common import State, fail, out
+
+app = typer.Typer(help="LLM usage and cost from the gateway's ledger.", no_args_is_help=True)
+
+
+@app.command("report")
+def report(
+    ctx: typer.Context,
+    by: Annotated[
+        GroupBy, typer.Option("--by", help="Group by tenant, key, route, model or backend.")
+    ] = "tenant",
+    since: Annotated[str, typer.Option("--since", help="Window ending now: 30m, 24h, 7d.")] = "24h",
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's calls.")] = None,
+    format_: Annotated[
+        Literal["table", "json"], typer.Option("--format", "-f", help="table (for people) or json.")
+    ] = "table",
+) -> None:
+    """Calls, tokens, cost, errors and latency per group over the window, most expensive first."""
+    state: State = ctx.obj
+    try:
+        window = parse_duration(since, field="--since")
+        platform = state.platform()
+        try:
+            rows = platform.ledger.report(by, window, tenant)
+        finally:
+            platform.close()
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    if format_ == "json":
+        out.print_json(data={"by": by, "since": since, "tenant": tenant, "rows": [r.to_dict() for r in rows]})
+        return
+    _print(rows, by, since, tenant)
+
+
+def _print(rows: list[CostRow], by: str, since: str, tenant: str | None) -> None:
+    scope = f" of tenant {tenant}" if tenant else ""
+    if not rows:
+        out.print(f"no gateway calls in the last {since}{scope}", highlight=False)
+        return
+    cached = any(row.cached_tokens for row in rows)  # a column only where a backend caches
+    # No vertical rules and short headings, so that a report fits an 80-column terminal.
+    table = Table(title=f"LLM costs by {by}, last {since}{scope}", box=box.SIMPLE_HEAD, collapse_padding=True)
+    table.add_column(by, overflow="fold")  # the one column that gives way (numbers are never cut)
+    headings = [
+        "calls",
+        "prompt",
+        "output",
+        *(["cached"] if cached else []),
+        "USD",
+        "err",
+        "disc",
+        "p50/p95 ms",
+    ]
+    for heading in headings:
+        table.add_column(heading, justify="right", no_wrap=True)
+
+    def cells(group: str, part: list[CostRow], latency: str) -> list[str]:
+        values = [group, _int(sum(r.calls for r in part)), _int(sum(r.prompt_tokens for r in part))]
+        values.append(_int(sum(r.completion_tokens for r in part)))
+        if cached:
+            values.append(_int(sum(r.cached_tokens for r in part)))
+        values += [_usd(sum(r.cost_usd for r in part)), _int(sum(r.errors for r in part))]
+        return [*values, _int(sum(r.disconnected for r in part)), latency]
+
+    for row in rows:
+        table.add_row(*cells(row.group or "-", [row], f"{_ms(row.p50_latency_ms)}/{_ms(row.p95_latency_ms)}"))
+    if len(rows) > 1:
+        table.add_section()
+        table.add_row(*cells("total", rows, ""))
+    out.print(table)
+
+
+def _int(value: int) -> str:
+    return f"{value:,}"
+
+
+def _usd(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".") if value else "0"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"

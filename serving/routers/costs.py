@@ -1,0 +1,66 @@
+"""``GET /admin/costs``: LLM usage and cost from the ledger, grouped (the rows of ``opsloop costs report``).
+
+An admin sees every tenant (or one, with ``tenant``); an operator sees its own tenant only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from opsloop.auth import Role
+from opsloop.durations import parse_duration
+from opsloop.errors import ForbiddenError
+from opsloop.ledger import GroupBy
+from serving.deps import OperatorKey, PlatformDep
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+class CostRowPublic(BaseModel):
+    """Usage and cost of one group of gateway calls."""
+
+    group: str = Field(description="The tenant, key id, route, model or backend.")
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    errors: int = Field(description="Calls that failed.")
+    disconnected: int = Field(description="Streams their client abandoned (charged for what was generated).")
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+
+
+class CostReport(BaseModel):
+    """A ledger report: rows most expensive first."""
+
+    by: GroupBy
+    since: str
+    tenant: str | None
+    rows: list[CostRowPublic]
+
+
+@router.get("/costs", summary="LLM usage and cost by tenant, key, route, model or backend")
+async def costs(
+    platform: PlatformDep,
+    principal: OperatorKey,
+    by: GroupBy = "tenant",
+    since: Annotated[str, Query(examples=["24h"], description="Window ending now: 30m, 24h, 7d.")] = "24h",
+    tenant: Annotated[str | None, Query(description="Admins only; others see their own tenant.")] = None,
+) -> CostReport:
+    """The ledger's totals per group over the window (operator role)."""
+    window = parse_duration(since, field="since")
+    if principal.role < Role.ADMIN:
+        if tenant is not None and tenant != principal.tenant:
+            raise ForbiddenError(
+                "only an admin key may read another tenant's costs", tenant=tenant, role=str(principal.role)
+            )
+        tenant = principal.tenant
+    rows = await run_in_threadpool(platform.ledger.report, by, window, tenant)
+    return CostReport(
+        by=by, since=since, tenant=tenant, rows=[CostRowPublic.model_validate(row.to_dict()) for row in rows]
+    )

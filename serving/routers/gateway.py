@@ -1,0 +1,185 @@
+"""The OpenAI-compatible gateway: ``/v1/chat/completions``, ``/v1/models``, ``/v1/embeddings``.
+
+Point any OpenAI client at ``http://host:8000/v1`` with an opsloop key as its API key. The
+``model`` of a request is a public route name (``Settings.llm_routes``); the router picks the
+backend, falling back in order. Each chat response says who served it in
+``X-Opsloop-Backend``, and how many times the router moved on to another backend before, in
+``X-Opsloop-Fallbacks``.
+
+Streams are server-sent events as OpenAI sends them: ``data: {chunk}`` lines of
+``chat.completion.chunk`` objects, the last with ``finish_reason``, then (with
+``stream_options.include_usage``) a chunk with the usage and no choices, then
+``data: [DONE]``. The first chunk is awaited before the response starts, so a route whose
+every backend fails still answers with an HTTP error; an error after that is sent as a
+``data: {"error": ...}`` event, which the openai SDK raises as ``APIError``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from opsloop.errors import InvalidInputError, OpsloopError
+from opsloop.llm.protocol import ChatChunk
+from opsloop.llm.router import RouteOutcome
+from serving.deps import PlatformDep, UserKey, request_id
+from serving.gateway_service import Caller, GatewayStream
+from serving.openai_schemas import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    chunk_body,
+    completion_body,
+    embedding_body,
+    models_body,
+)
+
+router = APIRouter(prefix="/v1", tags=["gateway"])
+
+BACKEND_HEADER = "X-Opsloop-Backend"
+FALLBACKS_HEADER = "X-Opsloop-Fallbacks"
+_EMBEDDING_DIMENSION = 384
+
+
+def _routing_headers(outcome: RouteOutcome) -> dict[str, str]:
+    return {BACKEND_HEADER: outcome.backend or "", FALLBACKS_HEADER: str(outcome.fallbacks)}
+
+
+def _event(data: dict[str, Any] | str) -> str:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n"
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events of one gateway stream, settled however the response ends.
+
+    Why not Starlette's own streaming: on a client disconnect it cancels the body's task, and
+    a cancellation that lands while the backend stream is being read loses its usage (the
+    llama.cpp worker is still generating when the stream's cleanup is cancelled too). Here a
+    watcher only notes the disconnect; the send loop checks it between chunks and stops, and
+    :meth:`GatewayStream.settle` then closes the backend stream uncancelled. A backend that
+    stalls delays noticing by at most its ``timeout_s``.
+    """
+
+    def __init__(
+        self, stream: GatewayStream, body: ChatCompletionRequest, completion_id: str, headers: dict[str, str]
+    ) -> None:
+        super().__init__(iter(()), media_type="text/event-stream", headers=headers)
+        self._stream = stream
+        self._body = body
+        self._completion_id = completion_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the events until the stream ends or the client leaves; then settle the stream."""
+        gone = anyio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(watch)
+                await send(
+                    {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+                )
+                async with aclosing(
+                    _events(self._stream, self._body, self._completion_id, gone.is_set)
+                ) as events:
+                    async for event in events:
+                        await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+                if not gone.is_set():
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tasks.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stream.settle("disconnected")  # no-op when the events settled it
+
+
+async def _events(
+    stream: GatewayStream, body: ChatCompletionRequest, completion_id: str, gone: Callable[[], bool]
+) -> AsyncGenerator[str, None]:
+    """The SSE lines of ``stream``; settles it when it ends or fails, returns early when ``gone()``."""
+    created = int(time.time())
+    model = body.model
+    include_usage = body.include_usage
+    try:
+        chunk = stream.first
+        first = True
+        while chunk is not None:
+            yield _event(
+                chunk_body(completion_id, created, model, chunk, first=first, include_usage=include_usage)
+            )
+            first = False
+            if chunk.finish_reason is not None:
+                break
+            if gone():
+                return  # the caller settles the stream as disconnected
+            chunk = await anext(stream, None)
+        if chunk is None:  # the backend ended without a finish reason
+            ended = ChatChunk(finish_reason="stop")
+            yield _event(
+                chunk_body(completion_id, created, model, ended, first=first, include_usage=include_usage)
+            )
+        await stream.settle("ok")
+        if include_usage:
+            yield _event(chunk_body(completion_id, created, model, None, usage=stream.usage))
+        yield _event("[DONE]")
+    except OpsloopError as exc:
+        await stream.settle("error", exc)
+        yield _event(exc.to_dict())
+        yield _event("[DONE]")
+
+
+@router.post(
+    "/chat/completions",
+    summary="OpenAI-compatible chat completion, streamed or not",
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    platform: PlatformDep,
+    principal: UserKey,
+    request: Request,
+    response: Response,
+) -> Any:
+    """Complete the conversation on the route named by ``model``; 404 for an unknown model."""
+    gateway = await run_in_threadpool(lambda: platform.gateway)
+    caller = Caller(request_id(request) or uuid.uuid4().hex, principal.tenant, principal.key_id)
+    completion_id = f"chatcmpl-{caller.request_id}"
+    if body.stream:
+        stream = await gateway.open_stream(caller, body.model, body.to_request())
+        return _EventStream(stream, body, completion_id, _routing_headers(stream.outcome))
+    routed = await gateway.chat(caller, body.model, body.to_request())
+    response.headers.update(_routing_headers(routed.outcome))
+    return completion_body(completion_id, body.model, routed.result)
+
+
+@router.get("/models", summary="The public model names this gateway serves")
+async def list_models(platform: PlatformDep, _: UserKey) -> dict[str, Any]:
+    """Every route, as OpenAI's list of model objects."""
+    return models_body(list(platform.settings.llm_routes), int(time.time()))
+
+
+@router.post("/embeddings", summary="OpenAI-compatible embeddings (all-MiniLM-L6-v2, 384 dimensions)")
+async def embeddings(body: EmbeddingRequest, platform: PlatformDep, _: UserKey) -> dict[str, Any]:
+    """Embed one text or a list of texts; ``usage.prompt_tokens`` counts MiniLM's tokens."""
+    if body.dimensions is not None and body.dimensions != _EMBEDDING_DIMENSION:
+        raise InvalidInputError(
+            f"dimensions must be {_EMBEDDING_DIMENSION} (vectors are not shortened), got {body.dimensions}",
+            field="dimensions",
+            value=body.dimensions,
+        )
+    gateway = await run_in_threadpool(lambda: platform.gateway)
+    result = await gateway.embed(body.model, body.texts)
+    return embedding_body(result.vectors, result.model, result.prompt_tokens, body.encoding_format)

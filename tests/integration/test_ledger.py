@@ -1,0 +1,69 @@
+"""The ledger against the real store: batched writes, then reports grouped and windowed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from opsloop.db import Database
+from opsloop.errors import InvalidInputError
+from opsloop.ledger import Ledger, LLMCall, Outcome
+from opsloop.tables import utcnow
+
+
+def _call(
+    tenant: str, route: str, latency_ms: float, *, outcome: Outcome = "ok", age_h: float = 0, **kw: object
+) -> LLMCall:
+    fields: dict[str, object] = {
+        "request_id": f"r-{tenant}-{route}-{latency_ms}",
+        "tenant": tenant,
+        "key_id": f"k-{tenant}",
+        "route": route,
+        "backend": "local",
+        "model": "m",
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "cached_tokens": 2,
+        "ttft_ms": 1.0,
+        "latency_ms": latency_ms,
+        "cost_usd": 0.5,
+        "streamed": True,
+        "outcome": outcome,
+        "at": utcnow() - timedelta(hours=age_h),
+        **kw,
+    }
+    return LLMCall(**fields)  # type: ignore[arg-type]
+
+
+def test_report_groups_windows_and_filters(database: Database) -> None:
+    ledger = Ledger(database).start()
+    try:
+        for latency in (100, 200, 300, 400):
+            ledger.record(_call("acme", "chat", latency))
+        ledger.record(_call("acme", "small", 50, outcome="disconnected", cost_usd=0.25))
+        ledger.record(
+            _call("globex", "chat", 1000, outcome="error", error_type="backend_error", cost_usd=0.0)
+        )
+        ledger.record(_call("globex", "chat", 10, age_h=48))  # outside a 24h window
+        by_tenant = ledger.report("tenant", timedelta(hours=24))
+        assert [(r.group, r.calls, r.errors, r.disconnected) for r in by_tenant] == [
+            ("acme", 5, 0, 1),
+            ("globex", 1, 1, 0),
+        ]
+        acme = by_tenant[0]
+        assert (acme.prompt_tokens, acme.completion_tokens, acme.cached_tokens) == (50, 25, 10)
+        assert acme.cost_usd == pytest.approx(2.25)
+        assert (acme.p50_latency_ms, acme.p95_latency_ms) == (200, 400)  # nearest rank of 50,100,...,400
+
+        routes = ledger.report("route", timedelta(days=3), tenant="globex")
+        assert [(r.group, r.calls) for r in routes] == [("chat", 2)]
+        assert [r.group for r in ledger.report("key", timedelta(hours=1), "acme")] == ["k-acme"]
+        assert ledger.report("model", timedelta(hours=1), "nobody") == []
+        with pytest.raises(InvalidInputError):
+            ledger.report("colour", timedelta(hours=1))  # type: ignore[arg-type]
+
+        newest = ledger.calls(tenant="globex")
+        assert [c.outcome for c in newest] == ["ok", "error"] and newest[1].error_type == "backend_error"
+    finally:
+        ledger.close()
