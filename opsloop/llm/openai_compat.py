@@ -30,7 +30,16 @@ import httpx
 from pydantic import SecretStr
 
 from opsloop.errors import BackendError, InvalidInputError
-from opsloop.llm.protocol import ChatChunk, ChatRequest, ChatResult, FinishReason, Usage
+from opsloop.llm.protocol import (
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    FinishReason,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 if TYPE_CHECKING:
     import openai
@@ -97,11 +106,12 @@ class OpenAICompatStream:
                             if choice.finish_reason:
                                 self.finish_reason = _finish_reason(choice.finish_reason)
                             delta = choice.delta.content if choice.delta else None
-                            if delta:
+                            calls = _tool_call_deltas(choice.delta)
+                            if delta or calls:
                                 if self.ttft_ms is None:
                                     self.ttft_ms = (time.perf_counter() - started) * 1000
                                 received += 1
-                                yield ChatChunk(delta=delta)
+                                yield ChatChunk(delta=delta or "", tool_calls=calls)
             except Exception as exc:
                 client._raise(exc)
         finally:
@@ -114,6 +124,37 @@ class OpenAICompatStream:
             usage=self.usage,
             extra={"ttft_ms": self.ttft_ms, "backend": client.name, "usage_estimated": self.usage_estimated},
         )
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """One message in the chat completions shape, tool calls and tool results included."""
+    body: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name:
+        body["name"] = message.name
+    if message.tool_calls:
+        body["tool_calls"] = [call.to_openai() for call in message.tool_calls]
+        body["content"] = message.content or None  # OpenAI's null for a call without text
+    if message.tool_call_id:
+        body["tool_call_id"] = message.tool_call_id
+    return body
+
+
+def _tool_calls(message: Any) -> tuple[ToolCall, ...]:
+    calls = getattr(message, "tool_calls", None) or ()
+    return tuple(ToolCall(c.id, c.function.name, c.function.arguments or "{}") for c in calls)
+
+
+def _tool_call_deltas(delta: Any) -> tuple[ToolCallDelta, ...]:
+    calls = getattr(delta, "tool_calls", None) or ()
+    return tuple(
+        ToolCallDelta(
+            c.index,
+            c.id,
+            c.function.name if c.function else None,
+            (c.function.arguments or "") if c.function else "",
+        )
+        for c in calls
+    )
 
 
 def _estimate_prompt_tokens(request: ChatRequest) -> int:
@@ -180,6 +221,7 @@ class OpenAICompatClient:
             model=response.model or self.model,
             backend=self.name,
             ttft_ms=(time.perf_counter() - started) * 1000,
+            tool_calls=_tool_calls(choice.message),
         )
 
     def stream(self, request: ChatRequest) -> OpenAICompatStream:
@@ -214,11 +256,10 @@ class OpenAICompatClient:
             raise InvalidInputError("messages must not be empty", field="messages")
         arguments: dict[str, Any] = {
             "model": request.model or self.model,
-            "messages": [
-                {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
-                for m in request.messages
-            ],
+            "messages": [_message(m) for m in request.messages],
         }
+        if request.tools:
+            arguments["tools"] = [dict(tool) for tool in request.tools]
         optional = {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,

@@ -10,8 +10,8 @@ Function tools follow OpenAI's chat format: a request offers ``tools`` (``{"type
 :class:`ToolCall` objects (``finish_reason="tool_calls"``; streamed as
 :class:`ToolCallDelta` pieces), the caller replays them in an assistant message's
 ``tool_calls`` and answers each with a ``role="tool"`` message naming its
-``tool_call_id``. The Anthropic backend translates all of this; the others do not send
-tools yet.
+``tool_call_id``. The Anthropic backend translates all of this, the OpenAI-compatible one
+passes it through; llama.cpp in-process does not send tools (its answers are text).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ CI. Error mapping is tested through an injected ``httpx.MockTransport``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from opsloop.errors import BackendError, InvalidInputError
 from opsloop.llm.openai_compat import OpenAICompatClient
-from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, LLMClient
+from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, LLMClient, ToolCall
 from tests.integration.llama_server import MODEL, free_port
 
 
@@ -178,3 +179,61 @@ def test_cached_tokens_and_usage_from_the_server() -> None:
         )
 
     asyncio.run(run())
+
+
+def test_tools_pass_through_both_ways() -> None:
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    call = ToolCall("call_1", "weather", '{"city": "Oslo"}')
+    sent: list[dict[str, object]] = []
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [call.to_openai()]},
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+    pieces = [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}},
+        {"index": 0, "function": {"arguments": '{"city": "Oslo"}'}},
+    ]
+    events = [
+        {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+         "choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]}
+        for piece in pieces
+    ]  # fmt: skip
+    stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        if sent[-1].get("stream"):
+            return httpx.Response(200, text=stream, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=body)
+
+    conversation = [
+        ChatMessage("user", "Weather in Oslo?"),
+        ChatMessage("assistant", tool_calls=[call]),
+        ChatMessage("tool", '{"celsius": 3}', tool_call_id="call_1"),
+    ]
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+            client = OpenAICompatClient("http://llm.test/v1", model=MODEL, http_client=http)
+            result = await client.chat(ChatRequest(conversation, tools=[tool]))
+            assert result.tool_calls == (call,) and result.finish_reason == "tool_calls"
+            chunks = [chunk async for chunk in client.stream(ChatRequest(conversation, tools=[tool]))]
+        deltas = [d for chunk in chunks for d in chunk.tool_calls]
+        assert (deltas[0].id, deltas[0].name) == ("call_1", "weather")
+        assert "".join(d.arguments for d in deltas) == call.arguments
+
+    asyncio.run(run())
+    assert sent[0]["tools"] == [tool]
+    assistant, result_message = sent[0]["messages"][1:]  # type: ignore[index]
+    assert assistant == {"role": "assistant", "content": None, "tool_calls": [call.to_openai()]}
+    assert result_message == {"role": "tool", "content": '{"celsius": 3}', "tool_call_id": "call_1"}
