@@ -1,3 +1,64 @@
-"""evals layer of opsloop (see DESIGN.md); filled in by later issues."""
+"""Evals: data sets, metric runners (ragas), tracking in MLflow, the quality gate and schedules.
 
-__all__: list[str] = []
+The pure parts (data set validation, statistics, the gate) need nothing heavy; ragas loads
+when a run builds its scorers (``evals.scoring``), MLflow when a tracker starts. The runner
+takes the RAG pipeline and the LLM judge as injected objects (``RagPipeline``,
+``opsloop.llm.protocol.LLMClient``); ``serving`` wires the real ones.
+"""
+
+from evals.dataset import DatasetError, EvalDataset, EvalItem, load_dataset, parse_dataset, question_id
+from evals.gate import DEFAULT_GATE, GateReport, GateRule, MetricComparison, compare, parse_rule
+from evals.metrics import METRICS, MetricSpec, hit_at_k, reciprocal_rank_at_k
+from evals.results import Checkpoint, MetricSummary, SampleResult, summarize
+from evals.runner import EvalConfig, EvalOutcome, EvalRunner, QueryOutcome, RagPipeline
+from evals.schedule import EvalJob, EvalScheduler, JobResult, JobStatus, next_fire_times, run_job
+from evals.scoring import CostFn, JudgeError, JudgeOptions, select_metrics
+from evals.service import EvalService, TrackedRun
+from evals.stats import MeanCI, PairedDelta, mean_ci, paired_bootstrap
+from evals.tracking import EvalRunInfo, EvalTracker
+
+__all__ = [
+    "DEFAULT_GATE",
+    "METRICS",
+    "Checkpoint",
+    "CostFn",
+    "DatasetError",
+    "EvalConfig",
+    "EvalDataset",
+    "EvalItem",
+    "EvalJob",
+    "EvalOutcome",
+    "EvalRunInfo",
+    "EvalRunner",
+    "EvalScheduler",
+    "EvalService",
+    "EvalTracker",
+    "GateReport",
+    "GateRule",
+    "JobResult",
+    "JobStatus",
+    "JudgeError",
+    "JudgeOptions",
+    "MeanCI",
+    "MetricComparison",
+    "MetricSpec",
+    "MetricSummary",
+    "PairedDelta",
+    "QueryOutcome",
+    "RagPipeline",
+    "SampleResult",
+    "TrackedRun",
+    "compare",
+    "hit_at_k",
+    "load_dataset",
+    "mean_ci",
+    "next_fire_times",
+    "paired_bootstrap",
+    "parse_dataset",
+    "parse_rule",
+    "question_id",
+    "reciprocal_rank_at_k",
+    "run_job",
+    "select_metrics",
+    "summarize",
+]

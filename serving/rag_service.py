@@ -46,6 +46,7 @@ from opsloop.audit import AuditLog
 from opsloop.auth import check_tenant
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
 from opsloop.llm.llamacpp import LlamaCppClient
+from opsloop.llm.protocol import LLMClient
 from opsloop.query_log import QueryLog, QueryLogEntry
 from opsloop.rag_catalog import CollectionCatalog
 from opsloop.registry import PromptVersionInfo, Registry
@@ -355,6 +356,30 @@ class RagService:
         )
         return deleted
 
+    def optimize(self, tenant: str, collection: str, *, actor: str, request_id: str | None = None) -> float:
+        """Build the collection's search index now; returns the seconds it took.
+
+        Qdrant Edge has no background optimizer: until this runs, new points are searched
+        exactly (brute force), which at 100k chunks costs tens of milliseconds a query instead
+        of one or two. Queries of this collection wait while the index builds.
+
+        Raises:
+            NotFoundError: The tenant has no such collection.
+        """
+        name = self._existing(tenant, collection)
+        started = time.perf_counter()
+        self.store.optimize(name)
+        seconds = time.perf_counter() - started
+        self.audit.append(
+            actor=actor,
+            tenant=tenant,
+            action="rag.optimize",
+            target=collection,
+            after={"chunks": self.store.count(name), "seconds": round(seconds, 3)},
+            request_id=request_id,
+        )
+        return seconds
+
     def _ingestor(
         self, tenant: str, collection: str, chunk_tokens: int | None, overlap_tokens: int | None
     ) -> Ingestor:
@@ -439,11 +464,21 @@ class RagService:
         *,
         generate: bool = True,
         request_id: str | None = None,
+        prompt: str | int | None = None,
+        llm: LLMClient | None = None,
+        max_answer_tokens: int | None = None,
+        log_query: bool = True,
     ) -> QueryResult:
         """Answer ``question`` from ``tenant``'s ``collection`` and log the query.
 
         With ``generate=False`` only retrieval runs: no prompt read, no LLM call, ``answer`` None.
         Failed queries are not logged (they raise before there is anything to log).
+
+        The keyword arguments after ``request_id`` are for evals: ``prompt`` answers with that
+        alias or version of the answer prompt instead of ``production``, ``llm`` with that client
+        (a gateway route) instead of the in-process model, ``max_answer_tokens`` caps the answer,
+        and ``log_query=False`` keeps the query out of the query log (eval questions are not user
+        traffic, and would skew query drift).
 
         Raises:
             InvalidInputError: Empty question, bad collection name or top_k; the field is named.
@@ -462,9 +497,18 @@ class RagService:
         prompt_ms: float | None = None
         generation_ms: float | None = None
         if generate:
-            prompt = await asyncio.to_thread(self._prompt)
+            template = await asyncio.to_thread(self._prompt, prompt)
             prompted = time.perf_counter()
-            answer = await self.answerer.answer(question, chunks, prompt.template, prompt.version)
+            answerer = self.answerer
+            if llm is not None or max_answer_tokens is not None:
+                answerer = Answerer(
+                    llm or self.llm,
+                    self.tokenizer,
+                    context_tokens=self.answerer.context_tokens,
+                    max_answer_tokens=max_answer_tokens or self.answerer.max_answer_tokens,
+                    temperature=self.answerer.temperature,
+                )
+            answer = await answerer.answer(question, chunks, template.template, template.version)
             prompt_ms = (prompted - retrieved) * 1000
             generation_ms = (time.perf_counter() - prompted) * 1000
             sources = answer.sources
@@ -483,7 +527,8 @@ class RagService:
             prompt_ms=prompt_ms,
             generation_ms=generation_ms,
         )
-        self.queries.record(_log_entry(tenant, collection, question, result))
+        if log_query:
+            self.queries.record(_log_entry(tenant, collection, question, result))
         return result
 
     def _retrieve(
@@ -496,14 +541,16 @@ class RagService:
             score_threshold=self.settings.rag_score_threshold,
         )
 
-    def _prompt(self) -> PromptVersionInfo:
-        """The prompt at ``production``, read on every query so a moved alias takes effect."""
+    def _prompt(self, alias_or_version: str | int | None = None) -> PromptVersionInfo:
+        """The prompt asked for (default ``production``), read on every query so a moved alias counts."""
         with self._prompt_lock:
             if not self._prompt_ready:
                 self._start_registry()
                 ensure_answer_prompt(self.registry)
                 self._prompt_ready = True
-        return load_answer_prompt(self.registry)
+        if alias_or_version is None:
+            return load_answer_prompt(self.registry)
+        return load_answer_prompt(self.registry, alias_or_version)
 
     # -- lifecycle -------------------------------------------------------------------
 

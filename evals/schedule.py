@@ -1,0 +1,277 @@
+"""Scheduled eval jobs: their configuration, running one, and the scheduler inside ``opsloop serve``.
+
+A job is declared in Settings (``eval_jobs``, a list of :class:`EvalJob`): a cron expression,
+a data set, a collection, the prompt alias, routes, and optionally a baseline to gate against.
+:func:`run_job` runs one through an injected executor (serving builds it: the process's RAG
+service, gateway and eval service) and exports the outcome as Prometheus metrics
+(``opsloop.telemetry.EvalMetrics``): the last mean of every metric, failed samples per metric,
+the time of the last success, runs by outcome and the gate's verdict.
+
+:class:`EvalScheduler` fires the jobs on APScheduler's ``AsyncIOScheduler``, on the server's own
+event loop, because the gateway's router and clients belong to one loop. A job never overlaps
+itself (``max_instances=1``) and missed fires collapse into one (``coalesce``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from evals.gate import GateReport, GateRule, parse_rule
+from evals.results import MetricSummary
+from opsloop.errors import NotFoundError, OpsloopError
+
+if TYPE_CHECKING:
+    from opsloop.telemetry import EvalMetrics
+
+__all__ = ["EvalJob", "EvalScheduler", "JobExecutor", "JobResult", "JobStatus", "next_fire_times", "run_job"]
+
+log = logging.getLogger("opsloop.evals")
+
+
+def _trigger(cron: str) -> Any:
+    from apscheduler.triggers.cron import CronTrigger
+
+    return CronTrigger.from_crontab(cron, timezone=UTC)
+
+
+class EvalJob(BaseModel):
+    """One scheduled eval (an entry of ``Settings.eval_jobs``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Job name: in metrics labels and the CLI."
+    )
+    cron: str = Field(description="Standard 5-field cron expression, in UTC, e.g. '0 3 * * *'.")
+    dataset: Path = Field(description="The data set (JSON Lines) to run.")
+    collection: str = Field(min_length=1, description="The collection the questions are asked of.")
+    tenant: str = Field(default="default", min_length=1, description="The collection's tenant.")
+    prompt: str = Field(default="production", min_length=1, description="Answer prompt alias or version.")
+    route: str | None = Field(default=None, description="Gateway route that answers; default in-process.")
+    judge: str | None = Field(
+        default=None, description="Gateway route of the LLM judge; none: no judge metrics."
+    )
+    top_k: int | None = Field(
+        default=None, ge=1, le=50, description="Chunks per question; default rag_top_k."
+    )
+    generate: bool = Field(default=True, description="False: retrieval metrics only.")
+    max_answer_tokens: int | None = Field(default=None, ge=1, description="Cap of each answer.")
+    limit: int | None = Field(default=None, ge=1, description="Run only the first N items of the data set.")
+    baseline: str | None = Field(
+        default=None, description="Prompt alias to gate against, e.g. 'production' (for a candidate alias)."
+    )
+    gate: tuple[str, ...] = Field(
+        default=(), description="Gated metrics as 'metric' or 'metric:max_drop'; default the standard gate."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str) -> str:
+        try:
+            _trigger(cron)
+        except ValueError as exc:
+            raise ValueError(f"not a valid cron expression ({exc})") from None
+        return cron
+
+    @field_validator("gate")
+    @classmethod
+    def _valid_gate(cls, gate: tuple[str, ...]) -> tuple[str, ...]:
+        for rule in gate:
+            parse_rule(rule)  # ValueError names the rule
+        return gate
+
+    def gate_rules(self) -> tuple[GateRule, ...] | None:
+        """The parsed gate rules; None for the default gate."""
+        return tuple(parse_rule(rule) for rule in self.gate) or None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What one run of a job produced."""
+
+    run_id: str
+    summaries: dict[str, MetricSummary]
+    gate: GateReport | None = None
+
+
+JobExecutor = Callable[[EvalJob], Awaitable[JobResult]]
+"""Runs a job end to end (serving provides it) and returns its result."""
+
+Outcome = Literal["ok", "gate_failed", "failed"]
+
+
+@dataclass
+class JobStatus:
+    """A job as ``opsloop eval schedule list`` shows it."""
+
+    name: str
+    cron: str
+    next_run: datetime | None
+    last_run: datetime | None = None
+    last_outcome: Outcome | None = None
+    last_run_id: str | None = None
+    last_error: str | None = None
+    running: bool = False
+    history: list[str] = field(default_factory=list)
+
+
+def next_fire_times(job: EvalJob, *, after: datetime | None = None, count: int = 1) -> list[datetime]:
+    """The job's next ``count`` fire times after ``after`` (default now), in UTC."""
+    trigger = _trigger(job.cron)
+    now = after or datetime.now(UTC)
+    times: list[datetime] = []
+    previous = None
+    for _ in range(count):
+        fire = trigger.get_next_fire_time(previous, now)
+        if fire is None:
+            break
+        times.append(fire)
+        previous, now = fire, fire
+    return times
+
+
+async def run_job(
+    job: EvalJob,
+    execute: JobExecutor,
+    metrics: EvalMetrics,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> tuple[Outcome, JobResult | None]:
+    """Run ``job`` once and export its outcome; errors are counted, logged and re-raised.
+
+    Returns:
+        ``ok`` or ``gate_failed`` with the result.
+
+    Raises:
+        OpsloopError: What the run raised (counted as ``failed``).
+    """
+    try:
+        result = await execute(job)
+    except Exception:
+        metrics.runs.labels(job.name, "failed").inc()
+        log.exception("scheduled eval %r failed", job.name)
+        raise
+    for name, summary in result.summaries.items():
+        if summary.mean is not None:
+            metrics.score.labels(job.name, name).set(summary.mean)
+        else:
+            # A metric nobody could score has no last value; drop a stale one rather than keep it.
+            with contextlib.suppress(KeyError):
+                metrics.score.remove(job.name, name)
+        metrics.metric_failures.labels(job.name, name).set(summary.failed)
+    outcome: Outcome = "ok"
+    if result.gate is not None:
+        metrics.gate_passed.labels(job.name).set(1 if result.gate.passed else 0)
+        if not result.gate.passed:
+            outcome = "gate_failed"
+    metrics.last_success.labels(job.name).set(clock())
+    metrics.runs.labels(job.name, outcome).inc()
+    return outcome, result
+
+
+class EvalScheduler:
+    """Fires eval jobs on their cron schedules, on the running event loop.
+
+    Args:
+        jobs: The configured jobs (names must be unique).
+        execute: Runs one job (see :data:`JobExecutor`).
+        metrics: Where outcomes are exported.
+
+    Raises:
+        ValueError: Two jobs share a name.
+    """
+
+    def __init__(self, jobs: Sequence[EvalJob], execute: JobExecutor, metrics: EvalMetrics) -> None:
+        names = [job.name for job in jobs]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"eval job names must be unique: {', '.join(duplicated)}")
+        self._jobs = {job.name: job for job in jobs}
+        self._execute = execute
+        self._metrics = metrics
+        self._status = {job.name: JobStatus(job.name, job.cron, None) for job in jobs}
+        self._scheduler: Any = None
+
+    def start(self) -> None:
+        """Schedule every job on the running event loop's AsyncIOScheduler (call from the loop)."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        for job in self._jobs.values():
+            scheduler.add_job(
+                self._fire,
+                _trigger(job.cron),
+                args=[job.name],
+                id=f"eval:{job.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=3600,
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def shutdown(self) -> None:
+        """Stop firing (a run in progress is cancelled with the loop)."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+
+    def jobs(self) -> list[JobStatus]:
+        """Every job with its next fire time and its last outcome."""
+        statuses = []
+        for name, status in self._status.items():
+            if self._scheduler is not None:
+                scheduled = self._scheduler.get_job(f"eval:{name}")
+                status.next_run = scheduled.next_run_time if scheduled is not None else None
+            else:
+                fires = next_fire_times(self._jobs[name])
+                status.next_run = fires[0] if fires else None
+            statuses.append(status)
+        return statuses
+
+    async def trigger(self, name: str) -> JobStatus:
+        """Run job ``name`` now and wait for it; returns its status afterwards.
+
+        Raises:
+            NotFoundError: No such job; the message lists the known ones.
+            OpsloopError: The run failed (it is also counted and kept as the last outcome).
+        """
+        if name not in self._jobs:
+            known = ", ".join(self._jobs) or "none"
+            raise NotFoundError(
+                f"no eval job {name!r}; known jobs: {known}", job=name, known=list(self._jobs)
+            )
+        await self._run(name, raise_errors=True)
+        return self._status[name]
+
+    async def _fire(self, name: str) -> None:
+        await self._run(name, raise_errors=False)
+
+    async def _run(self, name: str, *, raise_errors: bool) -> None:
+        status = self._status[name]
+        status.running = True
+        status.last_run = datetime.now(UTC)
+        try:
+            outcome, result = await run_job(self._jobs[name], self._execute, self._metrics)
+        except Exception as exc:
+            status.last_outcome = "failed"
+            status.last_error = (
+                exc.message if isinstance(exc, OpsloopError) else f"{type(exc).__name__}: {exc}"
+            )
+            if raise_errors:
+                raise
+            return  # logged and counted by run_job; the next fire tries again
+        finally:
+            status.running = False
+        status.last_outcome = outcome
+        status.last_run_id = result.run_id if result is not None else None
+        status.last_error = None
