@@ -79,6 +79,12 @@ def ingest(
     overlap_tokens: Annotated[
         int | None, typer.Option("--overlap-tokens", min=0, help="Set the collection's chunk overlap.")
     ] = None,
+    optimize: Annotated[
+        bool,
+        typer.Option(
+            "--optimize", help="Then build the search index (after bulk loads; queries of it wait meanwhile)."
+        ),
+    ] = False,
 ) -> None:
     """Bring a collection up to date with the files under PATH; unchanged files are skipped.
 
@@ -96,6 +102,7 @@ def ingest(
                 report, seconds = server.ingest(
                     collection, path, delete_missing=delete_missing, progress=advance, **chunking
                 )
+                indexed = server.optimize(collection) if optimize else None
         else:
             platform = state.platform()
             try:
@@ -110,11 +117,14 @@ def ingest(
                         **chunking,
                     )
                 report, seconds = run.report, run.seconds
+                indexed = platform.rag.optimize(tenant, collection, actor=cli_actor()) if optimize else None
             finally:
                 platform.close()
     except OpsloopError as exc:
         raise fail(exc) from exc
     _print_report(report, collection, seconds)
+    if indexed is not None:
+        out.print(f"search index built in {indexed:.1f} s", highlight=False)
     if report.skipped:
         raise typer.Exit(code=1)
 

@@ -147,6 +147,10 @@ class ServerRag:
                     report += IngestReport(deleted=[source], chunks_deleted=deleted["chunks_deleted"])
         return report, time.perf_counter() - started
 
+    def optimize(self, collection: str) -> float:
+        """``POST /collections/{name}/optimize``: the seconds the index took."""
+        return float(self._call("POST", f"/collections/{collection}/optimize")["seconds"])
+
     def query(self, collection: str, question: str, top_k: int | None, *, generate: bool) -> dict[str, Any]:
         """``POST /query``'s JSON answer."""
         body = {"question": question, "collection": collection, "top_k": top_k, "generate": generate}

@@ -258,6 +258,26 @@ async def delete_document(
     return DeletedPublic(collection=name, source=source, chunks_deleted=deleted)
 
 
+class OptimizedPublic(BaseModel):
+    """What building a collection's search index took."""
+
+    collection: str
+    seconds: float
+
+
+@router.post("/collections/{name}/optimize", summary="Build a collection's search index now")
+async def optimize_collection(
+    name: CollectionPath, platform: PlatformDep, principal: OperatorKey, request: Request
+) -> OptimizedPublic:
+    """After a bulk ingest: the embedded store indexes only when asked (queries of it wait meanwhile)."""
+    seconds = await run_in_threadpool(
+        lambda: platform.rag.optimize(
+            principal.tenant, name, actor=principal.actor, request_id=request_id(request)
+        )
+    )
+    return OptimizedPublic(collection=name, seconds=seconds)
+
+
 @router.get("/collections", summary="The caller's tenant's collections")
 async def list_collections(platform: PlatformDep, principal: ViewerKey) -> CollectionList:
     """Every collection of the key's tenant, with document and chunk counts and the last ingestion."""

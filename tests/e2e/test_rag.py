@@ -271,9 +271,9 @@ def test_cli_works_through_the_server_that_holds_the_store(setup: Setup) -> None
     (setup.docs / "billing.md").write_text("# Billing\n\nInvoices are sent on the last day of each month.\n")
     (setup.docs / "new.md").write_text("# New\n\nThe new guide explains the frobnicator's dashboard.\n")
     (setup.docs / "security.md").unlink()
-    done = _ingest(setup.server.home, setup.docs, "--delete-missing")
+    done = _ingest(setup.server.home, setup.docs, "--delete-missing", "--optimize")
     assert done.returncode == 0, done.stderr
-    assert "holds the vector store" in done.stderr
+    assert "holds the vector store" in done.stderr and "search index built in" in done.stdout
     rows = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("│")}
     # The collection now mirrors the folder: also the files uploaded earlier are gone.
     counts = {

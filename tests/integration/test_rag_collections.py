@@ -6,6 +6,7 @@ SQLite for the catalog and the audit log.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,22 @@ def test_chunk_settings_belong_to_the_collection(rag: RagService) -> None:
     view = rag.collection("acme", "guides")
     assert (view.chunk_tokens, view.overlap_tokens) == (256, 32) and view.chunks < many + 1
     assert view.last_ingest is not None and view.last_ingest["replaced"] == ["guide.md"]
+
+
+def test_optimize_builds_the_index_and_search_answers_the_same(rag: RagService, platform: Platform) -> None:
+    _upload(rag, ("guide.md", LONG), ("notes.md", SHORT))
+    asked = rag.query("acme", "What are the notes?", "guides", generate=False)
+    before = [c.id for c in asyncio.run(asked).chunks]
+    assert rag.optimize("acme", "guides", actor="test") >= 0
+    after = [
+        c.id for c in asyncio.run(rag.query("acme", "What are the notes?", "guides", generate=False)).chunks
+    ]
+    assert after == before
+    (event,) = platform.audit.query(AuditFilter(action="rag.optimize"))
+    assert event.target == "guides" and event.after is not None
+    assert event.after["chunks"] == rag.collection("acme", "guides").chunks
+    with pytest.raises(NotFoundError):
+        rag.optimize("globex", "guides", actor="test")
 
 
 def test_bad_chunk_settings_are_refused_before_they_are_stored(rag: RagService) -> None:
