@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         ge=0,
         description="How long budget rows are cached; another process's change applies within it.",
     )
+    eval_jobs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Scheduled evals run by serve: name, cron, dataset, collection and more "
+        "(evals.schedule.EvalJob; checked when serve or `opsloop eval schedule` starts).",
+    )
     llm_default_max_tokens: int = Field(
         default=512,
         ge=1,
@@ -216,10 +221,11 @@ class Settings(BaseSettings):
             f"{ENV_PREFIX}{name.upper()}": value.get_secret_value()
             if isinstance(value, SecretStr)
             else str(value)
-            for name, value in self.model_dump(exclude={"llm_routes"}).items()
+            for name, value in self.model_dump(exclude={"llm_routes", "eval_jobs"}).items()
             if value is not None
         }
         env[f"{ENV_PREFIX}LLM_ROUTES"] = json.dumps(_routes_data(self.llm_routes))
+        env[f"{ENV_PREFIX}EVAL_JOBS"] = json.dumps(self.eval_jobs, default=str)
         return env
 
 

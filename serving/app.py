@@ -12,7 +12,7 @@ from opsloop.settings import Settings, load_settings
 from serving.errors import install_error_handlers
 from serving.middleware import RequestMiddleware
 from serving.platform import Platform
-from serving.routers import admin, budgets, costs, gateway, health, models, rag
+from serving.routers import admin, budgets, costs, evals, gateway, health, models, rag
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -30,6 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
         if admin_key is not None:
             log.warning("created the first admin key; it is in %s (mode 0600)", admin_key)
         platform.start_serving()
+        platform.start_eval_schedules()
         yield
         await platform.aclose_gateway()
         platform.close()
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(costs.router)
     app.include_router(admin.router)
     app.include_router(budgets.router)
+    app.include_router(evals.router)
     return app
 
 

@@ -18,7 +18,7 @@ from opsloop.audit import AuditLog
 from opsloop.auth import KeyStore, NewKey
 from opsloop.budgets import BudgetEnforcer, BudgetStore, InProcessCounters, RedisCounters
 from opsloop.db import Database
-from opsloop.errors import ConflictError
+from opsloop.errors import ConfigError, ConflictError
 from opsloop.ledger import Ledger
 from opsloop.predictions import PredictionLog
 from opsloop.query_log import QueryLog
@@ -30,6 +30,7 @@ from serving.runtime import LoadedModel, ModelRuntime
 from workflows.drift_monitor import DriftMonitor
 
 if TYPE_CHECKING:
+    from evals.schedule import EvalJob, EvalScheduler
     from serving.gateway_service import Gateway
     from serving.rag_service import RagService
 
@@ -86,6 +87,8 @@ class Platform:
     _scheduler: Any = None
     _rag: RagService | None = None
     _gateway: Gateway | None = None
+    evals: EvalScheduler | None = None
+    """The eval schedules, while serving with ``eval_jobs``."""
     local_token: str | None = None
     """Set while serving: the CLI presents it (from the store's lock file) to act through this server."""
     _rag_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -279,6 +282,37 @@ class Platform:
             promote(self.registry, self.audit, info.name, info.version, actor="system")
         log.warning("registered the demo model %s version %s as champion", info.name, info.version)
 
+    def eval_jobs(self) -> list[EvalJob]:
+        """``eval_jobs`` from the settings, checked.
+
+        Raises:
+            ConfigError: An entry is invalid; the message names it and the field.
+        """
+        from pydantic import ValidationError
+
+        from evals.schedule import EvalJob
+
+        jobs = []
+        for number, job in enumerate(self.settings.eval_jobs):
+            try:
+                jobs.append(EvalJob.model_validate(job))
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise ConfigError(f"invalid eval_jobs[{number}]: {problems}", setting="eval_jobs") from exc
+        return jobs
+
+    def start_eval_schedules(self) -> EvalScheduler | None:
+        """Schedule ``eval_jobs`` on the running event loop (the gateway's clients live there)."""
+        jobs = self.eval_jobs()
+        if not jobs:
+            return None
+        from evals.schedule import EvalScheduler
+        from serving.eval_wiring import job_executor
+
+        self.evals = EvalScheduler(jobs, job_executor(self), self.metrics.evals)
+        self.evals.start()
+        return self.evals
+
     @property
     def local_url(self) -> str:
         """Where a process on this machine reaches this server."""
@@ -304,6 +338,9 @@ class Platform:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        if self.evals is not None:
+            self.evals.shutdown()
+            self.evals = None
         with self._rag_lock:
             rag, self._rag = self._rag, None
         if rag is not None:

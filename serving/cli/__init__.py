@@ -69,6 +69,7 @@ def serve(
     try:
         # Migrate and create the first admin key once, before any worker starts.
         platform = Platform.build(settings).start_store()
+        platform.eval_jobs()  # a bad entry stops start-up here, naming it
         admin_key = platform.ensure_admin_key()
         platform.close()
     except OpsloopError as exc:

@@ -21,10 +21,12 @@ from rich.table import Table
 
 from opsloop.errors import InvalidInputError, OpsloopError
 from serving.cli.common import State, err, fail, out
+from serving.platform import cli_actor
 
 if TYPE_CHECKING:
     from evals.gate import GateReport, GateRule
     from evals.results import MetricSummary
+    from evals.schedule import EvalJob
     from evals.tracking import EvalRunInfo
 
 __all__ = ["GATE_EXIT_CODE", "app"]
@@ -433,21 +435,14 @@ def _run_dict(run: EvalRunInfo) -> dict[str, Any]:
 # -- schedules ---------------------------------------------------------------------------------------
 
 
-def _jobs(ctx: typer.Context) -> list[Any]:
-    from pydantic import ValidationError
-
-    from evals.schedule import EvalJob
+def _jobs(ctx: typer.Context) -> list[EvalJob]:
+    from serving.platform import Platform
 
     state: State = ctx.obj
-    # Settings.eval_jobs is added with the settings' owner (as EvalJob objects or plain
-    # mappings, since opsloop.settings cannot import evals); until then no jobs are configured.
-    jobs = []
-    for number, job in enumerate(getattr(state.settings(), "eval_jobs", None) or [], start=1):
-        try:
-            jobs.append(job if isinstance(job, EvalJob) else EvalJob.model_validate(job))
-        except ValidationError as exc:
-            raise fail(InvalidInputError(f"eval_jobs entry {number}: {exc}", field="eval_jobs")) from exc
-    return jobs
+    try:
+        return Platform.build(state.settings()).eval_jobs()
+    except OpsloopError as exc:
+        raise fail(exc) from exc
 
 
 @schedule_app.command("list")
@@ -497,24 +492,36 @@ def schedule_trigger(
     name: Annotated[str, typer.Argument(help="The job's name.")],
     format_: FormatOption = "text",
 ) -> None:
-    """Run eval job NAME now, in this process; exit 3 when its gate fails."""
+    """Run eval job NAME now and wait for it; exit 3 when its gate fails.
+
+    While an ``opsloop serve`` holds this home's vector store, the server runs it.
+    """
     from evals.schedule import EvalScheduler
+    from serving.cli.remote import ServerRag
     from serving.eval_wiring import job_executor
 
     state: State = ctx.obj
     jobs = _jobs(ctx)
-    platform = state.platform()
     try:
-        scheduler = EvalScheduler(jobs, job_executor(platform), platform.metrics.evals)
-        status = asyncio.run(scheduler.trigger(name))
+        server = ServerRag.find(state.settings().home, tenant="default", actor=cli_actor())
+        if server is not None:
+            with server:
+                ran = server.trigger_eval(name)
+            outcome, run_id = ran["last_outcome"], ran["last_run_id"]
+        else:
+            platform = state.platform()
+            try:
+                scheduler = EvalScheduler(jobs, job_executor(platform), platform.metrics.evals)
+                status = asyncio.run(scheduler.trigger(name))
+            finally:
+                platform.close()
+            outcome, run_id = status.last_outcome, status.last_run_id
     except OpsloopError as exc:
         raise fail(exc) from exc
-    finally:
-        platform.close()
-    body = {"job": name, "outcome": status.last_outcome, "run_id": status.last_run_id}
+    body = {"job": name, "outcome": outcome, "run_id": run_id}
     if format_ == "json":
         out.print_json(data=body)
     else:
         out.print(json.dumps(body), highlight=False)
-    if status.last_outcome == "gate_failed":
+    if outcome == "gate_failed":
         raise typer.Exit(code=GATE_EXIT_CODE)

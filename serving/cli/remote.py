@@ -151,6 +151,10 @@ class ServerRag:
         """``POST /collections/{name}/optimize``: the seconds the index took."""
         return float(self._call("POST", f"/collections/{collection}/optimize")["seconds"])
 
+    def trigger_eval(self, job: str) -> dict[str, Any]:
+        """``POST /admin/evals/jobs/{name}/trigger``: the job's status once its run finished."""
+        return self._call("POST", f"/admin/evals/jobs/{quote(job)}/trigger")
+
     def query(self, collection: str, question: str, top_k: int | None, *, generate: bool) -> dict[str, Any]:
         """``POST /query``'s JSON answer."""
         body = {"question": question, "collection": collection, "top_k": top_k, "generate": generate}
