@@ -191,9 +191,11 @@ class _StoreLock:
         except BlockingIOError as exc:
             self._file.close()
             self._file = None
-            pid = (store_holder(directory.parent) or {}).get("pid", "unknown")
+            holder = store_holder(directory.parent) or {}
+            pid = holder.get("pid", "unknown")
+            who = f"opsloop serve at {holder['url']}" if holder.get("url") else "another process"
             raise ConflictError(
-                f"the Qdrant Edge store is in use by another process (pid {pid}, lock {self.path}); "
+                f"the Qdrant Edge store is in use by {who} (pid {pid}, lock {self.path}); "
                 "wait for it to finish, stop it, or use vector_store=qdrant",
                 lock=str(self.path),
                 pid=pid,
