@@ -6,7 +6,8 @@ those over the OpenAI SDK and ``instructor``; here they are built over opsloop's
 :class:`~opsloop.llm.protocol.LLMClient` (so judge calls go through the gateway, its routing,
 fallbacks and cost ledger) and :class:`~rag.embedder.Embedder` (the packaged MiniLM).
 
-:class:`JudgeLLM` asks the judge for JSON (ragas' prompts carry the output's JSON schema), pulls
+:class:`JudgeLLM` asks the judge for JSON of the output's schema (in ragas' prompt, and as the
+request's ``json_schema``, which constrains decoding where the backend can), pulls
 the first JSON object that validates out of whatever the model wrote (code fences, chatter), and
 retries a timeout, a backend failure or unparsable output up to ``retries`` times, the retries
 with a little temperature so that a deterministic model does not repeat the same bad answer.
@@ -120,11 +121,15 @@ class JudgeLLM(InstructorBaseRagasLLM):
         message = ""
         attempts = self.retries + 1
         loop = asyncio.get_running_loop()
+        # Backends that can constrain decoding to the schema (llama.cpp, vLLM) then always
+        # answer parsable JSON; the others get the schema in ragas' prompt only.
+        schema = response_model.model_json_schema()
         for attempt in range(attempts):
             request = ChatRequest(
                 messages=[ChatMessage(role="user", content=prompt)],
                 max_tokens=self.max_tokens,
                 temperature=0.0 if attempt == 0 else self.retry_temperature,
+                json_schema=schema,
             )
             if tally is not None:
                 tally.calls += 1

@@ -331,6 +331,8 @@ class LlamaCppClient:
             arguments["temperature"] = request.temperature
         if request.top_p is not None:
             arguments["top_p"] = request.top_p
+        if request.json_schema is not None:  # compiled to a grammar that only admits such JSON
+            arguments["response_format"] = {"type": "json_object", "schema": dict(request.json_schema)}
         return arguments
 
     def _chat_sync(self, request: ChatRequest) -> ChatResult:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import httpx
 from pydantic import SecretStr
@@ -175,6 +175,8 @@ class OpenAICompatClient:
         http_client: an ``httpx.AsyncClient`` to send requests with (a loopback server, a
             ``MockTransport``); the caller keeps ownership and closes it.
         max_retries: the SDK's own retries; 0 leaves retrying to the router.
+        structured_output: how a request's ``json_schema`` is sent: ``json_schema`` (OpenAI's
+            structured outputs, vLLM) or ``json_object`` with a ``schema`` (llama.cpp's server).
     """
 
     def __init__(
@@ -187,6 +189,7 @@ class OpenAICompatClient:
         timeout: float = 60.0,
         http_client: httpx.AsyncClient | None = None,
         max_retries: int = 0,
+        structured_output: Literal["json_schema", "json_object"] = "json_schema",
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise InvalidInputError(f"base_url must be an http(s) URL, got {base_url!r}", field="base_url")
@@ -197,6 +200,7 @@ class OpenAICompatClient:
         self.model = model
         self.timeout = timeout
         self.max_retries = max_retries
+        self.structured_output = structured_output
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key or "unused")
         self._http_client = http_client
         self._client: openai.AsyncOpenAI | None = None
@@ -260,6 +264,13 @@ class OpenAICompatClient:
         }
         if request.tools:
             arguments["tools"] = [dict(tool) for tool in request.tools]
+        if request.json_schema is not None:
+            schema = dict(request.json_schema)
+            arguments["response_format"] = (
+                {"type": "json_object", "schema": schema}
+                if self.structured_output == "json_object"
+                else {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+            )
         optional = {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,

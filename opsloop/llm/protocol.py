@@ -130,6 +130,9 @@ class ChatRequest:
     seed: int | None = None
     tools: Sequence[Mapping[str, Any]] = ()
     """Function tools in OpenAI's shape: ``{"type": "function", "function": {...}}``."""
+    json_schema: Mapping[str, Any] | None = None
+    """The answer must be JSON matching this JSON Schema (constrained decoding where the
+    backend has it: llama.cpp's grammars, vLLM's guided decoding, OpenAI's structured outputs)."""
 
 
 @dataclass(frozen=True)

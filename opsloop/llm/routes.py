@@ -96,6 +96,11 @@ class BackendSpec(BaseModel):
     )
     n_ctx: int = Field(default=2048, ge=16, description="Context window of a llamacpp backend.")
     threads: int | None = Field(default=None, ge=1, description="CPU threads of a llamacpp backend.")
+    structured_output: Literal["json_schema", "json_object"] = Field(
+        default="json_schema",
+        description="How an openai backend is asked for JSON of a schema: json_schema (OpenAI, vLLM) "
+        "or json_object with a schema (llama.cpp's server).",
+    )
     timeout_s: float = Field(
         default=60.0,
         gt=0,
@@ -286,6 +291,7 @@ def create_client(spec: BackendSpec, *, http_client: httpx.AsyncClient | None = 
             name=spec.name,
             timeout=spec.timeout_s + _SDK_GRACE_S,
             http_client=http_client,
+            structured_output=spec.structured_output,
         )
     if spec.kind == "anthropic":
         from opsloop.llm.anthropic import DEFAULT_BASE_URL, AnthropicClient

@@ -165,6 +165,7 @@ def test_a_judge_on_a_loopback_server_scores_or_counts_every_judge_metric(
         timeout_s=60,
         max_retries=0,
         cost_per_token=1e-6,
+        structured_output="json_object",  # llama.cpp's server: JSON constrained to ragas' schema
     )  # timeout below the judge's own: a slow call fails in the gateway, and is recorded
     gateway = Gateway(
         {"judge": RouteConfig(backends=(spec,))},
@@ -210,6 +211,8 @@ def test_a_judge_on_a_loopback_server_scores_or_counts_every_judge_metric(
         assert s.mean is None or math.isfinite(s.mean)
         if s.failed:
             assert sample.failures[name].startswith(("judge_", "error:")), sample.failures
+    # Constrained to the schemas, even SmolLM2-135M gives parsable verdicts: judged scores exist.
+    assert sum(outcome.summaries[name].scored for name in judge_metrics) >= 2, outcome.summaries
     assert sample.judge["calls"] >= len(judge_metrics)
     assert sample.judge["prompt_tokens"] > 0 and sample.judge["completion_tokens"] > 0
     expected = (sample.judge["prompt_tokens"] + sample.judge["completion_tokens"]) * 1e-6

@@ -237,3 +237,42 @@ def test_tools_pass_through_both_ways() -> None:
     assistant, result_message = sent[0]["messages"][1:]  # type: ignore[index]
     assert assistant == {"role": "assistant", "content": None, "tool_calls": [call.to_openai()]}
     assert result_message == {"role": "tool", "content": '{"celsius": 3}', "tool_call_id": "call_1"}
+
+
+OBJECT = {"type": "object"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (
+            "json_schema",
+            {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}},
+        ),
+        ("json_object", {"type": "json_object", "schema": OBJECT}),
+    ],
+)
+def test_a_json_schema_is_sent_as_the_server_expects(mode: str, expected: dict[str, object]) -> None:
+    sent: list[dict[str, object]] = []
+    body = {
+        "id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}],
+    }  # fmt: skip
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=body)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+            client = OpenAICompatClient(
+                "http://llm.test/v1",
+                model=MODEL,
+                http_client=http,
+                structured_output=mode,  # type: ignore[arg-type]
+            )
+            await client.chat(ChatRequest([ChatMessage("user", "hi")], json_schema=OBJECT))
+            await client.chat(ChatRequest([ChatMessage("user", "hi")]))
+
+    asyncio.run(run())
+    assert sent[0]["response_format"] == expected and "response_format" not in sent[1]
