@@ -271,7 +271,7 @@ class LLMMetrics:
 class EvalMetrics:
     """Scheduled eval jobs: the last score of each metric, the last success, failures, the gate.
 
-    ``job`` is the job's name in ``eval_jobs``. Alert on a score below its floor, on
+    ``eval_job`` is the job's name in ``eval_jobs`` (not ``job``, which Prometheus sets to the scrape job). Alert on a score below its floor, on
     ``time() - opsloop_eval_last_success_timestamp_seconds`` growing past the job's period (a
     job that stopped running, or keeps failing), and on ``opsloop_eval_gate_passed == 0``.
     """
@@ -280,34 +280,34 @@ class EvalMetrics:
         self.score = Gauge(
             "opsloop_eval_score",
             "Mean of each metric in the job's last finished eval run.",
-            ["job", "metric"],
+            ["eval_job", "metric"],
             registry=registry,
             multiprocess_mode="max",
         )
         self.metric_failures = Gauge(
             "opsloop_eval_metric_failures",
             "Samples of the job's last run whose metric failed (judge timeouts, unparsable output ...).",
-            ["job", "metric"],
+            ["eval_job", "metric"],
             registry=registry,
             multiprocess_mode="max",
         )
         self.last_success = Gauge(
             "opsloop_eval_last_success_timestamp_seconds",
             "Unix time the job last finished an eval run.",
-            ["job"],
+            ["eval_job"],
             registry=registry,
             multiprocess_mode="max",
         )
         self.gate_passed = Gauge(
             "opsloop_eval_gate_passed",
             "1 if the job's last run passed its gate against the baseline, else 0 (jobs with a baseline).",
-            ["job"],
+            ["eval_job"],
             registry=registry,
             multiprocess_mode="max",
         )
         self.runs = Counter(
             "opsloop_eval_runs_total",
             "Scheduled eval runs by job and outcome (ok, gate_failed, failed).",
-            ["job", "outcome"],
+            ["eval_job", "outcome"],
             registry=registry,
         )

@@ -62,8 +62,8 @@ def test_trigger_runs_the_job_in_the_server_and_exports_its_scores(server: Serve
     admin = {"Authorization": f"Bearer {(server.home / 'admin.key').read_text().strip()}"}
     (status,) = server.http.get("/admin/evals/jobs", headers=admin).json()
     assert status["last_outcome"] == "ok" and status["last_run_id"] == ran["run_id"]
-    assert server.metric('opsloop_eval_score{job="docs-nightly",metric="hit_rate"}') > 0.5
-    assert server.metric('opsloop_eval_last_success_timestamp_seconds{job="docs-nightly"}') > 0
+    assert server.metric('opsloop_eval_score{eval_job="docs-nightly",metric="hit_rate"}') > 0.5
+    assert server.metric('opsloop_eval_last_success_timestamp_seconds{eval_job="docs-nightly"}') > 0
     missing = server.http.post("/admin/evals/jobs/nope/trigger", headers=admin)
     assert missing.status_code == 404 and "docs-nightly" in missing.json()["error"]["message"]
 

@@ -75,14 +75,14 @@ def test_run_job_exports_scores_failures_success_time_and_gate() -> None:
     outcome, result = asyncio.run(run_job(_job(), execute, metrics, clock=lambda: 1234.0))
     assert outcome == "gate_failed" and result is not None and result.run_id == "run1"
     text = generate_latest(registry).decode()
-    assert 'opsloop_eval_score{job="nightly",metric="hit_rate"} 0.5' in text
+    assert 'opsloop_eval_score{eval_job="nightly",metric="hit_rate"} 0.5' in text
     assert (
         'metric="faithfulness"} ' not in text.split("opsloop_eval_metric_failures")[0]
     )  # no score: no gauge
-    assert 'opsloop_eval_metric_failures{job="nightly",metric="faithfulness"} 3.0' in text
-    assert 'opsloop_eval_last_success_timestamp_seconds{job="nightly"} 1234.0' in text
-    assert 'opsloop_eval_gate_passed{job="nightly"} 0.0' in text
-    assert 'opsloop_eval_runs_total{job="nightly",outcome="gate_failed"} 1.0' in text
+    assert 'opsloop_eval_metric_failures{eval_job="nightly",metric="faithfulness"} 3.0' in text
+    assert 'opsloop_eval_last_success_timestamp_seconds{eval_job="nightly"} 1234.0' in text
+    assert 'opsloop_eval_gate_passed{eval_job="nightly"} 0.0' in text
+    assert 'opsloop_eval_runs_total{eval_job="nightly",outcome="gate_failed"} 1.0' in text
 
 
 def test_a_failing_job_is_counted_and_keeps_its_last_success_time() -> None:
@@ -98,7 +98,7 @@ def test_a_failing_job_is_counted_and_keeps_its_last_success_time() -> None:
     assert (status.last_outcome, status.last_error, status.running) == ("failed", "the store is down", False)
     assert status.next_run is not None
     text = generate_latest(registry).decode()
-    assert 'opsloop_eval_runs_total{job="nightly",outcome="failed"} 1.0' in text
+    assert 'opsloop_eval_runs_total{eval_job="nightly",outcome="failed"} 1.0' in text
     assert "opsloop_eval_last_success_timestamp_seconds{" not in text
     with pytest.raises(NotFoundError, match="known jobs: nightly"):
         asyncio.run(scheduler.trigger("weekly"))
