@@ -271,9 +271,10 @@ class LLMMetrics:
 class EvalMetrics:
     """Scheduled eval jobs: the last score of each metric, the last success, failures, the gate.
 
-    ``eval_job`` is the job's name in ``eval_jobs`` (not ``job``, which Prometheus sets to the scrape job). Alert on a score below its floor, on
-    ``time() - opsloop_eval_last_success_timestamp_seconds`` growing past the job's period (a
-    job that stopped running, or keeps failing), and on ``opsloop_eval_gate_passed == 0``.
+    ``eval_job`` is the job's name in ``eval_jobs`` (not ``job``: Prometheus sets that to the
+    scrape job). Alert on a score below its floor, on ``time() -
+    opsloop_eval_last_success_timestamp_seconds`` growing past the job's period (a job that
+    stopped running, or keeps failing), and on ``opsloop_eval_gate_passed == 0``.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
