@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -38,6 +39,7 @@ class BatchWriter(Generic[T]):
         name: What the records are, for the thread name and log messages.
         batch_size: Most records written in one transaction.
         flush_seconds: How long the writer waits for a first record before looking again.
+        linger_seconds: How long it then waits for more records to write in the same transaction.
         max_pending: Records queued before :meth:`record` starts dropping (and counting) them.
         on_dropped: Called with the number of records lost.
         on_written: Called with the number of records written.
@@ -52,6 +54,7 @@ class BatchWriter(Generic[T]):
         name: str,
         batch_size: int,
         flush_seconds: float,
+        linger_seconds: float = 0.02,
         max_pending: int,
         on_dropped: Callable[[int], None],
         on_written: Callable[[int], None],
@@ -62,6 +65,7 @@ class BatchWriter(Generic[T]):
         self._name = name
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
+        self._linger_seconds = linger_seconds
         self._queue: queue.Queue[T] = queue.Queue(max_pending)
         self._on_dropped = on_dropped
         self._on_written = on_written
@@ -112,9 +116,12 @@ class BatchWriter(Generic[T]):
                 batch = [self._queue.get(timeout=self._flush_seconds)]
             except queue.Empty:
                 continue
+            # Linger a moment for more: at a steady trickle of requests one transaction per
+            # record costs more GIL time than the requests themselves (measured on the gateway).
+            deadline = time.monotonic() + self._linger_seconds
             while len(batch) < self._batch_size:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
             self._write(batch)

@@ -135,6 +135,7 @@ class Platform:
         self.components["registry"] = "starting"
         self.components["models"] = "starting"
         self.local_token = secrets.token_urlsafe(32)
+        self.gateway  # noqa: B018 - built now (SDK imports included), not by a first request
         for target, name in ((self._start_models, "models-start"), (self._start_rag, "rag-start")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

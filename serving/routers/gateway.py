@@ -25,7 +25,6 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -154,7 +153,7 @@ async def chat_completions(
     response: Response,
 ) -> Any:
     """Complete the conversation on the route named by ``model``; 404 for an unknown model."""
-    gateway = await run_in_threadpool(lambda: platform.gateway)
+    gateway = platform.gateway  # built at start: no thread-pool hop on the hot path
     caller = Caller(request_id(request) or uuid.uuid4().hex, principal.tenant, principal.key_id)
     completion_id = f"chatcmpl-{caller.request_id}"
     if body.stream:
@@ -180,6 +179,6 @@ async def embeddings(body: EmbeddingRequest, platform: PlatformDep, _: UserKey) 
             field="dimensions",
             value=body.dimensions,
         )
-    gateway = await run_in_threadpool(lambda: platform.gateway)
+    gateway = platform.gateway  # built at start: no thread-pool hop on the hot path
     result = await gateway.embed(body.model, body.texts)
     return embedding_body(result.vectors, result.model, result.prompt_tokens, body.encoding_format)
