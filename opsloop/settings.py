@@ -144,6 +144,9 @@ class Settings(BaseSettings):
         description="Scheduled evals run by serve: name, cron, dataset, collection and more "
         "(evals.schedule.EvalJob; checked when serve or `opsloop eval schedule` starts).",
     )
+    rag_llm_route: str = Field(
+        default=DEFAULT_LLM_ROUTE, description="The gateway route (of llm_routes) that writes RAG answers."
+    )
     llm_default_max_tokens: int = Field(
         default=512,
         ge=1,
@@ -161,6 +164,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Add the YAML file between the environment and the defaults."""
         return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _rag_route_exists(self) -> Settings:
+        if self.rag_llm_route not in self.llm_routes:
+            known = ", ".join(self.llm_routes) or "none"
+            raise ValueError(f"rag_llm_route {self.rag_llm_route!r} is no route of llm_routes ({known})")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -4,18 +4,17 @@
 built, for ``opsloop eval`` and for the scheduled jobs of ``opsloop serve``:
 
 * the pipeline is ``Platform.rag`` (``RagService``), queried with ``log_query=False``;
-* answer routes (``--route``) and the judge (``--judge``) are gateway routes, called through
-  :class:`GatewayClient`, so every call is routed like a client's and lands in the cost ledger:
-  tenant = the eval's tenant, key ``eval``, request id ``eval-<hex>``;
+* answers (``--route``, default ``rag_llm_route``) and the judge (``--judge``) are gateway
+  routes, called through :class:`GatewayClient`, so every call is routed like a client's and
+  lands in the cost ledger: tenant = the eval's tenant, key ``eval``, request id ``eval-<hex>``;
 * costs per sample come from the serving backend's prices (``opsloop.ledger.cost_usd``), the
   same numbers the ledger records.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from evals.dataset import load_dataset
 from evals.gate import DEFAULT_GATE
@@ -24,9 +23,9 @@ from evals.schedule import EvalJob, JobExecutor, JobResult
 from evals.scoring import CostFn, JudgeOptions
 from evals.service import EvalService
 from evals.tracking import EvalTracker
-from opsloop.errors import InvalidInputError
 from opsloop.ledger import cost_usd
-from opsloop.llm.protocol import ChatRequest, ChatResult, Usage
+from opsloop.llm.protocol import Usage
+from serving.gateway_service import GatewayClient
 
 if TYPE_CHECKING:
     from serving.gateway_service import Gateway
@@ -36,34 +35,6 @@ __all__ = ["EVAL_KEY_ID", "EvalWiring", "GatewayClient", "job_executor"]
 
 EVAL_KEY_ID = "eval"
 """The ledger's key id of eval calls (answers on a route, judge calls)."""
-
-
-class GatewayClient:
-    """A gateway route as an :class:`~opsloop.llm.protocol.LLMClient`, recorded in the ledger.
-
-    Unlike ``Router.client(route)``, which calls the router directly, every call goes through
-    ``Gateway.chat`` and so ends in a ledger row (tenant ``tenant``, key ``eval``).
-    """
-
-    def __init__(self, gateway: Gateway, route: str, tenant: str) -> None:
-        gateway.router.route(route)  # NotFoundError naming the known routes, before any work
-        self.name = route
-        self._gateway = gateway
-        self._tenant = tenant
-
-    async def chat(self, request: ChatRequest) -> ChatResult:
-        """Complete ``request`` on the route; ``result.backend`` names the backend that served it."""
-        from serving.gateway_service import Caller
-
-        caller = Caller(request_id=f"eval-{uuid.uuid4().hex}", tenant=self._tenant, key_id=EVAL_KEY_ID)
-        return (await self._gateway.chat(caller, self.name, request)).result
-
-    def stream(self, request: ChatRequest) -> NoReturn:
-        """Not offered: evals read whole answers."""
-        raise InvalidInputError("evals do not stream", field="stream")
-
-    async def aclose(self) -> None:
-        """Nothing to release: the gateway owns the backends."""
 
 
 def gateway_cost(gateway: Gateway) -> CostFn:
@@ -96,21 +67,19 @@ class EvalWiring:
             ConflictError: Another process holds the embedded vector store.
         """
         rag = self.platform.rag
-        gateway = self.platform.gateway if config.route or config.judge else None
-        answer_llm = judge = None
-        cost: CostFn | None = None
-        if gateway is not None:
-            cost = gateway_cost(gateway)
-            if config.route:
-                answer_llm = GatewayClient(gateway, config.route, config.tenant)
-            if config.judge:
-                judge = GatewayClient(gateway, config.judge, config.tenant)
+        gateway = self.platform.gateway
+        route = config.route or self.platform.settings.rag_llm_route
+        answer_llm = GatewayClient(gateway, route, config.tenant, key_id=EVAL_KEY_ID)
+        judge = None
+        if config.judge:
+            judge = GatewayClient(gateway, config.judge, config.tenant, key_id=EVAL_KEY_ID)
+        cost = gateway_cost(gateway)
         return EvalRunner(
             rag,
             embedder=rag.embedder,
             judge=judge,
             answer_llm=answer_llm,
-            answer_cost=cost if answer_llm is not None else None,
+            answer_cost=cost,
             judge_cost=cost,
             progress=progress,
         )

@@ -31,16 +31,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
 from opsloop.budgets import BudgetEnforcer, Reservation
-from opsloop.errors import NotFoundError, OpsloopError
+from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
 from opsloop.ledger import Ledger, LLMCall, Outcome, cost_usd
-from opsloop.llm.protocol import ChatChunk, ChatRequest, Usage
+from opsloop.llm.protocol import ChatChunk, ChatRequest, ChatResult, Usage
 from opsloop.llm.router import (
     Attempt,
     RoutedResult,
@@ -57,7 +58,15 @@ if TYPE_CHECKING:
     from rag.chunking import HFTokenizer
     from rag.embedder import SentenceTransformerEmbedder
 
-__all__ = ["EMBEDDING_MODEL", "Caller", "Embeddings", "Gateway", "GatewayStream", "estimated_tokens"]
+__all__ = [
+    "EMBEDDING_MODEL",
+    "Caller",
+    "Embeddings",
+    "Gateway",
+    "GatewayClient",
+    "GatewayStream",
+    "estimated_tokens",
+]
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 """The one model ``POST /v1/embeddings`` serves (matched case-insensitively)."""
@@ -452,3 +461,39 @@ def estimated_tokens(request: ChatRequest) -> int:
     """
     characters = sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in request.messages)
     return characters // 3 + 8 * len(request.messages) + (request.max_tokens or 0)
+
+
+class GatewayClient:
+    """A gateway route as an :class:`~opsloop.llm.protocol.LLMClient` for opsloop's own callers.
+
+    Unlike ``Router.client(route)``, which calls the router directly, every call goes through
+    :meth:`Gateway.chat`, so it is admitted by the caller's budgets and ends in a ledger row:
+    tenant ``tenant``, key ``key_id``, request id ``request_id`` (RAG answers: the query's own),
+    else ``<key_id>-<hex>``.
+
+    Raises:
+        NotFoundError: ``route`` is no gateway route (the message lists the known ones).
+    """
+
+    def __init__(
+        self, gateway: Gateway, route: str, tenant: str, *, key_id: str, request_id: str | None = None
+    ) -> None:
+        gateway.router.route(route)
+        self.name = route
+        self._gateway = gateway
+        self._tenant = tenant
+        self._key_id = key_id
+        self._request_id = request_id
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        """Complete ``request`` on the route; ``result.backend`` names the backend that served it."""
+        request_id = self._request_id or f"{self._key_id}-{uuid.uuid4().hex}"
+        caller = Caller(request_id=request_id, tenant=self._tenant, key_id=self._key_id)
+        return (await self._gateway.chat(caller, self.name, request)).result
+
+    def stream(self, request: ChatRequest) -> NoReturn:
+        """Not offered: opsloop's own callers read whole answers."""
+        raise InvalidInputError("this client does not stream", field="stream")
+
+    async def aclose(self) -> None:
+        """Nothing to release: the gateway owns the backends."""

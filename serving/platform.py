@@ -31,6 +31,7 @@ from workflows.drift_monitor import DriftMonitor
 
 if TYPE_CHECKING:
     from evals.schedule import EvalJob, EvalScheduler
+    from opsloop.llm.protocol import LLMClient
     from serving.gateway_service import Gateway
     from serving.rag_service import RagService
 
@@ -214,8 +215,16 @@ class Platform:
                     CollectionCatalog(self.db),
                     self.start_registry,
                     holder,
+                    answer_llm=self._answer_llm,
                 )
             return self._rag
+
+    def _answer_llm(self, tenant: str, key_id: str, request_id: str) -> LLMClient:
+        """RAG's answers: ``rag_llm_route`` through the gateway, so they are budgeted and costed."""
+        from serving.gateway_service import GatewayClient
+
+        route = self.settings.rag_llm_route
+        return GatewayClient(self.gateway, route, tenant, key_id=key_id, request_id=request_id)
 
     @property
     def gateway(self) -> Gateway:

@@ -37,7 +37,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -45,7 +45,6 @@ from typing import IO, Any
 from opsloop.audit import AuditLog
 from opsloop.auth import check_tenant
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
-from opsloop.llm.llamacpp import LlamaCppClient
 from opsloop.llm.protocol import LLMClient
 from opsloop.query_log import QueryLog, QueryLogEntry
 from opsloop.rag_catalog import CollectionCatalog
@@ -62,6 +61,7 @@ from rag.stores import EdgeStore, VectorStore
 
 __all__ = [
     "COLLECTION_PATTERN",
+    "AnswerLLM",
     "CollectionView",
     "IngestRun",
     "QueryResult",
@@ -72,6 +72,9 @@ __all__ = [
 
 COLLECTION_PATTERN = r"[a-z0-9][a-z0-9_-]{0,43}"
 """A tenant's collection name: lowercase (so case-insensitive file systems cannot merge two)."""
+
+AnswerLLM = Callable[[str, str, str], LLMClient]
+"""The LLM answering one query, given its tenant, the asking key's id and the request id."""
 
 _COLLECTION = re.compile(COLLECTION_PATTERN)
 _LOCK_FILE = ".lock"
@@ -224,6 +227,9 @@ class RagService:
         start_registry: Starts ``registry`` (the Platform serialises this with its own start).
         holder: What the embedded store's lock file says besides the pid (a server's URL and
             token, see the module docs).
+        answer_llm: The LLM that writes a query's answer, given the query's tenant, key id and
+            request id: the gateway's ``rag_llm_route``, so answers are routed, budgeted and
+            costed like any gateway call (``serving.gateway_service.GatewayClient``).
 
     Raises:
         ConflictError: Another process holds the embedded store (see the module docs).
@@ -238,6 +244,8 @@ class RagService:
         catalog: CollectionCatalog,
         start_registry: Callable[[], Registry] | None = None,
         holder: dict[str, str] | None = None,
+        *,
+        answer_llm: AnswerLLM,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -257,13 +265,7 @@ class RagService:
         self.tokenizer = HFTokenizer()
         self.sparse = BM25Encoder()
         self.retriever = HybridRetriever(self.store, self.embedder, self.sparse, top_k=settings.rag_top_k)
-        self.llm = LlamaCppClient(settings.llm_model_path)
-        self.answerer = Answerer(
-            self.llm,
-            self.tokenizer,
-            context_tokens=settings.rag_context_tokens,
-            max_answer_tokens=settings.rag_max_answer_tokens,
-        )
+        self.answer_llm = answer_llm
         self._prompt_ready = False
         self._prompt_lock = threading.Lock()
 
@@ -466,6 +468,7 @@ class RagService:
         *,
         generate: bool = True,
         request_id: str | None = None,
+        key_id: str = "system",
         prompt: str | int | None = None,
         llm: LLMClient | None = None,
         max_answer_tokens: int | None = None,
@@ -474,11 +477,12 @@ class RagService:
         """Answer ``question`` from ``tenant``'s ``collection`` and log the query.
 
         With ``generate=False`` only retrieval runs: no prompt read, no LLM call, ``answer`` None.
-        Failed queries are not logged (they raise before there is anything to log).
+        Failed queries are not logged (they raise before there is anything to log). The answer's
+        LLM call is the ledger's and the budgets' under ``tenant`` and ``key_id`` (who asked).
 
-        The keyword arguments after ``request_id`` are for evals: ``prompt`` answers with that
+        The keyword arguments after ``key_id`` are for evals: ``prompt`` answers with that
         alias or version of the answer prompt instead of ``production``, ``llm`` with that client
-        (a gateway route) instead of the in-process model, ``max_answer_tokens`` caps the answer,
+        (a gateway route) instead of ``answer_llm``, ``max_answer_tokens`` caps the answer,
         and ``log_query=False`` keeps the query out of the query log (eval questions are not user
         traffic, and would skew query drift).
 
@@ -492,6 +496,7 @@ class RagService:
                 "question must be a non-empty string", field="question", value=repr(question)
             )
         physical_name(tenant, collection)  # a bad name is a 422 before any work
+        request_id = request_id or uuid.uuid4().hex
         started = time.perf_counter()
         chunks = await asyncio.to_thread(self._retrieve, tenant, collection, question, top_k)
         retrieved = time.perf_counter()
@@ -501,15 +506,12 @@ class RagService:
         if generate:
             template = await asyncio.to_thread(self._prompt, prompt)
             prompted = time.perf_counter()
-            answerer = self.answerer
-            if llm is not None or max_answer_tokens is not None:
-                answerer = Answerer(
-                    llm or self.llm,
-                    self.tokenizer,
-                    context_tokens=self.answerer.context_tokens,
-                    max_answer_tokens=max_answer_tokens or self.answerer.max_answer_tokens,
-                    temperature=self.answerer.temperature,
-                )
+            answerer = Answerer(
+                llm or self.answer_llm(tenant, key_id, request_id),
+                self.tokenizer,
+                context_tokens=self.settings.rag_context_tokens,
+                max_answer_tokens=max_answer_tokens or self.settings.rag_max_answer_tokens,
+            )
             answer = await answerer.answer(question, chunks, template.template, template.version)
             prompt_ms = (prompted - retrieved) * 1000
             generation_ms = (time.perf_counter() - prompted) * 1000
@@ -517,13 +519,13 @@ class RagService:
         else:
             # The sources the model would have been given: same numbering, same cut texts.
             _, sources = await asyncio.to_thread(
-                build_context, chunks, self.answerer.tokenizer, self.answerer.context_tokens
+                build_context, chunks, self.tokenizer, self.settings.rag_context_tokens
             )
         result = QueryResult(
             answer=answer,
             sources=sources,
             chunks=chunks,
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id,
             latency_ms=(time.perf_counter() - started) * 1000,
             retrieval_ms=(retrieved - started) * 1000,
             prompt_ms=prompt_ms,
@@ -557,9 +559,8 @@ class RagService:
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the model, close the store and release the store lock (from any thread)."""
+        """Close the store and release the store lock (from any thread)."""
         try:
-            _run_coroutine(self.llm.aclose())
             self.store.close()
         finally:
             if self._lock is not None:
@@ -584,21 +585,3 @@ def _log_entry(tenant: str, collection: str, question: str, result: QueryResult)
         retrieval_ms=result.retrieval_ms,
         generation_ms=result.generation_ms,
     )
-
-
-def _run_coroutine(coroutine: Coroutine[Any, Any, None]) -> None:
-    # close() runs from sync code that may itself sit inside an event loop (the server's
-    # lifespan), where asyncio.run is refused; a short-lived thread has a loop of its own.
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(coroutine)
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="rag-close")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]

@@ -179,7 +179,9 @@ def query(
             platform = state.platform()
             try:
                 result = asyncio.run(
-                    platform.rag.query(tenant, question, collection, top_k, generate=generate)
+                    platform.rag.query(
+                        tenant, question, collection, top_k, generate=generate, key_id=cli_actor()
+                    )
                 )
             finally:
                 platform.close()

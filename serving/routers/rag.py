@@ -209,6 +209,7 @@ async def query(
         body.top_k,
         generate=body.generate,
         request_id=request_id(request),
+        key_id=principal.key_id,
     )
     return query_response(result)
 

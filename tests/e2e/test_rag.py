@@ -294,3 +294,18 @@ def test_cli_works_through_the_server_that_holds_the_store(setup: Setup) -> None
     audit = cli(setup.server.home, "audit", "tail", "--action", "rag.delete", "--tenant", "acme", "--json")
     deletions = {e["target"]: e for e in map(json.loads, audit.stdout.splitlines())}
     assert deletions["docs/security.md"]["actor"].startswith("cli:")
+
+
+def test_answers_go_through_the_gateway_under_the_asking_key(setup: Setup) -> None:
+    asked = setup.server.http.post(
+        "/query",
+        json={"question": "How long do refunds take?", "collection": "docs"},
+        headers={**setup.acme, "X-Request-ID": "costed-answer"},
+        timeout=120,
+    )
+    assert asked.status_code == 200, asked.text
+    key_id = setup.acme["Authorization"].split("_")[1]  # olk_<id>_<secret>
+    done = cli(setup.server.home, "costs", "report", "--by", "key", "--since", "1h", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    rows = {row["group"]: row for row in json.loads(done.stdout)["rows"]}
+    assert rows[key_id]["calls"] >= 1 and rows[key_id]["completion_tokens"] > 0
