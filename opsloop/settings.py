@@ -144,8 +144,9 @@ class Settings(BaseSettings):
         description="Scheduled evals run by serve: name, cron, dataset, collection and more "
         "(evals.schedule.EvalJob; checked when serve or `opsloop eval schedule` starts).",
     )
-    rag_llm_route: str = Field(
-        default=DEFAULT_LLM_ROUTE, description="The gateway route (of llm_routes) that writes RAG answers."
+    rag_llm_route: str | None = Field(
+        default=None,
+        description="The gateway route (of llm_routes) that writes RAG answers; default: the first.",
     )
     llm_default_max_tokens: int = Field(
         default=512,
@@ -167,7 +168,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _rag_route_exists(self) -> Settings:
-        if self.rag_llm_route not in self.llm_routes:
+        if self.rag_llm_route is not None and self.rag_llm_route not in self.llm_routes:
             known = ", ".join(self.llm_routes) or "none"
             raise ValueError(f"rag_llm_route {self.rag_llm_route!r} is no route of llm_routes ({known})")
         return self
@@ -200,6 +201,11 @@ class Settings(BaseSettings):
         if chunk is not None and overlap >= chunk:
             raise ValueError(f"must be below rag_chunk_tokens ({chunk})")
         return overlap
+
+    @property
+    def rag_route(self) -> str:
+        """The gateway route that writes RAG answers: ``rag_llm_route``, else the first route."""
+        return self.rag_llm_route or next(iter(self.llm_routes))
 
     @property
     def db_url(self) -> str:

@@ -68,7 +68,7 @@ class EvalWiring:
         """
         rag = self.platform.rag
         gateway = self.platform.gateway
-        route = config.route or self.platform.settings.rag_llm_route
+        route = config.route or self.platform.settings.rag_route
         answer_llm = GatewayClient(gateway, route, config.tenant, key_id=EVAL_KEY_ID)
         judge = None
         if config.judge:

@@ -223,7 +223,7 @@ class Platform:
         """RAG's answers: ``rag_llm_route`` through the gateway, so they are budgeted and costed."""
         from serving.gateway_service import GatewayClient
 
-        route = self.settings.rag_llm_route
+        route = self.settings.rag_route
         return GatewayClient(self.gateway, route, tenant, key_id=key_id, request_id=request_id)
 
     @property

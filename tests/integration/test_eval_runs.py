@@ -225,4 +225,4 @@ def test_a_judge_on_a_loopback_server_scores_or_counts_every_judge_metric(
     assert len(calls) == sample.judge["calls"]
     assert sum(c.prompt_tokens for c in calls) == sample.judge["prompt_tokens"]
     assert sum(c.cost_usd for c in calls) == pytest.approx(expected)
-    assert {c.route for c in ledger} == {"judge", platform.settings.rag_llm_route}
+    assert {c.route for c in ledger} == {"judge", platform.settings.rag_route}
