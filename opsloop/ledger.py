@@ -205,6 +205,27 @@ class Ledger:
             rows = session.scalars(query.order_by(LLMCallRow.id.desc()).limit(limit)).all()
         return [_call(row) for row in rows]
 
+    def spent(self, tenant: str, key_id: str | None, since: datetime) -> dict[str, float]:
+        """What ``tenant`` (or only its key ``key_id``) used since ``since``, as budgets count it.
+
+        Returns ``requests`` (calls a budget admitted: refused ones are left out), ``tokens``
+        and ``usd``. Reads what is written: calls still in the writer's queue are not in it.
+        """
+        query = select(
+            func.count(LLMCallRow.id),
+            func.coalesce(func.sum(LLMCallRow.prompt_tokens + LLMCallRow.completion_tokens), 0),
+            func.coalesce(func.sum(LLMCallRow.cost_usd), 0.0),
+        ).where(
+            LLMCallRow.tenant == tenant,
+            LLMCallRow.at >= since,
+            func.coalesce(LLMCallRow.error_type, "") != "rate_limited",
+        )
+        if key_id is not None:
+            query = query.where(LLMCallRow.key_id == key_id)
+        with self._db.read() as session:
+            requests, tokens, usd = session.execute(query).one()
+        return {"requests": float(requests), "tokens": float(tokens), "usd": float(usd)}
+
     def report(
         self, by: GroupBy, since: timedelta, tenant: str | None = None, *, now: datetime | None = None
     ) -> list[CostRow]:

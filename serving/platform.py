@@ -117,7 +117,9 @@ class Platform:
         ledger = Ledger(db, on_dropped=metrics.llm.ledger_dropped.inc)
         budgets = BudgetStore(db, audit, cache_seconds=settings.budget_cache_seconds)
         counters = RedisCounters(settings.redis_url) if settings.redis_url else InProcessCounters()
-        enforcer = BudgetEnforcer(budgets, counters, audit=audit, metrics=metrics.budgets)
+        enforcer = BudgetEnforcer(
+            budgets, counters, audit=audit, metrics=metrics.budgets, history=ledger.spent
+        )
         return cls(
             settings, db, audit, keys, registry, runtime, predictions, drift, metrics, queries, ledger,
             budgets, enforcer,

@@ -30,9 +30,11 @@ Fixed windows allow up to twice a per-minute limit across a minute boundary, the
 trade for O(1) state. Budget rows are cached per tenant for ``cache_seconds``, so the hot path
 makes no database query; a change made by another process applies within that time.
 
-Counters are pluggable (:mod:`opsloop.budgets.counters`): in-process counters start from zero
-when the process starts (a restart forgets the day's and month's spend) and are per process;
-Redis counters are shared by every gateway process and survive restarts of the gateway.
+Counters are pluggable (:mod:`opsloop.budgets.counters`): in-process counters are per process;
+Redis counters are shared by every gateway process and survive restarts of the gateway. Either
+way a counter that a process has not used yet in its window starts from the ledger's calls of
+that window (``history``), so a budget set at noon counts the morning, and a restart forgets
+nothing.
 """
 
 from opsloop.budgets.counters import Admission, Counters, InProcessCounters, RedisCounters, Slot

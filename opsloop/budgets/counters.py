@@ -73,6 +73,9 @@ class Counters(Protocol):
     def first(self, key: str, ttl_s: int) -> bool:
         """True for the first caller that sets flag ``key`` while it lives, False afterwards."""
 
+    def seed(self, slot: Slot, value: float) -> None:
+        """Set the slot's counter to ``value`` unless it already has one (a fresh window)."""
+
 
 class InProcessCounters:
     """Counters in this process's memory, under one lock; lost when the process ends."""
@@ -141,6 +144,14 @@ class InProcessCounters:
                 return False
             self._put(key, 1.0, now + ttl_s)
             return True
+
+    def seed(self, slot: Slot, value: float) -> None:
+        """Set the counter unless it lives already."""
+        with self._lock:
+            now = self._clock()
+            entry = self._data.get(slot.key)
+            if (entry is None or entry[1] <= now) and value:
+                self._put(slot.key, value, now + slot.ttl_s)
 
 
 # KEYS: the counters. ARGV: limit, amount and ttl of each, in KEYS order. Returns {i, value} with
@@ -254,3 +265,10 @@ class RedisCounters:
         """SET NX EX: exactly one process wins."""
         client = self.client
         return bool(self._call("set a flag", lambda: client.set(key, 1, nx=True, ex=max(1, ttl_s))))
+
+    def seed(self, slot: Slot, value: float) -> None:
+        """SET NX EX: a counter another process already keeps is left alone."""
+        if value:
+            client = self.client
+            ttl = max(1, slot.ttl_s)
+            self._call("seed a counter", lambda: client.set(slot.key, repr(value), nx=True, ex=ttl))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,6 +22,10 @@ __all__ = ["BudgetEnforcer", "BudgetSource", "BudgetUsage", "Reservation", "Soft
 log = logging.getLogger("opsloop.budgets")
 
 _GRACE_S = 60  # counters outlive their window a little, for readers whose clock is behind
+
+
+History = Callable[[str, str | None, datetime], Mapping[str, float]]
+"""What a tenant (or one key: the second argument) used since a time, by unit name."""
 
 
 class BudgetSource(Protocol):
@@ -95,6 +99,10 @@ class BudgetEnforcer:
         on_soft_limit: Called once per budget and window when its soft threshold is crossed.
         key_prefix: Prefix of every counter key; processes sharing budgets share it.
         clock: The current time (timezone-aware).
+        history: What a tenant (or one of its keys) used since a time, by unit (``requests``,
+            ``tokens``, ``usd``): the ledger's ``Ledger.spent``. A counter this process has not
+            used yet in its window starts from it, so a budget set at noon counts the morning's
+            spend, and a restart forgets nothing. None: counters start from zero.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class BudgetEnforcer:
         on_soft_limit: Callable[[SoftLimitCrossing], None] | None = None,
         key_prefix: str = "opsloop:budget:",
         clock: Callable[[], datetime] = utcnow,
+        history: History | None = None,
     ) -> None:
         self._budgets = budgets
         self._counters = counters
@@ -118,6 +127,8 @@ class BudgetEnforcer:
         self._fired: dict[str, datetime] = {}  # soft-limit flags known set, to their window's end
         self._fired_lock = threading.Lock()
         self._exported: set[tuple[str, str]] = set()
+        self._history = history
+        self._seeded: dict[str, datetime] = {}  # counters started from the history, to their window's end
 
     def start(self) -> BudgetEnforcer:
         """Start the counters; returns self."""
@@ -150,6 +161,7 @@ class BudgetEnforcer:
             return Reservation(tenant, key_id, est_tokens, ())
         now = self._clock()
         charges = tuple(self._charge(b, now, est_tokens) for b in budgets)
+        self._seed(charges)
         admission = self._counters.reserve([c.slot for c in charges], [c.reserved for c in charges])
         if admission.blocked is not None:
             blocked = charges[admission.blocked]
@@ -158,6 +170,22 @@ class BudgetEnforcer:
             raise BudgetExceededError(blocked.budget, admission.blocked_value, blocked.window, now)
         self._observe(charges, admission.values, now)
         return Reservation(tenant, key_id, est_tokens, charges)
+
+    def _seed(self, charges: Sequence[_Charge]) -> None:
+        """Start the counters this process has not used in their window from the history."""
+        if self._history is None:
+            return
+        for charge in charges:
+            key = charge.slot.key
+            if key in self._seeded:
+                continue
+            budget = charge.budget
+            spent = self._history(budget.tenant, budget.key_id, charge.window.start)
+            self._counters.seed(charge.slot, spent[budget.unit])  # a counter already kept stays
+            if len(self._seeded) > 10_000:  # minute windows come and go: forget the ended ones
+                now = self._clock()
+                self._seeded = {k: end for k, end in self._seeded.items() if end > now}
+            self._seeded[key] = charge.window.end
 
     def settle(self, reservation: Reservation, tokens: int, cost_usd: float) -> None:
         """Record what an admitted request spent (0 and 0.0 if it failed before spending).

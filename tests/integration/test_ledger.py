@@ -67,3 +67,21 @@ def test_report_groups_windows_and_filters(database: Database) -> None:
         assert [c.outcome for c in newest] == ["ok", "error"] and newest[1].error_type == "backend_error"
     finally:
         ledger.close()
+
+
+def test_spent_counts_what_budgets_count(database: Database) -> None:
+    ledger = Ledger(database).start()
+    try:
+        ledger.record(_call("acme", "chat", 100))
+        ledger.record(_call("acme", "chat", 200, key_id="k-other"))
+        ledger.record(_call("acme", "chat", 300, age_h=30))  # before the window
+        refused = _call("acme", "chat", 1, outcome="error", error_type="rate_limited", cost_usd=0.0)
+        ledger.record(refused)  # refused by a budget: no request of its rpm
+        ledger.record(_call("globex", "chat", 100))
+        ledger.flush()
+        since = utcnow() - timedelta(hours=24)
+        assert ledger.spent("acme", None, since) == {"requests": 2.0, "tokens": 30.0, "usd": 1.0}
+        assert ledger.spent("acme", "k-acme", since) == {"requests": 1.0, "tokens": 15.0, "usd": 0.5}
+        assert ledger.spent("nobody", None, since) == {"requests": 0.0, "tokens": 0.0, "usd": 0.0}
+    finally:
+        ledger.close()

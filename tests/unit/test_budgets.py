@@ -249,3 +249,29 @@ def test_counters_expire_with_their_window() -> None:
     ticks[0] = 10.0
     assert counters.values([slot]) == (0.0,)
     assert counters.first("flag", 10)
+
+
+def test_counters_start_from_the_history_once_per_window() -> None:
+    # The tenant spent 9.5 USD this morning, before its budget existed (or before a restart).
+    now = datetime(2025, 3, 4, 12, 0, tzinfo=UTC)
+    asked: list[tuple[str, str | None, datetime]] = []
+
+    def history(tenant: str, key_id: str | None, since: datetime) -> dict[str, float]:
+        asked.append((tenant, key_id, since))
+        return {"requests": 40.0, "tokens": 12_000.0, "usd": 9.5}
+
+    budgets = FixedBudgets(
+        Budget("acme", None, "daily_usd", 10), Budget("acme", "k1", "daily_tokens", 12_500)
+    )
+    clock = Clock(now)
+    enforcer = BudgetEnforcer(budgets, InProcessCounters(), clock=clock, history=history).start()
+    reservation = enforcer.reserve("acme", "k1", est_tokens=100)
+    assert set(asked) == {("acme", None, now.replace(hour=0)), ("acme", "k1", now.replace(hour=0))}
+    enforcer.settle(reservation, tokens=600, cost_usd=0.6)  # 10.1 USD and 12,600 tokens today
+    with pytest.raises(BudgetExceededError) as caught:
+        enforcer.reserve("acme", "k1")
+    assert caught.value.details["used"] == pytest.approx(10.1)
+    assert len(asked) == 2  # the history is read once per counter and window, not per request
+    clock.now = now + timedelta(days=1)  # a new day's counters: the history is read again
+    enforcer.reserve("acme", "k1")  # (this fake history says 9.5 USD for any day: below 10)
+    assert len(asked) == 4
