@@ -6,7 +6,15 @@ takes the RAG pipeline and the LLM judge as injected objects (``RagPipeline``,
 ``opsloop.llm.protocol.LLMClient``); ``serving`` wires the real ones.
 """
 
-from evals.dataset import DatasetError, EvalDataset, EvalItem, load_dataset, parse_dataset, question_id
+from evals.dataset import (
+    DatasetError,
+    EvalDataset,
+    EvalItem,
+    dataset_from_items,
+    load_dataset,
+    parse_dataset,
+    question_id,
+)
 from evals.gate import DEFAULT_GATE, GateReport, GateRule, MetricComparison, compare, parse_rule
 from evals.metrics import METRICS, MetricSpec, hit_at_k, reciprocal_rank_at_k
 from evals.results import Checkpoint, MetricSummary, SampleResult, summarize
@@ -49,6 +57,7 @@ __all__ = [
     "SampleResult",
     "TrackedRun",
     "compare",
+    "dataset_from_items",
     "hit_at_k",
     "load_dataset",
     "mean_ci",

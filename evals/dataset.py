@@ -25,14 +25,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opsloop.errors import InvalidInputError
 
-__all__ = ["DatasetError", "EvalDataset", "EvalItem", "load_dataset", "parse_dataset", "question_id"]
+__all__ = [
+    "DatasetError",
+    "EvalDataset",
+    "EvalItem",
+    "dataset_from_items",
+    "load_dataset",
+    "parse_dataset",
+    "question_id",
+]
 
 _REQUIRED = ("question", "reference")
 _LISTS = ("reference_contexts", "reference_sources", "tags")
@@ -159,6 +167,21 @@ def parse_dataset(lines: Iterable[str], *, name: str, path: str | None = None) -
         message = f"invalid data set {where}: " + "; ".join(shown) + (f"; and {more} more" if more else "")
         raise DatasetError(message, field="dataset", path=where, problems=problems)
     return EvalDataset(name, tuple(items), _content_hash(items), path)
+
+
+def dataset_from_items(
+    items: Iterable[Mapping[str, Any]], *, name: str, path: str | None = None
+) -> EvalDataset:
+    """Validate items of a data set sent as JSON (e.g. :meth:`EvalItem.to_dict` of a parsed file).
+
+    Each item is checked as a line of a file would be, numbered from 1 (messages say "line 3"
+    of the third item), and the hash covers the same content, so a set parsed by one process and
+    sent to another keeps its :attr:`EvalDataset.sha256`.
+
+    Raises:
+        DatasetError: Some item is invalid, or there are none; every problem is reported.
+    """
+    return parse_dataset((json.dumps(item, ensure_ascii=False) for item in items), name=name, path=path)
 
 
 def _parse_line(raw: str, number: int, problems: list[str]) -> EvalItem | None:

@@ -1,7 +1,9 @@
 """``opsloop eval``: run eval sets through the RAG pipeline, list and compare runs, gate, schedules.
 
-``eval run`` works on this home's vector store in this process (like ``opsloop query`` without a
-server). Exit codes: 0 done (and the gate passed), 1 an error, 3 the gate found a regression.
+``eval run`` works on this home's vector store in this process, unless an ``opsloop serve`` holds
+the embedded store: then, like ``opsloop query``, it hands the run to that server
+(``POST /admin/evals/runs``, ``serving.cli.remote``) and prints the same report. Exit codes:
+0 done (and the gate passed), 1 an error, 3 the gate found a regression.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ from serving.cli.common import State, err, fail, out
 from serving.platform import cli_actor
 
 if TYPE_CHECKING:
+    from evals.dataset import EvalDataset
     from evals.gate import GateReport, GateRule
     from evals.results import MetricSummary
+    from evals.runner import EvalConfig
     from evals.schedule import EvalJob
     from evals.tracking import EvalRunInfo
+    from opsloop.settings import Settings
+    from serving.cli.remote import ServerRag
+    from serving.eval_wiring import EvalRunResult
 
 __all__ = ["GATE_EXIT_CODE", "app"]
 
@@ -132,6 +139,12 @@ def run(
             "--resume", help="auto (continue a killed run with these settings), never, or a run id."
         ),
     ] = "auto",
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=1.0, help="While opsloop serve holds the store: seconds to wait for its answer."
+        ),
+    ] = 86400.0,
     format_: FormatOption = "text",
 ) -> None:
     """Run DATASET through the RAG pipeline and score it; the run is tracked in MLflow.
@@ -139,101 +152,148 @@ def run(
     Retrieval metrics (hit rate, MRR, ragas' non-LLM context precision and recall) always run;
     answer metrics (ROUGE, BLEU, string and semantic similarity) unless --no-generate; the
     ragas judge metrics with --judge. A killed run is resumed by running the same command.
+    While an ``opsloop serve`` holds this home's vector store, the server runs it.
     """
     from evals.dataset import load_dataset
-    from evals.runner import EvalConfig
-    from evals.scoring import JudgeOptions
-    from serving.eval_wiring import EvalWiring
+    from serving.eval_wiring import eval_config
 
     state: State = ctx.obj
     settings = state.settings()
     rules = _rules(gate)
+    options: dict[str, Any] = {
+        "collection": collection,
+        "prompt_version": prompt_version,
+        "route": route,
+        "top_k": top_k,
+        "judge": judge,
+        "generate": generate,
+        "max_answer_tokens": max_answer_tokens,
+        "metrics": metric,
+        "concurrency": concurrency,
+        "judge_max_tokens": judge_max_tokens,
+        "judge_timeout": judge_timeout,
+        "judge_retries": judge_retries,
+    }
     try:
         data = load_dataset(dataset).subset(limit=limit, tags=tag or ())
         if not data.items:
             raise InvalidInputError(f"no question of {dataset} has the tags {tag}", field="tag")
-        prompt: str | int | None = prompt_version
-        if prompt_version is not None and prompt_version.isdigit():
-            prompt = int(prompt_version)
-        config = EvalConfig(
-            collection=collection,
-            tenant=tenant,
-            top_k=top_k or settings.rag_top_k,
-            prompt=prompt,
-            route=route,
-            generate=generate,
-            judge=judge,
-            metrics=tuple(metric) if metric else None,
-            max_answer_tokens=max_answer_tokens if generate else None,
-            concurrency=concurrency,
-            judge_options=JudgeOptions(
-                max_tokens=judge_max_tokens, timeout_s=judge_timeout, retries=judge_retries
-            ),
-        )
+        config = eval_config(tenant=tenant, default_top_k=settings.rag_top_k, **options)
         config.metric_names()  # an unknown or unavailable metric fails before anything loads
+        server = _server(settings, tenant, timeout)
     except OpsloopError as exc:
         raise fail(exc) from exc
+    if server is not None:
+        request = {**options, "baseline": baseline, "gate": gate, "resume": resume}
+        body, seconds, cost = _run_remote(server, data, request, timeout)
+    else:
+        result = _run_local(state, data, config, resume=resume, baseline=baseline, rules=rules)
+        body, seconds, cost = result.to_dict(), result.run.outcome.seconds, result.cost_usd
+    if format_ == "json":
+        out.print_json(data=body)
+    else:
+        _print_run(body, collection, baseline, seconds=seconds, cost_usd=cost)
+    if "gate" in body and not body["gate"]["passed"]:
+        raise typer.Exit(code=GATE_EXIT_CODE)
+
+
+def _server(settings: Settings, tenant: str, timeout: float) -> ServerRag | None:
+    """The server to hand the run to, when one holds the embedded store."""
+    from serving.cli.remote import ServerRag
+
+    if settings.vector_store != "edge":
+        return None
+    server = ServerRag.find(settings.home, tenant=tenant, actor=cli_actor())
+    if server is not None:
+        err.print(
+            f"opsloop serve at {server.url} holds the vector store; the server runs this eval "
+            f"(no progress bar; waiting up to {timeout:.0f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return server
+
+
+def _dataset_body(data: EvalDataset) -> dict[str, Any]:
+    """The data set as ``POST /admin/evals/runs`` takes it: the server hashes it as this process did."""
+    return {
+        "name": data.name,
+        "path": data.path,
+        "sha256": data.sha256,
+        "items": [item.to_dict() for item in data.items],
+    }
+
+
+def _run_remote(
+    server: ServerRag, data: EvalDataset, request: dict[str, Any], timeout: float
+) -> tuple[dict[str, Any], float, float]:
+    """The run in the server: what ``--format json`` prints, the seconds it took, its cost."""
+    try:
+        with server:
+            answer = server.run_eval({**request, "dataset": _dataset_body(data)}, timeout=timeout)
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    if answer.get("baseline_ran"):
+        err.print(f"no finished run of the {request['baseline']} prompt with these settings: ran it first")
+    body = {k: v for k, v in answer.items() if k not in ("cost_usd", "baseline_ran")}
+    if body.get("gate") is None:
+        body.pop("gate", None)  # as a local run prints it: no baseline, no gate
+    return body, float(body["seconds"]), float(answer["cost_usd"])
+
+
+def _run_local(
+    state: State,
+    data: EvalDataset,
+    config: EvalConfig,
+    *,
+    resume: str,
+    baseline: str | None,
+    rules: tuple[GateRule, ...],
+) -> EvalRunResult:
+    """The run (and its baseline) in this process, with a progress bar on stderr."""
+    from serving.eval_wiring import EvalWiring, run_eval
+
     platform = state.platform()
     try:
-        wiring = EvalWiring(platform)
-
-        async def main() -> tuple[Any, GateReport | None, str | None]:
-            service = wiring.service()
-            with _progress_bar("eval") as advance:
-                tracked = await service.run(
-                    wiring.runner(config, progress=advance), data, config, resume=resume
-                )
-            if baseline is None:
-                return tracked, None, None
-            base_config, found = service.find_baseline(data, tracked.config, baseline, exclude=tracked.run_id)
-            if found is None:
-                err.print(f"no finished run of the {baseline} prompt with these settings: running it first")
-                with _progress_bar("baseline") as advance:
-                    base_run = await service.run(
-                        wiring.runner(base_config, progress=advance), data, base_config
-                    )
-                baseline_id = base_run.run_id
-            else:
-                baseline_id = found.run_id
-            return tracked, service.compare(tracked.run_id, baseline_id, rules=rules), baseline_id
-
-        tracked, report, baseline_id = asyncio.run(main())
+        return asyncio.run(
+            run_eval(
+                EvalWiring(platform),
+                data,
+                config,
+                resume=resume,
+                baseline=baseline,
+                rules=rules,
+                stage=_progress_bar,
+                notice=err.print,
+            )
+        )
     except OpsloopError as exc:
         raise fail(exc) from exc
     finally:
         platform.close()
-    outcome = tracked.outcome
-    if format_ == "json":
-        body: dict[str, Any] = {
-            "run_id": tracked.run_id,
-            "dataset": data.name,
-            "samples": len(outcome.samples),
-            "resumed_samples": outcome.resumed,
-            "seconds": round(outcome.seconds, 2),
-            "params": tracked.config.params(),
-            "summaries": {name: s.to_dict() for name, s in outcome.summaries.items()},
-        }
-        if report is not None:
-            body["gate"] = {"baseline_run": baseline_id, **report.to_dict()}
-        out.print_json(data=body)
-    else:
-        prompt_text = (
-            "retrieval only" if tracked.config.prompt is None else f"prompt v{tracked.config.prompt}"
-        )
-        title = f"eval {data.name} on {collection}: {prompt_text}, top_k {tracked.config.top_k}"
-        out.print(_summary_table(outcome.summaries, title))
-        total_cost = sum(s.cost_usd for s in outcome.samples)
-        resumed = f" ({outcome.resumed} resumed)" if outcome.resumed else ""
-        out.print(
-            f"{len(outcome.samples)} samples{resumed} in {outcome.seconds:.1f} s; cost ${total_cost:.6f}; "
-            f"run {tracked.run_id}",
-            highlight=False,
-        )
-        if report is not None:
-            out.print(_gate_table(report, f"gate against {baseline} (run {baseline_id})"))
-            _print_verdict(report)
-    if report is not None and not report.passed:
-        raise typer.Exit(code=GATE_EXIT_CODE)
+
+
+def _print_run(
+    body: dict[str, Any], collection: str, baseline: str | None, *, seconds: float, cost_usd: float
+) -> None:
+    """A run's report for a person, from what ``--format json`` prints (local or the server's)."""
+    from evals.gate import GateReport
+    from evals.results import MetricSummary
+
+    params = body["params"]
+    prompt_text = "retrieval only" if params["prompt"] == "none" else f"prompt v{params['prompt']}"
+    title = f"eval {body['dataset']} on {collection}: {prompt_text}, top_k {params['top_k']}"
+    summaries = {name: MetricSummary.from_dict(s) for name, s in body["summaries"].items()}
+    out.print(_summary_table(summaries, title))
+    resumed = f" ({body['resumed_samples']} resumed)" if body["resumed_samples"] else ""
+    out.print(
+        f"{body['samples']} samples{resumed} in {seconds:.1f} s; cost ${cost_usd:.6f}; run {body['run_id']}",
+        highlight=False,
+    )
+    if "gate" in body:
+        report = GateReport.from_dict(body["gate"])
+        out.print(_gate_table(report, f"gate against {baseline} (run {body['gate']['baseline_run']})"))
+        _print_verdict(report)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

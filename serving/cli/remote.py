@@ -11,6 +11,9 @@ its public HTTP API, authenticated with the token the server left in the store's
   longer files are deleted one by one. The server answers each upload with the same summary
   a local run makes, so the CLI prints one report either way.
 * query: one ``POST /query``, whose JSON is what ``--format json`` prints locally too.
+* eval run: one ``POST /admin/evals/runs`` with the options and the items the CLI parsed; the
+  server runs it on its own loop and answers when it has finished (no progress meanwhile), with
+  what a local run prints. Its timeout is the caller's (runs take long), not the 600 s above.
 """
 
 from __future__ import annotations
@@ -154,6 +157,27 @@ class ServerRag:
     def trigger_eval(self, job: str) -> dict[str, Any]:
         """``POST /admin/evals/jobs/{name}/trigger``: the job's status once its run finished."""
         return self._call("POST", f"/admin/evals/jobs/{quote(job)}/trigger")
+
+    def run_eval(self, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """``POST /admin/evals/runs``: the finished run, waiting up to ``timeout`` seconds for it.
+
+        Raises:
+            BackendError: The server does not answer, or not within ``timeout`` (the server
+                goes on with the run; it is tracked and resumable like any other).
+            OpsloopError: The server refused the run (the server's error, same class).
+        """
+        try:
+            return self._call(
+                "POST", "/admin/evals/runs", json=body, timeout=httpx.Timeout(timeout, connect=30)
+            )
+        except BackendError as exc:
+            if isinstance(exc.__cause__, httpx.ReadTimeout):
+                raise BackendError(
+                    f"the opsloop server at {self.url} did not finish the eval in {timeout:.0f} s "
+                    "(raise --timeout); the server goes on with it: see opsloop eval list",
+                    timeout_s=timeout,
+                ) from exc.__cause__
+            raise
 
     def query(self, collection: str, question: str, top_k: int | None, *, generate: bool) -> dict[str, Any]:
         """``POST /query``'s JSON answer."""

@@ -1,0 +1,74 @@
+"""What the CLI and the server exchange for ``eval run``: a data set's items, reports, the HTTP call."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from evals.dataset import DatasetError, dataset_from_items, load_dataset
+from evals.gate import GateReport, MetricComparison
+from evals.results import MetricSummary
+from opsloop.errors import BackendError, NotFoundError
+from serving.cli.remote import ServerRag
+
+GOLDEN = Path(__file__).resolve().parents[2] / "evals" / "datasets" / "docs_golden.jsonl"
+
+
+def test_items_sent_as_parsed_keep_the_data_sets_hash() -> None:
+    local = load_dataset(GOLDEN).subset(limit=7)
+    sent = json.loads(json.dumps([item.to_dict() for item in local.items]))
+    received = dataset_from_items(sent, name=local.name, path=local.path)
+    assert received.sha256 == local.sha256
+    # the items are the same; only their line numbers are now their positions
+    assert received.items == tuple(replace(item, line=n) for n, item in enumerate(local.items, start=1))
+
+
+def test_a_bad_item_is_named_by_its_number() -> None:
+    with pytest.raises(DatasetError, match=r"line 2: field 'reference'"):
+        dataset_from_items(
+            [{"question": "a?", "reference": "b", "reference_sources": ["x.md"]}, {}], name="x"
+        )
+
+
+def test_reports_survive_json() -> None:
+    summary = MetricSummary("hit_rate", 0.8, 0.6, 1.0, 5, 1, 0, 0, {"pipeline_error": 1})
+    assert MetricSummary.from_dict(json.loads(json.dumps(summary.to_dict()))) == summary
+    comparison = MetricComparison("mrr", 5, 0.5, 0.7, -0.2, -0.3, -0.1, True, 0.0, "regressed")
+    report = GateReport([comparison], 0.95, 5, 0, 1)
+    back = GateReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert back == report and not back.passed
+
+
+def _server(handler: httpx.MockTransport) -> ServerRag:
+    return ServerRag("http://opsloop.test", "token", tenant="default", actor="cli:test", transport=handler)
+
+
+def test_run_eval_posts_the_run_and_returns_the_answer() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"run_id": "abc"})
+
+    with _server(httpx.MockTransport(handle)) as server:
+        assert server.run_eval({"collection": "docs"}, timeout=5) == {"run_id": "abc"}
+    assert seen[0].url.path == "/admin/evals/runs" and json.loads(seen[0].content) == {"collection": "docs"}
+    assert seen[0].extensions["timeout"]["read"] == 5
+
+
+def test_run_eval_says_the_server_goes_on_after_a_timeout_and_passes_its_errors() -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with _server(httpx.MockTransport(slow)) as server, pytest.raises(BackendError, match="--timeout"):
+        server.run_eval({}, timeout=5)
+
+    def missing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": {"message": "no collection nope", "details": {}}})
+
+    with _server(httpx.MockTransport(missing)) as server, pytest.raises(NotFoundError, match="nope"):
+        server.run_eval({}, timeout=5)
