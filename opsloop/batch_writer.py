@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from opsloop.db import Database
 from opsloop.errors import OpsloopError
 
-__all__ = ["BatchWriter"]
+__all__ = ["BatchWriter", "BatchedLog"]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +137,35 @@ class BatchWriter(Generic[T]):
             self._on_dropped(len(rows))
         else:
             self._on_written(len(rows))
+
+
+class BatchedLog(Generic[T]):
+    """A log written through a :class:`BatchWriter`: what every such log offers its callers.
+
+    Subclasses build ``self._writer`` and add their reads; recording never blocks the request
+    that records (a full queue drops and counts), and readers :meth:`flush` first.
+    """
+
+    _writer: BatchWriter[T]
+
+    @property
+    def pending(self) -> int:
+        """Records queued and not yet written."""
+        return self._writer.pending
+
+    def start(self) -> Self:
+        """Start the writer thread (again after :meth:`close`); returns self."""
+        self._writer.start()
+        return self
+
+    def record(self, record: T) -> None:
+        """Queue a record; never blocks (a full queue drops and counts it)."""
+        self._writer.record(record)
+
+    def flush(self) -> None:
+        """Block until every record queued so far is written (or dropped); no-op before start()."""
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        self._writer.close()

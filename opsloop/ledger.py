@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy import case, func, select
 
-from opsloop.batch_writer import BatchWriter
+from opsloop.batch_writer import BatchedLog, BatchWriter
 from opsloop.db import Database
 from opsloop.errors import InvalidInputError
 from opsloop.llm.protocol import Usage
@@ -134,7 +134,7 @@ class CostRow:
         return asdict(self)
 
 
-class Ledger:
+class Ledger(BatchedLog[LLMCall]):
     """Batched, asynchronous writes of gateway calls; reports of their usage and cost.
 
     Args:
@@ -168,28 +168,6 @@ class Ledger:
             on_dropped=on_dropped,
             on_written=on_written,
         )
-
-    @property
-    def pending(self) -> int:
-        """Calls queued and not yet written."""
-        return self._writer.pending
-
-    def start(self) -> Ledger:
-        """Start the writer thread (again after :meth:`close`); returns self."""
-        self._writer.start()
-        return self
-
-    def record(self, call: LLMCall) -> None:
-        """Queue a call; never blocks the request (a full queue drops and counts it)."""
-        self._writer.record(call)
-
-    def flush(self) -> None:
-        """Block until every call queued so far is written (or dropped); no-op before start()."""
-        self._writer.flush()
-
-    def close(self) -> None:
-        """Write what is queued and stop the writer."""
-        self._writer.close()
 
     def calls(
         self, *, tenant: str | None = None, since: datetime | None = None, limit: int = 1000

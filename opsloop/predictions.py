@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from opsloop.batch_writer import BatchWriter
+from opsloop.batch_writer import BatchedLog, BatchWriter
 from opsloop.db import Database
 from opsloop.tables import Prediction, utcnow
 
@@ -48,7 +48,7 @@ class FeedbackResult:
     rejected: dict[str, str]
 
 
-class PredictionLog:
+class PredictionLog(BatchedLog[PredictionRecord]):
     """Batched, asynchronous writes of predictions; feedback by request id."""
 
     def __init__(
@@ -73,28 +73,6 @@ class PredictionLog:
             on_dropped=on_dropped,
             on_written=on_written,
         )
-
-    @property
-    def pending(self) -> int:
-        """Records queued and not yet written."""
-        return self._writer.pending
-
-    def start(self) -> PredictionLog:
-        """Start the writer thread."""
-        self._writer.start()
-        return self
-
-    def record(self, record: PredictionRecord) -> None:
-        """Queue a record; never blocks the request (a full queue drops and counts it)."""
-        self._writer.record(record)
-
-    def flush(self) -> None:
-        """Block until every record queued so far is written (or dropped)."""
-        self._writer.flush()
-
-    def close(self) -> None:
-        """Write what is queued and stop the writer."""
-        self._writer.close()
 
     def feedback(self, tenant: str, model: str, labels: dict[str, list[Any]]) -> FeedbackResult:
         """Attach true labels (one per instance) to earlier predictions of ``model``."""

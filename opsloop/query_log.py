@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from opsloop.batch_writer import BatchWriter
+from opsloop.batch_writer import BatchedLog, BatchWriter
 from opsloop.db import Database
 from opsloop.tables import RagQuery, utcnow
 
@@ -59,7 +59,7 @@ class QueryLogEntry:
         return {**vars(self), "at": self.at.isoformat()}
 
 
-class QueryLog:
+class QueryLog(BatchedLog[QueryLogEntry]):
     """Batched, asynchronous writes of RAG queries; reads of the newest ones.
 
     Args:
@@ -93,28 +93,6 @@ class QueryLog:
             on_dropped=on_dropped,
             on_written=on_written,
         )
-
-    @property
-    def pending(self) -> int:
-        """Entries queued and not yet written."""
-        return self._writer.pending
-
-    def start(self) -> QueryLog:
-        """Start the writer thread (again after :meth:`close`); returns self."""
-        self._writer.start()
-        return self
-
-    def record(self, entry: QueryLogEntry) -> None:
-        """Queue an entry; never blocks the query (a full queue drops and counts it)."""
-        self._writer.record(entry)
-
-    def flush(self) -> None:
-        """Block until every entry queued so far is written (or dropped); needs a started writer."""
-        self._writer.flush()
-
-    def close(self) -> None:
-        """Write what is queued and stop the writer."""
-        self._writer.close()
 
     def recent(
         self,
