@@ -137,6 +137,8 @@ class Platform:
         self.predictions.start()
         self.components["registry"] = "starting"
         self.components["models"] = "starting"
+        if self.settings.bootstrap_docs:
+            self.components["rag"] = "starting"  # before the thread runs: /readyz waits for the docs
         self.local_token = secrets.token_urlsafe(32)
         self.gateway  # noqa: B018 - built now (SDK imports included), not by a first request
         for target, name in ((self._start_models, "models-start"), (self._start_rag, "rag-start")):
@@ -169,10 +171,10 @@ class Platform:
             rag = self.rag
         except ConflictError as exc:  # another process (a sibling worker, a CLI run) has it
             log.warning("RAG is served by another process: %s", exc.message)
+            self.components.pop("rag", None)
             return
         if not self.settings.bootstrap_docs:
             return
-        self.components["rag"] = "starting"
         docs = self.settings.docs_path or bundled_docs()
         try:
             run = rag.ingest(DOCS_TENANT, DOCS_COLLECTION, docs, delete_missing=True)
