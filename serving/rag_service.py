@@ -103,7 +103,8 @@ def _tenant_prefix(tenant: str) -> str:
 def store_holder(home: Path) -> dict[str, Any] | None:
     """Who holds the embedded store: its lock file's ``pid`` (a server's also has ``url``, ``token``).
 
-    None when no process holds it.
+    None when no process holds it. The holder writes the file just after taking the lock, so
+    an empty or half-written file is read again for up to a second before it counts as unknown.
     """
     path = home / "qdrant" / _LOCK_FILE
     try:
@@ -111,16 +112,20 @@ def store_holder(home: Path) -> dict[str, Any] | None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                text = lock.read()
+                pass
             else:
                 return None  # nobody holds it (closing drops the shared lock again)
+            for _ in range(50):
+                lock.seek(0)
+                try:
+                    holder = json.loads(lock.read())
+                except json.JSONDecodeError:
+                    time.sleep(0.02)
+                    continue
+                return holder if isinstance(holder, dict) else {"pid": "unknown"}
     except FileNotFoundError:
         return None
-    try:
-        holder = json.loads(text)
-    except json.JSONDecodeError:
-        return {"pid": text.strip() or "unknown"}
-    return holder if isinstance(holder, dict) else {"pid": "unknown"}
+    return {"pid": "unknown"}
 
 
 @dataclass(frozen=True)

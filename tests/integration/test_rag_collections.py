@@ -7,6 +7,8 @@ SQLite for the catalog and the audit log.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +117,20 @@ def test_a_second_opener_of_the_store_is_refused_naming_the_holder(platform: Pla
         other.close()
     platform.close()
     assert store_holder(platform.settings.home) is None
+
+
+def test_the_holder_is_read_once_written_not_while_the_lock_file_is_empty(tmp_path: Path) -> None:
+    # The holder takes the lock first and writes its entry a moment later: a reader in between
+    # must wait for the entry, or the CLI would miss the server and collide with its lock.
+    (tmp_path / "qdrant").mkdir()
+    path = tmp_path / "qdrant" / ".lock"
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        writer = threading.Timer(
+            0.2, lambda: (lock.write('{"pid": 7, "url": "u", "token": "t"}'), lock.flush())
+        )
+        writer.start()
+        holder = store_holder(tmp_path)
+        writer.join()
+    assert holder == {"pid": 7, "url": "u", "token": "t"}
+    assert store_holder(tmp_path) is None  # released
