@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -142,11 +142,46 @@ class BatchWriter(Generic[T]):
 class BatchedLog(Generic[T]):
     """A log written through a :class:`BatchWriter`: what every such log offers its callers.
 
-    Subclasses build ``self._writer`` and add their reads; recording never blocks the request
-    that records (a full queue drops and counts), and readers :meth:`flush` first.
+    A subclass names its ``table`` and ``name`` and adds its reads; its records are dataclasses
+    whose fields are the table's columns (an ``id`` field is left to the database). Recording
+    never blocks the request that records (a full queue drops and counts), and readers
+    :meth:`flush` first. A log whose rows need other defaults builds ``self._writer`` itself.
+
+    Args:
+        db: The started relational store.
+        batch_size: Most records written in one transaction.
+        flush_seconds: How long the writer waits for a first record before looking again.
+        max_pending: Records queued before :meth:`record` starts dropping (and counting) them.
+        on_dropped: Called with the number of records lost.
+        on_written: Called with the number of records written.
     """
 
+    table: ClassVar[type[Any]]
+    name: ClassVar[str]
     _writer: BatchWriter[T]
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        batch_size: int = 200,
+        flush_seconds: float = 0.25,
+        max_pending: int = 10_000,
+        on_dropped: Callable[[int], None] = lambda count: None,
+        on_written: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        self._db = db
+        self._writer = BatchWriter[T](
+            db,
+            self.table,
+            lambda record: {k: v for k, v in vars(record).items() if k != "id"},
+            name=self.name,
+            batch_size=batch_size,
+            flush_seconds=flush_seconds,
+            max_pending=max_pending,
+            on_dropped=on_dropped,
+            on_written=on_written,
+        )
 
     @property
     def pending(self) -> int:

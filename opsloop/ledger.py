@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import case, func, select
 
-from opsloop.batch_writer import BatchedLog, BatchWriter
-from opsloop.db import Database
+from opsloop.batch_writer import BatchedLog
 from opsloop.errors import InvalidInputError
 from opsloop.llm.protocol import Usage
 from opsloop.llm.routes import BackendSpec
@@ -137,37 +136,11 @@ class CostRow:
 class Ledger(BatchedLog[LLMCall]):
     """Batched, asynchronous writes of gateway calls; reports of their usage and cost.
 
-    Args:
-        db: The started relational store (migrated to ``0006`` or later).
-        batch_size: Most calls written in one transaction.
-        flush_seconds: How long the writer waits for a first call before looking again.
-        max_pending: Calls queued before :meth:`record` starts dropping (and counting) them.
-        on_dropped: Called with the number of calls lost.
-        on_written: Called with the number of calls written.
+    Its table needs the store migrated to ``0006`` or later; options as :class:`BatchedLog`.
     """
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        batch_size: int = 200,
-        flush_seconds: float = 0.25,
-        max_pending: int = 10_000,
-        on_dropped: Callable[[int], None] = lambda count: None,
-        on_written: Callable[[int], None] = lambda count: None,
-    ) -> None:
-        self._db = db
-        self._writer = BatchWriter[LLMCall](
-            db,
-            LLMCallRow,
-            lambda call: {k: v for k, v in vars(call).items() if k != "id"},
-            name="llm-ledger",
-            batch_size=batch_size,
-            flush_seconds=flush_seconds,
-            max_pending=max_pending,
-            on_dropped=on_dropped,
-            on_written=on_written,
-        )
+    table = LLMCallRow
+    name = "llm-ledger"
 
     def calls(
         self, *, tenant: str | None = None, since: datetime | None = None, limit: int = 1000

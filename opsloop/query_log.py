@@ -13,15 +13,13 @@ This module is kernel: it knows rows and numbers, not retrievers or answerers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from opsloop.batch_writer import BatchedLog, BatchWriter
-from opsloop.db import Database
+from opsloop.batch_writer import BatchedLog
 from opsloop.tables import RagQuery, utcnow
 
 __all__ = ["QueryLog", "QueryLogEntry"]
@@ -62,37 +60,11 @@ class QueryLogEntry:
 class QueryLog(BatchedLog[QueryLogEntry]):
     """Batched, asynchronous writes of RAG queries; reads of the newest ones.
 
-    Args:
-        db: The started relational store (migrated to ``0004`` or later).
-        batch_size: Most entries written in one transaction.
-        flush_seconds: How long the writer waits for a first entry before looking again.
-        max_pending: Entries queued before :meth:`record` starts dropping (and counting) them.
-        on_dropped: Called with the number of entries lost.
-        on_written: Called with the number of entries written.
+    Its table needs the store migrated to ``0004`` or later; options as :class:`BatchedLog`.
     """
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        batch_size: int = 200,
-        flush_seconds: float = 0.25,
-        max_pending: int = 10_000,
-        on_dropped: Callable[[int], None] = lambda count: None,
-        on_written: Callable[[int], None] = lambda count: None,
-    ) -> None:
-        self._db = db
-        self._writer = BatchWriter[QueryLogEntry](
-            db,
-            RagQuery,
-            lambda entry: {k: v for k, v in vars(entry).items() if k != "id"},
-            name="query-log",
-            batch_size=batch_size,
-            flush_seconds=flush_seconds,
-            max_pending=max_pending,
-            on_dropped=on_dropped,
-            on_written=on_written,
-        )
+    table = RagQuery
+    name = "query-log"
 
     def recent(
         self,
