@@ -9,6 +9,10 @@ A ``Document`` is a list of ``Section``s, each the text under one heading path s
 file: unsupported suffixes, undecodable text, broken PDFs and files without text are reported in
 ``LoadResult.skipped`` by source and reason, and the rest load.
 
+Uploads are untrusted text, so Markdown and plain text parse in time linear in their size: no
+regular expression here can backtrack over a long run of blanks or ``#`` (tested with megabyte
+lines in ``tests/unit/test_linear_time_parsing.py``).
+
 Errors (both ``InvalidInputError``, 422)::
 
     InvalidInputError
@@ -150,10 +154,38 @@ def parse_text(text: str, *, source: str) -> Document:
     return Document(source, _stem(source), sections, {"format": "text"})
 
 
+# Uploads are untrusted and a backtracking pattern holds the GIL (one crafted heading line froze
+# the server for 22 s), so the two patterns left are anchored and read each character a bounded
+# number of times, and headings are parsed with string methods (see ``_atx_heading``).
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
-_ATX_CLOSE = re.compile(r"(?:^|[ \t]+)#+$")
+# The lazy body stops only at a newline, and what must follow it (---, blanks, a newline) is
+# checked once per line: linear even for an unclosed block.
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?---[ \t]*(?:\n|\Z)", re.DOTALL)
+
+
+def _atx_heading(line: str) -> tuple[int, str] | None:
+    r"""``(level, text)`` when ``line`` is an ATX heading, else None.
+
+    Up to three spaces, one to six ``#``, then a blank or the line's end; an optional closing
+    run of ``#`` counts only after a blank (``# C#`` keeps its ``#``). String methods instead of
+    a pattern: the patterns for this (``(.*?)[ \t]*$``, ``(?:^|[ \t]+)#+$``) try again from every
+    blank of a long run of blanks, and a 60 KB heading line took 25 s.
+    """
+    indent = len(line) - len(line.lstrip(" "))
+    if indent > 3:
+        return None
+    rest = line[indent:]
+    level = len(rest) - len(rest.lstrip("#"))
+    if not 1 <= level <= 6:
+        return None
+    rest = rest[level:]
+    if rest[:1] not in ("", " ", "\t"):
+        return None  # "#tag" and "#5" are text
+    content = rest.strip(" \t")
+    unclosed = content.rstrip("#")
+    if not unclosed or unclosed[-1] in " \t":
+        content = unclosed
+    return level, content.strip()
 
 
 def parse_markdown(text: str, *, source: str) -> Document:
@@ -193,10 +225,9 @@ def parse_markdown(text: str, *, source: str) -> Document:
             fence = opened.group(1)
             builder.add(line)
             continue
-        heading = _ATX.match(line)
-        if heading:
-            content = _ATX_CLOSE.sub("", heading.group(2) or "").strip()
-            level = len(heading.group(1))
+        heading = _atx_heading(line)
+        if heading is not None:
+            level, content = heading
             builder.heading(level, content)
             if level == 1 and not title and content:
                 title = content

@@ -259,3 +259,16 @@ def test_chunks_fit_the_minilm_window_when_recounted(tmp_path: Path, minilm_toke
     assert chunks[-1].headings == ("Operations", "Costs")
     # Text is sliced from the source, not decoded from ids: case and apostrophes survive.
     assert any("Kubernetes' HorizontalPodAutoscaler" in chunk.text for chunk in chunks)
+
+
+@pytest.mark.timeout(60)
+def test_the_reported_60_kb_heading_upload_loads_and_chunks(minilm_tokenizer: HFTokenizer) -> None:
+    # The upload that took 24.6 s to load and froze the server; the megabyte-sized variants that
+    # prove linear time are in tests/unit/test_linear_time_parsing.py. This one runs the real path.
+    heading = "a" + " " * 60_000 + "b"
+    document = load_bytes(f"# {heading}\n\nThe body under it.\n".encode(), source="upload.md")
+    assert document.title == heading
+    assert [section.headings for section in document.sections] == [(heading,)]
+    (chunk,) = chunk_document(document, tokenizer=minilm_tokenizer, max_tokens=64, overlap_tokens=16)
+    assert chunk.text == f"{heading}\n\nThe body under it."
+    assert chunk.token_count == minilm_tokenizer.count(chunk.text) <= 64
