@@ -1,17 +1,18 @@
 """The opsloop exception tree; every error a client can see carries its HTTP status.
 
     OpsloopError                 500 internal_error
-    ├── ConfigError              500 config_error      bad or missing setting
-    ├── BadRequestError          400 bad_request       malformed request (e.g. JSON)
-    ├── UnauthorizedError        401 unauthorized      missing, unknown or revoked key
-    ├── ForbiddenError           403 forbidden         key's role is too low
-    ├── NotFoundError            404 not_found         unknown model, key, alias ...
-    ├── ConflictError            409 conflict          already exists, concurrent change
-    ├── PayloadTooLargeError     413 payload_too_large body above the configured limit
-    ├── InvalidInputError        422 invalid_input     well-formed but wrong values
-    ├── RateLimitedError         429 rate_limited      a rate limit or budget is used up
-    │   └── BudgetExceededError  (opsloop.budgets)     names the budget and when it resets
-    └── BackendError             502 backend_error     a dependency (MLflow, DB) failed
+    ├── ConfigError              500 config_error       bad or missing setting
+    ├── BadRequestError          400 bad_request        malformed request (e.g. JSON)
+    ├── UnauthorizedError        401 unauthorized       missing, unknown or revoked key
+    ├── ForbiddenError           403 forbidden          key's role is too low
+    ├── NotFoundError            404 not_found          unknown model, key, alias ...
+    ├── ConflictError            409 conflict           already exists, concurrent change
+    ├── PayloadTooLargeError     413 payload_too_large  body above the configured limit
+    ├── InvalidInputError        422 invalid_input      well-formed but wrong values
+    ├── RateLimitedError         429 rate_limited       a rate limit or budget is used up
+    │   └── BudgetExceededError  (opsloop.budgets)      names the budget and when it resets
+    └── BackendError             502 backend_error      a dependency (MLflow, DB, an LLM) failed
+        └── OverloadedError      503 backend_overloaded an LLM backend or route is too busy now
 
 Third-party errors are translated into the most specific of these at the boundary
 where they occur, chained with ``raise ... from exc``; serving maps them to the JSON
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidInputError",
     "NotFoundError",
     "OpsloopError",
+    "OverloadedError",
     "PayloadTooLargeError",
     "RateLimitedError",
     "UnauthorizedError",
@@ -120,3 +122,15 @@ class BackendError(OpsloopError):
 
     status = 502
     type = "backend_error"
+
+
+class OverloadedError(BackendError):
+    """A backend, or every backend of a route, is too busy to take the request now.
+
+    llama.cpp raises it past ``max_queue`` waiting requests, at once rather than piling up
+    latency; the router when every backend of a route stayed at its ``max_concurrency`` for
+    the route's ``queue_timeout_s``. A router tries another backend; a client may retry.
+    """
+
+    status = 503
+    type = "backend_overloaded"

@@ -33,13 +33,15 @@ PY_SPY_REQUIREMENTS = ("py-spy==0.4.3",)
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("access log (uvicorn, log level info)", ("logging/__init__.py",)),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
-    ("ledger record (queue hand-off)", ("opsloop/ledger.py", "opsloop/batch_writer.py")),
+    ("ledger record (queue hand-off)", ("opsloop/llm/ledger.py", "opsloop/batch_writer.py")),
     ("budgets: reserve + settle", ("opsloop/budgets/",)),
     (
         "backend HTTP (httpx, httpcore, socket)",
         ("httpx2/", "httpcore2/", "httpx/", "httpcore/", "h11/", "anyio/streams"),
     ),
     ("openai SDK: build request, parse response", ("openai/",)),
+    # Before the router's stage: its needle, opsloop/llm/, holds the gateway's file too.
+    ("gateway service + route handler", ("opsloop/llm/gateway.py", "serving/routers/gateway.py")),
     ("router + openai client wrapper", ("opsloop/llm/",)),
     ("thread-pool hop (platform.gateway per request)", ("run_in_threadpool", "anyio/to_thread.py")),
     ("auth: API key check", ("opsloop/auth.py", "serving/deps.py", "fastapi/security/")),
@@ -48,7 +50,6 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("serving/openai_schemas.py", "pydantic", "fastapi/dependencies/"),
     ),
     ("response encoding (FastAPI serialize, JSON)", ("serialize_response", "jsonable_encoder", "render (")),
-    ("gateway service + route handler", ("serving/gateway_service.py", "serving/routers/gateway.py")),
     ("opsloop middleware (request id, body limit, HTTP metrics)", ("serving/middleware.py",)),
     ("uvicorn HTTP + socket writes", ("uvicorn/",)),
     ("Starlette/FastAPI routing + middleware", ("starlette/", "fastapi/")),

@@ -86,6 +86,7 @@ from opsloop.llm.protocol import (
     ToolCallDelta,
     Usage,
 )
+from opsloop.llm.stream import BackendStream
 
 if TYPE_CHECKING:
     import anthropic
@@ -185,31 +186,14 @@ def _estimate_prompt_tokens(request: ChatRequest) -> int:
     return characters // 4 + 4 * len(request.messages)
 
 
-class AnthropicStream:
+class AnthropicStream(BackendStream):
     """One streamed completion; iterate it, then read :attr:`usage` (also after an early stop)."""
 
     def __init__(self, client: AnthropicClient, request: ChatRequest) -> None:
+        super().__init__(client.name)
         self._client = client
         self._request = request
-        self._chunks = self._run()
-        self.usage: Usage | None = None
-        """Tokens used; set with the final chunk, or by :meth:`aclose` after an early stop."""
-        self.usage_estimated = False
-        self.finish_reason: FinishReason | None = None
-        self.ttft_ms: float | None = None
         self.model: str = request.model or client.model
-
-    def __aiter__(self) -> AnthropicStream:
-        return self
-
-    async def __anext__(self) -> ChatChunk:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        """Close the HTTP response (the API stops generating) and settle :attr:`usage`."""
-        await self._chunks.aclose()
-        if self.usage is None:  # closed before the first iteration: nothing was sent
-            self.usage = Usage()
 
     async def _run(self) -> AsyncGenerator[ChatChunk, None]:
         client = self._client
@@ -228,23 +212,13 @@ class AnthropicStream:
                     async for event in events:
                         chunk = self._chunk(event, meter)
                         if chunk is not None:
-                            if self.ttft_ms is None:
-                                self.ttft_ms = (time.perf_counter() - started) * 1000
+                            self._first_piece(started)
                             yield chunk
             except Exception as exc:
                 client._raise(exc)
         finally:
             self.usage, self.usage_estimated = meter.usage(self._request)
-        yield ChatChunk(
-            finish_reason=self.finish_reason or "stop",
-            usage=self.usage,
-            extra={
-                "ttft_ms": self.ttft_ms,
-                "backend": client.name,
-                "model": self.model,
-                "usage_estimated": self.usage_estimated,
-            },
-        )
+        yield self._final(model=self.model)
 
     def _chunk(self, event: RawMessageStreamEvent, meter: _Meter) -> ChatChunk | None:
         """Account for one stream event; return the chunk it makes, if any."""

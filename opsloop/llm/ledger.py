@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy import case, func, select
 
+from opsloop.auth import Principal
 from opsloop.batch_writer import BatchedLog
 from opsloop.errors import InvalidInputError
 from opsloop.llm.protocol import Usage
@@ -178,7 +179,13 @@ class Ledger(BatchedLog[LLMCall]):
         return {"requests": float(requests), "tokens": float(tokens), "usd": float(usd)}
 
     def report(
-        self, by: GroupBy, since: timedelta, tenant: str | None = None, *, now: datetime | None = None
+        self,
+        caller: Principal,
+        by: GroupBy,
+        since: timedelta,
+        tenant: str | None = None,
+        *,
+        now: datetime | None = None,
     ) -> list[CostRow]:
         """Usage and cost per group over the last ``since``, most expensive first.
 
@@ -187,14 +194,17 @@ class Ledger(BatchedLog[LLMCall]):
         a person asks about but grows with them.
 
         Args:
+            caller: Who asks: an admin reads any tenant's calls, anyone else their own tenant's.
             by: Group by tenant, key (id), route (public model name), model (the backend's) or backend.
             since: How far back from ``now``.
-            tenant: Only this tenant's calls; all tenants when None.
+            tenant: Only this tenant's calls; all tenants when None (admins).
             now: The end of the window (default: now).
 
         Raises:
+            ForbiddenError: A non-admin asked for another tenant's costs.
             InvalidInputError: ``by`` is not a known grouping.
         """
+        tenant = caller.scope(tenant, "costs")
         if by not in _COLUMNS:
             raise InvalidInputError(
                 f"by must be one of {', '.join(GROUPS)}, got {by!r}", field="by", value=by

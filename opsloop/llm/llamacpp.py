@@ -5,9 +5,9 @@ order, off the event loop. Requests wait in a bounded queue; past ``max_queue`` 
 requests a call fails at once with :class:`OverloadedError` (a ``BackendError``), so a
 router falls back instead of piling up latency.
 
-Errors::
+Errors (from the tree in :mod:`opsloop.errors`)::
 
-    BackendError (opsloop.errors)   502  model missing or failed to load, inference failed
+    BackendError                    502  model missing or failed to load, inference failed
     └── OverloadedError             503  more than ``max_queue`` requests are waiting
 
 Streams are :class:`LlamaCppStream` objects: async iterators of :class:`ChatChunk` whose
@@ -31,30 +31,24 @@ import asyncio
 import importlib.util
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opsloop.errors import BackendError, InvalidInputError
+from opsloop.errors import BackendError, InvalidInputError, OverloadedError
 from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, ChatResult, FinishReason, Usage
+from opsloop.llm.stream import BackendStream
 
 if TYPE_CHECKING:
     import numpy as np
     from llama_cpp import Llama
 
-__all__ = ["LlamaCppClient", "LlamaCppStream", "OverloadedError", "default_model_path"]
+__all__ = ["LlamaCppClient", "LlamaCppStream", "default_model_path"]
 
 _T = TypeVar("_T")
 _FINISH_REASONS: frozenset[str] = frozenset({"stop", "length", "tool_calls", "content_filter"})
 _DONE = object()
-
-
-class OverloadedError(BackendError):
-    """More requests are waiting for the model than the queue holds; try another backend."""
-
-    status = 503
-    type = "backend_overloaded"
 
 
 def default_model_path() -> Path:
@@ -105,52 +99,36 @@ class _TokenCounter:
         return None if self.first_at is None else (self.first_at - started) * 1000
 
 
-class LlamaCppStream:
+class LlamaCppStream(BackendStream):
     """One streamed completion; iterate it, then read :attr:`usage` (also after an early stop)."""
 
     def __init__(self, client: LlamaCppClient, request: ChatRequest) -> None:
+        super().__init__(client.name)
         self._client = client
         self._request = request
         self._cancel = threading.Event()
-        self._queue: asyncio.Queue[ChatChunk | BaseException | object] | None = None
         self._job: asyncio.Future[None] | None = None
-        self._finished = False
-        self.usage: Usage | None = None
-        """Tokens used; set with the final chunk, or by :meth:`aclose` after an early stop."""
-        self.finish_reason: FinishReason | None = None
         self.cancelled = False
         """True when the consumer stopped before the model finished."""
-        self.ttft_ms: float | None = None
 
-    def __aiter__(self) -> LlamaCppStream:
-        return self
+    async def _run(self) -> AsyncGenerator[ChatChunk, None]:
+        """Queue the generation on the worker thread and pass on what it emits."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ChatChunk | BaseException | object] = asyncio.Queue()
 
-    async def __anext__(self) -> ChatChunk:
-        if self._finished:
-            raise StopAsyncIteration
-        if self._queue is None:
-            loop = asyncio.get_running_loop()
-            self._queue = asyncio.Queue()
-            queue = self._queue
+        def emit(item: ChatChunk | BaseException | object) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
-            def emit(item: ChatChunk | BaseException | object) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+        self._job = self._client._submit(self._generate, emit)
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, ChatChunk)  # noqa: S101 - the queue only carries these three kinds
+            yield item
 
-            self._job = self._client._submit(self._generate, emit)
-        item = await self._queue.get()
-        if item is _DONE:
-            self._finished = True
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            self._finished = True
-            raise item
-        assert isinstance(item, ChatChunk)  # noqa: S101 - the queue only carries these three kinds
-        return item
-
-    async def aclose(self) -> None:
-        """Stop generating (if still running) and wait until the usage is known."""
+    async def _stop(self) -> None:
+        """Stop generating (if still running) and wait until the worker settled the usage."""
         self._cancel.set()
-        self._finished = True
         if self._job is not None:
             await asyncio.shield(self._job)  # _generate reports its errors through the queue
 
@@ -179,8 +157,7 @@ class LlamaCppStream:
                     if choice.get("finish_reason"):
                         finish = _finish_reason(choice["finish_reason"])
                     if delta:
-                        if self.ttft_ms is None:
-                            self.ttft_ms = (time.perf_counter() - started) * 1000
+                        self._first_piece(started)
                         emit(ChatChunk(delta=delta))
             finally:
                 chunks.close()  # stops llama.cpp's generator between two tokens
@@ -190,13 +167,7 @@ class LlamaCppStream:
         finally:
             self.usage = self._client._usage(counter, finish)
             self.finish_reason = finish
-        emit(
-            ChatChunk(
-                finish_reason=finish or "stop",
-                usage=self.usage,
-                extra={"ttft_ms": self.ttft_ms, "backend": self._client.name},
-            )
-        )
+        emit(self._final())
         emit(_DONE)
 
 

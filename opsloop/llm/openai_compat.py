@@ -49,6 +49,7 @@ from opsloop.llm.protocol import (
     ToolCallDelta,
     Usage,
 )
+from opsloop.llm.stream import BackendStream
 
 __all__ = ["OpenAICompatClient", "OpenAICompatStream"]
 
@@ -68,28 +69,13 @@ def _usage(usage: Mapping[str, Any]) -> Usage:
     )
 
 
-class OpenAICompatStream:
+class OpenAICompatStream(BackendStream):
     """One streamed completion; iterate it, then read :attr:`usage` (also after an early stop)."""
 
     def __init__(self, client: OpenAICompatClient, request: ChatRequest) -> None:
+        super().__init__(client.name)
         self._client = client
         self._request = request
-        self._chunks = self._run()
-        self.usage: Usage | None = None
-        """Tokens used; set with the final chunk, or by :meth:`aclose` after an early stop."""
-        self.usage_estimated = False
-        self.finish_reason: FinishReason | None = None
-        self.ttft_ms: float | None = None
-
-    def __aiter__(self) -> OpenAICompatStream:
-        return self
-
-    async def __anext__(self) -> ChatChunk:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        """Close the HTTP response (the server stops generating) and settle :attr:`usage`."""
-        await self._chunks.aclose()
 
     async def _run(self) -> AsyncGenerator[ChatChunk, None]:
         client = self._client
@@ -118,8 +104,7 @@ class OpenAICompatStream:
                             text = delta.get("content") or ""
                             calls = _tool_call_deltas(delta)
                             if text or calls:
-                                if self.ttft_ms is None:
-                                    self.ttft_ms = (time.perf_counter() - started) * 1000
+                                self._first_piece(started)
                                 received += 1
                                 yield ChatChunk(delta=text, tool_calls=calls)
             except httpx.HTTPError as exc:
@@ -129,11 +114,7 @@ class OpenAICompatStream:
                 self.usage_estimated = True
                 server_usage = Usage(_estimate_prompt_tokens(self._request), received)
             self.usage = server_usage
-        yield ChatChunk(
-            finish_reason=self.finish_reason or "stop",
-            usage=self.usage,
-            extra={"ttft_ms": self.ttft_ms, "backend": client.name, "usage_estimated": self.usage_estimated},
-        )
+        yield self._final()
 
 
 def _event(line: str, backend: str) -> dict[str, Any] | None:

@@ -38,9 +38,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
-from opsloop.errors import BackendError, ConfigError, NotFoundError, OpsloopError
-from opsloop.llm.llamacpp import OverloadedError
-from opsloop.llm.protocol import ChatChunk, ChatRequest, ChatResult, LLMClient, MeteredStream, Usage
+from opsloop.errors import BackendError, ConfigError, NotFoundError, OpsloopError, OverloadedError
+from opsloop.llm.protocol import ChatChunk, ChatRequest, ChatResult, LLMClient, MeteredStream
 from opsloop.llm.routes import (
     BackendSpec,
     ClientFactory,
@@ -49,6 +48,7 @@ from opsloop.llm.routes import (
     build_clients,
     create_client,
 )
+from opsloop.llm.stream import ChunkStream
 
 __all__ = [
     "Attempt",
@@ -486,30 +486,19 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-class RoutedStream:
+class RoutedStream(ChunkStream):
     """A routed streamed completion: a :class:`MeteredStream` plus its :attr:`outcome`.
 
     Iterate it, and ``await stream.aclose()`` when done or abandoned; that closes the
-    backend's stream (which settles :attr:`usage`) and frees the backend's slot.
+    backend's stream (which settles :attr:`usage`, the serving backend's) and frees the
+    backend's slot.
     """
 
     def __init__(self, router: Router, route: str, request: ChatRequest) -> None:
+        super().__init__()
         self._router = router
         self._request = request
-        self._chunks = self._run()
         self.outcome = RouteOutcome(route=route)
-        self.usage: Usage | None = None
-        """Tokens used by the serving backend, set once the stream ended or was closed."""
-
-    def __aiter__(self) -> RoutedStream:
-        return self
-
-    async def __anext__(self) -> ChatChunk:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        """Stop the stream, settle :attr:`usage` and free the backend's slot."""
-        await self._chunks.aclose()
 
     async def _run(self) -> AsyncGenerator[ChatChunk, None]:
         router = self._router

@@ -4,7 +4,8 @@ Point any OpenAI client at ``http://host:8000/v1`` with an opsloop key as its AP
 ``model`` of a request is a public route name (``Settings.llm_routes``); the router picks the
 backend, falling back in order. Each chat response says who served it in
 ``X-Opsloop-Backend``, and how many times the router moved on to another backend before, in
-``X-Opsloop-Fallbacks``.
+``X-Opsloop-Fallbacks``. Chat and embedding calls alike are admitted by the caller's budgets
+and rate limits and recorded in the ledger (:class:`opsloop.llm.gateway.Gateway`).
 
 Streams are server-sent events as OpenAI sends them: ``data: {chunk}`` lines of
 ``chat.completion.chunk`` objects, the last with ``finish_reason``, then (with
@@ -29,10 +30,10 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from opsloop.errors import InvalidInputError, OpsloopError
+from opsloop.llm.gateway import GatewayStream
 from opsloop.llm.protocol import ChatChunk
 from opsloop.llm.router import RouteOutcome
 from serving.deps import PlatformDep, UserKey, request_id
-from serving.gateway_service import Caller, GatewayStream
 from serving.openai_schemas import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -154,12 +155,12 @@ async def chat_completions(
 ) -> Any:
     """Complete the conversation on the route named by ``model``; 404 for an unknown model."""
     gateway = platform.gateway  # built at start: no thread-pool hop on the hot path
-    caller = Caller(request_id(request) or uuid.uuid4().hex, principal.tenant, principal.key_id)
-    completion_id = f"chatcmpl-{caller.request_id}"
+    rid = request_id(request) or uuid.uuid4().hex
+    completion_id = f"chatcmpl-{rid}"
     if body.stream:
-        stream = await gateway.open_stream(caller, body.model, body.to_request())
+        stream = await gateway.open_stream(principal, body.model, body.to_request(), request_id=rid)
         return _EventStream(stream, body, completion_id, _routing_headers(stream.outcome))
-    routed = await gateway.chat(caller, body.model, body.to_request())
+    routed = await gateway.chat(principal, body.model, body.to_request(), request_id=rid)
     response.headers.update(_routing_headers(routed.outcome))
     return completion_body(completion_id, body.model, routed.result)
 
@@ -171,8 +172,14 @@ async def list_models(platform: PlatformDep, _: UserKey) -> dict[str, Any]:
 
 
 @router.post("/embeddings", summary="OpenAI-compatible embeddings (all-MiniLM-L6-v2, 384 dimensions)")
-async def embeddings(body: EmbeddingRequest, platform: PlatformDep, _: UserKey) -> dict[str, Any]:
-    """Embed one text or a list of texts; ``usage.prompt_tokens`` counts MiniLM's tokens."""
+async def embeddings(
+    body: EmbeddingRequest, platform: PlatformDep, principal: UserKey, request: Request
+) -> dict[str, Any]:
+    """Embed one text or a list of texts for the caller, metered and recorded like a chat call.
+
+    ``usage.prompt_tokens`` counts MiniLM's tokens; the gateway caps the texts per call and
+    their length (422 naming the limit).
+    """
     if body.dimensions is not None and body.dimensions != _EMBEDDING_DIMENSION:
         raise InvalidInputError(
             f"dimensions must be {_EMBEDDING_DIMENSION} (vectors are not shortened), got {body.dimensions}",
@@ -180,5 +187,6 @@ async def embeddings(body: EmbeddingRequest, platform: PlatformDep, _: UserKey) 
             value=body.dimensions,
         )
     gateway = platform.gateway  # built at start: no thread-pool hop on the hot path
-    result = await gateway.embed(body.model, body.texts)
+    rid = request_id(request) or uuid.uuid4().hex
+    result = await gateway.embed(principal, body.model, body.texts, request_id=rid)
     return embedding_body(result.vectors, result.model, result.prompt_tokens, body.encoding_format)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from opsloop.db import Database
-from opsloop.ledger import Ledger, LLMCall
+from opsloop.llm.ledger import Ledger, LLMCall
 from rag.chunking import HFTokenizer
 from tests.e2e.server import Server, cli, free_port
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from opsloop.errors import BackendError
-from opsloop.llm.llamacpp import LlamaCppClient, OverloadedError
+from opsloop.errors import BackendError, OverloadedError
+from opsloop.llm.llamacpp import LlamaCppClient
 from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, ChatResult, LLMClient
 
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from opsloop.durations import parse_duration
 from opsloop.errors import InvalidInputError
-from opsloop.ledger import cost_usd
+from opsloop.llm.ledger import cost_usd
 from opsloop.llm.protocol import ChatChunk, ToolCallDelta, Usage
 from opsloop.llm.routes import BackendSpec
 from serving.openai_schemas import ChatCompletionRequest, EmbeddingRequest, chunk_body, embedding_body

@@ -15,8 +15,14 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from opsloop.errors import BackendError, ConfigError, InvalidInputError, NotFoundError, OpsloopError
-from opsloop.llm.llamacpp import OverloadedError
+from opsloop.errors import (
+    BackendError,
+    ConfigError,
+    InvalidInputError,
+    NotFoundError,
+    OpsloopError,
+    OverloadedError,
+)
 from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, ChatResult, LLMClient, Usage
 from opsloop.llm.router import (
     Attempt,
