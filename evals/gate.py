@@ -125,17 +125,6 @@ class GateReport:
             "comparisons": [c.to_dict() for c in self.comparisons],
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateReport:
-        """The report :meth:`to_dict` wrote (``passed`` and ``regressions`` follow from the rest)."""
-        return cls(
-            comparisons=[MetricComparison(**c) for c in data["comparisons"]],
-            confidence=float(data["confidence"]),
-            paired=int(data["paired"]),
-            candidate_only=int(data["candidate_only"]),
-            baseline_only=int(data["baseline_only"]),
-        )
-
 
 def compare(
     candidate: Sequence[SampleResult],

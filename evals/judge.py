@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 from ragas.embeddings.base import BaseRagasEmbedding
 from ragas.llms.base import InstructorBaseRagasLLM
 
-from evals.scoring import CostFn, FailureReason, JudgeError, current_tally
+from evals.calls import CostFn, FailureReason, JudgeError, current_tally
 from opsloop.errors import InvalidInputError, OpsloopError
 from opsloop.llm.protocol import ChatMessage, ChatRequest, LLMClient
 from rag.embedder import Embedder

@@ -103,11 +103,6 @@ class MetricSummary:
         """The summary as JSON-ready values."""
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MetricSummary:
-        """The summary :meth:`to_dict` wrote (a server's answer to the CLI, say)."""
-        return cls(**{**data, "failures": dict(data.get("failures") or {})})
-
 
 def summarize(
     samples: Sequence[SampleResult], metrics: Iterable[str], *, confidence: float = 0.95

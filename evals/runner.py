@@ -4,7 +4,7 @@ For each item the runner asks the pipeline (``RagService.query`` or anything wit
 :class:`RagPipeline`), then runs the run's scorers on the answer and the retrieved chunks, one
 metric after another, and appends the finished :class:`~evals.results.SampleResult` to the run's
 checkpoint. At most ``concurrency`` samples are in flight; a sample's judge calls count their
-tokens and cost in a tally of its own (``evals.scoring.current_tally``).
+tokens and cost in a tally of its own (``evals.calls.current_tally``).
 
 A run that finds samples in its checkpoint scores only the others: resuming a killed run never
 scores a finished sample again.
@@ -31,20 +31,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from evals.calls import CostFn, JudgeError, JudgeOptions, JudgeTally, current_tally
 from evals.dataset import EvalDataset, EvalItem
 from evals.metrics import OPERATIONAL_METRICS
 from evals.results import Checkpoint, MetricSummary, SampleResult, summarize
-from evals.scoring import (
-    CostFn,
-    JudgeError,
-    JudgeOptions,
-    JudgeTally,
-    Scorer,
-    ScoringInput,
-    build_scorers,
-    current_tally,
-    select_metrics,
-)
+from evals.scoring import Scorer, ScoringInput, build_scorers, select_metrics
+from opsloop.auth import Principal
 from opsloop.errors import ConfigError, InvalidInputError, NotFoundError, OpsloopError
 from opsloop.llm.protocol import LLMClient
 from rag.answer import Answer, Source
@@ -60,7 +52,7 @@ Progress = Callable[[int, int], None]
 
 
 class QueryOutcome(Protocol):
-    """What the runner reads of a pipeline's answer (``serving.rag_service.QueryResult``)."""
+    """What the runner reads of a pipeline's answer (``rag.service.QueryResult``)."""
 
     @property
     def answer(self) -> Answer | None:
@@ -94,11 +86,11 @@ class QueryOutcome(Protocol):
 
 
 class RagPipeline(Protocol):
-    """The RAG pipeline under evaluation: ``serving.rag_service.RagService`` is one."""
+    """The RAG pipeline under evaluation: ``rag.service.RagService`` is one."""
 
     async def query(
         self,
-        tenant: str,
+        caller: Principal,
         question: str,
         collection: str,
         top_k: int | None = None,
@@ -110,7 +102,7 @@ class RagPipeline(Protocol):
         max_answer_tokens: int | None = None,
         log_query: bool = True,
     ) -> QueryOutcome:
-        """Retrieve for ``question`` and, with ``generate``, answer it."""
+        """Retrieve for ``question`` in the caller's tenant and, with ``generate``, answer it."""
         ...
 
 
@@ -120,7 +112,7 @@ class EvalConfig:
 
     Attributes:
         collection: The collection the questions are asked of.
-        tenant: Its tenant.
+        tenant: The collection's tenant: the caller's (``EvalRuns.run`` sets it).
         top_k: Chunks retrieved per question; hit rate and MRR are at this k.
         prompt: Alias or version of the answer prompt; None is ``production``.
         route: Gateway route that generates the answers; None is the in-process model.
@@ -188,6 +180,7 @@ class EvalRunner:
 
     Args:
         rag: The pipeline under evaluation.
+        caller: Who runs the evaluation: the pipeline is queried as this caller, in its tenant.
         embedder: The embedder for semantic similarity and answer relevancy (MiniLM).
         judge: The judge's LLM client; needed when ``EvalConfig.judge`` is set.
         answer_llm: The client that generates answers when ``EvalConfig.route`` is set.
@@ -200,6 +193,7 @@ class EvalRunner:
         self,
         rag: RagPipeline,
         *,
+        caller: Principal,
         embedder: Embedder | None = None,
         judge: LLMClient | None = None,
         answer_llm: LLMClient | None = None,
@@ -208,6 +202,7 @@ class EvalRunner:
         progress: Progress | None = None,
     ) -> None:
         self.rag = rag
+        self.caller = caller
         self.embedder = embedder
         self.judge = judge
         self.answer_llm = answer_llm
@@ -221,8 +216,17 @@ class EvalRunner:
         Raises:
             ConfigError: A judge route is configured but no judge client was given (or the
                 reverse for the answer route), or ragas is missing.
-            NotFoundError, InvalidInputError: The collection, prompt or a setting is wrong.
+            InvalidInputError: ``config`` is another tenant's than the caller's, or a setting
+                is wrong.
+            NotFoundError: The collection or prompt does not exist.
         """
+        if config.tenant != self.caller.tenant:
+            # The run's params (and its resume key) would name a tenant its questions never asked.
+            raise InvalidInputError(
+                f"the run is for tenant {config.tenant!r}, its caller of tenant {self.caller.tenant!r}",
+                field="tenant",
+                value=config.tenant,
+            )
         if config.judge is not None and self.judge is None:
             raise ConfigError(f"judge route {config.judge!r} is set but no judge client was given")
         if config.route is not None and self.answer_llm is None:
@@ -272,7 +276,7 @@ class EvalRunner:
         current_tally.set(tally)  # this task's own context: concurrent samples keep their own tallies
         try:
             result = await self.rag.query(
-                config.tenant,
+                self.caller,
                 item.question,
                 config.collection,
                 config.top_k,

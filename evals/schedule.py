@@ -2,32 +2,34 @@
 
 A job is declared in Settings (``eval_jobs``, a list of :class:`EvalJob`): a cron expression,
 a data set, a collection, the prompt alias, routes, and optionally a baseline to gate against.
-:func:`run_job` runs one through an injected executor (serving builds it: the process's RAG
-service, gateway and eval service) and exports the outcome as Prometheus metrics
-(``opsloop.telemetry.EvalMetrics``): the last mean of every metric, failed samples per metric,
-the time of the last success, runs by outcome and the gate's verdict.
+:func:`run_job` runs one through an injected executor (``evals.runs.EvalRuns.run_job``, over
+the process's RAG service and gateway as ``serving`` wires them) and exports the outcome as
+Prometheus metrics (``opsloop.telemetry.EvalMetrics``): the last mean of every metric, failed
+samples per metric, the time of the last success, runs by outcome and the gate's verdict.
 
-:class:`EvalScheduler` fires the jobs on APScheduler's ``AsyncIOScheduler``, on the server's own
-event loop, because the gateway's router and clients belong to one loop. A job never overlaps
-itself (``max_instances=1``) and missed fires collapse into one (``coalesce``).
+:class:`EvalScheduler` registers the jobs on the process's one :class:`~opsloop.scheduler.Scheduler`,
+which fires them on the server's own event loop, because the gateway's router and clients belong
+to one loop. A job never overlaps itself and missed fires collapse into one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evals.gate import GateReport, GateRule, parse_rule
 from evals.results import MetricSummary
-from opsloop.errors import NotFoundError, OpsloopError
+from opsloop.errors import ConfigError, NotFoundError, OpsloopError
+from opsloop.scheduler import Scheduler, cron_trigger
 
 if TYPE_CHECKING:
     from opsloop.telemetry import EvalMetrics
@@ -35,12 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["EvalJob", "EvalScheduler", "JobExecutor", "JobResult", "JobStatus", "next_fire_times", "run_job"]
 
 log = logging.getLogger("opsloop.evals")
-
-
-def _trigger(cron: str) -> Any:
-    from apscheduler.triggers.cron import CronTrigger
-
-    return CronTrigger.from_crontab(cron, timezone=UTC)
 
 
 class EvalJob(BaseModel):
@@ -77,7 +73,7 @@ class EvalJob(BaseModel):
     @classmethod
     def _valid_cron(cls, cron: str) -> str:
         try:
-            _trigger(cron)
+            cron_trigger(cron)
         except ValueError as exc:
             raise ValueError(f"not a valid cron expression ({exc})") from None
         return cron
@@ -94,6 +90,26 @@ class EvalJob(BaseModel):
         return tuple(parse_rule(rule) for rule in self.gate) or None
 
 
+def parse_jobs(entries: Sequence[Mapping[str, Any]]) -> list[EvalJob]:
+    """``Settings.eval_jobs`` as checked jobs.
+
+    Raises:
+        ConfigError: An entry is invalid or two share a name; the message names it and the field.
+    """
+    jobs = []
+    for number, entry in enumerate(entries):
+        try:
+            jobs.append(EvalJob.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"invalid eval_jobs[{number}]: {problems}", setting="eval_jobs") from exc
+    names = [job.name for job in jobs]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ConfigError(f"eval job names must be unique: {', '.join(duplicated)}", setting="eval_jobs")
+    return jobs
+
+
 @dataclass(frozen=True)
 class JobResult:
     """What one run of a job produced."""
@@ -104,14 +120,14 @@ class JobResult:
 
 
 JobExecutor = Callable[[EvalJob], Awaitable[JobResult]]
-"""Runs a job end to end (serving provides it) and returns its result."""
+"""Runs a job end to end (``evals.runs.EvalRuns.run_job``) and returns its result."""
 
 Outcome = Literal["ok", "gate_failed", "failed"]
 
 
 @dataclass
 class JobStatus:
-    """A job as ``opsloop eval schedule list`` shows it."""
+    """A job's next fire time and last outcome (``GET /admin/evals/jobs``, ``eval schedule trigger``)."""
 
     name: str
     cron: str
@@ -121,12 +137,11 @@ class JobStatus:
     last_run_id: str | None = None
     last_error: str | None = None
     running: bool = False
-    history: list[str] = field(default_factory=list)
 
 
 def next_fire_times(job: EvalJob, *, after: datetime | None = None, count: int = 1) -> list[datetime]:
     """The job's next ``count`` fire times after ``after`` (default now), in UTC."""
-    trigger = _trigger(job.cron)
+    trigger = cron_trigger(job.cron)
     now = after or datetime.now(UTC)
     times: list[datetime] = []
     previous = None
@@ -182,56 +197,30 @@ class EvalScheduler:
     """Fires eval jobs on their cron schedules, on the running event loop.
 
     Args:
-        jobs: The configured jobs (names must be unique).
+        jobs: The configured jobs, as :func:`parse_jobs` checked them (names are unique).
         execute: Runs one job (see :data:`JobExecutor`).
         metrics: Where outcomes are exported.
-
-    Raises:
-        ValueError: Two jobs share a name.
     """
 
     def __init__(self, jobs: Sequence[EvalJob], execute: JobExecutor, metrics: EvalMetrics) -> None:
-        names = [job.name for job in jobs]
-        duplicated = sorted({name for name in names if names.count(name) > 1})
-        if duplicated:
-            raise ValueError(f"eval job names must be unique: {', '.join(duplicated)}")
         self._jobs = {job.name: job for job in jobs}
         self._execute = execute
         self._metrics = metrics
         self._status = {job.name: JobStatus(job.name, job.cron, None) for job in jobs}
-        self._scheduler: Any = None
+        self._scheduler: Scheduler | None = None
 
-    def start(self) -> None:
-        """Schedule every job on the running event loop's AsyncIOScheduler (call from the loop)."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        for job in self._jobs.values():
-            scheduler.add_job(
-                self._fire,
-                _trigger(job.cron),
-                args=[job.name],
-                id=f"eval:{job.name}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=3600,
-            )
-        scheduler.start()
+    def schedule(self, scheduler: Scheduler) -> None:
+        """Register every job on the process's scheduler, which fires them on its event loop."""
+        for name, job in self._jobs.items():
+            scheduler.cron(f"eval:{name}", job.cron, functools.partial(self._fire, name))
         self._scheduler = scheduler
-
-    def shutdown(self) -> None:
-        """Stop firing (a run in progress is cancelled with the loop)."""
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
 
     def jobs(self) -> list[JobStatus]:
         """Every job with its next fire time and its last outcome."""
         statuses = []
         for name, status in self._status.items():
             if self._scheduler is not None:
-                scheduled = self._scheduler.get_job(f"eval:{name}")
-                status.next_run = scheduled.next_run_time if scheduled is not None else None
+                status.next_run = self._scheduler.next_run(f"eval:{name}")
             else:
                 fires = next_fire_times(self._jobs[name])
                 status.next_run = fires[0] if fires else None

@@ -16,13 +16,12 @@ prompt three times, which at temperature 0 gives three equal questions for three
 
 from __future__ import annotations
 
-import contextvars
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from evals.calls import CostFn, JudgeOptions
 from evals.metrics import (
     GENERATION_METRICS,
     JUDGE_METRICS,
@@ -32,73 +31,13 @@ from evals.metrics import (
     reciprocal_rank_at_k,
 )
 from opsloop.errors import ConfigError, InvalidInputError
-from opsloop.llm.protocol import LLMClient, Usage
+from opsloop.llm.protocol import LLMClient
 from rag.embedder import Embedder
 
 if TYPE_CHECKING:
     from evals.judge import JudgeLLM
 
-__all__ = [
-    "CostFn",
-    "FailureReason",
-    "JudgeError",
-    "JudgeOptions",
-    "JudgeTally",
-    "Scorer",
-    "ScoringInput",
-    "build_scorers",
-    "current_tally",
-    "select_metrics",
-]
-
-FailureReason = Literal["timeout", "backend_error", "unparsable", "rejected"]
-CostFn = Callable[[str, Usage, float], float]
-"""Cost in USD of one LLM call: (backend that served it, its usage, its latency in ms)."""
-
-
-class JudgeError(Exception):
-    """The judge gave no usable answer after its retries; ``reason`` says why."""
-
-    def __init__(self, reason: FailureReason, message: str, attempts: int) -> None:
-        super().__init__(message)
-        self.reason: FailureReason = reason
-        self.attempts = attempts
-
-
-@dataclass
-class JudgeTally:
-    """What the judge used for one sample: calls, retries, tokens and cost."""
-
-    calls: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The tally as JSON-ready values."""
-        return {
-            "calls": self.calls,
-            "retries": self.retries,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": self.cost_usd,
-        }
-
-
-current_tally: contextvars.ContextVar[JudgeTally | None] = contextvars.ContextVar(
-    "opsloop_eval_judge_tally", default=None
-)
-"""The tally of the sample whose task is running; None outside a sample."""
-
-
-@dataclass(frozen=True)
-class JudgeOptions:
-    """How the judge is called: completion limit, per-call timeout and retries."""
-
-    max_tokens: int = 512
-    timeout_s: float = 120.0
-    retries: int = 2
+__all__ = ["Scorer", "ScoringInput", "build_scorers", "select_metrics"]
 
 
 @dataclass(frozen=True)
@@ -357,8 +296,3 @@ def _scorer(name: str, embeddings: Callable[[], Any], llm: Callable[[], JudgeLLM
         raise ConfigError(f"no scorer for metric {name!r}", setting="metrics")
     metric, arguments = factories[name]()
     return _Collection(name, metric, arguments)
-
-
-def is_undefined(value: float) -> bool:
-    """Whether a scorer's number is ragas' "undefined" (NaN or infinite)."""
-    return not math.isfinite(value)

@@ -44,9 +44,10 @@ from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
 from opsloop.registry import Registry
 from rag.answer import ensure_answer_prompt, load_answer_prompt
 
-__all__ = ["EvalService", "TrackedRun", "base_key", "config_key"]
+__all__ = ["EvalService", "Resume", "TrackedRun", "base_key", "config_key"]
 
 Resume = Literal["auto", "never"] | str
+"""``auto`` (continue a killed run with the same settings), ``never``, or the id of a run to continue."""
 _RUN_FILE = "run.json"
 _LOCK_FILE = ".lock"
 

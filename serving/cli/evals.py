@@ -23,18 +23,18 @@ from rich.table import Table
 
 from opsloop.errors import InvalidInputError, OpsloopError
 from serving.cli.common import State, err, fail, out
-from serving.platform import cli_actor
+from serving.platform import cli_actor, cli_principal
 
 if TYPE_CHECKING:
     from evals.dataset import EvalDataset
     from evals.gate import GateReport, GateRule
     from evals.results import MetricSummary
     from evals.runner import EvalConfig
-    from evals.schedule import EvalJob
+    from evals.schedule import EvalJob, JobStatus
     from evals.tracking import EvalRunInfo
     from opsloop.settings import Settings
     from serving.cli.remote import ServerRag
-    from serving.eval_wiring import EvalRunResult
+    from serving.routers.evals import EvalRunPublic
 
 __all__ = ["GATE_EXIT_CODE", "app"]
 
@@ -155,7 +155,7 @@ def run(
     While an ``opsloop serve`` holds this home's vector store, the server runs it.
     """
     from evals.dataset import load_dataset
-    from serving.eval_wiring import eval_config
+    from evals.runs import eval_config
 
     state: State = ctx.obj
     settings = state.settings()
@@ -178,22 +178,21 @@ def run(
         data = load_dataset(dataset).subset(limit=limit, tags=tag or ())
         if not data.items:
             raise InvalidInputError(f"no question of {dataset} has the tags {tag}", field="tag")
-        config = eval_config(tenant=tenant, default_top_k=settings.rag_top_k, **options)
+        config = eval_config(default_top_k=settings.rag_top_k, **options)
         config.metric_names()  # an unknown or unavailable metric fails before anything loads
         server = _server(settings, tenant, timeout)
     except OpsloopError as exc:
         raise fail(exc) from exc
     if server is not None:
         request = {**options, "baseline": baseline, "gate": gate, "resume": resume}
-        body, seconds, cost = _run_remote(server, data, request, timeout)
+        done = _run_remote(server, data, request, timeout)
     else:
-        result = _run_local(state, data, config, resume=resume, baseline=baseline, rules=rules)
-        body, seconds, cost = result.to_dict(), result.run.outcome.seconds, result.cost_usd
+        done = _run_local(state, data, config, tenant, resume=resume, baseline=baseline, rules=rules)
     if format_ == "json":
-        out.print_json(data=body)
+        out.print_json(data=_run_json(done))
     else:
-        _print_run(body, collection, baseline, seconds=seconds, cost_usd=cost)
-    if "gate" in body and not body["gate"]["passed"]:
+        _print_run(done, collection, baseline)
+    if done.gate is not None and not done.gate.passed:
         raise typer.Exit(code=GATE_EXIT_CODE)
 
 
@@ -226,38 +225,37 @@ def _dataset_body(data: EvalDataset) -> dict[str, Any]:
 
 def _run_remote(
     server: ServerRag, data: EvalDataset, request: dict[str, Any], timeout: float
-) -> tuple[dict[str, Any], float, float]:
-    """The run in the server: what ``--format json`` prints, the seconds it took, its cost."""
+) -> EvalRunPublic:
+    """The run in the server."""
     try:
         with server:
-            answer = server.run_eval({**request, "dataset": _dataset_body(data)}, timeout=timeout)
+            done = server.run_eval({**request, "dataset": _dataset_body(data)}, timeout=timeout)
     except OpsloopError as exc:
         raise fail(exc) from exc
-    if answer.get("baseline_ran"):
+    if done.baseline_ran:
         err.print(f"no finished run of the {request['baseline']} prompt with these settings: ran it first")
-    body = {k: v for k, v in answer.items() if k not in ("cost_usd", "baseline_ran")}
-    if body.get("gate") is None:
-        body.pop("gate", None)  # as a local run prints it: no baseline, no gate
-    return body, float(body["seconds"]), float(answer["cost_usd"])
+    return done
 
 
 def _run_local(
     state: State,
     data: EvalDataset,
     config: EvalConfig,
+    tenant: str,
     *,
     resume: str,
     baseline: str | None,
     rules: tuple[GateRule, ...],
-) -> EvalRunResult:
-    """The run (and its baseline) in this process, with a progress bar on stderr."""
-    from serving.eval_wiring import EvalWiring, run_eval
+) -> EvalRunPublic:
+    """The run (and its baseline) in this process, for ``tenant``, with a progress bar on stderr."""
+    from serving.eval_wiring import eval_runs
+    from serving.routers.evals import EvalRunPublic
 
     platform = state.platform()
     try:
-        return asyncio.run(
-            run_eval(
-                EvalWiring(platform),
+        result = asyncio.run(
+            eval_runs(platform).run(
+                cli_principal(tenant),
                 data,
                 config,
                 resume=resume,
@@ -271,28 +269,30 @@ def _run_local(
         raise fail(exc) from exc
     finally:
         platform.close()
+    return EvalRunPublic.of(result)
 
 
-def _print_run(
-    body: dict[str, Any], collection: str, baseline: str | None, *, seconds: float, cost_usd: float
-) -> None:
-    """A run's report for a person, from what ``--format json`` prints (local or the server's)."""
-    from evals.gate import GateReport
-    from evals.results import MetricSummary
+def _run_json(done: EvalRunPublic) -> dict[str, Any]:
+    """What ``--format json`` prints: the run without its cost and baseline flag, and no gate without one."""
+    hidden = {"cost_usd", "baseline_ran"} | ({"gate"} if done.gate is None else set())
+    return done.model_dump(mode="json", exclude=hidden)
 
-    params = body["params"]
+
+def _print_run(done: EvalRunPublic, collection: str, baseline: str | None) -> None:
+    """A run's report for a person (run here or by the server)."""
+    params = done.params
     prompt_text = "retrieval only" if params["prompt"] == "none" else f"prompt v{params['prompt']}"
-    title = f"eval {body['dataset']} on {collection}: {prompt_text}, top_k {params['top_k']}"
-    summaries = {name: MetricSummary.from_dict(s) for name, s in body["summaries"].items()}
-    out.print(_summary_table(summaries, title))
-    resumed = f" ({body['resumed_samples']} resumed)" if body["resumed_samples"] else ""
+    title = f"eval {done.dataset} on {collection}: {prompt_text}, top_k {params['top_k']}"
+    out.print(_summary_table(done.summaries, title))
+    resumed = f" ({done.resumed_samples} resumed)" if done.resumed_samples else ""
     out.print(
-        f"{body['samples']} samples{resumed} in {seconds:.1f} s; cost ${cost_usd:.6f}; run {body['run_id']}",
+        f"{done.samples} samples{resumed} in {done.seconds:.1f} s; "
+        f"cost ${done.cost_usd:.6f}; run {done.run_id}",
         highlight=False,
     )
-    if "gate" in body:
-        report = GateReport.from_dict(body["gate"])
-        out.print(_gate_table(report, f"gate against {baseline} (run {body['gate']['baseline_run']})"))
+    if done.gate is not None:
+        report = done.gate.report()
+        out.print(_gate_table(report, f"gate against {baseline} (run {done.gate.baseline_run})"))
         _print_verdict(report)
 
 
@@ -422,13 +422,13 @@ def compare_runs(
     format_: FormatOption = "text",
 ) -> None:
     """Compare two finished runs per metric (paired bootstrap); exit 3 when a gated metric regresses."""
-    from serving.eval_wiring import EvalWiring
+    from serving.eval_wiring import eval_runs
 
     rules = _rules(gate)
     state: State = ctx.obj
     platform = state.platform()
     try:
-        report = EvalWiring(platform).service().compare(candidate, baseline, rules=rules)
+        report = eval_runs(platform).service.compare(candidate, baseline, rules=rules)
     except OpsloopError as exc:
         raise fail(exc) from exc
     finally:
@@ -496,11 +496,11 @@ def _run_dict(run: EvalRunInfo) -> dict[str, Any]:
 
 
 def _jobs(ctx: typer.Context) -> list[EvalJob]:
-    from serving.platform import Platform
+    from evals.schedule import parse_jobs
 
     state: State = ctx.obj
     try:
-        return Platform.build(state.settings()).eval_jobs()
+        return parse_jobs(state.settings().eval_jobs)
     except OpsloopError as exc:
         raise fail(exc) from exc
 
@@ -564,10 +564,10 @@ def schedule_trigger(
     jobs = _jobs(ctx)
     try:
         server = ServerRag.find(state.settings().home, tenant="default", actor=cli_actor())
+        status: JobStatus
         if server is not None:
             with server:
-                ran = server.trigger_eval(name)
-            outcome, run_id = ran["last_outcome"], ran["last_run_id"]
+                status = server.trigger_eval(name)
         else:
             platform = state.platform()
             try:
@@ -575,13 +575,12 @@ def schedule_trigger(
                 status = asyncio.run(scheduler.trigger(name))
             finally:
                 platform.close()
-            outcome, run_id = status.last_outcome, status.last_run_id
     except OpsloopError as exc:
         raise fail(exc) from exc
-    body = {"job": name, "outcome": outcome, "run_id": run_id}
+    body = {"job": name, "outcome": status.last_outcome, "run_id": status.last_run_id}
     if format_ == "json":
         out.print_json(data=body)
     else:
         out.print(json.dumps(body), highlight=False)
-    if outcome == "gate_failed":
+    if status.last_outcome == "gate_failed":
         raise typer.Exit(code=GATE_EXIT_CODE)

@@ -11,20 +11,21 @@ schedules. Triggering runs a job now, in the server, and answers when it has fin
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evals.dataset import dataset_from_items
-from evals.gate import DEFAULT_GATE, GateRule, parse_rule
+from evals.gate import DEFAULT_GATE, GateReport, GateRule, MetricComparison, parse_rule
+from evals.results import MetricSummary
+from evals.runs import EvalRunResult, eval_config
 from evals.schedule import JobStatus
 from opsloop.errors import InvalidInputError, NotFoundError
-from serving.deps import OperatorKey, PlatformDep
-from serving.eval_wiring import EvalRunResult, EvalWiring, eval_config, run_eval
+from serving.deps import OperatorKey, PlatformDep, request_id
+from serving.eval_wiring import eval_runs
 
-__all__ = ["EvalDatasetIn", "EvalJobPublic", "EvalRunCreate", "EvalRunPublic", "router"]
+__all__ = ["EvalDatasetIn", "EvalRunCreate", "EvalRunPublic", "GateReportPublic", "router"]
 
 router = APIRouter(prefix="/admin/evals", tags=["evals"])
 
@@ -100,37 +101,8 @@ class EvalRunCreate(BaseModel):
         return tuple(parse_rule(rule) for rule in self.gate) if self.gate else DEFAULT_GATE
 
 
-class MetricSummaryPublic(BaseModel):
-    """A metric over the run: the mean with its interval, and the samples left out."""
-
-    name: str
-    mean: float | None
-    ci_low: float | None
-    ci_high: float | None
-    scored: int
-    failed: int
-    undefined: int
-    not_applicable: int
-    failures: dict[str, int] = Field(description="Failed samples by reason.")
-
-
-class MetricComparisonPublic(BaseModel):
-    """One metric of the run against the baseline."""
-
-    metric: str
-    pairs: int
-    candidate_mean: float | None
-    baseline_mean: float | None
-    delta: float | None
-    ci_low: float | None
-    ci_high: float | None
-    gated: bool
-    max_drop: float | None
-    verdict: Literal["regressed", "improved", "no_change", "no_data"]
-
-
 class GateReportPublic(BaseModel):
-    """The gate against the baseline run."""
+    """The gate against the baseline run (``evals.gate.GateReport.to_dict`` and the baseline's id)."""
 
     baseline_run: str
     passed: bool
@@ -139,11 +111,20 @@ class GateReportPublic(BaseModel):
     paired: int
     candidate_only: int
     baseline_only: int
-    comparisons: list[MetricComparisonPublic]
+    comparisons: list[MetricComparison]
+
+    def report(self) -> GateReport:
+        """The report this was made of (``passed`` and ``regressions`` follow from the rest)."""
+        return GateReport(
+            list(self.comparisons), self.confidence, self.paired, self.candidate_only, self.baseline_only
+        )
 
 
 class EvalRunPublic(BaseModel):
-    """A finished run; all but the last two fields are what ``opsloop eval run --format json`` prints."""
+    """A finished run; all but the last two fields are what ``opsloop eval run --format json`` prints.
+
+    The CLI prints this whether it ran the eval itself or a server did.
+    """
 
     run_id: str
     dataset: str
@@ -151,7 +132,7 @@ class EvalRunPublic(BaseModel):
     resumed_samples: int
     seconds: float
     params: dict[str, Any] = Field(description="The run's MLflow params.")
-    summaries: dict[str, MetricSummaryPublic]
+    summaries: dict[str, MetricSummary]
     gate: GateReportPublic | None = None
     cost_usd: float = Field(description="What the answers and judge calls cost.")
     baseline_ran: bool = Field(description="The baseline had no finished run and was evaluated first.")
@@ -159,55 +140,54 @@ class EvalRunPublic(BaseModel):
     @classmethod
     def of(cls, result: EvalRunResult) -> EvalRunPublic:
         """The public form of a finished run."""
+        outcome = result.run.outcome
+        gate = None
+        if result.gate is not None:
+            gate = {"baseline_run": result.baseline_run, **result.gate.to_dict()}
         return cls.model_validate(
-            {**result.to_dict(), "cost_usd": result.cost_usd, "baseline_ran": result.baseline_ran}
+            {
+                "run_id": result.run.run_id,
+                "dataset": result.dataset.name,
+                "samples": len(outcome.samples),
+                "resumed_samples": outcome.resumed,
+                "seconds": round(outcome.seconds, 2),
+                "params": result.run.config.params(),
+                "summaries": outcome.summaries,
+                "gate": gate,
+                "cost_usd": result.cost_usd,
+                "baseline_ran": result.baseline_ran,
+            }
         )
 
 
-class EvalJobPublic(BaseModel):
-    """A scheduled eval job: when it fires next and how its last run went."""
-
-    name: str
-    cron: str
-    next_run: datetime | None
-    last_run: datetime | None
-    last_outcome: Literal["ok", "gate_failed", "failed"] | None
-    last_run_id: str | None
-    last_error: str | None
-    running: bool
-
-    @classmethod
-    def of(cls, status: JobStatus) -> EvalJobPublic:
-        """The public form of a job's status."""
-        fields = {name: getattr(status, name) for name in cls.model_fields}
-        return cls(**fields)
-
-
 @router.get("/jobs", summary="The scheduled eval jobs")
-async def list_jobs(platform: PlatformDep, _: OperatorKey) -> list[EvalJobPublic]:
+async def list_jobs(platform: PlatformDep, _: OperatorKey) -> list[JobStatus]:
     """Every job of ``eval_jobs`` with its next fire time (UTC) and its last outcome in this server."""
     if platform.evals is None:
         return []
-    return [EvalJobPublic.of(status) for status in platform.evals.jobs()]
+    return platform.evals.jobs()
 
 
 @router.post("/jobs/{name}/trigger", summary="Run a scheduled eval job now")
 async def trigger_job(
     name: Annotated[str, Path(min_length=1, max_length=64)], platform: PlatformDep, _: OperatorKey
-) -> EvalJobPublic:
+) -> JobStatus:
     """Run job ``name`` now and answer when it has finished (``last_outcome`` says how it went)."""
     if platform.evals is None:
         raise NotFoundError(f"no eval job {name!r}; no eval_jobs are configured", job=name)
-    return EvalJobPublic.of(await platform.evals.trigger(name))
+    return await platform.evals.trigger(name)
 
 
 @router.post("/runs", summary="Run an eval in the server")
-async def create_run(body: EvalRunCreate, platform: PlatformDep, principal: OperatorKey) -> EvalRunPublic:
+async def create_run(
+    body: EvalRunCreate, platform: PlatformDep, principal: OperatorKey, request: Request
+) -> EvalRunPublic:
     """Run the data set through the RAG pipeline of the caller's tenant and answer when it has finished.
 
-    The run is scored, resumed, tracked in MLflow and gated exactly as ``opsloop eval run`` does
-    it; the items are checked like the lines of a file (item 3 is "line 3"). This can take long:
-    set the client's timeout accordingly (a run cut short resumes when asked again).
+    The run is scored, resumed, tracked in MLflow, gated and audited (``eval.run``) exactly as
+    ``opsloop eval run`` does it; the items are checked like the lines of a file (item 3 is
+    "line 3"). This can take long: set the client's timeout accordingly (a run cut short
+    resumes when asked again).
     """
     data = body.dataset
     dataset = dataset_from_items(data.items, name=data.name, path=data.path)
@@ -217,13 +197,15 @@ async def create_run(body: EvalRunCreate, platform: PlatformDep, principal: Oper
             field="dataset.sha256",
             value=data.sha256,
         )
-    config = eval_config(
-        tenant=principal.tenant,
-        default_top_k=platform.settings.rag_top_k,
-        **body.model_dump(include=_CONFIG_FIELDS),
-    )
+    config = eval_config(default_top_k=platform.settings.rag_top_k, **body.model_dump(include=_CONFIG_FIELDS))
     config.metric_names()  # an unknown or unavailable metric fails before anything loads
-    result = await run_eval(
-        EvalWiring(platform), dataset, config, resume=body.resume, baseline=body.baseline, rules=body.rules()
+    result = await eval_runs(platform).run(
+        principal,
+        dataset,
+        config,
+        resume=body.resume,
+        baseline=body.baseline,
+        rules=body.rules(),
+        request_id=request_id(request),
     )
     return EvalRunPublic.of(result)

@@ -65,6 +65,12 @@ def test_eval_run_goes_through_the_server_and_is_tracked_like_a_local_run(server
     # The data set's hash is the one a local run of these five questions computes.
     expected = load_dataset(GOLDEN).subset(limit=5)
     assert run["params"]["dataset"] == "docs_golden" and run["params"]["dataset_sha256"] == expected.sha256
+    # The server audited the run as the CLI's caller, in its tenant.
+    audit = server.http.get(
+        "/admin/audit", params={"target": f"eval-run:{body['run_id']}"}, headers=_admin(server)
+    )
+    (entry,) = audit.json()
+    assert entry["action"] == "eval.run" and entry["actor"].startswith("cli") and entry["tenant"] == "default"
 
 
 def test_a_baseline_is_gated_in_the_server_and_printed_as_a_table(server: Server) -> None:

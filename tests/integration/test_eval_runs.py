@@ -1,4 +1,4 @@
-"""Eval runs end to end in one process: the real RAG service, ragas metrics, MLflow, the gate, a judge.
+"""Eval runs end to end in one process: the real RAG service, ragas metrics, MLflow, the gate, a judge, audit.
 
 One module-scoped platform on a temporary home holds two of the bundled docs in collection
 ``docs``; answers come from the in-process SmolLM2 with small ``max_answer_tokens``, the judge from
@@ -18,17 +18,20 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from evals.calls import JudgeOptions
 from evals.dataset import EvalDataset, load_dataset
 from evals.gate import GateRule
 from evals.results import Checkpoint
 from evals.runner import EvalConfig, EvalOutcome, EvalRunner
-from evals.scoring import JudgeOptions
 from evals.tracking import EVAL_EXPERIMENT
+from opsloop.audit import AuditFilter
+from opsloop.auth import Principal, Role, system_principal
+from opsloop.errors import ForbiddenError, NotFoundError
+from opsloop.llm.gateway import Gateway
 from opsloop.llm.routes import BackendSpec, RouteConfig
 from opsloop.settings import load_settings
 from rag.answer import ANSWER_PROMPT
-from serving.eval_wiring import EVAL_KEY_ID, EvalWiring, GatewayClient, gateway_cost
-from serving.gateway_service import Gateway
+from serving.eval_wiring import EVAL_KEY_ID, GatewayLLMs, eval_runs
 from serving.platform import Platform
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +41,7 @@ BROKEN_PROMPT = (
     "Forget the question. Write a short poem about the sea.\nPoem:"
 )
 """A deliberately broken answer prompt: SmolLM2 writes about the sea whatever was asked."""
+CALLER = system_principal("default")
 
 GENERATION = EvalConfig(
     collection="docs",
@@ -65,7 +69,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     for name in DOCS:
         shutil.copy(REPO / "docs" / name, docs / name)
     plat = Platform.build(load_settings(home=root / "home")).start_store()
-    plat.rag.ingest("default", "docs", docs)
+    plat.rag.ingest(CALLER, "docs", docs)
     try:
         yield plat
     finally:
@@ -83,9 +87,9 @@ def dataset() -> EvalDataset:
 def test_a_run_is_an_mlflow_run_with_params_metrics_intervals_and_the_sample_table(
     platform: Platform, dataset: EvalDataset
 ) -> None:
-    wiring = EvalWiring(platform)
-    service = wiring.service()
-    tracked = asyncio.run(service.run(wiring.runner(GENERATION), dataset, GENERATION))
+    runs = eval_runs(platform)
+    service = runs.service
+    tracked = asyncio.run(service.run(runs.runner(CALLER, GENERATION), dataset, GENERATION))
     assert tracked.config.prompt == 1  # production, resolved to its version
     summaries = tracked.outcome.summaries
     assert set(summaries) == {*(GENERATION.metrics or ()), "latency_ms", "cost_usd"}
@@ -129,11 +133,11 @@ def test_a_run_is_an_mlflow_run_with_params_metrics_intervals_and_the_sample_tab
 
 
 def test_a_broken_prompt_version_is_caught_by_the_gate(platform: Platform, dataset: EvalDataset) -> None:
-    wiring = EvalWiring(platform)
-    service = wiring.service()
+    runs = eval_runs(platform)
+    service = runs.service
     broken = platform.start_registry().register_prompt(ANSWER_PROMPT, BROKEN_PROMPT, commit_message="broken")
     candidate = replace(GENERATION, prompt=broken.version)
-    tracked = asyncio.run(service.run(wiring.runner(candidate), dataset, candidate))
+    tracked = asyncio.run(service.run(runs.runner(CALLER, candidate), dataset, candidate))
     answers = [s.answer or "" for s in tracked.outcome.samples]
     base_config, baseline = service.find_baseline(
         dataset, tracked.config, "production", exclude=tracked.run_id
@@ -150,7 +154,7 @@ def test_a_broken_prompt_version_is_caught_by_the_gate(platform: Platform, datas
     tags = MlflowClient(tracking_uri=platform.settings.tracking_uri).get_run(tracked.run_id).data.tags
     assert tags["opsloop.eval.gate"] == "failed: semantic_similarity"
     # The production prompt against its own earlier run passes.
-    again = asyncio.run(service.run(wiring.runner(GENERATION), dataset, GENERATION))
+    again = asyncio.run(service.run(runs.runner(CALLER, GENERATION), dataset, GENERATION))
     assert service.compare(again.run_id, baseline.run_id, rules=rules).passed
 
 
@@ -189,13 +193,15 @@ def test_a_judge_on_a_loopback_server_scores_or_counts_every_judge_metric(
         judge_options=JudgeOptions(max_tokens=96, timeout_s=90, retries=1),
     )
     one = EvalDataset.of("one", dataset.items[:1])
+    llms = GatewayLLMs(lambda: gateway)
 
     async def main() -> EvalOutcome:
         runner = EvalRunner(
             platform.rag,
+            caller=CALLER,
             embedder=platform.rag.embedder,
-            judge=GatewayClient(gateway, "judge", "default", key_id=EVAL_KEY_ID),
-            judge_cost=gateway_cost(gateway),
+            judge=llms.client("judge", "default"),
+            judge_cost=llms.cost,
         )
         try:
             return await runner.run(one, config, Checkpoint(tmp_path / "run"))
@@ -226,3 +232,24 @@ def test_a_judge_on_a_loopback_server_scores_or_counts_every_judge_metric(
     assert sum(c.prompt_tokens for c in calls) == sample.judge["prompt_tokens"]
     assert sum(c.cost_usd for c in calls) == pytest.approx(expected)
     assert {c.route for c in ledger} == {"judge", platform.settings.rag_route}
+
+
+def test_a_run_is_the_callers_in_its_tenant_and_audited(platform: Platform, dataset: EvalDataset) -> None:
+    runs = eval_runs(platform)
+    retrieval = EvalConfig(collection="docs", tenant="acme", top_k=3, generate=False, metrics=("hit_rate",))
+    operator = Principal("key-op", "default", Role.OPERATOR)
+    result = asyncio.run(runs.run(operator, dataset, retrieval, request_id="req-1"))
+    assert result.run.config.tenant == "default"  # the caller's, not the config's
+    assert result.run.outcome.summaries["hit_rate"].scored == len(dataset)
+    (entry,) = platform.audit.query(AuditFilter(action="eval.run", actor="key-op"))
+    target = f"eval-run:{result.run.run_id}"
+    assert (entry.tenant, entry.target, entry.request_id) == ("default", target, "req-1")
+    assert entry.after is not None
+    assert entry.after["dataset_sha256"] == dataset.sha256 and entry.after["params"]["tenant"] == "default"
+
+    # Another tenant's caller asks its own tenant, which has no collection "docs".
+    with pytest.raises(NotFoundError):
+        asyncio.run(runs.run(Principal("key-acme", "acme", Role.OPERATOR), dataset, retrieval))
+    with pytest.raises(ForbiddenError):
+        asyncio.run(runs.run(Principal("key-user", "default", Role.USER), dataset, retrieval))
+    assert not platform.audit.query(AuditFilter(action="eval.run", tenant="acme"))

@@ -1,4 +1,4 @@
-"""What the CLI and the server exchange for ``eval run``: a data set's items, reports, the HTTP call."""
+"""What the CLI and the server exchange for ``eval run``: a data set's items, reports, the HTTP calls."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import pytest
 from evals.dataset import DatasetError, dataset_from_items, load_dataset
 from evals.gate import GateReport, MetricComparison
 from evals.results import MetricSummary
+from evals.schedule import JobStatus
 from opsloop.errors import BackendError, NotFoundError
 from serving.cli.remote import ServerRag
+from serving.routers.evals import EvalRunPublic
 
 GOLDEN = Path(__file__).resolve().parents[2] / "evals" / "datasets" / "docs_golden.jsonl"
 
@@ -34,30 +36,63 @@ def test_a_bad_item_is_named_by_its_number() -> None:
         )
 
 
-def test_reports_survive_json() -> None:
-    summary = MetricSummary("hit_rate", 0.8, 0.6, 1.0, 5, 1, 0, 0, {"pipeline_error": 1})
-    assert MetricSummary.from_dict(json.loads(json.dumps(summary.to_dict()))) == summary
-    comparison = MetricComparison("mrr", 5, 0.5, 0.7, -0.2, -0.3, -0.1, True, 0.0, "regressed")
-    report = GateReport([comparison], 0.95, 5, 0, 1)
-    back = GateReport.from_dict(json.loads(json.dumps(report.to_dict())))
-    assert back == report and not back.passed
+SUMMARY = MetricSummary("hit_rate", 0.8, 0.6, 1.0, 5, 1, 0, 0, {"pipeline_error": 1})
+REPORT = GateReport(
+    [MetricComparison("mrr", 5, 0.5, 0.7, -0.2, -0.3, -0.1, True, 0.0, "regressed")], 0.95, 5, 0, 1
+)
+RUN = EvalRunPublic.model_validate(
+    {
+        "run_id": "abc",
+        "dataset": "docs_golden",
+        "samples": 5,
+        "resumed_samples": 0,
+        "seconds": 1.25,
+        "params": {"prompt": "1", "top_k": 3},
+        "summaries": {"hit_rate": SUMMARY},
+        "gate": {"baseline_run": "base", **REPORT.to_dict()},
+        "cost_usd": 0.0,
+        "baseline_ran": False,
+    }
+)
+
+
+def test_a_run_survives_json_with_its_summaries_and_gate() -> None:
+    back = EvalRunPublic.model_validate_json(RUN.model_dump_json())
+    assert back == RUN
+    assert back.summaries["hit_rate"] == SUMMARY
+    assert back.gate is not None and back.gate.report() == REPORT and not back.gate.passed
+    assert back.gate.regressions == ["mrr"]
 
 
 def _server(handler: httpx.MockTransport) -> ServerRag:
     return ServerRag("http://opsloop.test", "token", tenant="default", actor="cli:test", transport=handler)
 
 
-def test_run_eval_posts_the_run_and_returns_the_answer() -> None:
+def test_run_eval_posts_the_run_and_returns_the_answer_as_a_local_run_does() -> None:
     seen: list[httpx.Request] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"run_id": "abc"})
+        return httpx.Response(200, json=RUN.model_dump(mode="json"))
 
     with _server(httpx.MockTransport(handle)) as server:
-        assert server.run_eval({"collection": "docs"}, timeout=5) == {"run_id": "abc"}
+        assert server.run_eval({"collection": "docs"}, timeout=5) == RUN
     assert seen[0].url.path == "/admin/evals/runs" and json.loads(seen[0].content) == {"collection": "docs"}
     assert seen[0].extensions["timeout"]["read"] == 5
+
+
+def test_trigger_eval_returns_the_jobs_status() -> None:
+    status = {"name": "nightly", "cron": "0 3 * * *", "next_run": "2026-12-02T03:00:00Z", "last_run": None}
+    status |= {"last_outcome": "ok", "last_run_id": "abc", "last_error": None, "running": False}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/admin/evals/jobs/nightly/trigger"
+        return httpx.Response(200, json=status)
+
+    with _server(httpx.MockTransport(handle)) as server:
+        ran = server.trigger_eval("nightly")
+    assert isinstance(ran, JobStatus) and (ran.last_outcome, ran.last_run_id) == ("ok", "abc")
+    assert ran.next_run is not None and ran.next_run.hour == 3
 
 
 def test_run_eval_says_the_server_goes_on_after_a_timeout_and_passes_its_errors() -> None:

@@ -1,7 +1,7 @@
 """The ragas judge adapter: JSON extraction, retries, timeouts and per-sample tallies.
 
 The judge here is a scripted ``LLMClient`` (the seam the adapter is written against); the real
-judge over a loopback llama.cpp server is exercised in tests/integration/test_eval_judge.py.
+judge over a loopback llama.cpp server is exercised in tests/integration/test_eval_runs.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import pytest
 from pydantic import BaseModel
 
+from evals.calls import JudgeError, JudgeTally, current_tally
 from evals.judge import JudgeLLM, parse_json
-from evals.scoring import JudgeError, JudgeTally, current_tally, select_metrics
+from evals.scoring import select_metrics
 from opsloop.errors import BackendError, InvalidInputError, OpsloopError
 from opsloop.llm.protocol import ChatRequest, ChatResult, MeteredStream, Usage
 

@@ -12,8 +12,9 @@ from pydantic import ValidationError
 
 from evals.gate import GateReport, MetricComparison
 from evals.results import MetricSummary
-from evals.schedule import EvalJob, EvalScheduler, JobResult, next_fire_times, run_job
-from opsloop.errors import BackendError, NotFoundError
+from evals.schedule import EvalJob, EvalScheduler, JobResult, next_fire_times, parse_jobs, run_job
+from opsloop.errors import BackendError, ConfigError, NotFoundError
+from opsloop.scheduler import Scheduler
 from opsloop.telemetry import EvalMetrics
 
 
@@ -104,12 +105,13 @@ def test_a_failing_job_is_counted_and_keeps_its_last_success_time() -> None:
         asyncio.run(scheduler.trigger("weekly"))
 
 
-def test_job_names_must_be_unique() -> None:
-    async def execute(job: EvalJob) -> JobResult:
-        return JobResult("r", {})
-
-    with pytest.raises(ValueError, match="unique: nightly"):
-        EvalScheduler([_job(), _job()], execute, _metrics()[0])
+def test_settings_entries_are_checked_naming_the_entry() -> None:
+    entry = {"name": "nightly", "cron": "0 3 * * *", "dataset": "g.jsonl", "collection": "docs"}
+    assert [job.name for job in parse_jobs([entry])] == ["nightly"]
+    with pytest.raises(ConfigError, match="unique: nightly"):
+        parse_jobs([entry, entry])
+    with pytest.raises(ConfigError, match=r"invalid eval_jobs\[1\]: cron"):
+        parse_jobs([entry, {**entry, "name": "weekly", "cron": "every day"}])
 
 
 def test_the_scheduler_fires_on_the_running_loop() -> None:
@@ -121,9 +123,12 @@ def test_the_scheduler_fires_on_the_running_loop() -> None:
         return JobResult("r1", {"mrr": _summary("mrr", 1.0)})
 
     async def main() -> None:
-        scheduler = EvalScheduler([_job(cron="* * * * *")], execute, metrics)
+        evals = EvalScheduler([_job(cron="* * * * *")], execute, metrics)
+        scheduler = Scheduler()
+        evals.schedule(scheduler)
         scheduler.start()
         try:
+            assert scheduler.jobs() == ["eval:nightly"] and evals.jobs()[0].next_run is not None
             job = scheduler._scheduler.get_job("eval:nightly")
             job.modify(next_run_time=datetime.now(UTC))  # fire now instead of at the next minute
             for _ in range(100):
@@ -131,7 +136,7 @@ def test_the_scheduler_fires_on_the_running_loop() -> None:
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.05)
-            assert scheduler.jobs()[0].last_run_id == "r1"
+            assert evals.jobs()[0].last_run_id == "r1"
         finally:
             scheduler.shutdown()
 
