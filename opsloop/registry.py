@@ -2,10 +2,15 @@
 
 Models are registered versions with aliases (``champion``, ``challenger``; MLflow 3
 deprecates stages) and opsloop's lineage (data hash, git commit, training params) as
-version tags. Prompts live in MLflow's prompt registry, versioned and aliased the same
-way. Nothing MLflow-specific leaks out: callers get frozen dataclasses of plain values,
-and every ``MlflowException`` becomes an opsloop error (``NotFoundError``,
-``ConflictError``, ``InvalidInputError``, else ``BackendError``) naming what was asked for.
+version tags. A version's reference profile (``workflows.reference``: what its training
+inputs looked like, for drift checks) is a JSON artifact of the version's run; a version
+registered without a run (from a folder) gets a run of its own for it, named in a version
+tag. Training code logs its runs here too (:meth:`Registry.log_sklearn_model`), so the
+workflows never call MLflow themselves. Prompts live in MLflow's prompt registry,
+versioned and aliased the same way. Nothing MLflow-specific leaks out: callers get frozen
+dataclasses of plain values, and every ``MlflowException`` becomes an opsloop error
+(``NotFoundError``, ``ConflictError``, ``InvalidInputError``, else ``BackendError``)
+naming what was asked for.
 
 The embedded store is ``sqlite:///``, which ``opsloop serve`` and the CLI may open at the
 same time; MLflow's store handles that, so this module keeps no state of its own beyond
@@ -19,12 +24,15 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from opsloop.errors import (
     BackendError,
@@ -41,7 +49,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXPERIMENT_NAME",
+    "REFERENCE_ARTIFACT",
     "Lineage",
+    "LoggedModel",
     "ModelVersionInfo",
     "PromptVersionInfo",
     "Registry",
@@ -54,6 +64,10 @@ EXPERIMENT_NAME = "opsloop"
 TAG_DATA_HASH = "opsloop.data_hash"
 TAG_GIT_SHA = "opsloop.git_sha"
 TAG_PARAMS = "opsloop.params"
+TAG_REFERENCE_RUN = "opsloop.reference_run"
+
+REFERENCE_ARTIFACT = "reference_profile.json"
+"""Where in a run's artifacts a model version's reference profile is kept."""
 
 # MLflow's double-brace variables, e.g. ``{{ question }}`` (mlflow.prompt.constants).
 _PROMPT_VARIABLE = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\s*\}\}")
@@ -172,6 +186,19 @@ class ModelVersionInfo:
     def uri(self) -> str:
         """The ``models:/`` URI that pins this exact version."""
         return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model logged under a run, ready to register.
+
+    Attributes:
+        run_id: The run that holds it, its parameters and metrics.
+        model_uri: The logged model, ``models:/m-...``.
+    """
+
+    run_id: str
+    model_uri: str
 
 
 @dataclass(frozen=True)
@@ -419,10 +446,7 @@ class Registry:
         Raises:
             NotFoundError: No such model, version or alias.
         """
-        if isinstance(alias_or_version, str) and not _is_version(alias_or_version):
-            version = self.get_alias(name, alias_or_version).version
-        else:
-            version = self.get_version(name, alias_or_version).version
+        version = self._resolve(name, alias_or_version).version
         _import_mlflow()  # for the install hint
         import mlflow.pyfunc
         import mlflow.sklearn
@@ -442,20 +466,142 @@ class Registry:
             NotFoundError: No such model or version.
             InvalidInputError: The version was logged without a column-based signature.
         """
-        from mlflow.models import get_model_info
+        what = f"model {name!r} version {version}"
+        return self._signature_columns(f"models:/{name}/{version}", what, model=name, version=version)
 
-        with _translated(f"model {name!r} version {version}", model=name, version=version):
+    def signature_columns(self, model_uri: str) -> list[tuple[str, str]]:
+        """:meth:`input_columns` of a model not registered yet: a folder, ``runs:/`` or ``models:/`` URI.
+
+        Raises:
+            NotFoundError: Nothing at ``model_uri``.
+            InvalidInputError: The model has no column-based signature.
+        """
+        # MLflow finds a folder's MLmodel by path only: a file:// URI reads as a missing model.
+        parsed = urlparse(model_uri)
+        local = url2pathname(parsed.path) if parsed.scheme == "file" else model_uri
+        return self._signature_columns(local, f"model {model_uri!r}", model_uri=model_uri)
+
+    # -- training runs and reference profiles ------------------------------------------------
+
+    def log_sklearn_model(
+        self,
+        model: Any,
+        *,
+        run_name: str,
+        inputs: Any,
+        outputs: Any,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        requirements: Sequence[str] | None = None,
+        predict_fn: str = "predict",
+        trusted_types: Sequence[str] = (),
+    ) -> LoggedModel:
+        """Log a fitted scikit-learn model under a new run of the ``opsloop`` experiment.
+
+        Args:
+            model: The fitted estimator or pipeline.
+            run_name: Name of the run.
+            inputs: Training inputs (a DataFrame names the signature's columns); the first
+                row is kept as the input example.
+            outputs: What the model answers for ``inputs``, for the output signature.
+            params: Run parameters.
+            metrics: Run metrics.
+            tags: Run tags.
+            requirements: pip requirements; None lets MLflow infer them (slow: it imports
+                the model in a subprocess).
+            predict_fn: The estimator method behind the pyfunc flavour's ``predict``.
+            trusted_types: Callables that skops may load besides its defaults.
+
+        Raises:
+            BackendError: MLflow failed to log the run.
+            InvalidInputError: MLflow refused a parameter or metric.
+        """
+        self._started()
+        _import_mlflow()  # for the install hint
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(inputs, outputs)
+        example = inputs.iloc[:1] if hasattr(inputs, "iloc") else inputs[:1]
+        with _translated(f"logging the model run {run_name!r}", run=run_name):
+            # Another Registry may have pointed MLflow's process-global URIs elsewhere since start().
             self._bind_globals()
-            signature = get_model_info(f"models:/{name}/{version}").signature
-        inputs = signature.inputs if signature is not None else None
-        if inputs is None or not inputs.has_input_names():
-            raise InvalidInputError(
-                f"model {name!r} version {version} has no column-based input signature; "
-                "log it with signature=infer_signature(<DataFrame of inputs>)",
-                model=name,
-                version=version,
-            )
-        return [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in inputs.inputs]
+            with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
+                mlflow.log_params(dict(params or {}))
+                mlflow.log_metrics(dict(metrics or {}))
+                mlflow.set_tags(dict(tags or {}))
+                logged = mlflow.sklearn.log_model(
+                    model,
+                    name="model",
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=None if requirements is None else list(requirements),
+                    pyfunc_predict_fn=predict_fn,
+                    skops_trusted_types=list(trusted_types) or None,
+                )
+        return LoggedModel(run_id=run.info.run_id, model_uri=logged.model_uri)
+
+    def log_reference(self, name: str, version: int | str, profile: Mapping[str, Any]) -> str:
+        """Keep ``profile`` as the reference of a model version, replacing any earlier one.
+
+        It goes into the version's run; a version without one (registered from a folder)
+        gets a run in the ``opsloop`` experiment, which a version tag names.
+
+        Returns:
+            The id of the run that holds the profile.
+
+        Raises:
+            NotFoundError: No such model or version.
+            InvalidInputError: ``profile`` cannot be written as JSON.
+        """
+        client = self._started()
+        info = self.get_version(name, version)
+        try:
+            json.dumps(profile)  # before a run is made for it
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"the reference profile is not JSON: {exc}", field="reference") from exc
+        what = f"storing the reference profile of model {name!r} version {info.version}"
+        with _translated(what, model=name, version=info.version):
+            run_id = info.run_id or info.tags.get(TAG_REFERENCE_RUN)
+            made = run_id is None
+            if run_id is None:
+                run = client.create_run(self.experiment_id, run_name=f"{name}-v{info.version}-reference")
+                run_id = run.info.run_id
+            client.log_dict(run_id, dict(profile), REFERENCE_ARTIFACT)
+            if made:
+                client.set_terminated(run_id)
+                client.set_model_version_tag(name, str(info.version), TAG_REFERENCE_RUN, run_id)
+        return run_id
+
+    def reference(self, name: str, alias_or_version: str | int) -> dict[str, Any]:
+        """The reference profile kept with a model version (by alias or version number).
+
+        Raises:
+            NotFoundError: No such model, version or alias, or the version has no reference.
+            BackendError: The store failed otherwise, or the stored profile is not JSON.
+        """
+        client = self._started()
+        info = self._resolve(name, alias_or_version)
+        what = f"reference profile of model {name!r} version {info.version}"
+        details: dict[str, Any] = {"model": name, "version": info.version}
+        missing = (
+            f"model {name!r} version {info.version} has no reference profile; "
+            "register it with 'opsloop models register ... --reference DATA'"
+        )
+        run_id = info.tags.get(TAG_REFERENCE_RUN) or info.run_id
+        if run_id is None:
+            raise NotFoundError(missing, **details)
+        try:
+            with tempfile.TemporaryDirectory() as tmp, _translated(what, **details):
+                path = client.download_artifacts(run_id, REFERENCE_ARTIFACT, tmp)
+                profile: dict[str, Any] = json.loads(Path(path).read_text())
+        # The local artifact store reports a missing file as FileNotFoundError, others by code.
+        except (NotFoundError, FileNotFoundError) as exc:
+            raise NotFoundError(missing, **details) from exc
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise BackendError(f"{what}: {exc}", **details) from exc
+        return profile
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -540,6 +686,26 @@ class Registry:
         if self._client is None:
             raise RuntimeError("Registry.start() was not called")
         return self._client
+
+    def _resolve(self, name: str, alias_or_version: str | int) -> ModelVersionInfo:
+        if isinstance(alias_or_version, str) and not _is_version(alias_or_version):
+            return self.get_alias(name, alias_or_version)
+        return self.get_version(name, alias_or_version)
+
+    def _signature_columns(self, uri: str, what: str, **details: Any) -> list[tuple[str, str]]:
+        from mlflow.models import get_model_info
+
+        with _translated(what, **details):
+            self._bind_globals()
+            signature = get_model_info(uri).signature
+        inputs = signature.inputs if signature is not None else None
+        if inputs is None or not inputs.has_input_names():
+            raise InvalidInputError(
+                f"{what} has no column-based input signature; "
+                "log it with signature=infer_signature(<DataFrame of inputs>)",
+                **details,
+            )
+        return [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in inputs.inputs]
 
     def _prompt_by_alias(self, name: str, alias: str) -> PromptVersionInfo:
         client = self._started()

@@ -20,7 +20,6 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.table import Table
 
 from opsloop.errors import InvalidInputError, NotFoundError
 
@@ -197,24 +196,6 @@ class ConceptDriftReport:
             f"{state} ({self.model} version {self.version}: {self.instances} labelled instances, "
             f"error {self.current_error_rate:.3f} now, {self.error_rate:.3f} overall)"
         )
-
-    def to_table(self) -> Table:
-        """The change points as a terminal table."""
-        table = Table(
-            title=f"Concept drift of {self.model} version {self.version} (ADWIN, delta={self.delta})"
-        )
-        for column in ("instance", "detected at", "time", "error before", "error after", ""):
-            table.add_column(column)
-        for p in self.change_points:
-            table.add_row(
-                str(p.index),
-                str(p.detected_at),
-                p.at.isoformat(timespec="seconds") if p.at else "",
-                f"{p.error_before:.3f}",
-                f"{p.error_after:.3f}",
-                "[red]worse[/]" if p.worse else "[green]better[/]",
-            )
-        return table
 
 
 def concept_report(

@@ -31,16 +31,15 @@ double (purpose car / home / education / business / other at 0.20 / 0.15 / 0.10 
 Six of the ten inputs change, so a drift check calls it dataset drift at the usual 0.5
 share. About 48% of those rows default.
 
-``train_demo`` fits :func:`build_pipeline` on such data, logs the run (params, holdout
-metrics, the model, a :func:`reference_profile` for drift checks) to MLflow and registers the
-model with lineage under an alias.
+:func:`log_demo_run` fits :func:`build_pipeline` on such data, logs the run (params,
+holdout metrics, the model) through the registry and profiles the training split
+(:func:`reference_profile`, for drift checks); :func:`train_demo` also registers the model
+with lineage and that reference under an alias.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,13 +47,8 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any, Literal
 
-import mlflow
-import mlflow.artifacts
-import mlflow.sklearn
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
@@ -62,20 +56,21 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from opsloop.errors import BackendError, InvalidInputError, NotFoundError
+from opsloop.errors import InvalidInputError
 from opsloop.registry import Lineage, ModelVersionInfo, Registry
+from workflows.reference import Column, build_profile
 
 __all__ = [
     "CLASSIFIER_PARAMS",
     "FEATURES",
     "FEATURE_NAMES",
     "LABEL",
-    "PROFILE_ARTIFACT",
+    "DemoRun",
     "Feature",
     "build_pipeline",
     "data_hash",
     "generate_credit_data",
-    "load_reference_profile",
+    "log_demo_run",
     "reference_profile",
     "train_demo",
 ]
@@ -128,16 +123,13 @@ FEATURES: tuple[Feature, ...] = (
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 LABEL = "default"
-PROFILE_ARTIFACT = "reference_profile.json"
 CLASSIFIER_PARAMS: dict[str, Any] = {"C": 1.0, "max_iter": 1000, "solver": "lbfgs"}
 """Hyperparameters of the LogisticRegression, logged as ``classifier.*`` params."""
 
 _PANDAS_DTYPES = {"long": "int64", "double": "float64", "string": "str"}
-_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-_PROBABILITY_BINS = np.linspace(0.0, 1.0, 11)
+_COLUMNS = tuple(Column(f.name, f.kind, f.categories) for f in FEATURES)
 # The FunctionTransformer below calls numpy.asarray; skops refuses unlisted callables on load.
 _SKOPS_TRUSTED = ["numpy.asarray"]
-_MISSING = "RESOURCE_DOES_NOT_EXIST"
 
 
 def generate_credit_data(rows: int, *, seed: int = 0, shift: bool = False) -> pd.DataFrame:
@@ -227,78 +219,20 @@ def build_pipeline() -> Pipeline:
 def reference_profile(
     frame: pd.DataFrame, probabilities: Any, *, sample_rows: int = 5000, seed: int = 0
 ) -> dict[str, Any]:
-    """Summarise model inputs and predicted probabilities for later drift checks.
+    """Summarise the demo model's inputs and predicted probabilities for later drift checks.
 
-    Numeric features get count, missing, mean, std, min, max, quantiles and a histogram
-    over up to 10 quantile-based bins (``edges``/``counts``, numpy's convention: bins are
-    half-open except the last; later data outside the edges belongs in the outer bins).
-    Categorical features get counts and frequencies of every declared category (and of any
-    other value seen). Predictions get a histogram on the fixed bins 0, 0.1, ..., 1.
+    :func:`workflows.reference.build_profile` over FEATURES, every declared category counted.
 
     Args:
         frame: At least the FEATURES columns.
         probabilities: P(default) per row, or a ``predict_proba`` array (column 1 is used).
-        sample_rows: How many rows (drawn without replacement) to keep as ``sample``, so
-            tests such as Kolmogorov-Smirnov can run later without the training set.
+        sample_rows: How many rows to keep as the profile's ``sample``.
         seed: Seed of that draw.
-
-    Returns:
-        ``{"rows", "features": {name: {...}}, "predictions": {...}, "sample": {name: [...]}}``,
-        all JSON-serialisable.
 
     Raises:
         InvalidInputError: A feature column is missing or empty, or the lengths differ.
     """
-    missing = [name for name in FEATURE_NAMES if name not in frame.columns]
-    if missing:
-        raise InvalidInputError(f"frame lacks feature columns {missing}", field="frame", missing=missing)
-    proba = np.asarray(probabilities, dtype=float)
-    proba = proba[:, 1] if proba.ndim == 2 else proba
-    if len(frame) == 0 or proba.shape != (len(frame),):
-        raise InvalidInputError(
-            f"need one probability per row of a non-empty frame: {len(frame)} rows, shape {proba.shape}",
-            field="probabilities",
-        )
-    features: dict[str, Any] = {}
-    for feature in FEATURES:
-        column = frame[feature.name]
-        present = column.dropna()
-        if present.empty:
-            raise InvalidInputError(f"feature {feature.name!r} has no values", field=feature.name)
-        entry: dict[str, Any] = {
-            "kind": feature.kind,
-            "count": len(present),
-            "missing": len(column) - len(present),
-        }
-        if feature.kind == "numeric":
-            values = present.to_numpy(dtype=float)
-            edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, 11)))
-            edges = edges if len(edges) > 1 else np.array([edges[0], edges[0]])  # constant column
-            counts, _ = np.histogram(values, bins=edges)
-            entry |= {
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "min": float(values.min()),
-                "max": float(values.max()),
-                "quantiles": {
-                    str(q): float(v) for q, v in zip(_QUANTILES, np.quantile(values, _QUANTILES), strict=True)
-                },
-                "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
-            }
-        else:
-            seen = present.astype(str).value_counts()
-            counts_by = {c: int(seen.get(c, 0)) for c in feature.categories}
-            counts_by |= {str(c): int(n) for c, n in seen.items() if c not in counts_by}
-            entry |= {"counts": counts_by, "frequencies": {c: n / len(present) for c, n in counts_by.items()}}
-        features[feature.name] = entry
-    counts, _ = np.histogram(proba, bins=_PROBABILITY_BINS)
-    predictions = {
-        "mean": float(proba.mean()),
-        "histogram": {"edges": np.round(_PROBABILITY_BINS, 1).tolist(), "counts": counts.tolist()},
-    }
-    keep = np.random.default_rng(seed).permutation(len(frame))[:sample_rows]
-    sample = {name: frame[name].iloc[keep].tolist() for name in FEATURE_NAMES}
-    return {"rows": len(frame), "features": features, "predictions": predictions, "sample": sample}
+    return build_profile(frame, _COLUMNS, probabilities, sample_rows=sample_rows, seed=seed)
 
 
 def data_hash(frame: pd.DataFrame) -> str:
@@ -306,33 +240,46 @@ def data_hash(frame: pd.DataFrame) -> str:
     return "sha256:" + hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
 
 
-def train_demo(
+@dataclass(frozen=True)
+class DemoRun:
+    """A trained and logged demo model, not registered yet.
+
+    Attributes:
+        name: The registered model name it is meant for.
+        model_uri: The logged model, ``models:/m-...``.
+        lineage: Data hash, git commit and training parameters for the version tags.
+        description: Holdout metrics and data hash, for the version's description.
+        reference: The :func:`reference_profile` of the training split, to store with the version.
+    """
+
+    name: str
+    model_uri: str
+    lineage: Lineage
+    description: str
+    reference: dict[str, Any]
+
+
+def log_demo_run(
     registry: Registry,
     *,
     rows: int = 5000,
     seed: int = 0,
     shift: bool = False,
     name: str = "credit-risk",
-    alias: str | None = "champion",
     progress: Callable[[str], None] | None = None,
-) -> ModelVersionInfo:
-    """Generate data, train, evaluate on a holdout, log to MLflow, register and alias the model.
+) -> DemoRun:
+    """Generate data, train, evaluate on a holdout, log the run, and profile the training split.
 
     Args:
         registry: A started registry; the run goes into its experiment.
         rows: Rows to generate; 80% train, 20% stratified holdout.
         seed: Seed of the data and the split.
         shift: Train on drifted data (see the module docstring).
-        name: Registered model name.
-        alias: Alias pointed at the new version; None leaves aliases alone (callers that
-            audit alias moves use ``workflows.promotion.promote`` instead).
+        name: Registered model name the run is for (it names the run).
         progress: Called with a line per step.
 
-    Returns:
-        The new version, with its alias, lineage tags and holdout metrics in the description.
-
     Raises:
-        InvalidInputError: ``rows`` is below 100, or a bad name or alias.
+        InvalidInputError: ``rows`` is below 100.
         BackendError: MLflow failed to log the run.
     """
     say = progress or (lambda message: None)
@@ -360,82 +307,68 @@ def train_demo(
     params: dict[str, Any] = {"rows": rows, "seed": seed, "shift": shift, "test_size": 0.2}
     params["classifier"] = "LogisticRegression"
     params.update({f"classifier.{key}": value for key, value in CLASSIFIER_PARAMS.items()})
-    profile = reference_profile(x_train, train_proba)
+    say(f"logging the run to experiment {registry.experiment_id}")
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values; the demo's never do.
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-        signature = infer_signature(x_train, train_proba)
-    say(f"logging the run to experiment {registry.experiment_id}")
-    # Another Registry may have pointed MLflow's process-global URIs elsewhere since start().
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    mlflow.set_registry_uri(registry.tracking_uri)
-    try:
-        with mlflow.start_run(experiment_id=registry.experiment_id, run_name=f"{name}-demo"):
-            mlflow.log_params(params)
-            mlflow.log_metrics(metrics)
-            mlflow.set_tag("opsloop.data_hash", digest)
-            logged = mlflow.sklearn.log_model(
-                pipeline,
-                name="model",
-                signature=signature,
-                input_example=x_train.iloc[:1],
-                # Explicit, because inferring them imports the model in a subprocess (~10 s).
-                pip_requirements=[
-                    f"{dist}=={installed_version(dist)}"
-                    for dist in ("scikit-learn", "numpy", "pandas", "skops")
-                ],
-                pyfunc_predict_fn="predict_proba",  # pyfunc answers probabilities, like the estimator
-                skops_trusted_types=_SKOPS_TRUSTED,
-            )
-            mlflow.log_dict(profile, PROFILE_ARTIFACT)
-    except MlflowException as exc:
-        raise BackendError(f"logging the demo model run: {exc.message}", model=name) from exc
-    say(f"registering {name!r}")
+        logged = registry.log_sklearn_model(
+            pipeline,
+            run_name=f"{name}-demo",
+            inputs=x_train,
+            outputs=train_proba,
+            params=params,
+            metrics=metrics,
+            tags={"opsloop.data_hash": digest},
+            # Explicit, because inferring them imports the model in a subprocess (~10 s).
+            requirements=[
+                f"{dist}=={installed_version(dist)}" for dist in ("scikit-learn", "numpy", "pandas", "skops")
+            ],
+            predict_fn="predict_proba",  # pyfunc answers probabilities, like the estimator
+            trusted_types=_SKOPS_TRUSTED,
+        )
     lineage = Lineage.capture(data_hash=digest, params=params, cwd=Path(__file__).resolve().parent)
-    created = registry.register_model(
-        name,
-        logged.model_uri,
-        lineage,
-        description=f"demo credit-risk model; holdout {summary}; data {digest}",
-    )
+    description = f"demo credit-risk model; holdout {summary}; data {digest}"
+    return DemoRun(name, logged.model_uri, lineage, description, reference_profile(x_train, train_proba))
+
+
+def train_demo(
+    registry: Registry,
+    *,
+    rows: int = 5000,
+    seed: int = 0,
+    shift: bool = False,
+    name: str = "credit-risk",
+    alias: str | None = "champion",
+    progress: Callable[[str], None] | None = None,
+) -> ModelVersionInfo:
+    """:func:`log_demo_run`, then register the model with its lineage and reference, and alias it.
+
+    The registration is not audited: callers that act for someone register a
+    :func:`log_demo_run` with ``workflows.registration.register`` instead.
+
+    Args:
+        registry: A started registry; the run goes into its experiment.
+        rows: Rows to generate; 80% train, 20% stratified holdout.
+        seed: Seed of the data and the split.
+        shift: Train on drifted data (see the module docstring).
+        name: Registered model name.
+        alias: Alias pointed at the new version; None leaves aliases alone (callers that
+            audit alias moves use ``workflows.promotion.promote`` instead).
+        progress: Called with a line per step.
+
+    Returns:
+        The new version, with its alias, lineage tags and holdout metrics in the description.
+
+    Raises:
+        InvalidInputError: ``rows`` is below 100, or a bad name or alias.
+        BackendError: MLflow failed to log the run.
+    """
+    run = log_demo_run(registry, rows=rows, seed=seed, shift=shift, name=name, progress=progress)
+    say = progress or (lambda message: None)
+    say(f"registering {name!r}")
+    created = registry.register_model(name, run.model_uri, run.lineage, description=run.description)
+    registry.log_reference(name, created.version, run.reference)
     if alias is not None:
         registry.set_alias(name, alias, created.version)
         say(f"{name!r} version {created.version} is {alias!r}")
     return registry.get_version(name, created.version)
-
-
-def load_reference_profile(registry: Registry, name: str, version: int | str) -> dict[str, Any]:
-    """Download the reference profile logged with a version by :func:`train_demo`.
-
-    Args:
-        registry: A started registry.
-        name: Registered model name.
-        version: A version number, or an alias.
-
-    Raises:
-        NotFoundError: No such model, version or alias, or the version has no profile.
-        BackendError: MLflow failed otherwise.
-    """
-    is_number = isinstance(version, int) or version.isdigit()
-    info = registry.get_version(name, version) if is_number else registry.get_alias(name, str(version))
-    if info.run_id is None:
-        raise NotFoundError(
-            f"model {name!r} version {info.version} has no run", model=name, version=info.version
-        )
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=info.run_id,
-                artifact_path=PROFILE_ARTIFACT,
-                dst_path=tmp,
-                tracking_uri=registry.tracking_uri,
-            )
-            profile: dict[str, Any] = json.loads(Path(path).read_text())
-    except (MlflowException, OSError) as exc:
-        missing = isinstance(exc, FileNotFoundError) or getattr(exc, "error_code", "") == _MISSING
-        raise (NotFoundError if missing else BackendError)(
-            f"reference profile of model {name!r} version {info.version}: {exc}",
-            model=name,
-            version=info.version,
-        ) from exc
-    return profile

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -44,7 +43,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from opsloop.errors import InvalidInputError
-from workflows.drift_report import DriftReport, FeatureDrift
+from workflows.drift_report import DriftReport, DriftThresholds, FeatureDrift
 
 __all__ = [
     "EPSILON",
@@ -68,40 +67,6 @@ EPSILON = 1e-4
 
 OTHER = "<other>"
 """The pooled cell for categories the reference never saw."""
-
-
-@dataclass(frozen=True)
-class DriftThresholds:
-    """When a feature, and the dataset, count as drifted (see the module docstring).
-
-    Attributes:
-        psi: PSI above this is a material change (0.1-0.2 "moderate", above 0.2 "significant"
-            in credit-risk practice).
-        ks_pvalue: Significance level of the numeric tests (KS and binned chi-square, each
-            run at half of it).
-        chi2_pvalue: Significance level of the categorical chi-square test.
-        wasserstein: Wasserstein distance, in reference standard deviations, above which a
-            numeric change is material.
-        js: Jensen-Shannon distance (base 2) above which a categorical change is material.
-        dataset_share: The dataset drifts when at least this share of its features does.
-    """
-
-    psi: float = 0.2
-    ks_pvalue: float = 0.05
-    chi2_pvalue: float = 0.05
-    wasserstein: float = 0.1
-    js: float = 0.1
-    dataset_share: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("ks_pvalue", "chi2_pvalue", "dataset_share"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise InvalidInputError(f"threshold {name} must be in (0, 1], got {value}", field=name)
-        for name in ("psi", "wasserstein", "js"):
-            value = getattr(self, name)
-            if not value >= 0.0:
-                raise InvalidInputError(f"threshold {name} must be >= 0, got {value}", field=name)
 
 
 def quantile_edges(reference: np.ndarray, bins: int = 10) -> np.ndarray:

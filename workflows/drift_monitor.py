@@ -6,9 +6,11 @@ result, exports it to Prometheus and hands drifted checks to subscribers (retrai
 Each check also runs ADWIN (:mod:`workflows.concept_drift`) over the champion's labelled
 feedback, when there is some, and exports its error rate.
 
-The reference is the sample kept in the version's reference profile at training time
-(``workflows.demo.reference_profile``), so a check never reads the training set; the
-current data are the newest instances in the prediction log.
+The reference is the sample kept in the version's reference profile (:mod:`workflows.reference`),
+which the registry stores with the version at training or registration time
+(``Registry.reference``), so a check never reads the training set; the current data are
+the newest instances in the prediction log. A version registered without a reference has
+nothing to compare with: its checks are counted as skipped.
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ if TYPE_CHECKING:  # the statistics pull in pandas, SciPy and MLflow; `opsloop -
     from opsloop.predictions import PredictionLog
     from opsloop.registry import Registry
     from opsloop.telemetry import DriftMetrics
-    from workflows.drift import DriftThresholds
-    from workflows.drift_report import DriftReport
+    from workflows.drift_report import DriftReport, DriftThresholds
 
 __all__ = ["DriftCheckResult", "DriftMonitor", "live_report", "parse_window", "window_start"]
 
@@ -73,13 +74,12 @@ def live_report(
     """
     import pandas as pd
 
-    from workflows.demo import load_reference_profile
     from workflows.drift import compare_frames
 
     if last < 1:
         raise InvalidInputError("last must be at least 1", field="last", value=last)
     info = registry.get_alias(model, "champion") if version is None else registry.get_version(model, version)
-    profile = load_reference_profile(registry, model, info.version)
+    profile = registry.reference(model, info.version)
     if not profile.get("sample"):
         raise InvalidInputError(
             f"the reference profile of {model!r} version {info.version} has no sample; retrain it",

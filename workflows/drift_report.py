@@ -1,8 +1,11 @@
-"""The result of a drift comparison and its renderings: JSON, a terminal table, one HTML file.
+"""The result of a drift comparison, the thresholds behind its verdicts, and its JSON and HTML forms.
 
 :func:`workflows.drift.compare_frames` builds a :class:`DriftReport`; this module only holds
-and renders it. The HTML page is self-contained (inline CSS and SVG, no scripts, no links), so
-it can be attached to a ticket or served as a CI artifact and still open offline.
+it and writes it out (the terminal table is the CLI's, ``serving.cli.drift``). The HTML page
+is self-contained (inline CSS and SVG, no scripts, no links), so it can be attached to a
+ticket or served as a CI artifact and still open offline.
+
+:mod:`workflows.drift` imports this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -10,17 +13,48 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from rich.table import Table
+from opsloop.errors import InvalidInputError
 
-if TYPE_CHECKING:
-    from workflows.drift import DriftThresholds
-
-__all__ = ["DriftReport", "FeatureDrift"]
+__all__ = ["DriftReport", "DriftThresholds", "FeatureDrift", "format_score"]
 
 _REFERENCE_COLOUR = "#4c78a8"
 _CURRENT_COLOUR = "#f58518"
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    """When a feature, and the dataset, count as drifted: the decision rule of :mod:`workflows.drift`.
+
+    Attributes:
+        psi: PSI above this is a material change (0.1-0.2 "moderate", above 0.2 "significant"
+            in credit-risk practice).
+        ks_pvalue: Significance level of the numeric tests (KS and binned chi-square, each
+            run at half of it).
+        chi2_pvalue: Significance level of the categorical chi-square test.
+        wasserstein: Wasserstein distance, in reference standard deviations, above which a
+            numeric change is material.
+        js: Jensen-Shannon distance (base 2) above which a categorical change is material.
+        dataset_share: The dataset drifts when at least this share of its features does.
+    """
+
+    psi: float = 0.2
+    ks_pvalue: float = 0.05
+    chi2_pvalue: float = 0.05
+    wasserstein: float = 0.1
+    js: float = 0.1
+    dataset_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("ks_pvalue", "chi2_pvalue", "dataset_share"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise InvalidInputError(f"threshold {name} must be in (0, 1], got {value}", field=name)
+        for name in ("psi", "wasserstein", "js"):
+            value = getattr(self, name)
+            if not value >= 0.0:
+                raise InvalidInputError(f"threshold {name} must be >= 0, got {value}", field=name)
 
 
 @dataclass(frozen=True)
@@ -147,28 +181,6 @@ class DriftReport:
         names = f": {', '.join(drifted)}" if drifted else ""
         return f"{head} ({len(drifted)} of {len(self.features)} features drifted{names})"
 
-    def to_table(self) -> Table:
-        """A rich Table with one row of scores and the verdict per feature."""
-        table = Table(title=self.verdict(), title_justify="left")
-        table.add_column("feature", overflow="fold")
-        table.add_column("kind")
-        for column in ("PSI", "KS p", "Wass.", "JS", "chi2 p"):
-            table.add_column(column, justify="right", no_wrap=True)
-        table.add_column("verdict", no_wrap=True)
-        for f in self.features.values():
-            verdict = "[bold red]DRIFT[/]" if f.drifted else "[green]ok[/]"
-            table.add_row(
-                f.name,
-                "num" if f.kind == "numeric" else "cat",
-                _fmt(f.psi),
-                _fmt(f.ks_pvalue),
-                _fmt(f.wasserstein),
-                _fmt(f.js),
-                _fmt(f.chi2_pvalue),
-                verdict,
-            )
-        return table
-
     def to_html(self, title: str = "opsloop drift report") -> str:
         """One self-contained HTML page: summary, then per feature a chart, the scores, the verdict."""
         t = self.thresholds
@@ -201,7 +213,8 @@ categorical chi2 p &lt; {t.chi2_pvalue:g}, JS &gt; {t.js:g}
 """
 
 
-def _fmt(value: float | None) -> str:
+def format_score(value: float | None) -> str:
+    """A score as reports show it: three decimals, scientific when tiny, ``-`` when not computed."""
     if value is None:
         return "-"
     return f"{value:.1e}" if abs(value) < 1e-3 and value != 0 else f"{value:.3f}"
@@ -212,7 +225,7 @@ def _feature_card(f: FeatureDrift) -> str:
     scores = [("PSI", f.psi), ("KS p", f.ks_pvalue), ("KS D", f.ks_statistic)]
     scores += [("Wasserstein", f.wasserstein), ("JS", f.js), ("chi2 p", f.chi2_pvalue)]
     head = "".join(f"<th>{name}</th>" for name, value in scores if value is not None)
-    row = "".join(f"<td>{_fmt(value)}</td>" for _, value in scores if value is not None)
+    row = "".join(f"<td>{format_score(value)}</td>" for _, value in scores if value is not None)
     missing = (
         f"; missing {f.reference_missing} / {f.current_missing}"
         if f.reference_missing or f.current_missing

@@ -2,7 +2,9 @@
 
 Every move is audited with the version before and after; rollback reads that trail to
 find where to go back to, so it works across processes (a CLI rollback undoes a
-promotion made through the API, and the other way round).
+promotion made through the API, and the other way round). Both take the caller
+(``Principal``), who needs the operator role and is named in the audit log under their
+tenant; registering the version first is :mod:`workflows.registration`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opsloop.audit import AuditFilter, AuditLog
+from opsloop.auth import Principal, Role
 from opsloop.errors import ConflictError, NotFoundError
 from opsloop.registry import Registry
 
@@ -29,10 +32,10 @@ class AliasMove:
     after: int
 
 
-def _record(audit: AuditLog, action: str, move: AliasMove, actor: str, tenant: str) -> None:
+def _record(audit: AuditLog, action: str, move: AliasMove, caller: Principal) -> None:
     audit.append(
-        actor=actor,
-        tenant=tenant,
+        actor=caller.actor,
+        tenant=caller.tenant,
         action=action,
         target=f"model:{move.model}",
         before={"alias": move.alias, "version": move.before},
@@ -41,38 +44,44 @@ def _record(audit: AuditLog, action: str, move: AliasMove, actor: str, tenant: s
 
 
 def promote(
+    caller: Principal,
     registry: Registry,
     audit: AuditLog,
     model: str,
     version: int,
     *,
-    actor: str,
-    tenant: str = "default",
     alias: str = CHAMPION,
 ) -> AliasMove:
-    """Point ``alias`` at ``version``; serving picks it up within its poll interval."""
+    """Point ``alias`` at ``version``; serving picks it up within its poll interval.
+
+    Raises:
+        ForbiddenError: The caller is below operator.
+        NotFoundError: No such model or version.
+    """
+    caller.require(Role.OPERATOR, f"promoting model {model!r}")
     registry.get_version(model, version)  # NotFoundError before anything moves
     before = registry.set_alias(model, alias, version)
     move = AliasMove(model, alias, before, version)
-    _record(audit, "model.promote", move, actor, tenant)
+    _record(audit, "model.promote", move, caller)
     return move
 
 
 def rollback(
+    caller: Principal,
     registry: Registry,
     audit: AuditLog,
     model: str,
     *,
-    actor: str,
-    tenant: str = "default",
     alias: str = CHAMPION,
 ) -> AliasMove:
     """Point ``alias`` back at the version it held before its last move.
 
     Raises:
+        ForbiddenError: The caller is below operator.
         NotFoundError: The alias is not set.
         ConflictError: No earlier version is on record.
     """
+    caller.require(Role.OPERATOR, f"rolling back model {model!r}")
     current = registry.get_alias(model, alias).version
     moves = [
         entry
@@ -92,5 +101,5 @@ def rollback(
             f"the previous {alias}, version {previous}, no longer exists", model=model
         ) from exc
     move = AliasMove(model, alias, current, int(previous))
-    _record(audit, "model.rollback", move, actor, tenant)
+    _record(audit, "model.rollback", move, caller)
     return move

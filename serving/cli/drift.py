@@ -1,4 +1,7 @@
-"""``opsloop drift``: compare a current data set with a reference one, feature by feature."""
+"""``opsloop drift``: compare a current data set with a reference one, feature by feature.
+
+The workflows hand back plain reports; the terminal tables they are shown as are drawn here.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from workflows.concept_drift import ConceptDriftReport
     from workflows.drift_report import DriftReport
 
 app = typer.Typer(help="Detect data drift between a reference and a current data set.", no_args_is_help=True)
@@ -199,7 +203,7 @@ def drift_concept(
     if format_ == "json":
         print(report.to_json())
     else:
-        out.print(report.to_table())
+        out.print(concept_table(report))
     err.print(f"[{'red' if report.drifted else 'green'}]{report.verdict()}[/]", highlight=False)
     if fail_on_drift and report.drifted:
         raise typer.Exit(code=DRIFT_EXIT_CODE)
@@ -341,7 +345,7 @@ def drift_history(
 def _emit(report: DriftReport, format_: str, output: Path | None, fail_on_drift: bool) -> None:
     """Print or write the report, say the verdict, and exit 3 on drift if asked to."""
     if format_ == "table" and output is None:
-        out.print(report.to_table())
+        out.print(drift_table(report))
     else:
         if format_ == "json":
             text = report.to_json()
@@ -365,5 +369,42 @@ def _emit(report: DriftReport, format_: str, output: Path | None, fail_on_drift:
 
 def _plain(report: DriftReport) -> str:
     console = Console(file=io.StringIO(), width=120, no_color=True)
-    console.print(report.to_table())
+    console.print(drift_table(report))
     return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def drift_table(report: DriftReport) -> Table:
+    """A report as a terminal table: one row of scores and the verdict per feature."""
+    from workflows.drift_report import format_score
+
+    table = Table(title=report.verdict(), title_justify="left")
+    table.add_column("feature", overflow="fold")
+    table.add_column("kind")
+    for column in ("PSI", "KS p", "Wass.", "JS", "chi2 p"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    for f in report.features.values():
+        scores = (f.psi, f.ks_pvalue, f.wasserstein, f.js, f.chi2_pvalue)
+        verdict = "[bold red]DRIFT[/]" if f.drifted else "[green]ok[/]"
+        kind = "num" if f.kind == "numeric" else "cat"
+        table.add_row(f.name, kind, *(format_score(score) for score in scores), verdict)
+    return table
+
+
+def concept_table(report: ConceptDriftReport) -> Table:
+    """A concept-drift report's change points as a terminal table."""
+    table = Table(
+        title=f"Concept drift of {report.model} version {report.version} (ADWIN, delta={report.delta})"
+    )
+    for column in ("instance", "detected at", "time", "error before", "error after", ""):
+        table.add_column(column)
+    for p in report.change_points:
+        table.add_row(
+            str(p.index),
+            str(p.detected_at),
+            p.at.isoformat(timespec="seconds") if p.at else "",
+            f"{p.error_before:.3f}",
+            f"{p.error_after:.3f}",
+            "[red]worse[/]" if p.worse else "[green]better[/]",
+        )
+    return table

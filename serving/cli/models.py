@@ -1,4 +1,9 @@
-"""``opsloop models``: train, register, list, promote and roll back models."""
+"""``opsloop models``: train, register, list, promote and roll back models.
+
+Each command is a thin adapter: registering is ``workflows.registration.register`` and
+moving the champion ``workflows.promotion``, called as the local CLI operator
+(``serving.platform.cli_principal``: an admin of the ``default`` tenant).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,8 @@ import typer
 from rich.table import Table
 
 from opsloop.errors import OpsloopError
-from opsloop.registry import Lineage
 from serving.cli.common import err, fail, out
-from serving.platform import Platform, cli_actor
+from serving.platform import cli_principal
 
 app = typer.Typer(help="Train, register, list, promote and roll back models.", no_args_is_help=True)
 
@@ -29,33 +33,35 @@ def models_train(
     ] = True,
 ) -> None:
     """Train a model on generated data, log it to MLflow, register it and make it champion."""
-    from workflows.demo import train_demo
+    from workflows.demo import log_demo_run
     from workflows.promotion import promote
+    from workflows.registration import register
 
     if not demo:
         err.print("only the demo model can be trained here: pass --demo (or use 'models register')")
         raise typer.Exit(code=2)
     platform, registry = ctx.obj.registry()
+    caller = cli_principal()
     try:
         with err.status("training the demo model") as status:
-            info = train_demo(registry, rows=rows, seed=seed, shift=shift, alias=None, progress=status.update)
-        _audit_registration(platform, info.name, info.version, info.source)
+            run = log_demo_run(registry, rows=rows, seed=seed, shift=shift, progress=status.update)
+            status.update(f"registering {run.name!r}")
+            info = register(
+                caller,
+                registry,
+                platform.audit,
+                run.name,
+                run.model_uri,
+                reference=run.reference,
+                lineage=run.lineage,
+                description=run.description,
+            ).version
         if promote_:
-            promote(registry, platform.audit, info.name, info.version, actor=cli_actor())
+            promote(caller, registry, platform.audit, info.name, info.version)
     except OpsloopError as exc:
         raise fail(exc) from exc
     role = "champion" if promote_ else "not promoted"
     err.print(f"registered [bold]{info.name}[/] version {info.version} ({role}): {info.description}")
-
-
-def _audit_registration(platform: Platform, name: str, version: int, source: str) -> None:
-    platform.audit.append(
-        actor=cli_actor(),
-        tenant="default",
-        action="model.register",
-        target=f"model:{name}",
-        after={"version": version, "source": source},
-    )
 
 
 @app.command("register")
@@ -65,17 +71,33 @@ def models_register(
     source: Annotated[
         str, typer.Option("--from", help="An MLflow model: models:/<id>, runs:/<run>/<path> or a folder.")
     ],
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Training rows with the model's input columns (.csv or .parquet): "
+            "profiled and kept with the version, so drift checks have a reference.",
+        ),
+    ] = None,
 ) -> None:
-    """Register an MLflow-format scikit-learn or XGBoost model as a new version."""
+    """Register an MLflow-format scikit-learn or XGBoost model as a new version.
+
+    Without --reference the version has nothing to compare live traffic with, and its
+    scheduled drift checks are skipped.
+    """
+    from serving.cli.drift import read_frame
+    from workflows.registration import register
+
     platform, registry = ctx.obj.registry()
-    path = Path(source)
-    uri = path.resolve().as_uri() if path.exists() else source
     try:
-        info = registry.register_model(name, uri, Lineage.capture(params={"source": source}))
+        rows = None if reference is None else read_frame(reference)
+        done = register(cli_principal(), registry, platform.audit, name, source, reference=rows)
     except OpsloopError as exc:
         raise fail(exc) from exc
-    _audit_registration(platform, name, info.version, info.source)
-    err.print(f"registered {name} version {info.version}; promote it with 'opsloop models promote'")
+    kept = "" if done.reference_rows is None else f" with a reference of {done.reference_rows} rows"
+    err.print(
+        f"registered {name} version {done.version.version}{kept}; promote it with 'opsloop models promote'"
+    )
 
 
 @app.command("list")
@@ -124,7 +146,7 @@ def models_promote(
 
     platform, registry = ctx.obj.registry()
     try:
-        move = promote(registry, platform.audit, name, version, actor=cli_actor())
+        move = promote(cli_principal(), registry, platform.audit, name, version)
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"{name}: champion {move.before} -> {move.after}")
@@ -137,7 +159,7 @@ def models_rollback(ctx: typer.Context, name: Annotated[str, typer.Argument(help
 
     platform, registry = ctx.obj.registry()
     try:
-        move = rollback(registry, platform.audit, name, actor=cli_actor())
+        move = rollback(cli_principal(), registry, platform.audit, name)
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"{name}: champion {move.before} -> {move.after} (rolled back)")

@@ -142,11 +142,19 @@ def test_bring_your_own_model(server: Server, user: dict[str, str], tmp_path: Pa
     mlflow.sklearn.save_model(
         model, path, signature=infer_signature(frame), pip_requirements=["scikit-learn"]
     )
-    registered = cli(server.home, "models", "register", "byo", "--from", str(path))
+    frame.assign(label=frame["a"] > 20).to_csv(tmp_path / "train.csv", index=False)
+    frame[["a"]].to_csv(tmp_path / "no_b.csv", index=False)
+    register = ("models", "register", "byo", "--from", str(path), "--reference")
+    refused = cli(server.home, *register, str(tmp_path / "no_b.csv"))
+    assert refused.returncode == 1 and "lacks the model's input columns ['b']" in refused.stderr
+    assert "byo" not in cli(server.home, "models", "list").stdout  # refused before registering
+    registered = cli(server.home, *register, str(tmp_path / "train.csv"))
     assert registered.returncode == 0, registered.stderr
+    assert "version 1 with a reference of 50 rows" in registered.stderr
     unpromoted = server.http.post("/predict/byo", json={"instances": [{"a": 1.0, "b": 2.0}]}, headers=user)
     assert unpromoted.status_code == 404
     assert cli(server.home, "models", "promote", "byo", "1").returncode == 0
+    written = server.metric("opsloop_prediction_log_written_total")
     response = server.http.post(
         "/predict/byo", json={"instances": [{"a": 1.0, "b": 2.0}, {"a": 40.0, "b": 5.0}]}, headers=user
     )
@@ -154,6 +162,21 @@ def test_bring_your_own_model(server: Server, user: dict[str, str], tmp_path: Pa
     assert response.json()["predictions"] == [False, True]
     bad = cli(server.home, "models", "promote", "byo", "7")
     assert bad.returncode == 1 and "version 7" in bad.stderr
+
+    deadline = time.monotonic() + 30  # the prediction log writes in the background
+    while server.metric("opsloop_prediction_log_written_total") <= written:
+        assert time.monotonic() < deadline, "the prediction log did not catch up within 30 s"
+        time.sleep(0.1)
+    report = cli(server.home, "drift", "report", "--model", "byo", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    body = json.loads(report.stdout)
+    assert (body["reference_rows"], body["current_rows"]) == (50, 2) and list(body["features"]) == ["a", "b"]
+    # The scheduled check (every 2 s here) compares byo too; without a reference it would
+    # only ever count it as skipped.
+    checked = 'opsloop_drift_checks_total{model="byo",outcome="%s"}'
+    while server.metric(checked % "no_drift") + server.metric(checked % "drift") == 0:
+        assert time.monotonic() < deadline + 20, "no scheduled drift check of byo ran"
+        time.sleep(0.5)
 
 
 def _send(server: Server, user: dict[str, str], shift: bool, seed: int) -> None:

@@ -11,13 +11,7 @@ import pytest
 
 from opsloop.errors import NotFoundError
 from opsloop.registry import ModelVersionInfo, Registry
-from workflows.demo import (
-    FEATURE_NAMES,
-    FEATURES,
-    generate_credit_data,
-    load_reference_profile,
-    train_demo,
-)
+from workflows.demo import FEATURE_NAMES, FEATURES, generate_credit_data, train_demo
 
 NAME = "credit-risk"
 
@@ -113,20 +107,20 @@ def test_second_training_makes_version_two(
 
 
 def test_reference_profile_round_trips(registry: Registry, second: ModelVersionInfo) -> None:
-    profile = load_reference_profile(registry, NAME, 1)
+    profile = registry.reference(NAME, 1)
     assert profile["rows"] == 1600  # the 80% training split
     assert list(profile["features"]) == list(FEATURE_NAMES)
     assert sum(profile["predictions"]["histogram"]["counts"]) == 1600
-    assert load_reference_profile(registry, NAME, "champion") == profile
-    shifted = load_reference_profile(registry, NAME, "2")
+    assert registry.reference(NAME, "champion") == profile
+    shifted = registry.reference(NAME, "2")
     assert shifted["features"]["income"]["mean"] < profile["features"]["income"]["mean"]
     json.dumps(profile, allow_nan=False)
 
 
 def test_reference_profile_errors(registry: Registry, second: ModelVersionInfo) -> None:
     with pytest.raises(NotFoundError):
-        load_reference_profile(registry, NAME, 99)
+        registry.reference(NAME, 99)
     with pytest.raises(NotFoundError):
-        load_reference_profile(registry, NAME, "no-such-alias")
+        registry.reference(NAME, "no-such-alias")
     with pytest.raises(NotFoundError):
-        load_reference_profile(registry, "no-such-model", 1)
+        registry.reference("no-such-model", 1)

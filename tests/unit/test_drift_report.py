@@ -1,14 +1,17 @@
-"""Drift report renderings: the JSON shape, the table, and a self-contained HTML page."""
+"""Drift report renderings: the JSON shape, the CLI's table, and a self-contained HTML page."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
 
+from serving.cli.drift import drift_table
 from workflows.drift import DriftThresholds, compare_frames
 from workflows.drift_report import DriftReport
 
@@ -65,7 +68,7 @@ def test_dataset_share_decides_the_dataset_verdict(report: DriftReport) -> None:
 
 def test_table_lists_every_feature_with_its_verdict(report: DriftReport) -> None:
     console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(report.to_table())
+    console.print(drift_table(report))
     text = console.export_text()
     assert "dataset drift (2 of 3 features drifted: income, plan)" in text
     for name in ("age", "income", "plan"):
@@ -82,3 +85,15 @@ def test_html_is_one_self_contained_page(report: DriftReport) -> None:
     assert "dataset drift (2 of 3 features drifted: income, plan)" in page
     assert "&lt;team&gt;" in page and "<team>" not in page  # values are escaped
     assert page.count('class="verdict drift"') == 2
+
+
+def test_report_module_needs_neither_the_statistics_nor_rich() -> None:
+    # A fresh interpreter, so modules other tests imported do not count.
+    probe = (
+        "import sys, workflows.drift_report, workflows.concept_drift; "
+        "print(sorted(m for m in sys.modules if m == 'workflows.drift' or m.split('.')[0] == 'rich'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
