@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 
 from opsloop.audit import AuditLog
 from opsloop.db import Database
-from opsloop.errors import ConflictError, InvalidInputError, NotFoundError, UnauthorizedError
+from opsloop.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError
 from opsloop.tables import ApiKey, utcnow
 
-__all__ = ["KeyInfo", "KeyStore", "NewKey", "Principal", "Role"]
+__all__ = ["KeyInfo", "KeyStore", "NewKey", "Principal", "Role", "system_principal"]
 
 _PREFIX = "olk"
 _TENANT_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -72,6 +72,43 @@ class Principal:
     def actor(self) -> str:
         """How the audit log names this caller."""
         return self.key_id
+
+    def require(self, role: Role, action: str) -> None:
+        """Refuse ``action`` unless this caller has ``role`` or higher.
+
+        The routes gate on roles too; services check again so that every entry point (the
+        CLI, the agents' tools, the console) gets the same rule.
+
+        Raises:
+            ForbiddenError: The caller's role is too low; the message names the action.
+        """
+        if self.role < role:
+            raise ForbiddenError(
+                f"{action} needs role '{role}' or higher; {self.key_id} has '{self.role}'",
+                required=str(role),
+                role=str(self.role),
+            )
+
+    def scope(self, tenant: str | None, what: str) -> str | None:
+        """The tenant whose ``what`` this caller reads when it asks for ``tenant``.
+
+        Admins read any tenant's (``None``: every tenant's); everyone else reads their own.
+
+        Raises:
+            ForbiddenError: A non-admin asked for another tenant's ``what``.
+        """
+        if self.role >= Role.ADMIN:
+            return tenant
+        if tenant is not None and tenant != self.tenant:
+            raise ForbiddenError(
+                f"only an admin key may read another tenant's {what}", tenant=tenant, role=str(self.role)
+            )
+        return self.tenant
+
+
+def system_principal(tenant: str, actor: str = "system") -> Principal:
+    """The caller of what opsloop does by itself (start-up, schedules) or the local CLI does."""
+    return Principal(actor, tenant, Role.ADMIN)
 
 
 @dataclass(frozen=True)

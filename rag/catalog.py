@@ -5,7 +5,7 @@ settings belong to a collection, not to a run: every later ingest and upload of 
 cuts files the same way (changing them re-chunks every file, since chunk ids follow the text).
 A collection ingested before the catalog existed has no row and uses the defaults.
 
-This module is kernel: it knows rows, not stores or embedders.
+It knows rows, not stores or embedders.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ into an error. So, as the prediction log does, it writes through
 :class:`opsloop.batch_writer.BatchWriter`: a query hands its entry to a queue and returns.
 Readers call :meth:`QueryLog.flush` first, so a query answered a moment ago is visible.
 
-This module is kernel: it knows rows and numbers, not retrievers or answerers.
+It knows rows and numbers, not retrievers or answerers; reads are scoped to the caller's tenant.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from opsloop.auth import Principal
 from opsloop.batch_writer import BatchedLog
 from opsloop.tables import RagQuery, utcnow
 
@@ -68,13 +69,22 @@ class QueryLog(BatchedLog[QueryLogEntry]):
 
     def recent(
         self,
+        caller: Principal,
         *,
         tenant: str | None = None,
         collection: str | None = None,
         since: datetime | None = None,
         limit: int = 1000,
     ) -> list[QueryLogEntry]:
-        """The newest logged queries matching every given filter (at or after ``since``), newest first."""
+        """The newest logged queries matching every given filter (at or after ``since``), newest first.
+
+        An admin reads any tenant's queries (every tenant's when ``tenant`` is None); anyone
+        else reads their own tenant's.
+
+        Raises:
+            ForbiddenError: A non-admin asked for another tenant's queries.
+        """
+        tenant = caller.scope(tenant, "queries")
         self.flush()
         query = select(RagQuery)
         if tenant is not None:

@@ -1,13 +1,17 @@
-"""The RAG runtime of one process: store, models, retriever, ingestor and answerer, per tenant.
+"""RAG as a service: ingest, upload, delete, optimize, list and query, each for a caller.
 
-``Platform.rag`` builds one :class:`RagService` on first use. Models load lazily on their
+Every operation takes the caller (:class:`~opsloop.auth.Principal`) and acts in the caller's
+tenant, checks the caller's role (writes need ``operator``, queries ``user``, listings
+``viewer``) and audits what it changed, so the HTTP routes, the CLI and the agents' tools
+get the same behaviour by calling it. The composition root (``serving.platform``) builds one
+:class:`RagService` per process on first use. Models load lazily on their
 first call, so building it is cheap; with the embedded store it takes the store lock (below).
 Every answered query (also ``generate=False`` ones) is handed to the :class:`QueryLog`.
 
 Tenant isolation. A tenant names collections in its own namespace: the store holds tenant
 ``acme``'s collection ``docs`` under the physical name ``t_<16 hex of sha256(tenant)>__docs``.
 The prefix has a fixed width, so no (tenant, collection) pair can produce another pair's name,
-and every read and write goes through :meth:`RagService.physical_name`: a key of another tenant
+and every read and write goes through :func:`physical_name`: a key of another tenant
 asking for ``docs`` looks in its own namespace and gets 404.
 
 Store lock. A Qdrant Edge shard can be open in one process only (its WAL is locked), and
@@ -21,7 +25,7 @@ takes the store at start, and the CLI, finding it held, hands its work to that s
 run, a second server worker) gets a ``ConflictError`` naming the lock file and the holder's pid,
 instead of a WAL error halfway through a run. ``vector_store: qdrant`` has no such limit.
 
-Collections. Chunk settings are the collection's (``opsloop.rag_catalog``): the first ingest or
+Collections. Chunk settings are the collection's (``rag.catalog``): the first ingest or
 upload fixes them (the request's, else ``rag_chunk_tokens``/``rag_overlap_tokens``), later ones
 use them unless they ask for others, which re-chunks every file of the collection.
 """
@@ -43,18 +47,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from opsloop.audit import AuditLog
-from opsloop.auth import check_tenant
+from opsloop.auth import Principal, Role, check_tenant
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
 from opsloop.llm.protocol import LLMClient
-from opsloop.query_log import QueryLog, QueryLogEntry
-from opsloop.rag_catalog import CollectionCatalog
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
 from rag.answer import Answer, Answerer, Source, build_context, ensure_answer_prompt, load_answer_prompt
+from rag.catalog import CollectionCatalog
 from rag.chunking import HFTokenizer
 from rag.embedder import SentenceTransformerEmbedder
 from rag.ingest import Ingestor, IngestReport, ProgressCallback, StoredDocument
 from rag.loaders import Skipped, load_bytes
+from rag.query_log import QueryLog, QueryLogEntry
 from rag.retriever import HybridRetriever, RetrievedChunk
 from rag.sparse import BM25Encoder
 from rag.stores import EdgeStore, VectorStore
@@ -73,8 +77,8 @@ __all__ = [
 COLLECTION_PATTERN = r"[a-z0-9][a-z0-9_-]{0,43}"
 """A tenant's collection name: lowercase (so case-insensitive file systems cannot merge two)."""
 
-AnswerLLM = Callable[[str, str, str], LLMClient]
-"""The LLM answering one query, given its tenant, the asking key's id and the request id."""
+AnswerLLM = Callable[[Principal, str], LLMClient]
+"""The LLM answering one query, given who asked and the request id."""
 
 _COLLECTION = re.compile(COLLECTION_PATTERN)
 _LOCK_FILE = ".lock"
@@ -232,9 +236,9 @@ class RagService:
         start_registry: Starts ``registry`` (the Platform serialises this with its own start).
         holder: What the embedded store's lock file says besides the pid (a server's URL and
             token, see the module docs).
-        answer_llm: The LLM that writes a query's answer, given the query's tenant, key id and
-            request id: the gateway's ``rag_llm_route``, so answers are routed, budgeted and
-            costed like any gateway call (``serving.gateway_service.GatewayClient``).
+        answer_llm: The LLM that writes a query's answer, given who asked and the request id:
+            the gateway's ``rag_llm_route``, so answers are routed, budgeted and costed like any
+            gateway call (``opsloop.llm.gateway.GatewayClient``).
 
     Raises:
         ConflictError: Another process holds the embedded store (see the module docs).
@@ -278,7 +282,7 @@ class RagService:
 
     def ingest(
         self,
-        tenant: str,
+        caller: Principal,
         collection: str,
         root: Path | str,
         *,
@@ -286,27 +290,29 @@ class RagService:
         chunk_tokens: int | None = None,
         overlap_tokens: int | None = None,
         progress: ProgressCallback | None = None,
-        actor: str = "system",
     ) -> IngestRun:
-        """Bring ``tenant``'s ``collection`` up to date with the files under ``root`` (see Ingestor).
+        """Bring the caller's ``collection`` up to date with the files under ``root`` (see Ingestor).
 
         ``chunk_tokens``/``overlap_tokens``: new chunk settings for the collection (see the module docs).
+
+        Raises:
+            ForbiddenError: The caller is no operator.
         """
+        caller.require(Role.OPERATOR, "ingesting documents")
         started = time.perf_counter()
-        name = physical_name(tenant, collection)
-        ingestor = self._ingestor(tenant, collection, chunk_tokens, overlap_tokens)
+        name = physical_name(caller.tenant, collection)
+        ingestor = self._ingestor(caller.tenant, collection, chunk_tokens, overlap_tokens)
         report = ingestor.ingest(name, root, delete_missing=delete_missing, progress=progress)
-        return self._finish(tenant, collection, ingestor, report, started, "rag.ingest", actor, None)
+        return self._finish(caller, collection, ingestor, report, started, "rag.ingest", None)
 
     def upload(
         self,
-        tenant: str,
+        caller: Principal,
         collection: str,
         files: Sequence[tuple[str, bytes]],
         *,
         chunk_tokens: int | None = None,
         overlap_tokens: int | None = None,
-        actor: str,
         request_id: str | None = None,
     ) -> IngestRun:
         """Add or replace documents, each given as a file name (its source) and the file's bytes.
@@ -314,11 +320,13 @@ class RagService:
         A file that cannot be loaded is reported in ``skipped``; the others are ingested.
 
         Raises:
+            ForbiddenError: The caller is no operator.
             InvalidInputError: No files, two with one name, or none that could be loaded (the
                 reasons are in ``details["skipped"]``).
         """
+        caller.require(Role.OPERATOR, "uploading documents")
         started = time.perf_counter()
-        name = physical_name(tenant, collection)
+        name = physical_name(caller.tenant, collection)
         if not files:
             raise InvalidInputError("no files in the upload", field="files")
         documents = []
@@ -339,25 +347,27 @@ class RagService:
                 field="files",
                 skipped=[{"source": s.source, "reason": s.reason} for s in skipped],
             )
-        ingestor = self._ingestor(tenant, collection, chunk_tokens, overlap_tokens)
+        ingestor = self._ingestor(caller.tenant, collection, chunk_tokens, overlap_tokens)
         report = ingestor.ingest_documents(name, documents, skipped=skipped)
-        return self._finish(tenant, collection, ingestor, report, started, "rag.upload", actor, request_id)
+        return self._finish(caller, collection, ingestor, report, started, "rag.upload", request_id)
 
     def delete_document(
-        self, tenant: str, collection: str, source: str, *, actor: str, request_id: str | None = None
+        self, caller: Principal, collection: str, source: str, *, request_id: str | None = None
     ) -> int:
         """Delete every chunk of ``source``; returns how many there were.
 
         Raises:
+            ForbiddenError: The caller is no operator.
             NotFoundError: No such collection in the tenant, or no such source in it.
         """
-        name = self._existing(tenant, collection)
+        caller.require(Role.OPERATOR, "deleting documents")
+        name = self._existing(caller.tenant, collection)
         deleted = Ingestor(self.store, self.embedder, self.tokenizer).delete_sources(name, [source])
         if not deleted:
             raise NotFoundError(f"no document {source!r} in collection {collection!r}", source=source)
         self.audit.append(
-            actor=actor,
-            tenant=tenant,
+            actor=caller.actor,
+            tenant=caller.tenant,
             action="rag.delete",
             target=f"{collection}/{source}",
             after={"chunks_deleted": deleted},
@@ -365,7 +375,7 @@ class RagService:
         )
         return deleted
 
-    def optimize(self, tenant: str, collection: str, *, actor: str, request_id: str | None = None) -> float:
+    def optimize(self, caller: Principal, collection: str, *, request_id: str | None = None) -> float:
         """Build the collection's search index now; returns the seconds it took.
 
         Qdrant Edge has no background optimizer: until this runs, new points are searched
@@ -373,15 +383,17 @@ class RagService:
         of one or two. Queries of this collection wait while the index builds.
 
         Raises:
+            ForbiddenError: The caller is no operator.
             NotFoundError: The tenant has no such collection.
         """
-        name = self._existing(tenant, collection)
+        caller.require(Role.OPERATOR, "building a search index")
+        name = self._existing(caller.tenant, collection)
         started = time.perf_counter()
         self.store.optimize(name)
         seconds = time.perf_counter() - started
         self.audit.append(
-            actor=actor,
-            tenant=tenant,
+            actor=caller.actor,
+            tenant=caller.tenant,
             action="rag.optimize",
             target=collection,
             after={"chunks": self.store.count(name), "seconds": round(seconds, 3)},
@@ -410,40 +422,45 @@ class RagService:
 
     def _finish(
         self,
-        tenant: str,
+        caller: Principal,
         collection: str,
         ingestor: Ingestor,
         report: IngestReport,
         started: float,
         action: str,
-        actor: str,
         request_id: str | None,
     ) -> IngestRun:
         run = IngestRun(
             collection, report, time.perf_counter() - started, ingestor.max_tokens, ingestor.overlap_tokens
         )
         summary = run.summary()
-        self.catalog.record_ingest(tenant, collection, summary)
+        self.catalog.record_ingest(caller.tenant, collection, summary)
         counts = {s: len(v) if isinstance(v, list) else v for s, v in summary.items() if s != "collection"}
         self.audit.append(
-            actor=actor, tenant=tenant, action=action, target=collection, after=counts, request_id=request_id
+            actor=caller.actor,
+            tenant=caller.tenant,
+            action=action,
+            target=collection,
+            after=counts,
+            request_id=request_id,
         )
         return run
 
     # -- collections -----------------------------------------------------------------
 
-    def collections(self, tenant: str) -> list[CollectionView]:
-        """The tenant's collections, by name, with their documents."""
-        prefix = _tenant_prefix(tenant)
+    def collections(self, caller: Principal) -> list[CollectionView]:
+        """The caller's tenant's collections, by name, with their documents."""
+        prefix = _tenant_prefix(caller.tenant)
         names = [n[len(prefix) :] for n in self.store.collections() if n.startswith(prefix)]
-        return [self.collection(tenant, name) for name in names]
+        return [self.collection(caller, name) for name in names]
 
-    def collection(self, tenant: str, collection: str) -> CollectionView:
-        """One collection: its documents, chunk count, chunk settings and last ingestion.
+    def collection(self, caller: Principal, collection: str) -> CollectionView:
+        """One of the caller's tenant's collections: documents, chunk count, settings, last ingestion.
 
         Raises:
             NotFoundError: The tenant has no such collection.
         """
+        tenant = caller.tenant
         name = self._existing(tenant, collection)
         info = self.catalog.get(tenant, collection)
         return CollectionView(
@@ -459,43 +476,47 @@ class RagService:
     def _existing(self, tenant: str, collection: str) -> str:
         name = physical_name(tenant, collection)
         if name not in self.store.collections():
-            raise NotFoundError(f"no collection {collection!r} in this tenant", collection=collection)
+            raise NotFoundError(
+                f"no collection {collection!r} in tenant {tenant!r}", collection=collection, tenant=tenant
+            )
         return name
 
     # -- query -----------------------------------------------------------------------
 
     async def query(
         self,
-        tenant: str,
+        caller: Principal,
         question: str,
         collection: str,
         top_k: int | None = None,
         *,
         generate: bool = True,
         request_id: str | None = None,
-        key_id: str = "system",
         prompt: str | int | None = None,
         llm: LLMClient | None = None,
         max_answer_tokens: int | None = None,
         log_query: bool = True,
     ) -> QueryResult:
-        """Answer ``question`` from ``tenant``'s ``collection`` and log the query.
+        """Answer ``question`` from the caller's tenant's ``collection`` and log the query.
 
         With ``generate=False`` only retrieval runs: no prompt read, no LLM call, ``answer`` None.
         Failed queries are not logged (they raise before there is anything to log). The answer's
-        LLM call is the ledger's and the budgets' under ``tenant`` and ``key_id`` (who asked).
+        LLM call is the ledger's and the budgets' under the caller's tenant and key.
 
-        The keyword arguments after ``key_id`` are for evals: ``prompt`` answers with that
+        The keyword arguments after ``request_id`` are for evals: ``prompt`` answers with that
         alias or version of the answer prompt instead of ``production``, ``llm`` with that client
         (a gateway route) instead of ``answer_llm``, ``max_answer_tokens`` caps the answer,
         and ``log_query=False`` keeps the query out of the query log (eval questions are not user
         traffic, and would skew query drift).
 
         Raises:
+            ForbiddenError: The caller is a viewer.
             InvalidInputError: Empty question, bad collection name or top_k; the field is named.
             NotFoundError: The tenant has no such collection.
             BackendError: The store, the embedding model, the registry or the LLM failed.
         """
+        caller.require(Role.USER, "querying a collection")
+        tenant = caller.tenant
         if not isinstance(question, str) or not question.strip():
             raise InvalidInputError(
                 "question must be a non-empty string", field="question", value=repr(question)
@@ -512,7 +533,7 @@ class RagService:
             template = await asyncio.to_thread(self._prompt, prompt)
             prompted = time.perf_counter()
             answerer = Answerer(
-                llm or self.answer_llm(tenant, key_id, request_id),
+                llm or self.answer_llm(caller, request_id),
                 self.tokenizer,
                 context_tokens=self.settings.rag_context_tokens,
                 max_answer_tokens=max_answer_tokens or self.settings.rag_max_answer_tokens,

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from opsloop.settings import Settings, load_settings
 from serving.errors import install_error_handlers
@@ -30,16 +31,19 @@ def create_app(settings: Settings) -> FastAPI:
         if admin_key is not None:
             log.warning("created the first admin key; it is in %s (mode 0600)", admin_key)
         platform.start_serving()
-        platform.start_eval_schedules()
         yield
         await platform.aclose_gateway()
         platform.close()
 
-    app = FastAPI(
+    # FastAPIOffline serves /docs and /redoc from assets shipped in its package: FastAPI's own
+    # pages load them from a CDN, and are blank on an offline laptop.
+    app = FastAPIOffline(
         title="opsloop",
         summary="Serve, watch, evaluate and improve LLMs, RAG and classical models.",
         version="0.1.0",
         lifespan=lifespan,
+        # Swagger UI would otherwise ask validator.swagger.io to check the spec.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.platform = platform
     install_error_handlers(app)

@@ -1,4 +1,7 @@
-"""FastAPI dependencies as ``Annotated`` aliases: the platform and the caller's role.
+"""FastAPI dependencies as ``Annotated`` aliases: the services a route calls and the caller's role.
+
+Routes take the service they call (``ModelsDep``, ``RagDep``, ...) rather than the whole
+``Platform``, so each route shows what it depends on.
 
 Besides API keys, a server accepts its own ``Platform.local_token``: the CLI on the same
 machine reads it from the embedded store's lock file (owner-only, like ``admin.key``) and
@@ -14,18 +17,23 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from opsloop.auth import Principal, Role, check_tenant
 from opsloop.errors import ForbiddenError, InvalidInputError
+from opsloop.models.service import ModelService
+from rag.service import RagService
 from serving.platform import Platform
 
 __all__ = [
     "LOCAL_ACTOR_HEADER",
     "LOCAL_TENANT_HEADER",
     "AdminKey",
+    "ModelsDep",
     "OperatorKey",
     "PlatformDep",
+    "RagDep",
     "UserKey",
     "ViewerKey",
     "request_id",
@@ -44,6 +52,24 @@ async def get_platform(request: Request) -> Platform:
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+async def get_models(platform: PlatformDep) -> ModelService:
+    """The classical models' service."""
+    return platform.models
+
+
+async def get_rag(platform: PlatformDep) -> RagService:
+    """The RAG service; built by the first request that needs it (off the event loop: it takes the store).
+
+    Raises:
+        ConflictError: Another process holds the embedded vector store.
+    """
+    return await run_in_threadpool(lambda: platform.rag)
+
+
+ModelsDep = Annotated[ModelService, Depends(get_models)]
+RagDep = Annotated[RagService, Depends(get_rag)]
 
 
 def request_id(request: Request) -> str | None:
@@ -76,7 +102,8 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
 def _local(platform: Platform, presented: str | None, request: Request) -> Principal | None:
     """The CLI acting through this server, when it presents the server's own token."""
     token = platform.local_token
-    if token is None or presented is None or not hmac.compare_digest(presented, token):
+    # As bytes: compare_digest refuses str with non-ASCII characters, which a client may send.
+    if token is None or presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
         return None
     tenant = check_tenant(request.headers.get(LOCAL_TENANT_HEADER, ""))
     actor = request.headers.get(LOCAL_ACTOR_HEADER, "cli")

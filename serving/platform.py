@@ -12,30 +12,40 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from opsloop.audit import AuditLog
-from opsloop.auth import KeyStore, NewKey
+from opsloop.auth import KeyStore, NewKey, Principal, system_principal
 from opsloop.budgets import BudgetEnforcer, BudgetStore, InProcessCounters, RedisCounters
 from opsloop.db import Database
-from opsloop.errors import ConfigError, ConflictError
-from opsloop.ledger import Ledger
+from opsloop.errors import ConflictError
+from opsloop.llm.ledger import Ledger
+from opsloop.models.runtime import LoadedModel, ModelRuntime
+from opsloop.models.service import ModelService
 from opsloop.predictions import PredictionLog
-from opsloop.query_log import QueryLog
-from opsloop.rag_catalog import CollectionCatalog
 from opsloop.registry import Registry
 from opsloop.settings import Settings
 from opsloop.telemetry import Metrics
-from serving.runtime import LoadedModel, ModelRuntime
+from rag.catalog import CollectionCatalog
+from rag.query_log import QueryLog
 from workflows.drift_monitor import DriftMonitor
 
 if TYPE_CHECKING:
-    from evals.schedule import EvalJob, EvalScheduler
+    from evals.schedule import EvalScheduler
+    from opsloop.llm.gateway import Gateway
     from opsloop.llm.protocol import LLMClient
-    from serving.gateway_service import Gateway
-    from serving.rag_service import RagService
+    from opsloop.scheduler import Scheduler
+    from rag.service import RagService
 
-__all__ = ["DOCS_COLLECTION", "DOCS_TENANT", "Platform", "bundled_docs", "cli_actor", "write_admin_key"]
+__all__ = [
+    "DOCS_COLLECTION",
+    "DOCS_TENANT",
+    "Platform",
+    "bundled_docs",
+    "cli_actor",
+    "cli_principal",
+    "write_admin_key",
+]
 
 log = logging.getLogger("opsloop")
 
@@ -59,6 +69,15 @@ def cli_actor() -> str:
         return "cli"
 
 
+def cli_principal(tenant: str = "default") -> Principal:
+    """The caller of CLI commands: an admin of ``tenant``, named as :func:`cli_actor` in the audit log.
+
+    The CLI works on this machine's state directly and needs no key, so it may do what an
+    admin may; ``tenant`` is the one its ``--tenant`` option names.
+    """
+    return system_principal(tenant, cli_actor())
+
+
 def write_admin_key(path: Path, key: NewKey) -> None:
     """Write the first admin key to ``path``, readable by its owner only, never overwriting."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -77,6 +96,7 @@ class Platform:
     registry: Registry
     runtime: ModelRuntime
     predictions: PredictionLog
+    models: ModelService
     drift: DriftMonitor
     metrics: Metrics
     queries: QueryLog
@@ -85,7 +105,8 @@ class Platform:
     enforcer: BudgetEnforcer
     components: dict[str, ComponentState] = field(default_factory=dict)
     _starting: list[threading.Thread] = field(default_factory=list)
-    _scheduler: Any = None
+    scheduler: Scheduler | None = None
+    """The one scheduler of every periodic job, while serving."""
     _rag: RagService | None = None
     _gateway: Gateway | None = None
     evals: EvalScheduler | None = None
@@ -112,6 +133,9 @@ class Platform:
         predictions = PredictionLog(
             db, on_dropped=metrics.models.log_dropped.inc, on_written=metrics.models.log_written.inc
         )
+        models = ModelService(
+            runtime, registry, predictions, metrics.models, max_instances=settings.max_instances
+        )
         drift = DriftMonitor(db, registry, predictions, audit, metrics.drift, last=settings.drift_last)
         queries = QueryLog(db)
         ledger = Ledger(db, on_dropped=metrics.llm.ledger_dropped.inc)
@@ -121,8 +145,8 @@ class Platform:
             budgets, counters, audit=audit, metrics=metrics.budgets, history=ledger.spent
         )
         return cls(
-            settings, db, audit, keys, registry, runtime, predictions, drift, metrics, queries, ledger,
-            budgets, enforcer,
+            settings, db, audit, keys, registry, runtime, predictions, models, drift, metrics, queries,
+            ledger, budgets, enforcer,
         )  # fmt: skip
 
     def start_store(self) -> Platform:
@@ -133,7 +157,10 @@ class Platform:
         return self
 
     def start_serving(self) -> None:
-        """Start what the server needs beyond the store; models load in the background."""
+        """Start what the server needs beyond the store; models load in the background.
+
+        Call it from the server's event loop: the scheduler fires its jobs there.
+        """
         self.predictions.start()
         self.components["registry"] = "starting"
         self.components["models"] = "starting"
@@ -145,6 +172,29 @@ class Platform:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._starting.append(thread)
+        self._start_scheduler()
+
+    def _start_scheduler(self) -> None:
+        """One scheduler for every periodic job: drift checks (``drift_check_seconds``; 0: none), evals."""
+        from opsloop.scheduler import Scheduler
+
+        self.scheduler = Scheduler()
+        if self.settings.drift_check_seconds > 0:
+            # Models load in the background; until they have, a check finds nothing to check.
+            self.scheduler.every(
+                "drift-checks",
+                self.settings.drift_check_seconds,
+                lambda: self.drift.check_all(list(self.runtime.loaded())),
+            )
+        from evals.schedule import EvalScheduler, parse_jobs
+
+        jobs = parse_jobs(self.settings.eval_jobs)
+        if jobs:
+            from serving.eval_wiring import job_executor
+
+            self.evals = EvalScheduler(jobs, job_executor(self), self.metrics.evals)
+            self.evals.schedule(self.scheduler)
+        self.scheduler.start()
 
     def _start_models(self) -> None:
         try:
@@ -158,7 +208,6 @@ class Platform:
             gc.collect()
             gc.freeze()
             self.components["models"] = "ready"
-            self._schedule_drift_checks()
         except Exception:
             log.exception("models failed to start")
             for name in ("registry", "models"):
@@ -177,7 +226,7 @@ class Platform:
             return
         docs = self.settings.docs_path or bundled_docs()
         try:
-            run = rag.ingest(DOCS_TENANT, DOCS_COLLECTION, docs, delete_missing=True)
+            run = rag.ingest(system_principal(DOCS_TENANT), DOCS_COLLECTION, docs, delete_missing=True)
         except Exception:
             log.exception("ingesting the bundled docs from %s failed", docs)
             self.components["rag"] = "failed"
@@ -197,14 +246,14 @@ class Platform:
 
     @property
     def rag(self) -> RagService:
-        """The RAG runtime, built on first use (see ``serving.rag_service`` for the store lock).
+        """The RAG runtime, built on first use (see ``rag.service`` for the store lock).
 
         Raises:
             ConflictError: Another process holds the embedded vector store.
         """
         with self._rag_lock:
             if self._rag is None:
-                from serving.rag_service import RagService
+                from rag.service import RagService
 
                 # The query log's writer runs only in processes that answer queries.
                 self.queries.start()
@@ -223,12 +272,12 @@ class Platform:
                 )
             return self._rag
 
-    def _answer_llm(self, tenant: str, key_id: str, request_id: str) -> LLMClient:
+    def _answer_llm(self, caller: Principal, request_id: str) -> LLMClient:
         """RAG's answers: ``rag_llm_route`` through the gateway, so they are budgeted and costed."""
-        from serving.gateway_service import GatewayClient
+        from opsloop.llm.gateway import GatewayClient
 
         route = self.settings.rag_route
-        return GatewayClient(self.gateway, route, tenant, key_id=key_id, request_id=request_id)
+        return GatewayClient(self.gateway, route, caller.tenant, key_id=caller.key_id, request_id=request_id)
 
     @property
     def gateway(self) -> Gateway:
@@ -239,7 +288,14 @@ class Platform:
         """
         with self._gateway_lock:
             if self._gateway is None:
-                from serving.gateway_service import Gateway
+                from opsloop.llm.gateway import Gateway, TextEmbedder, TokenCounter
+
+                def minilm() -> tuple[TextEmbedder, TokenCounter]:
+                    # Imported on the first embeddings request, not here: rag pulls in the model libraries.
+                    from rag.chunking import HFTokenizer
+                    from rag.embedder import SentenceTransformerEmbedder
+
+                    return SentenceTransformerEmbedder(), HFTokenizer()
 
                 self._gateway = Gateway(
                     self.settings.llm_routes,
@@ -247,6 +303,7 @@ class Platform:
                     self.metrics.llm,
                     self.enforcer.start(),
                     default_max_tokens=self.settings.llm_default_max_tokens,
+                    embedding=minilm,
                 )
             return self._gateway
 
@@ -256,24 +313,6 @@ class Platform:
             gateway, self._gateway = self._gateway, None
         if gateway is not None:
             await gateway.aclose()
-
-    def _schedule_drift_checks(self) -> None:
-        """Check every served model for drift every ``drift_check_seconds`` (0: never)."""
-        if self.settings.drift_check_seconds <= 0:
-            return
-        from apscheduler.schedulers.background import BackgroundScheduler
-
-        scheduler = BackgroundScheduler(daemon=True)
-        scheduler.add_job(
-            lambda: self.drift.check_all(list(self.runtime.loaded())),
-            "interval",
-            seconds=self.settings.drift_check_seconds,
-            id="drift-checks",
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.start()
-        self._scheduler = scheduler
 
     def ensure_admin_key(self) -> Path | None:
         """On first start with no keys, create an admin key and return where it was written."""
@@ -293,39 +332,8 @@ class Platform:
             if self.registry.models():
                 return
             info = train_demo(self.registry, alias=None)
-            promote(self.registry, self.audit, info.name, info.version, actor="system")
+            promote(system_principal(DOCS_TENANT), self.registry, self.audit, info.name, info.version)
         log.warning("registered the demo model %s version %s as champion", info.name, info.version)
-
-    def eval_jobs(self) -> list[EvalJob]:
-        """``eval_jobs`` from the settings, checked.
-
-        Raises:
-            ConfigError: An entry is invalid; the message names it and the field.
-        """
-        from pydantic import ValidationError
-
-        from evals.schedule import EvalJob
-
-        jobs = []
-        for number, job in enumerate(self.settings.eval_jobs):
-            try:
-                jobs.append(EvalJob.model_validate(job))
-            except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ConfigError(f"invalid eval_jobs[{number}]: {problems}", setting="eval_jobs") from exc
-        return jobs
-
-    def start_eval_schedules(self) -> EvalScheduler | None:
-        """Schedule ``eval_jobs`` on the running event loop (the gateway's clients live there)."""
-        jobs = self.eval_jobs()
-        if not jobs:
-            return None
-        from evals.schedule import EvalScheduler
-        from serving.eval_wiring import job_executor
-
-        self.evals = EvalScheduler(jobs, job_executor(self), self.metrics.evals)
-        self.evals.start()
-        return self.evals
 
     @property
     def local_url(self) -> str:
@@ -349,12 +357,10 @@ class Platform:
         for thread in self._starting:
             thread.join(timeout=120)
         self._starting.clear()
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)
-            self._scheduler = None
-        if self.evals is not None:
-            self.evals.shutdown()
-            self.evals = None
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
+            self.scheduler = None
+        self.evals = None
         with self._rag_lock:
             rag, self._rag = self._rag, None
         if rag is not None:

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from opsloop.errors import OpsloopError
+from opsloop.models.linear import LinearScorer, compile_linear
+from opsloop.models.schema import FieldSpec, InputSchema
 from opsloop.registry import Registry
-from serving.linear import LinearScorer, compile_linear
-from serving.model_schema import FieldSpec, InputSchema
 
 __all__ = ["LoadedModel", "ModelRuntime"]
 

@@ -62,14 +62,15 @@ def serve(
     """Run the API server (OpenAPI docs at /docs); stop it with Ctrl-C."""
     import uvicorn
 
+    from evals.schedule import parse_jobs
     from serving.app import create_app
 
     state: State = ctx.obj
     settings = state.settings(host=host, port=port, workers=workers, log_level=log_level)
     try:
         # Migrate and create the first admin key once, before any worker starts.
+        parse_jobs(settings.eval_jobs)  # a bad entry stops start-up here, naming it
         platform = Platform.build(settings).start_store()
-        platform.eval_jobs()  # a bad entry stops start-up here, naming it
         admin_key = platform.ensure_admin_key()
         platform.close()
     except OpsloopError as exc:

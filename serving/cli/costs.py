@@ -14,8 +14,9 @@ from rich.table import Table
 
 from opsloop.durations import parse_duration
 from opsloop.errors import OpsloopError
-from opsloop.ledger import CostRow, GroupBy
+from opsloop.llm.ledger import CostRow, GroupBy
 from serving.cli.common import State, fail, out
+from serving.platform import cli_principal
 
 app = typer.Typer(help="LLM usage and cost from the gateway's ledger.", no_args_is_help=True)
 
@@ -38,7 +39,7 @@ def report(
         window = parse_duration(since, field="--since")
         platform = state.platform()
         try:
-            rows = platform.ledger.report(by, window, tenant)
+            rows = platform.ledger.report(cli_principal(), by, window, tenant)
         finally:
             platform.close()
     except OpsloopError as exc:

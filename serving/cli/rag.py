@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,7 +23,10 @@ from rag.chunking import context_header
 from rag.ingest import IngestProgress, IngestReport, ProgressCallback
 from serving.cli.common import State, err, fail, out
 from serving.cli.remote import ServerRag
-from serving.platform import cli_actor
+from serving.platform import cli_actor, cli_principal
+
+if TYPE_CHECKING:
+    from serving.routers.rag import QueryResponse
 
 __all__ = ["ingest", "query"]
 
@@ -105,19 +108,14 @@ def ingest(
                 indexed = server.optimize(collection) if optimize else None
         else:
             platform = state.platform()
+            caller = cli_principal(tenant)
             try:
                 with _progress_bar() as advance:
                     run = platform.rag.ingest(
-                        tenant,
-                        collection,
-                        path,
-                        delete_missing=delete_missing,
-                        progress=advance,
-                        actor=cli_actor(),
-                        **chunking,
+                        caller, collection, path, delete_missing=delete_missing, progress=advance, **chunking
                     )
                 report, seconds = run.report, run.seconds
-                indexed = platform.rag.optimize(tenant, collection, actor=cli_actor()) if optimize else None
+                indexed = platform.rag.optimize(caller, collection) if optimize else None
             finally:
                 platform.close()
     except OpsloopError as exc:
@@ -174,44 +172,41 @@ def query(
         server = _server(settings, tenant)
         if server is not None:
             with server:
-                body = server.query(collection, question, top_k, generate=generate)
+                response = server.query(collection, question, top_k, generate=generate)
         else:
             platform = state.platform()
             try:
+                caller = cli_principal(tenant)
                 result = asyncio.run(
-                    platform.rag.query(
-                        tenant, question, collection, top_k, generate=generate, key_id=cli_actor()
-                    )
+                    platform.rag.query(caller, question, collection, top_k, generate=generate)
                 )
             finally:
                 platform.close()
-            body = query_response(result).model_dump(mode="json")
+            response = query_response(result)
     except OpsloopError as exc:
         raise fail(exc) from exc
     if format_ == "json":
-        out.print_json(data=body)
+        out.print_json(data=response.model_dump(mode="json"))
         return
-    _print_answer(body)
+    _print_answer(response)
 
 
-def _print_answer(body: dict[str, Any]) -> None:
+def _print_answer(response: QueryResponse) -> None:
     """The answer, its numbered sources, and where the time went, for a person."""
-    if body["answer"] is not None:
-        out.print(body["answer"], highlight=False)
-        if body["sources"]:
+    if response.answer is not None:
+        out.print(response.answer, highlight=False)
+        if response.sources:
             out.print()
-    for s in body["sources"]:
-        where = context_header(s["title"], s["headings"])
-        out.print(
-            f"[{s['n']}] {s['source']}" + (f"  ({where})" if where else ""), highlight=False, markup=False
-        )
-    timings = body["timings"]
-    if body["answer"] is None:
-        err.print(f"retrieval only; retrieval {timings['retrieval_ms']:.0f} ms", highlight=False)
+    for s in response.sources:
+        where = context_header(s.title, tuple(s.headings))
+        out.print(f"[{s.n}] {s.source}" + (f"  ({where})" if where else ""), highlight=False, markup=False)
+    timings = response.timings
+    if response.answer is None:
+        err.print(f"retrieval only; retrieval {timings.retrieval_ms:.0f} ms", highlight=False)
         return
     err.print(
-        f"prompt v{body['prompt_version']}, {body['model'] or 'no model call'}; "
-        f"retrieval {timings['retrieval_ms']:.0f} ms, prompt {timings['prompt_ms'] or 0:.0f} ms, "
-        f"generation {timings['generation_ms'] or 0:.0f} ms",
+        f"prompt v{response.prompt_version}, {response.model or 'no model call'}; "
+        f"retrieval {timings.retrieval_ms:.0f} ms, prompt {timings.prompt_ms or 0:.0f} ms, "
+        f"generation {timings.generation_ms or 0:.0f} ms",
         highlight=False,
     )

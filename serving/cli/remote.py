@@ -3,7 +3,7 @@
 A Qdrant Edge store is open in one process at a time, and a running server holds it. Rather
 than fail, ``opsloop ingest`` and ``opsloop query`` then send their work to that server over
 its public HTTP API, authenticated with the token the server left in the store's lock file
-(``serving.rag_service.store_holder``; see ``serving.deps`` for what the token may do):
+(``rag.service.store_holder``; see ``serving.deps`` for what the token may do):
 
 * ingest: each file under the folder is uploaded (``POST /collections/{name}/documents``),
   one per request, so the progress bar moves and no body grows past ``max_body_bytes``; with
@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -39,8 +39,13 @@ from opsloop.errors import (
 )
 from rag.ingest import IngestProgress, IngestReport, ProgressCallback, Status
 from rag.loaders import folder_files
+from rag.service import store_holder
 from serving.deps import LOCAL_ACTOR_HEADER, LOCAL_TENANT_HEADER
-from serving.rag_service import store_holder
+
+if TYPE_CHECKING:
+    from evals.schedule import JobStatus
+    from serving.routers.evals import EvalRunPublic
+    from serving.routers.rag import QueryResponse
 
 __all__ = ["ServerRag"]
 
@@ -154,20 +159,29 @@ class ServerRag:
         """``POST /collections/{name}/optimize``: the seconds the index took."""
         return float(self._call("POST", f"/collections/{collection}/optimize")["seconds"])
 
-    def trigger_eval(self, job: str) -> dict[str, Any]:
+    def trigger_eval(self, job: str) -> JobStatus:
         """``POST /admin/evals/jobs/{name}/trigger``: the job's status once its run finished."""
-        return self._call("POST", f"/admin/evals/jobs/{quote(job)}/trigger")
+        from pydantic import TypeAdapter
 
-    def run_eval(self, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        from evals.schedule import JobStatus
+
+        answer = self._call("POST", f"/admin/evals/jobs/{quote(job)}/trigger")
+        return TypeAdapter(JobStatus).validate_python(answer)
+
+    def run_eval(self, body: dict[str, Any], *, timeout: float) -> EvalRunPublic:
         """``POST /admin/evals/runs``: the finished run, waiting up to ``timeout`` seconds for it.
+
+        The answer is the type a local run's report is made into too.
 
         Raises:
             BackendError: The server does not answer, or not within ``timeout`` (the server
                 goes on with the run; it is tracked and resumable like any other).
             OpsloopError: The server refused the run (the server's error, same class).
         """
+        from serving.routers.evals import EvalRunPublic
+
         try:
-            return self._call(
+            answer = self._call(
                 "POST", "/admin/evals/runs", json=body, timeout=httpx.Timeout(timeout, connect=30)
             )
         except BackendError as exc:
@@ -178,11 +192,14 @@ class ServerRag:
                     timeout_s=timeout,
                 ) from exc.__cause__
             raise
+        return EvalRunPublic.model_validate(answer)
 
-    def query(self, collection: str, question: str, top_k: int | None, *, generate: bool) -> dict[str, Any]:
-        """``POST /query``'s JSON answer."""
+    def query(self, collection: str, question: str, top_k: int | None, *, generate: bool) -> QueryResponse:
+        """``POST /query``'s answer, as the type a local query gives too."""
+        from serving.routers.rag import QueryResponse
+
         body = {"question": question, "collection": collection, "top_k": top_k, "generate": generate}
-        return self._call("POST", "/query", json=body)
+        return QueryResponse.model_validate(self._call("POST", "/query", json=body))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:

@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field
 
 from opsloop.audit import AuditFilter
 from opsloop.auth import KeyInfo, Role
-from opsloop.errors import ForbiddenError
 from serving.deps import AdminKey, OperatorKey, PlatformDep, request_id
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -189,15 +188,7 @@ async def queries(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[QueryLogPublic]:
     """Logged queries, newest first: an operator sees its own tenant's, an admin any tenant's."""
-    if principal.role < Role.ADMIN:
-        if tenant is not None and tenant != principal.tenant:
-            raise ForbiddenError(
-                "only an admin key may read another tenant's queries",
-                tenant=tenant,
-                role=str(principal.role),
-            )
-        tenant = principal.tenant
     entries = await run_in_threadpool(
-        platform.queries.recent, tenant=tenant, collection=collection, since=since, limit=limit
+        platform.queries.recent, principal, tenant=tenant, collection=collection, since=since, limit=limit
     )
     return [QueryLogPublic.model_validate(vars(e)) for e in entries]

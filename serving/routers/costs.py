@@ -11,10 +11,8 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from opsloop.auth import Role
 from opsloop.durations import parse_duration
-from opsloop.errors import ForbiddenError
-from opsloop.ledger import GroupBy
+from opsloop.llm.ledger import GroupBy
 from serving.deps import OperatorKey, PlatformDep
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -54,13 +52,10 @@ async def costs(
 ) -> CostReport:
     """The ledger's totals per group over the window (operator role)."""
     window = parse_duration(since, field="since")
-    if principal.role < Role.ADMIN:
-        if tenant is not None and tenant != principal.tenant:
-            raise ForbiddenError(
-                "only an admin key may read another tenant's costs", tenant=tenant, role=str(principal.role)
-            )
-        tenant = principal.tenant
-    rows = await run_in_threadpool(platform.ledger.report, by, window, tenant)
+    rows = await run_in_threadpool(platform.ledger.report, principal, by, window, tenant)
     return CostReport(
-        by=by, since=since, tenant=tenant, rows=[CostRowPublic.model_validate(row.to_dict()) for row in rows]
+        by=by,
+        since=since,
+        tenant=principal.scope(tenant, "costs"),
+        rows=[CostRowPublic.model_validate(row.to_dict()) for row in rows],
     )

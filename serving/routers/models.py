@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from opsloop.errors import NotFoundError, OpsloopError
-from opsloop.predictions import PredictionRecord
-from serving.deps import PlatformDep, UserKey, ViewerKey, request_id
-from serving.platform import Platform
-from serving.runtime import LoadedModel
+from serving.deps import ModelsDep, UserKey, ViewerKey, request_id
 
 router = APIRouter(tags=["models"])
 
@@ -59,16 +53,30 @@ class FeedbackResponse(BaseModel):
     rejected: dict[str, str]
 
 
-async def _champion(platform: Platform, name: str) -> LoadedModel:
-    model = platform.runtime.get(name)
-    if model is None:  # registered since the watcher last looked, or not at all
-        try:
-            model = await run_in_threadpool(platform.runtime.refresh, name)
-        except NotFoundError as exc:
-            raise NotFoundError(
-                f"no model {name!r} with a '{platform.runtime.alias}' version", model=name
-            ) from exc
-    return model
+class ServedModelPublic(BaseModel):
+    """A model being served and the version that answers."""
+
+    name: str
+    version: int
+
+
+class VersionPublic(BaseModel):
+    """One registered version of a model."""
+
+    version: int
+    aliases: list[str]
+    run_id: str | None
+    created_ms: int | None
+
+
+class ModelDescriptionPublic(BaseModel):
+    """A model's versions, the champion's input schema and an instance to post as is."""
+
+    name: str
+    champion: int
+    versions: list[VersionPublic]
+    input_schema: list[dict[str, Any]]
+    example: dict[str, Any]
 
 
 @router.post(
@@ -77,76 +85,38 @@ async def _champion(platform: Platform, name: str) -> LoadedModel:
     response_model=PredictResponse,
 )
 async def predict(
-    model: str, body: PredictRequest, platform: PlatformDep, principal: UserKey, request: Request
+    model: str, body: PredictRequest, models: ModelsDep, principal: UserKey, request: Request
 ) -> JSONResponse:
     """Validate the instances against the model's signature and predict them."""
-    started = time.perf_counter()
-    metrics = platform.metrics.models
-    try:
-        loaded = await _champion(platform, model)
-        # Scoring runs on the event loop: for these models it takes well under a
-        # millisecond, less than a hop to the thread pool would cost.
-        matrix = loaded.schema.to_matrix(body.instances, platform.settings.max_instances)
-        predictions, probabilities = loaded.predict(matrix)
-    except OpsloopError as exc:
-        metrics.errors.labels(model, exc.type).inc()
-        raise
-    elapsed = time.perf_counter() - started
-    rid = request_id(request) or ""
-    version = str(loaded.version)
-    metrics.predictions.labels(model, version).inc(len(predictions))
-    metrics.latency.labels(model, version).observe(elapsed)
-    platform.predictions.record(
-        PredictionRecord(
-            request_id=rid,
-            tenant=principal.tenant,
-            model=model,
-            version=loaded.version,
-            variant="champion",
-            inputs=body.instances,
-            outputs=probabilities if probabilities is not None else predictions,
-            latency_ms=elapsed * 1000,
-        )
-    )
-    response: dict[str, Any] = {
-        "predictions": predictions,
-        "probabilities": probabilities,
-        "model": model,
-        "version": loaded.version,
-        "variant": "champion",
-        "request_id": rid,
-    }
-    return JSONResponse(response)
+    result = await models.predict(principal, model, body.instances, request_id=request_id(request))
+    # A plain JSONResponse: validating the response model again would cost more than the prediction.
+    return JSONResponse({name: getattr(result, name) for name in PredictResponse.model_fields})
 
 
 @router.post("/feedback/{model}", summary="Attach true labels to earlier predictions")
 async def feedback(
-    model: str, body: FeedbackRequest, platform: PlatformDep, principal: UserKey
+    model: str, body: FeedbackRequest, models: ModelsDep, principal: UserKey
 ) -> FeedbackResponse:
     """Labels go to the caller's tenant's predictions of ``model`` by request id."""
     labels = {item.request_id: item.labels for item in body.feedback}
-    result = await run_in_threadpool(platform.predictions.feedback, principal.tenant, model, labels)
-    return FeedbackResponse(attached=result.attached, unknown=result.unknown, rejected=result.rejected)
+    result = await models.feedback(principal, model, labels)
+    return FeedbackResponse.model_validate(result, from_attributes=True)
 
 
 @router.get("/models", summary="List served models")
-async def list_models(platform: PlatformDep, _: ViewerKey) -> list[dict[str, Any]]:
+async def list_models(models: ModelsDep, principal: ViewerKey) -> list[ServedModelPublic]:
     """Every model currently served, with its champion version."""
-    return [{"name": m.name, "version": m.version} for m in platform.runtime.loaded().values()]
+    return [ServedModelPublic.model_validate(m, from_attributes=True) for m in models.served(principal)]
 
 
 @router.get("/models/{model}", summary="A model's versions, input schema and an example")
-async def describe_model(model: str, platform: PlatformDep, _: ViewerKey) -> dict[str, Any]:
+async def describe_model(model: str, models: ModelsDep, principal: ViewerKey) -> ModelDescriptionPublic:
     """Versions with aliases, the champion's input schema, and an instance to post as is."""
-    loaded = await _champion(platform, model)
-    versions = await run_in_threadpool(platform.registry.versions, model)
-    return {
-        "name": model,
-        "champion": loaded.version,
-        "versions": [
-            {"version": v.version, "aliases": list(v.aliases), "run_id": v.run_id, "created_ms": v.created_ms}
-            for v in versions
-        ],
-        "input_schema": [spec.to_dict() for spec in loaded.schema.fields],
-        "example": {"instances": [loaded.schema.example()]},
-    }
+    described = await models.describe(principal, model)
+    return ModelDescriptionPublic(
+        name=described.name,
+        champion=described.champion,
+        versions=[VersionPublic.model_validate(v, from_attributes=True) for v in described.versions],
+        input_schema=[spec.to_dict() for spec in described.input_schema],
+        example={"instances": [described.example]},
+    )

@@ -12,8 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
 from rag.answer import MAX_QUESTION_CHARS
-from serving.deps import OperatorKey, PlatformDep, UserKey, ViewerKey, request_id
-from serving.rag_service import COLLECTION_PATTERN, CollectionView, QueryResult
+from rag.service import COLLECTION_PATTERN, CollectionView, QueryResult
+from serving.deps import OperatorKey, RagDep, UserKey, ViewerKey, request_id
 
 router = APIRouter(tags=["rag"])
 
@@ -197,19 +197,15 @@ def _collection_fields(view: CollectionView) -> dict[str, Any]:
 
 
 @router.post("/query", summary="Answer a question from a collection, citing its sources")
-async def query(
-    body: QueryRequest, platform: PlatformDep, principal: UserKey, request: Request
-) -> QueryResponse:
+async def query(body: QueryRequest, rag: RagDep, principal: UserKey, request: Request) -> QueryResponse:
     """Retrieve from the caller's tenant's ``collection`` and answer with the ``production`` prompt."""
-    rag = await run_in_threadpool(lambda: platform.rag)
     result = await rag.query(
-        principal.tenant,
+        principal,
         body.question,
         body.collection,
         body.top_k,
         generate=body.generate,
         request_id=request_id(request),
-        key_id=principal.key_id,
     )
     return query_response(result)
 
@@ -218,7 +214,7 @@ async def query(
 async def upload(
     name: CollectionPath,
     files: Annotated[list[UploadFile], File(description="One or more .md, .txt, .html or .pdf files.")],
-    platform: PlatformDep,
+    rag: RagDep,
     principal: OperatorKey,
     request: Request,
     chunk_tokens: ChunkTokens = None,
@@ -231,13 +227,12 @@ async def upload(
     """
     uploads = [(f.filename or "", await f.read()) for f in files]
     run = await run_in_threadpool(
-        lambda: platform.rag.upload(
-            principal.tenant,
+        lambda: rag.upload(
+            principal,
             name,
             uploads,
             chunk_tokens=chunk_tokens,
             overlap_tokens=overlap_tokens,
-            actor=principal.actor,
             request_id=request_id(request),
         )
     )
@@ -248,13 +243,11 @@ async def upload(
     "/collections/{name}/documents/{source:path}", summary="Delete a document's chunks from a collection"
 )
 async def delete_document(
-    name: CollectionPath, source: str, platform: PlatformDep, principal: OperatorKey, request: Request
+    name: CollectionPath, source: str, rag: RagDep, principal: OperatorKey, request: Request
 ) -> DeletedPublic:
     """Remove every chunk of ``source``; 404 when the collection has no such document."""
     deleted = await run_in_threadpool(
-        lambda: platform.rag.delete_document(
-            principal.tenant, name, source, actor=principal.actor, request_id=request_id(request)
-        )
+        lambda: rag.delete_document(principal, name, source, request_id=request_id(request))
     )
     return DeletedPublic(collection=name, source=source, chunks_deleted=deleted)
 
@@ -268,32 +261,26 @@ class OptimizedPublic(BaseModel):
 
 @router.post("/collections/{name}/optimize", summary="Build a collection's search index now")
 async def optimize_collection(
-    name: CollectionPath, platform: PlatformDep, principal: OperatorKey, request: Request
+    name: CollectionPath, rag: RagDep, principal: OperatorKey, request: Request
 ) -> OptimizedPublic:
     """After a bulk ingest: the embedded store indexes only when asked (queries of it wait meanwhile)."""
-    seconds = await run_in_threadpool(
-        lambda: platform.rag.optimize(
-            principal.tenant, name, actor=principal.actor, request_id=request_id(request)
-        )
-    )
+    seconds = await run_in_threadpool(lambda: rag.optimize(principal, name, request_id=request_id(request)))
     return OptimizedPublic(collection=name, seconds=seconds)
 
 
 @router.get("/collections", summary="The caller's tenant's collections")
-async def list_collections(platform: PlatformDep, principal: ViewerKey) -> CollectionList:
+async def list_collections(rag: RagDep, principal: ViewerKey) -> CollectionList:
     """Every collection of the key's tenant, with document and chunk counts and the last ingestion."""
-    views = await run_in_threadpool(lambda: platform.rag.collections(principal.tenant))
+    views = await run_in_threadpool(lambda: rag.collections(principal))
     return CollectionList(
         collections=[CollectionPublic(**_collection_fields(v), documents=len(v.documents)) for v in views]
     )
 
 
 @router.get("/collections/{name}", summary="One collection and its documents")
-async def get_collection(
-    name: CollectionPath, platform: PlatformDep, principal: ViewerKey
-) -> CollectionDetail:
+async def get_collection(name: CollectionPath, rag: RagDep, principal: ViewerKey) -> CollectionDetail:
     """The collection's documents, chunk count, chunk settings and last ingestion."""
-    view = await run_in_threadpool(lambda: platform.rag.collection(principal.tenant, name))
+    view = await run_in_threadpool(lambda: rag.collection(principal, name))
     return CollectionDetail(
         **_collection_fields(view), documents=[DocumentPublic(**vars(d)) for d in view.documents]
     )

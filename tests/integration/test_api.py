@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from opsloop.auth import Role
 from opsloop.settings import Settings, load_settings
+from rag.service import store_holder
 from serving.app import create_app
-from serving.rag_service import store_holder
 
 
 @pytest.fixture
@@ -78,7 +79,8 @@ def test_metrics_count_requests_by_route_template(client: TestClient, admin_key:
 
 
 def test_missing_and_bad_keys_get_401(client: TestClient) -> None:
-    for headers in [{}, _auth("olk_nope_nope"), {"Authorization": "Basic abc"}]:
+    non_ascii = {"Authorization": "Bearer olk_\u00e9t\u00e9_x".encode()}
+    for headers in [{}, _auth("olk_nope_nope"), {"Authorization": "Basic abc"}, non_ascii]:
         response = client.get("/admin/audit", headers=headers)
         assert response.status_code == 401
         _assert_error(response.json(), "unauthorized")
@@ -144,6 +146,11 @@ def test_bad_input_gets_specific_errors(client: TestClient, admin_key: str) -> N
     assert bad_limit.status_code == 422
     assert bad_limit.json()["error"]["details"]["errors"][0]["field"] == "query.limit"
 
+    for since in ("999999999d", "9" * 400 + "w"):
+        overlong = client.get("/admin/costs", params={"since": since}, headers=headers)
+        assert overlong.status_code == 422, overlong.text
+        assert overlong.json()["error"]["details"]["field"] == "since"
+
     unknown = client.get("/no/such/route")
     assert unknown.status_code == 404
     _assert_error(unknown.json(), "not_found")
@@ -175,6 +182,16 @@ def test_unexpected_errors_hide_the_traceback(app: FastAPI, client: TestClient) 
     assert response.status_code == 500
     assert "secret internals" not in response.text and "Traceback" not in response.text
     assert response.json()["error"]["details"] == {"request_id": "r-9"}
+
+
+def test_api_docs_load_with_no_network(client: TestClient) -> None:
+    """/docs and /redoc take their scripts and styles from this server, not a CDN."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        hosts = re.findall(r"""(?:src|href|url)\s*[=:(]\s*["']?(?:https?:)?//([^/"')\s]+)""", html)
+        assert hosts == [], (page, hosts)
+        assets = re.findall(r"""(?:src|href)=["'](/[^"']+)["']""", html)
+        assert assets and all(client.get(asset).status_code == 200 for asset in assets), (page, assets)
 
 
 def test_openapi_documents_the_routes(client: TestClient) -> None:

@@ -6,10 +6,13 @@ from datetime import timedelta
 
 import pytest
 
+from opsloop.auth import Principal, Role, system_principal
 from opsloop.db import Database
-from opsloop.errors import InvalidInputError
-from opsloop.ledger import Ledger, LLMCall, Outcome
+from opsloop.errors import ForbiddenError, InvalidInputError
+from opsloop.llm.ledger import Ledger, LLMCall, Outcome
 from opsloop.tables import utcnow
+
+ADMIN = system_principal("default")
 
 
 def _call(
@@ -46,7 +49,7 @@ def test_report_groups_windows_and_filters(database: Database) -> None:
             _call("globex", "chat", 1000, outcome="error", error_type="backend_error", cost_usd=0.0)
         )
         ledger.record(_call("globex", "chat", 10, age_h=48))  # outside a 24h window
-        by_tenant = ledger.report("tenant", timedelta(hours=24))
+        by_tenant = ledger.report(ADMIN, "tenant", timedelta(hours=24))
         assert [(r.group, r.calls, r.errors, r.disconnected) for r in by_tenant] == [
             ("acme", 5, 0, 1),
             ("globex", 1, 1, 0),
@@ -56,12 +59,17 @@ def test_report_groups_windows_and_filters(database: Database) -> None:
         assert acme.cost_usd == pytest.approx(2.25)
         assert (acme.p50_latency_ms, acme.p95_latency_ms) == (200, 400)  # nearest rank of 50,100,...,400
 
-        routes = ledger.report("route", timedelta(days=3), tenant="globex")
+        routes = ledger.report(ADMIN, "route", timedelta(days=3), tenant="globex")
         assert [(r.group, r.calls) for r in routes] == [("chat", 2)]
-        assert [r.group for r in ledger.report("key", timedelta(hours=1), "acme")] == ["k-acme"]
-        assert ledger.report("model", timedelta(hours=1), "nobody") == []
+        assert [r.group for r in ledger.report(ADMIN, "key", timedelta(hours=1), "acme")] == ["k-acme"]
+        assert ledger.report(ADMIN, "model", timedelta(hours=1), "nobody") == []
         with pytest.raises(InvalidInputError):
-            ledger.report("colour", timedelta(hours=1))  # type: ignore[arg-type]
+            ledger.report(ADMIN, "colour", timedelta(hours=1))  # type: ignore[arg-type]
+
+        operator = Principal("k-acme", "acme", Role.OPERATOR)
+        assert [r.group for r in ledger.report(operator, "tenant", timedelta(hours=24))] == ["acme"]
+        with pytest.raises(ForbiddenError, match="another tenant's costs"):
+            ledger.report(operator, "tenant", timedelta(hours=24), tenant="globex")
 
         newest = ledger.calls(tenant="globex")
         assert [c.outcome for c in newest] == ["ok", "error"] and newest[1].error_type == "backend_error"

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import text
 
+from opsloop.auth import Principal, Role, system_principal
 from opsloop.db import Database
-from opsloop.query_log import QueryLog, QueryLogEntry
+from opsloop.errors import ForbiddenError
 from opsloop.tables import utcnow
+from rag.query_log import QueryLog, QueryLogEntry
+
+ADMIN = system_principal("default")
 
 
 def _entry(request_id: str, tenant: str = "acme", collection: str = "docs") -> QueryLogEntry:
@@ -36,7 +41,7 @@ def test_entries_round_trip_newest_first(database: Database) -> None:
     for i in range(7):
         log.record(_entry(f"r{i}"))
     log.record(replace(_entry("plain"), answer=None, prompt_version=None, generation_ms=None))
-    recent = log.recent()
+    recent = log.recent(ADMIN)
     assert [e.request_id for e in recent] == ["plain", *(f"r{i}" for i in reversed(range(7)))]
     first = recent[-1]
     assert first.chunk_ids == ["c1", "c2"] and first.scores == [0.032, 0.016]
@@ -46,7 +51,7 @@ def test_entries_round_trip_newest_first(database: Database) -> None:
     assert first.at.tzinfo is not None and first.id is not None
     plain = recent[0]
     assert (plain.answer, plain.prompt_version, plain.generation_ms) == (None, None, None)
-    assert log.recent(limit=2)[1].request_id == "r6"
+    assert log.recent(ADMIN, limit=2)[1].request_id == "r6"
     log.close()
 
 
@@ -55,11 +60,11 @@ def test_filters_by_tenant_collection_and_time(database: Database) -> None:
     old = replace(_entry("old"), at=utcnow() - timedelta(days=2))
     for entry in (old, _entry("a"), _entry("b", tenant="globex"), _entry("c", collection="faq")):
         log.record(entry)
-    assert [e.request_id for e in log.recent(tenant="acme")] == ["c", "a", "old"]
-    assert [e.request_id for e in log.recent(tenant="acme", collection="docs")] == ["a", "old"]
-    assert [e.request_id for e in log.recent(tenant="globex")] == ["b"]
+    assert [e.request_id for e in log.recent(ADMIN, tenant="acme")] == ["c", "a", "old"]
+    assert [e.request_id for e in log.recent(ADMIN, tenant="acme", collection="docs")] == ["a", "old"]
+    assert [e.request_id for e in log.recent(ADMIN, tenant="globex")] == ["b"]
     since = utcnow() - timedelta(days=1)
-    assert [e.request_id for e in log.recent(tenant="acme", since=since)] == ["c", "a"]
+    assert [e.request_id for e in log.recent(ADMIN, tenant="acme", since=since)] == ["c", "a"]
     log.close()
 
 
@@ -69,7 +74,7 @@ def test_close_writes_what_is_queued(database: Database) -> None:
         log.record(_entry(f"r{i}"))
     log.close()
     assert log.pending == 0
-    assert len(QueryLog(database).recent()) == 5
+    assert len(QueryLog(database).recent(ADMIN)) == 5
 
 
 def test_a_full_queue_or_a_failing_store_drops_and_counts(database: Database) -> None:
@@ -79,10 +84,21 @@ def test_a_full_queue_or_a_failing_store_drops_and_counts(database: Database) ->
         log.record(_entry(f"r{i}"))
     assert sum(dropped) == 1 and log.pending == 2
     log.start().flush()
-    assert len(log.recent()) == 2
+    assert len(log.recent(ADMIN)) == 2
     with database.engine.begin() as conn:
         conn.execute(text("DROP TABLE rag_queries"))
     log.record(_entry("lost"))
     log.flush()
     assert sum(dropped) == 2
+    log.close()
+
+
+def test_a_tenants_operator_reads_only_its_own_queries(database: Database) -> None:
+    log = QueryLog(database).start()
+    for request_id, tenant in (("a", "acme"), ("b", "globex")):
+        log.record(_entry(request_id, tenant=tenant))
+    operator = Principal("k1", "acme", Role.OPERATOR)
+    assert [e.request_id for e in log.recent(operator)] == ["a"]
+    with pytest.raises(ForbiddenError, match="another tenant's queries"):
+        log.recent(operator, tenant="globex")
     log.close()

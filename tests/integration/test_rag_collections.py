@@ -15,13 +15,17 @@ from pathlib import Path
 import pytest
 
 from opsloop.audit import AuditFilter
+from opsloop.auth import Principal, Role
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
 from opsloop.settings import load_settings
+from rag.service import RagService, store_holder
 from serving.platform import Platform
-from serving.rag_service import RagService, store_holder
 
 LONG = b"# Guide\n\n" + b" ".join(b"The frobnicator turns word%d into dust." % i for i in range(120)) + b"\n"
 SHORT = b"# Notes\n\nThe notes are short.\n"
+ACME = Principal("test", "acme", Role.OPERATOR)
+GLOBEX = Principal("test", "globex", Role.OPERATOR)
+TENANTS = {"acme": ACME, "globex": GLOBEX}
 
 
 @pytest.fixture
@@ -37,13 +41,13 @@ def rag(platform: Platform) -> RagService:
 
 
 def _upload(rag: RagService, *files: tuple[str, bytes], tenant: str = "acme", **chunking: int) -> dict:
-    return rag.upload(tenant, "guides", list(files), actor="test", **chunking).summary()
+    return rag.upload(TENANTS[tenant], "guides", list(files), **chunking).summary()
 
 
 def test_chunk_settings_belong_to_the_collection(rag: RagService) -> None:
     first = _upload(rag, ("guide.md", LONG), chunk_tokens=64, overlap_tokens=8)
     assert (first["chunk_tokens"], first["overlap_tokens"]) == (64, 8) and first["added"] == ["guide.md"]
-    many = rag.collection("acme", "guides").chunks
+    many = rag.collection(ACME, "guides").chunks
     assert many > 4  # 120 sentences in 64-token chunks
 
     # A later upload without settings cuts the same way: the first file stays as it is.
@@ -53,25 +57,25 @@ def test_chunk_settings_belong_to_the_collection(rag: RagService) -> None:
     # New settings re-chunk every file that is uploaded under them.
     rechunked = _upload(rag, ("guide.md", LONG), chunk_tokens=256, overlap_tokens=32)
     assert rechunked["replaced"] == ["guide.md"] and rechunked["chunks_deleted"] == many
-    view = rag.collection("acme", "guides")
+    view = rag.collection(ACME, "guides")
     assert (view.chunk_tokens, view.overlap_tokens) == (256, 32) and view.chunks < many + 1
     assert view.last_ingest is not None and view.last_ingest["replaced"] == ["guide.md"]
 
 
 def test_optimize_builds_the_index_and_search_answers_the_same(rag: RagService, platform: Platform) -> None:
     _upload(rag, ("guide.md", LONG), ("notes.md", SHORT))
-    asked = rag.query("acme", "What are the notes?", "guides", generate=False)
+    asked = rag.query(ACME, "What are the notes?", "guides", generate=False)
     before = [c.id for c in asyncio.run(asked).chunks]
-    assert rag.optimize("acme", "guides", actor="test") >= 0
+    assert rag.optimize(ACME, "guides") >= 0
     after = [
-        c.id for c in asyncio.run(rag.query("acme", "What are the notes?", "guides", generate=False)).chunks
+        c.id for c in asyncio.run(rag.query(ACME, "What are the notes?", "guides", generate=False)).chunks
     ]
     assert after == before
     (event,) = platform.audit.query(AuditFilter(action="rag.optimize"))
     assert event.target == "guides" and event.after is not None
-    assert event.after["chunks"] == rag.collection("acme", "guides").chunks
+    assert event.after["chunks"] == rag.collection(ACME, "guides").chunks
     with pytest.raises(NotFoundError):
-        rag.optimize("globex", "guides", actor="test")
+        rag.optimize(GLOBEX, "guides")
 
 
 def test_bad_chunk_settings_are_refused_before_they_are_stored(rag: RagService) -> None:
@@ -79,7 +83,7 @@ def test_bad_chunk_settings_are_refused_before_they_are_stored(rag: RagService) 
     with pytest.raises(InvalidInputError) as caught:
         _upload(rag, ("notes.md", SHORT), chunk_tokens=32, overlap_tokens=40)
     assert caught.value.details["field"] == "overlap_tokens"
-    view = rag.collection("acme", "guides")
+    view = rag.collection(ACME, "guides")
     assert (view.chunk_tokens, view.overlap_tokens) == (64, 8)
 
 
@@ -88,18 +92,18 @@ def test_collections_documents_and_deletes_stay_within_the_tenant(
 ) -> None:
     _upload(rag, ("guide.md", LONG), ("notes.md", SHORT))
     _upload(rag, ("other.md", SHORT), tenant="globex")
-    (acme,) = rag.collections("acme")
+    (acme,) = rag.collections(ACME)
     assert acme.name == "guides" and [d.source for d in acme.documents] == ["guide.md", "notes.md"]
     notes = next(d for d in acme.documents if d.source == "notes.md")
     assert (notes.title, notes.chunks, len(notes.sha256)) == ("Notes", 1, 64)
-    assert [d.source for d in rag.collection("globex", "guides").documents] == ["other.md"]
+    assert [d.source for d in rag.collection(GLOBEX, "guides").documents] == ["other.md"]
 
     with pytest.raises(NotFoundError):
-        rag.delete_document("globex", "guides", "notes.md", actor="test")
-    assert rag.delete_document("acme", "guides", "notes.md", actor="test") == 1
-    assert [d.source for d in rag.collection("acme", "guides").documents] == ["guide.md"]
+        rag.delete_document(GLOBEX, "guides", "notes.md")
+    assert rag.delete_document(ACME, "guides", "notes.md") == 1
+    assert [d.source for d in rag.collection(ACME, "guides").documents] == ["guide.md"]
     with pytest.raises(NotFoundError):
-        rag.collection("acme", "missing")
+        rag.collection(ACME, "missing")
     events = platform.audit.query(AuditFilter(action="rag.delete"))
     assert [e.target for e in events] == ["guides/notes.md"]
 

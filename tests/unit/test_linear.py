@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from serving.linear import compile_linear
+from opsloop.models.linear import compile_linear
 
 
 def _data(rows: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
+from opsloop.models.runtime import ModelRuntime
 from opsloop.registry import Registry
-from serving.runtime import ModelRuntime
 
 
 class _FlakyRegistry:

@@ -1,0 +1,124 @@
+"""The services called directly with a Principal, no HTTP: the same results, scoping and audit as the API.
+
+One real app (demo model trained at start, Qdrant Edge, MiniLM, SQLite, MLflow on SQLite) is
+driven both ways: through its routes with an API key, and through the service objects the routes
+call, with the Principal of that same key. This is how the agents' tools and the console call them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from opsloop.audit import AuditFilter
+from opsloop.auth import Principal, Role
+from opsloop.errors import ForbiddenError, NotFoundError
+from opsloop.settings import load_settings
+from serving.app import create_app
+from serving.platform import Platform
+
+APPLICANT = {
+    "age": 41,
+    "income": 52000,
+    "loan_amount": 12000,
+    "loan_term_months": 36,
+    "credit_history_years": 9.5,
+    "num_late_payments": 1,
+    "debt_to_income": 0.35,
+    "employment_type": "salaried",
+    "home_ownership": "rent",
+    "purpose": "car",
+}
+GUIDE = b"# Rotating keys\n\nCreate a new key, move clients to it, then revoke the old key.\n"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    home = tmp_path_factory.mktemp("services") / "home"
+    return create_app(load_settings(home=home, bootstrap_docs=False, drift_check_seconds=0))
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 180
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.2)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def platform(app: FastAPI, client: TestClient) -> Platform:
+    platform: Platform = app.state.platform
+    return platform
+
+
+def _key(platform: Platform, tenant: str, role: Role) -> tuple[Principal, dict[str, str]]:
+    new = platform.keys.create(tenant, role, actor="test")
+    principal = Principal(new.info.id, tenant, role)
+    return principal, {"Authorization": f"Bearer {new.secret.get_secret_value()}"}
+
+
+def test_predict_directly_and_over_http_agree(client: TestClient, platform: Platform) -> None:
+    caller, headers = _key(platform, "acme", Role.USER)
+    over_http = client.post("/predict/credit-risk", json={"instances": [APPLICANT]}, headers=headers).json()
+    direct = asyncio.run(platform.models.predict(caller, "credit-risk", [APPLICANT]))
+    assert direct.predictions == over_http["predictions"]
+    assert direct.probabilities == over_http["probabilities"]
+    assert (direct.version, direct.variant) == (over_http["version"], over_http["variant"]) == (1, "champion")
+
+    # Both landed in the prediction log under the caller's tenant, and feedback finds both.
+    labels = {direct.request_id: [0], over_http["request_id"]: [1]}
+    attached = asyncio.run(platform.models.feedback(caller, "credit-risk", labels))
+    assert sorted(attached.attached) == sorted(labels) and not attached.unknown
+    # Another tenant's caller sees neither.
+    other, _ = _key(platform, "globex", Role.USER)
+    elsewhere = asyncio.run(platform.models.feedback(other, "credit-risk", labels))
+    assert sorted(elsewhere.unknown) == sorted(labels)
+
+    viewer, _ = _key(platform, "acme", Role.VIEWER)
+    with pytest.raises(ForbiddenError, match="predicting needs role 'user'"):
+        asyncio.run(platform.models.predict(viewer, "credit-risk", [APPLICANT]))
+    with pytest.raises(NotFoundError, match="no model 'nope'"):
+        asyncio.run(platform.models.predict(caller, "nope", [APPLICANT]))
+
+
+def test_rag_directly_and_over_http_agree_scope_and_audit(
+    client: TestClient, platform: Platform, tmp_path: Path
+) -> None:
+    operator, headers = _key(platform, "acme", Role.OPERATOR)
+    uploaded = client.post(
+        "/collections/handbook/documents", files=[("files", ("keys.md", GUIDE))], headers=headers
+    )
+    assert uploaded.status_code == 200, uploaded.text
+
+    # The same upload made directly changes nothing, and is audited the same way, under the caller.
+    rag = platform.rag
+    again = rag.upload(operator, "handbook", [("keys.md", GUIDE)])
+    assert again.report.unchanged == ["keys.md"]
+    entries = platform.audit.query(AuditFilter(action="rag.upload", actor=operator.key_id))
+    assert [(e.tenant, e.target) for e in entries] == [("acme", "handbook")] * 2
+
+    question = {"question": "How do I rotate a key?", "collection": "handbook", "generate": False}
+    over_http = client.post("/query", json=question, headers=headers).json()
+    direct = asyncio.run(rag.query(operator, question["question"], "handbook", generate=False))
+    assert [c.id for c in direct.chunks] == [s["chunk_id"] for s in over_http["sources"]]
+
+    # Tenant scoping holds without HTTP: another tenant's caller finds no such collection.
+    other, other_headers = _key(platform, "globex", Role.OPERATOR)
+    with pytest.raises(NotFoundError, match="no collection 'handbook' in tenant 'globex'"):
+        asyncio.run(rag.query(other, question["question"], "handbook", generate=False))
+    assert client.post("/query", json=question, headers=other_headers).status_code == 404
+    assert rag.collections(other) == []
+
+    # Role checks hold without HTTP too.
+    user, _ = _key(platform, "acme", Role.USER)
+    with pytest.raises(ForbiddenError, match="uploading documents needs role 'operator'"):
+        rag.upload(user, "handbook", [("keys.md", GUIDE)])
