@@ -16,12 +16,16 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from evals.dataset import dataset_from_items
+from evals.runs import eval_config
 from opsloop.audit import AuditFilter
 from opsloop.auth import Principal, Role
 from opsloop.errors import ForbiddenError, NotFoundError
 from opsloop.settings import load_settings
 from serving.app import create_app
+from serving.eval_wiring import eval_runs
 from serving.platform import Platform
+from serving.routers.evals import EvalRunPublic
 
 APPLICANT = {
     "age": 41,
@@ -122,3 +126,41 @@ def test_rag_directly_and_over_http_agree_scope_and_audit(
     user, _ = _key(platform, "acme", Role.USER)
     with pytest.raises(ForbiddenError, match="uploading documents needs role 'operator'"):
         rag.upload(user, "handbook", [("keys.md", GUIDE)])
+
+
+def test_an_eval_run_directly_and_over_http_agree_scope_and_audit(
+    client: TestClient, platform: Platform
+) -> None:
+    operator, headers = _key(platform, "acme", Role.OPERATOR)
+    platform.rag.upload(
+        operator, "evalbook", [("keys.md", GUIDE), ("other.md", b"# Other\n\nUnrelated words.\n")]
+    )
+    items = [
+        {
+            "question": "How do I rotate a key?",
+            "reference": "Create a new key.",
+            "reference_sources": ["keys.md"],
+        }
+    ]
+    body = {"dataset": {"name": "keys", "items": items}, "collection": "evalbook", "generate": False}
+    over_http = client.post("/admin/evals/runs", json={**body, "resume": "never"}, headers=headers)
+    assert over_http.status_code == 200, over_http.text
+
+    runs = eval_runs(platform)
+    dataset = dataset_from_items(items, name="keys")
+    config = eval_config(collection="evalbook", default_top_k=5, generate=False)
+    direct = EvalRunPublic.of(asyncio.run(runs.run(operator, dataset, config, resume="never")))
+    public = EvalRunPublic.model_validate(over_http.json())
+    for metric in ("hit_rate", "mrr"):
+        assert direct.summaries[metric].mean == public.summaries[metric].mean == 1.0
+    assert direct.params == public.params and direct.run_id != public.run_id
+    audited = platform.audit.query(AuditFilter(action="eval.run", actor=operator.key_id))
+    assert {e.tenant for e in audited} == {"acme"} and len(audited) == 2
+
+    # The run is the caller's tenant's: another tenant has no such collection, a user may not run one.
+    other, _ = _key(platform, "globex", Role.OPERATOR)
+    with pytest.raises(NotFoundError, match="in tenant 'globex'"):
+        asyncio.run(runs.run(other, dataset, config, resume="never"))
+    user, _ = _key(platform, "acme", Role.USER)
+    with pytest.raises(ForbiddenError, match="running an eval needs role 'operator'"):
+        asyncio.run(runs.run(user, dataset, config, resume="never"))
