@@ -22,7 +22,7 @@ _UNMATCHED = "<unmatched>"
 
 
 class RequestMiddleware:
-    """Assigns ``X-Request-ID``, refuses oversized bodies with 413, and records metrics."""
+    """Assigns each request its own ``X-Request-ID``, refuses oversized bodies with 413, and records metrics."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
@@ -35,7 +35,14 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        # The server's own id keys the prediction log, the ledger and the audit log: a client's
+        # X-Request-ID need not be unique (feedback for one id would label every row with it),
+        # so it is only echoed back as X-Correlation-ID.
+        request_id = uuid.uuid4().hex
+        echoed = [(b"x-request-id", request_id.encode())]
+        correlation = headers.get(b"x-request-id", b"")[:64]
+        if correlation:
+            echoed.append((b"x-correlation-id", correlation))
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
 
@@ -43,7 +50,7 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), *echoed]
             await send(message)
 
         started = time.perf_counter()

@@ -23,7 +23,10 @@ from opsloop.predictions import FeedbackResult, PredictionLog, PredictionRecord
 from opsloop.registry import ModelVersionInfo, Registry
 from opsloop.telemetry import ModelMetrics
 
-__all__ = ["ModelDescription", "ModelService", "Prediction", "ServedModel"]
+__all__ = ["UNKNOWN_MODEL", "ModelDescription", "ModelService", "Prediction", "ServedModel"]
+
+UNKNOWN_MODEL = "<unknown>"
+"""The ``model`` label of requests for a model that is not served (bounded label cardinality)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,11 @@ class ModelService:
         started = time.perf_counter()
         try:
             loaded = await self._serving(model)
+        except OpsloopError as exc:
+            # Not the model's name: a label per unknown name would grow the series with every 404.
+            self.metrics.errors.labels(UNKNOWN_MODEL, exc.type).inc()
+            raise
+        try:
             matrix = loaded.schema.to_matrix(instances, self.max_instances)
             predictions, probabilities = loaded.predict(matrix)
         except OpsloopError as exc:

@@ -234,8 +234,9 @@ def test_admin_queries_shows_the_tenants_own_queries(setup: Setup) -> None:
     response = setup.server.http.get("/admin/queries?collection=docs&limit=50", headers=setup.acme_operator)
     assert response.status_code == 200, response.text
     entries = {e["request_id"]: e for e in response.json()}
-    assert list(entries)[:2] == ["logged-retrieve", "logged-generate"]  # newest first
-    generated, retrieval_only = entries["logged-generate"], entries["logged-retrieve"]
+    asked_id, retrieved_id = asked.headers["x-request-id"], retrieved.headers["x-request-id"]
+    assert list(entries)[:2] == [retrieved_id, asked_id]  # newest first, under the server's own ids
+    generated, retrieval_only = entries[asked_id], entries[retrieved_id]
     body = asked.json()
     assert generated["chunk_ids"][0] == body["sources"][0]["chunk_id"]
     assert len(generated["chunk_ids"]) == len(generated["scores"]) == len(generated["dense_scores"])

@@ -208,3 +208,11 @@ def test_model_metadata_gives_schema_and_a_postable_example(
     response = client.post("/predict/risk", json=described["example"], headers=user)
     assert response.status_code == 200, response.text
     assert client.get("/models", headers=user).json() == [{"name": "risk", "version": 1}]
+
+
+def test_unknown_model_names_do_not_grow_the_metrics(client: TestClient, user: dict[str, str]) -> None:
+    for n in range(3):
+        assert _predict(client, user, [ROW], model=f"nope-{n}").status_code == 404
+    metrics = client.get("/metrics").text
+    assert "nope-" not in metrics
+    assert 'opsloop_prediction_errors_total{model="<unknown>",type="not_found"} 3.0' in metrics
