@@ -22,7 +22,7 @@ _UNMATCHED = "<unmatched>"
 
 
 class RequestMiddleware:
-    """Assigns each request its own ``X-Request-ID``, refuses oversized bodies with 413, and records metrics."""
+    """Gives each request its own ``X-Request-ID``, refuses oversized bodies (413), records metrics."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
