@@ -28,6 +28,12 @@ instead of a WAL error halfway through a run. ``vector_store: qdrant`` has no su
 Collections. Chunk settings are the collection's (``rag.catalog``): the first ingest or
 upload fixes them (the request's, else ``rag_chunk_tokens``/``rag_overlap_tokens``), later ones
 use them unless they ask for others, which re-chunks every file of the collection.
+
+Upload names. An uploaded file's name becomes its document's source, which clients later put in
+URL paths (``DELETE /collections/{name}/documents/{source}``). A name that reads like a path out of
+the collection (``../../other/documents/victim.md``) would address another document once a client
+library normalises the URL, so :meth:`RagService.upload` refuses such names outright
+(:func:`check_source_name`) instead of rewriting them into something the uploader did not send.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,11 +72,13 @@ from rag.stores import EdgeStore, VectorStore
 
 __all__ = [
     "COLLECTION_PATTERN",
+    "MAX_SOURCE_CHARS",
     "AnswerLLM",
     "CollectionView",
     "IngestRun",
     "QueryResult",
     "RagService",
+    "check_source_name",
     "physical_name",
     "store_holder",
 ]
@@ -98,6 +107,54 @@ def physical_name(tenant: str, collection: str) -> str:
             value=repr(collection),
         )
     return f"{_tenant_prefix(tenant)}{collection}"
+
+
+MAX_SOURCE_CHARS = 1024
+"""The longest uploaded file name (its source); each ``/``-separated segment is at most 255 bytes."""
+_MAX_SEGMENT_BYTES = 255  # NAME_MAX of common file systems: a folder ingest never makes longer ones
+
+
+def check_source_name(name: str) -> str:
+    """Return ``name`` if it may be an uploaded document's source: a plain relative name.
+
+    ``guide/setup.md`` or ``notes 100% #1?.md`` pass. Refused are names that are empty, longer
+    than :data:`MAX_SOURCE_CHARS`, absolute, or that hold backslashes, control characters
+    (NUL included), empty segments (``a//b``, a trailing ``/``), ``.`` or ``..`` segments, or a
+    segment over 255 bytes: each could read as, or be normalised into, another path.
+
+    Raises:
+        InvalidInputError: The message names the rule broken and the name (``field="files"``).
+    """
+    rule = _broken_source_rule(name)
+    if rule is not None:
+        raise InvalidInputError(
+            f"file name {name!r} is refused: {rule}; send a relative name such as 'guide/setup.md'",
+            field="files",
+            value=repr(name),
+            rule=rule,
+        )
+    return name
+
+
+def _broken_source_rule(name: str) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "a file name must not be empty"
+    if len(name) > MAX_SOURCE_CHARS:
+        return f"a file name must be at most {MAX_SOURCE_CHARS} characters"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "a file name must not contain NUL or other control characters"
+    if "\\" in name:
+        return "a file name must not contain backslashes"
+    if name.startswith("/"):
+        return "a file name must be relative, not absolute"
+    for segment in name.split("/"):
+        if not segment:
+            return "a file name must not have empty segments ('//' or a trailing '/')"
+        if segment in (".", ".."):
+            return "a file name must not have '.' or '..' segments"
+        if len(segment.encode("utf-8")) > _MAX_SEGMENT_BYTES:
+            return f"each '/'-separated part of a file name must be at most {_MAX_SEGMENT_BYTES} bytes"
+    return None
 
 
 def _tenant_prefix(tenant: str) -> str:
@@ -317,18 +374,23 @@ class RagService:
     ) -> IngestRun:
         """Add or replace documents, each given as a file name (its source) and the file's bytes.
 
-        A file that cannot be loaded is reported in ``skipped``; the others are ingested.
+        A file that cannot be loaded is reported in ``skipped``; the others are ingested. A
+        name that :func:`check_source_name` refuses fails the whole upload before anything is
+        stored (see the module docs).
 
         Raises:
             ForbiddenError: The caller is no operator.
-            InvalidInputError: No files, two with one name, or none that could be loaded (the
-                reasons are in ``details["skipped"]``).
+            InvalidInputError: No files, a refused file name (the rule and the name are in the
+                message), two with one name, or none that could be loaded (the reasons are in
+                ``details["skipped"]``).
         """
         caller.require(Role.OPERATOR, "uploading documents")
         started = time.perf_counter()
         name = physical_name(caller.tenant, collection)
         if not files:
             raise InvalidInputError("no files in the upload", field="files")
+        for source, _ in files:
+            check_source_name(source)
         documents = []
         skipped: list[Skipped] = []
         for source, data in files:

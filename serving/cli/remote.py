@@ -14,6 +14,10 @@ its public HTTP API, authenticated with the token the server left in the store's
 * eval run: one ``POST /admin/evals/runs`` with the options and the items the CLI parsed; the
   server runs it on its own loop and answers when it has finished (no progress meanwhile), with
   what a local run prints. Its timeout is the caller's (runs take long), not the 600 s above.
+
+Every name put into a URL path (collection, source, job) goes through :func:`_segment`, which
+percent-encodes it as one segment, ``/`` included: httpx collapses ``..`` segments, so a stored
+source such as ``../../other/documents/victim.md`` sent as is would address another collection.
 """
 
 from __future__ import annotations
@@ -58,6 +62,16 @@ _ERRORS: dict[int, type[OpsloopError]] = {
     413: PayloadTooLargeError,
     422: InvalidInputError,
 }
+
+
+def _segment(name: str) -> str:
+    """``name`` as one URL path segment: every reserved character encoded, ``/`` and ``%`` too.
+
+    A source ``..`` (or ``.``) alone is still a dot segment after quoting, so its dots are
+    encoded too; the server decodes the path before routing and sees the name as it was stored.
+    """
+    quoted = quote(name, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 class ServerRag:
@@ -132,7 +146,7 @@ class ServerRag:
             try:
                 summary = self._call(
                     "POST",
-                    f"/collections/{collection}/documents",
+                    f"/collections/{_segment(collection)}/documents",
                     params=params,
                     files=[("files", (source, path.read_bytes()))],
                 )
@@ -147,17 +161,18 @@ class ServerRag:
                 progress(IngestProgress(source, status, 0, done, len(files)))
         if delete_missing:
             present = set(sources)
-            stored = self._call("GET", f"/collections/{collection}")["documents"]
+            stored = self._call("GET", f"/collections/{_segment(collection)}")["documents"]
             for document in stored:
                 source = document["source"]
                 if source not in present:
-                    deleted = self._call("DELETE", f"/collections/{collection}/documents/{quote(source)}")
+                    where = f"/collections/{_segment(collection)}/documents/{_segment(source)}"
+                    deleted = self._call("DELETE", where)
                     report += IngestReport(deleted=[source], chunks_deleted=deleted["chunks_deleted"])
         return report, time.perf_counter() - started
 
     def optimize(self, collection: str) -> float:
         """``POST /collections/{name}/optimize``: the seconds the index took."""
-        return float(self._call("POST", f"/collections/{collection}/optimize")["seconds"])
+        return float(self._call("POST", f"/collections/{_segment(collection)}/optimize")["seconds"])
 
     def trigger_eval(self, job: str) -> JobStatus:
         """``POST /admin/evals/jobs/{name}/trigger``: the job's status once its run finished."""
@@ -165,7 +180,7 @@ class ServerRag:
 
         from evals.schedule import JobStatus
 
-        answer = self._call("POST", f"/admin/evals/jobs/{quote(job)}/trigger")
+        answer = self._call("POST", f"/admin/evals/jobs/{_segment(job)}/trigger")
         return TypeAdapter(JobStatus).validate_python(answer)
 
     def run_eval(self, body: dict[str, Any], *, timeout: float) -> EvalRunPublic:

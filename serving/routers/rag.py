@@ -224,6 +224,8 @@ async def upload(
 
     The same bytes again change nothing; new bytes under a source replace its chunks. Files that
     cannot be loaded are listed in ``skipped``; when none can, the answer is a 422 listing why.
+    A name that is absolute or holds ``..``/``.`` or empty segments, backslashes or control
+    characters, or is too long, refuses the whole upload with a 422 naming the rule and the name.
     """
     uploads = [(f.filename or "", await f.read()) for f in files]
     run = await run_in_threadpool(
@@ -245,7 +247,11 @@ async def upload(
 async def delete_document(
     name: CollectionPath, source: str, rag: RagDep, principal: OperatorKey, request: Request
 ) -> DeletedPublic:
-    """Remove every chunk of ``source``; 404 when the collection has no such document."""
+    """Remove every chunk of ``source``; 404 when the collection has no such document.
+
+    Send ``source`` percent-encoded as one segment (``/`` as ``%2F``, ``%`` as ``%25``), or a
+    client library may collapse its dots or cut it at a ``?`` or ``#``.
+    """
     deleted = await run_in_threadpool(
         lambda: rag.delete_document(principal, name, source, request_id=request_id(request))
     )
