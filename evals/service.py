@@ -317,8 +317,9 @@ def _read_state(directory: Path) -> dict[str, Any]:
     try:
         data = json.loads((directory / _RUN_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError) as exc:
+        # The run id is what the caller knows; the folder is the server's (clients see this).
         raise NotFoundError(
-            f"no eval run {directory.name} in {directory.parent}", run_id=directory.name
+            f"no eval run {directory.name} (see opsloop eval list)", run_id=directory.name
         ) from exc
     except json.JSONDecodeError as exc:
         raise NotFoundError(

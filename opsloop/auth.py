@@ -6,18 +6,25 @@ random 256-bit secrets, so a fast hash is enough (there is nothing to brute-forc
 
 Roles are ordered: ``viewer < user < operator < admin``. Every key belongs to a tenant;
 ``admin`` keys manage the whole platform (keys, budgets and audit of every tenant).
+
+The first admin key is written to its file (mode 0600) *before* its hash is stored, and the
+file is removed again if storing fails: a stored hash whose only secret was lost would lock
+everyone out of a fresh install.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -146,6 +153,33 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _new_secret() -> tuple[str, str]:
+    """A new key's id and its whole secret, ``olk_<id>_<random>``."""
+    key_id = secrets.token_hex(6)
+    return key_id, f"{_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def _write_key_file(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path``, readable by its owner only, never overwriting a file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConflictError(
+            f"{path} exists, but the key store has no keys: the file holds a key of an earlier "
+            f"store, which works nowhere. Move or delete {path} (keep it if that store may come "
+            "back), then start again to create a new first admin key",
+            path=str(path),
+        ) from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the hash is stored: a crash must not lose it
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def _info(row: ApiKey) -> KeyInfo:
     return KeyInfo(row.id, row.tenant, Role.parse(row.role), row.name, row.created_at, row.revoked_at)
 
@@ -174,9 +208,20 @@ class KeyStore:
     ) -> NewKey:
         """Create a key for ``tenant`` with ``role``; the secret is returned only here."""
         check_tenant(tenant)
-        key_id = secrets.token_hex(6)
-        secret = f"{_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        key_id, secret = _new_secret()
+        return self._store(key_id, secret, tenant, role, name=name, actor=actor, request_id=request_id)
 
+    def _store(
+        self,
+        key_id: str,
+        secret: str,
+        tenant: str,
+        role: Role,
+        *,
+        name: str,
+        actor: str,
+        request_id: str | None = None,
+    ) -> NewKey:
         def insert(session: Session) -> KeyInfo:
             row = ApiKey(id=key_id, tenant=tenant, role=str(role), name=name, key_hash=_hash(secret))
             row.created_at = utcnow()
@@ -195,19 +240,52 @@ class KeyStore:
 
         return NewKey(self._db.write(insert), SecretStr(secret))
 
-    def create_first_admin(self, *, actor: str) -> NewKey | None:
-        """Create an admin key of tenant ``default`` if no key exists yet, else None."""
-        with self._db.read() as session:
-            if session.scalar(select(ApiKey.id).limit(1)) is not None:
-                return None
-        key = self.create("default", Role.ADMIN, name="first admin", actor=actor)
-        # Two processes may both have seen an empty table; the earliest key wins.
+    def create_first_admin(self, *, actor: str, key_file: Path | None = None) -> NewKey | None:
+        """Create an admin key of tenant ``default`` if no key exists yet, else None.
+
+        With ``key_file``, the secret is written there (mode 0600, never overwriting) before the
+        key is stored, and removed again when storing fails or another process's first key won.
+        Processes sharing the file's folder take turns (an ``flock`` on the folder).
+
+        Raises:
+            ConflictError: ``key_file`` exists although the store has no key: it holds the key of
+                an earlier store, which works nowhere. Nothing is stored; the message says what to do.
+        """
+        if key_file is None:
+            return self._first_admin(actor, None)
+        folder = os.open(key_file.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor closes
+            return self._first_admin(actor, key_file)
+        finally:
+            os.close(folder)
+
+    def _first_admin(self, actor: str, key_file: Path | None) -> NewKey | None:
+        if self._has_keys():
+            return None
+        key_id, secret = _new_secret()
+        if key_file is not None:
+            _write_key_file(key_file, secret)
+        try:
+            key = self._store(key_id, secret, "default", Role.ADMIN, name="first admin", actor=actor)
+        except BaseException:
+            if key_file is not None:
+                key_file.unlink(missing_ok=True)
+            raise
+        # Two processes on one database but different homes may both have seen an empty
+        # table; the earliest key wins, and the other's file goes with its revoked key.
         with self._db.read() as session:
             first = session.scalar(select(ApiKey.id).order_by(ApiKey.created_at, ApiKey.id).limit(1))
         if first != key.info.id:
             self.revoke(key.info.id, actor=actor)
+            if key_file is not None:
+                key_file.unlink(missing_ok=True)
             return None
         return key
+
+    def _has_keys(self) -> bool:
+        with self._db.read() as session:
+            return session.scalar(select(ApiKey.id).limit(1)) is not None
 
     def list(self, *, tenant: str | None = None, include_revoked: bool = False) -> list[KeyInfo]:
         """Keys, oldest first, optionally of one tenant."""

@@ -5,10 +5,16 @@ write transaction starts with ``BEGIN IMMEDIATE`` so two processes (``opsloop se
 and the CLI, say) queue for the write lock instead of failing halfway through a
 transaction; a write that still finds the database locked is retried. PostgreSQL
 needs none of this and runs the same code.
+
+The SQLite file holds key hashes, the audit log and every tenant's ledger, so it is created
+readable by its owner only (0600, and its folder 0700 when this creates it); SQLite gives its
+``-wal`` and ``-shm`` files the database file's mode. :func:`create_private_file` does the same
+for other SQLite files opened by libraries (MLflow's).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,13 +27,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from opsloop.errors import BackendError, ConfigError
 
-__all__ = ["Database"]
+__all__ = ["Database", "create_private_file"]
 
 T = TypeVar("T")
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _WRITE = "opsloop_write"  # execution option that marks a connection for BEGIN IMMEDIATE
 _LOCK_RETRIES = 8
+
+
+def create_private_file(path: Path) -> None:
+    """Make sure ``path`` exists with mode 0600, creating its missing folders with mode 0700.
+
+    An existing file is made owner-only too (an earlier version left it 0644). Run it before a
+    library creates the file itself, which would leave its mode to the umask.
+    """
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
 
 
 class Database:
@@ -66,9 +84,9 @@ class Database:
         return self
 
     def _sqlite_engine(self) -> Engine:
-        path = self.url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = self.url.split("///", 1)[-1].split("?", 1)[0]
+        if path and path != ":memory:" and not path.startswith("file:"):
+            create_private_file(Path(path))
         engine = create_engine(self.url, connect_args={"timeout": self.busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")

@@ -7,7 +7,6 @@ import fcntl
 import gc
 import getpass
 import logging
-import os
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -15,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from opsloop.audit import AuditLog
-from opsloop.auth import KeyStore, NewKey, Principal, system_principal
+from opsloop.auth import KeyStore, Principal, system_principal
 from opsloop.budgets import BudgetEnforcer, BudgetStore, InProcessCounters, RedisCounters
-from opsloop.db import Database
+from opsloop.db import Database, create_private_file
 from opsloop.errors import ConflictError
 from opsloop.llm.ledger import Ledger
 from opsloop.models.runtime import LoadedModel, ModelRuntime
@@ -44,7 +43,6 @@ __all__ = [
     "bundled_docs",
     "cli_actor",
     "cli_principal",
-    "write_admin_key",
 ]
 
 log = logging.getLogger("opsloop")
@@ -76,13 +74,6 @@ def cli_principal(tenant: str = "default") -> Principal:
     admin may; ``tenant`` is the one its ``--tenant`` option names.
     """
     return system_principal(tenant, cli_actor())
-
-
-def write_admin_key(path: Path, key: NewKey) -> None:
-    """Write the first admin key to ``path``, readable by its owner only, never overwriting."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.secret.get_secret_value() + "\n")
 
 
 @dataclass
@@ -150,8 +141,19 @@ class Platform:
         )  # fmt: skip
 
     def start_store(self) -> Platform:
-        """Create ``home``, open the database and migrate it; enough for the CLI's key commands."""
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        """Create ``home``, open the database and migrate it; enough for the CLI's key commands.
+
+        ``home`` is created owner-only (0700) and the SQLite databases in it 0600: they hold key
+        hashes, every tenant's ledger and audit log. MLflow's file is created here, before
+        MLflow opens it, because MLflow would leave its mode to the umask.
+        """
+        home = self.settings.home
+        if not home.is_dir():
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            home.chmod(0o700)  # mkdir's mode is cut by the umask
+        tracking = self.settings.tracking_uri
+        if tracking.startswith("sqlite:///"):
+            create_private_file(Path(tracking.removeprefix("sqlite:///")))
         self.db.start().upgrade()
         self.components["store"] = "ready"
         return self
@@ -192,7 +194,7 @@ class Platform:
         if jobs:
             from serving.eval_wiring import job_executor
 
-            self.evals = EvalScheduler(jobs, job_executor(self), self.metrics.evals)
+            self.evals = EvalScheduler(jobs, job_executor(self), self.metrics.evals, self.audit)
             self.evals.schedule(self.scheduler)
         self.scheduler.start()
 
@@ -315,12 +317,15 @@ class Platform:
             await gateway.aclose()
 
     def ensure_admin_key(self) -> Path | None:
-        """On first start with no keys, create an admin key and return where it was written."""
-        key = self.keys.create_first_admin(actor="system")
-        if key is None:
-            return None
-        write_admin_key(self.settings.admin_key_path, key)
-        return self.settings.admin_key_path
+        """On first start with no keys, create an admin key and return where it was written.
+
+        The file is written before the key is stored (``KeyStore.create_first_admin``).
+
+        Raises:
+            ConflictError: A stale ``admin.key`` is in ``home`` while the store has no keys.
+        """
+        path = self.settings.admin_key_path
+        return path if self.keys.create_first_admin(actor="system", key_file=path) else None
 
     def _bootstrap_demo(self) -> None:
         """Train the demo model if the registry is empty; once, however many workers start."""
