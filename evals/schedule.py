@@ -10,6 +10,11 @@ samples per metric, the time of the last success, runs by outcome and the gate's
 :class:`EvalScheduler` registers the jobs on the process's one :class:`~opsloop.scheduler.Scheduler`,
 which fires them on the server's own event loop, because the gateway's router and clients belong
 to one loop. A job never overlaps itself and missed fires collapse into one.
+
+A job belongs to its ``tenant``: it bills that tenant's collection and budget. A caller
+(:class:`~opsloop.auth.Principal`) who is not an admin sees and triggers only its own tenant's
+jobs; another tenant's job is "not found", as if it did not exist. A trigger by a caller is
+audited (``eval.trigger``).
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evals.gate import GateReport, GateRule, parse_rule
 from evals.results import MetricSummary
+from opsloop.auth import Role
 from opsloop.errors import ConfigError, NotFoundError, OpsloopError
 from opsloop.scheduler import Scheduler, cron_trigger
 
 if TYPE_CHECKING:
+    from opsloop.audit import AuditLog
+    from opsloop.auth import Principal
     from opsloop.telemetry import EvalMetrics
 
 __all__ = ["EvalJob", "EvalScheduler", "JobExecutor", "JobResult", "JobStatus", "next_fire_times", "run_job"]
@@ -132,11 +140,17 @@ class JobStatus:
     name: str
     cron: str
     next_run: datetime | None
+    tenant: str = "default"
     last_run: datetime | None = None
     last_outcome: Outcome | None = None
     last_run_id: str | None = None
     last_error: str | None = None
     running: bool = False
+
+
+def _visible(caller: Principal, job: EvalJob) -> bool:
+    """Admins see every tenant's jobs, everyone else their own tenant's."""
+    return caller.role >= Role.ADMIN or job.tenant == caller.tenant
 
 
 def next_fire_times(job: EvalJob, *, after: datetime | None = None, count: int = 1) -> list[datetime]:
@@ -200,13 +214,21 @@ class EvalScheduler:
         jobs: The configured jobs, as :func:`parse_jobs` checked them (names are unique).
         execute: Runs one job (see :data:`JobExecutor`).
         metrics: Where outcomes are exported.
+        audit: Where triggers are recorded (``eval.trigger``); None records nothing.
     """
 
-    def __init__(self, jobs: Sequence[EvalJob], execute: JobExecutor, metrics: EvalMetrics) -> None:
+    def __init__(
+        self,
+        jobs: Sequence[EvalJob],
+        execute: JobExecutor,
+        metrics: EvalMetrics,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self._audit = audit
         self._jobs = {job.name: job for job in jobs}
         self._execute = execute
         self._metrics = metrics
-        self._status = {job.name: JobStatus(job.name, job.cron, None) for job in jobs}
+        self._status = {job.name: JobStatus(job.name, job.cron, None, job.tenant) for job in jobs}
         self._scheduler: Scheduler | None = None
 
     def schedule(self, scheduler: Scheduler) -> None:
@@ -215,10 +237,21 @@ class EvalScheduler:
             scheduler.cron(f"eval:{name}", job.cron, functools.partial(self._fire, name))
         self._scheduler = scheduler
 
-    def jobs(self) -> list[JobStatus]:
-        """Every job with its next fire time and its last outcome."""
+    def jobs(self, caller: Principal, *, tenant: str | None = None) -> list[JobStatus]:
+        """The jobs ``caller`` may see, with their next fire time and last outcome.
+
+        Args:
+            caller: Who asks: a non-admin sees only its own tenant's jobs.
+            tenant: Only this tenant's jobs (a non-admin may name only its own).
+
+        Raises:
+            ForbiddenError: A non-admin named another tenant.
+        """
+        tenant = caller.scope(tenant, "eval jobs")
         statuses = []
         for name, status in self._status.items():
+            if tenant is not None and self._jobs[name].tenant != tenant:
+                continue
             if self._scheduler is not None:
                 status.next_run = self._scheduler.next_run(f"eval:{name}")
             else:
@@ -227,20 +260,49 @@ class EvalScheduler:
             statuses.append(status)
         return statuses
 
-    async def trigger(self, name: str) -> JobStatus:
+    async def trigger(self, caller: Principal, name: str, *, request_id: str | None = None) -> JobStatus:
         """Run job ``name`` now and wait for it; returns its status afterwards.
 
+        The trigger is audited (``eval.trigger``, the caller as actor, in the job's tenant),
+        whether the run succeeds or not.
+
+        Args:
+            caller: Who triggers it: an operator or admin; a non-admin only its own tenant's jobs.
+            name: The job.
+            request_id: The request that triggered it, for the audit entry.
+
         Raises:
-            NotFoundError: No such job; the message lists the known ones.
+            ForbiddenError: The caller's role is below operator.
+            NotFoundError: No such job visible to the caller; the message lists the visible ones.
             OpsloopError: The run failed (it is also counted and kept as the last outcome).
         """
-        if name not in self._jobs:
-            known = ", ".join(self._jobs) or "none"
+        caller.require(Role.OPERATOR, "triggering an eval job")
+        visible = [job for job in self._jobs.values() if _visible(caller, job)]
+        job = next((job for job in visible if job.name == name), None)
+        if job is None:
+            # Another tenant's job answers like an unknown one, and only visible names are listed.
+            known = [job.name for job in visible]
             raise NotFoundError(
-                f"no eval job {name!r}; known jobs: {known}", job=name, known=list(self._jobs)
+                f"no eval job {name!r}; known jobs: {', '.join(known) or 'none'}", job=name, known=known
             )
-        await self._run(name, raise_errors=True)
-        return self._status[name]
+        status = self._status[name]
+        try:
+            await self._run(name, raise_errors=True)
+        finally:
+            if self._audit is not None:
+                self._audit.append(
+                    actor=caller.actor,
+                    tenant=job.tenant,
+                    action="eval.trigger",
+                    target=f"eval_job:{name}",
+                    after={
+                        "outcome": status.last_outcome,
+                        "run_id": status.last_run_id,
+                        "error": status.last_error,
+                    },
+                    request_id=request_id,
+                )
+        return status
 
     async def _fire(self, name: str) -> None:
         await self._run(name, raise_errors=False)

@@ -112,13 +112,24 @@ class PredictionLog(BatchedLog[PredictionRecord]):
         return self._db.write(attach)
 
     def labelled(
-        self, model: str, version: int, *, since: datetime | None = None, limit: int = 100_000
+        self,
+        model: str,
+        version: int,
+        *,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100_000,
     ) -> list[PredictionRecord]:
-        """The newest ``limit`` predictions of a version that have labels, oldest first."""
+        """The newest ``limit`` labelled predictions of a version, oldest first.
+
+        Only ``tenant``'s when given; None: every tenant's.
+        """
         self.flush()
         query = select(Prediction).where(
             Prediction.model == model, Prediction.version == version, Prediction.feedback_at.is_not(None)
         )
+        if tenant is not None:
+            query = query.where(Prediction.tenant == tenant)
         if since is not None:
             query = query.where(Prediction.at >= since)
         with self._db.read() as session:
@@ -133,7 +144,7 @@ class PredictionLog(BatchedLog[PredictionRecord]):
         since: datetime | None = None,
         limit: int = 1000,
     ) -> list[PredictionRecord]:
-        """The newest logged predictions of ``model`` (logged after ``since``), newest first."""
+        """The newest logged predictions of ``model`` (of ``tenant``; None: every tenant's), newest first."""
         self.flush()
         query = select(Prediction).where(Prediction.model == model)
         if tenant is not None:

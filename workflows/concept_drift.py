@@ -203,11 +203,15 @@ def concept_report(
     model: str,
     version: int,
     *,
+    tenant: str | None = None,
     since: datetime | None = None,
     limit: int = 100_000,
     delta: float = DEFAULT_DELTA,
 ) -> ConceptDriftReport:
     """Run ADWIN over the labelled predictions of one model version.
+
+    A model is shared by tenants, but their predictions and labels are not: ``tenant`` limits
+    the stream to one tenant's (None: every tenant's, for admins and the scheduled checks).
 
     Raises:
         NotFoundError: No labelled predictions of that version (in the window).
@@ -215,7 +219,7 @@ def concept_report(
     """
     errors: list[float] = []
     times: list[datetime] = []
-    for record in predictions.labelled(model, version, since=since, limit=limit):
+    for record in predictions.labelled(model, version, tenant=tenant, since=since, limit=limit):
         scored = instance_errors(record.outputs, record.labels or [])
         errors.extend(scored)
         times.extend([record.at] * len(scored))

@@ -53,6 +53,7 @@ def live_report(
     model: str,
     *,
     version: int | None = None,
+    tenant: str | None = None,
     last: int = 1000,
     since: datetime | None = None,
     thresholds: DriftThresholds | None = None,
@@ -64,6 +65,8 @@ def live_report(
         predictions: The prediction log.
         model: Registered model name.
         version: Whose reference to use; default the current champion.
+        tenant: Only this tenant's logged instances; None: every tenant's (a model is shared
+            by tenants, their traffic is not: a non-admin's report must pass its own).
         last: At most this many of the newest instances.
         since: Only instances logged after this time.
         thresholds: Drift thresholds; defaults when None.
@@ -89,12 +92,15 @@ def live_report(
     reference = pd.DataFrame(profile["sample"])
     rows = [
         instance
-        for record in predictions.recent(model, limit=last, since=since)
+        for record in predictions.recent(model, tenant=tenant, limit=last, since=since)
         for instance in record.inputs
     ][:last]
     if not rows:
         window = f" since {since.isoformat()}" if since else ""
-        raise NotFoundError(f"no logged predictions of {model!r}{window} to compare", model=model)
+        whose = f" of tenant {tenant!r}" if tenant is not None else ""
+        raise NotFoundError(
+            f"no logged predictions{whose} of {model!r}{window} to compare", model=model, tenant=tenant
+        )
     categorical = [name for name, f in profile["features"].items() if f.get("kind") == "categorical"]
     columns = list(reference.columns)
     return compare_frames(
@@ -224,7 +230,11 @@ class DriftMonitor:
                 log.exception("drift check of %s failed", model)
 
     def history(self, model: str, *, limit: int = 100) -> list[DriftCheckResult]:
-        """Stored checks of ``model``, newest first."""
+        """Stored checks of ``model``, newest first.
+
+        A scheduled check compares every tenant's traffic of the model, so its results are
+        platform-wide: only admins may read them (``GET /admin/drift/{model}/history``).
+        """
         query = (
             select(DriftCheck).where(DriftCheck.model == model).order_by(DriftCheck.id.desc()).limit(limit)
         )

@@ -571,8 +571,10 @@ def schedule_trigger(
         else:
             platform = state.platform()
             try:
-                scheduler = EvalScheduler(jobs, job_executor(platform), platform.metrics.evals)
-                status = asyncio.run(scheduler.trigger(name))
+                scheduler = EvalScheduler(
+                    jobs, job_executor(platform), platform.metrics.evals, platform.audit
+                )
+                status = asyncio.run(scheduler.trigger(cli_principal(), name))
             finally:
                 platform.close()
     except OpsloopError as exc:

@@ -1,4 +1,9 @@
-"""Admin API: API keys and the audit log (admin role); drift reports and the RAG query log (operator role)."""
+"""Admin API: API keys and the audit log (admin role); drift reports and the RAG query log (operator role).
+
+A model is shared by tenants, its traffic is not: an operator's drift report is computed from
+its own tenant's predictions and labels only, an admin's from every tenant's (or one named
+``tenant``), and the report's ``tenant`` says whose (null: every tenant's).
+"""
 
 from __future__ import annotations
 
@@ -105,24 +110,36 @@ async def audit(
     return [AuditPublic.model_validate(e.to_dict()) for e in platform.audit.query(where)]
 
 
+_TENANT = Query(description="Admins only (default: every tenant's); others see their own tenant's.")
+
+
 @router.get("/drift/{model}", summary="Drift of a model's live inputs against its reference")
 async def drift(
     model: str,
     platform: PlatformDep,
-    _: OperatorKey,
+    principal: OperatorKey,
     last: Annotated[int, Query(ge=1, le=100_000)] = 1000,
     window: Annotated[str | None, Query(examples=["1h"])] = None,
     version: Annotated[int | None, Query(ge=1)] = None,
+    tenant: Annotated[str | None, _TENANT] = None,
 ) -> dict[str, Any]:
-    """The report of ``opsloop drift report`` as JSON (operator role)."""
+    """The report of ``opsloop drift report`` as JSON, of the caller's tenant's traffic (operator role)."""
     from workflows.drift_monitor import live_report, window_start
+
+    scope = principal.scope(tenant, "predictions")
 
     def run() -> dict[str, Any]:
         since = window_start(window)
         report = live_report(
-            platform.registry, platform.predictions, model, version=version, last=last, since=since
+            platform.registry,
+            platform.predictions,
+            model,
+            version=version,
+            tenant=scope,
+            last=last,
+            since=since,
         )
-        return report.to_dict()
+        return {"tenant": scope, **report.to_dict()}
 
     return await run_in_threadpool(run)
 
@@ -131,28 +148,40 @@ async def drift(
 async def concept_drift(
     model: str,
     platform: PlatformDep,
-    _: OperatorKey,
+    principal: OperatorKey,
     version: Annotated[int | None, Query(ge=1)] = None,
     window: Annotated[str | None, Query(examples=["7d"])] = None,
     delta: Annotated[float, Query(gt=0, lt=1)] = 0.002,
+    tenant: Annotated[str | None, _TENANT] = None,
 ) -> dict[str, Any]:
-    """The report of ``opsloop drift concept`` as JSON (operator role)."""
+    """The report of ``opsloop drift concept`` as JSON, of the caller's tenant's labels (operator role)."""
     from workflows.concept_drift import concept_report
     from workflows.drift_monitor import window_start
+
+    scope = principal.scope(tenant, "predictions")
 
     def run() -> dict[str, Any]:
         since = window_start(window)
         chosen = version or platform.registry.get_alias(model, "champion").version
-        return concept_report(platform.predictions, model, chosen, since=since, delta=delta).to_dict()
+        report = concept_report(platform.predictions, model, chosen, tenant=scope, since=since, delta=delta)
+        return {"tenant": scope, **report.to_dict()}
 
     return await run_in_threadpool(run)
 
 
 @router.get("/drift/{model}/history", summary="Stored results of the scheduled drift checks")
 async def drift_history(
-    model: str, platform: PlatformDep, _: OperatorKey, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    model: str,
+    platform: PlatformDep,
+    principal: OperatorKey,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    """Scheduled checks of ``model``, newest first, each with its full report."""
+    """Scheduled checks of ``model``, newest first, each with its full report (admin role).
+
+    A scheduled check compares every tenant's traffic, so operators, who see only their own
+    tenant's, ask ``GET /admin/drift/{model}`` instead.
+    """
+    principal.require(Role.ADMIN, "reading the scheduled drift checks (of every tenant's predictions)")
     checks = await run_in_threadpool(platform.drift.history, model, limit=limit)
     return [{**check.__dict__, "at": check.at.isoformat()} for check in checks]
 

@@ -6,14 +6,16 @@ checked again here), and the answer, once the run has finished, is what the CLI 
 CLI sends its runs here while a server holds the embedded store (``serving.cli.remote``).
 
 The jobs are ``eval_jobs`` in the settings; ``opsloop serve`` fires them on their cron
-schedules. Triggering runs a job now, in the server, and answers when it has finished.
+schedules. Triggering runs a job now, in the server, and answers when it has finished. A job
+runs on its tenant's collection and budget, so a caller who is not an admin lists and triggers
+only its own tenant's jobs (another tenant's is a 404); every trigger is audited.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evals.dataset import dataset_from_items
@@ -161,21 +163,35 @@ class EvalRunPublic(BaseModel):
 
 
 @router.get("/jobs", summary="The scheduled eval jobs")
-async def list_jobs(platform: PlatformDep, _: OperatorKey) -> list[JobStatus]:
-    """Every job of ``eval_jobs`` with its next fire time (UTC) and its last outcome in this server."""
+async def list_jobs(
+    platform: PlatformDep,
+    principal: OperatorKey,
+    tenant: Annotated[str | None, Query(description="Admins only; others see their own tenant's.")] = None,
+) -> list[JobStatus]:
+    """The jobs the caller may see, with their next fire time (UTC) and last outcome in this server.
+
+    A non-admin sees its own tenant's jobs; an admin every tenant's, or ``tenant``'s.
+    """
     if platform.evals is None:
+        principal.scope(tenant, "eval jobs")  # the same 403 whether or not jobs are configured
         return []
-    return platform.evals.jobs()
+    return platform.evals.jobs(principal, tenant=tenant)
 
 
 @router.post("/jobs/{name}/trigger", summary="Run a scheduled eval job now")
 async def trigger_job(
-    name: Annotated[str, Path(min_length=1, max_length=64)], platform: PlatformDep, _: OperatorKey
+    name: Annotated[str, Path(min_length=1, max_length=64)],
+    platform: PlatformDep,
+    principal: OperatorKey,
+    request: Request,
 ) -> JobStatus:
-    """Run job ``name`` now and answer when it has finished (``last_outcome`` says how it went)."""
+    """Run job ``name`` now and answer when it has finished (``last_outcome`` says how it went).
+
+    Audited as ``eval.trigger`` in the job's tenant, the caller as actor.
+    """
     if platform.evals is None:
         raise NotFoundError(f"no eval job {name!r}; no eval_jobs are configured", job=name)
-    return await platform.evals.trigger(name)
+    return await platform.evals.trigger(principal, name, request_id=request_id(request))
 
 
 @router.post("/runs", summary="Run an eval in the server")

@@ -13,9 +13,12 @@ from pydantic import ValidationError
 from evals.gate import GateReport, MetricComparison
 from evals.results import MetricSummary
 from evals.schedule import EvalJob, EvalScheduler, JobResult, next_fire_times, parse_jobs, run_job
+from opsloop.auth import system_principal
 from opsloop.errors import BackendError, ConfigError, NotFoundError
 from opsloop.scheduler import Scheduler
 from opsloop.telemetry import EvalMetrics
+
+SYSTEM = system_principal("default")
 
 
 def _job(**fields: object) -> EvalJob:
@@ -94,15 +97,15 @@ def test_a_failing_job_is_counted_and_keeps_its_last_success_time() -> None:
 
     scheduler = EvalScheduler([_job()], broken, metrics)
     with pytest.raises(BackendError):
-        asyncio.run(scheduler.trigger("nightly"))
-    status = scheduler.jobs()[0]
+        asyncio.run(scheduler.trigger(SYSTEM, "nightly"))
+    status = scheduler.jobs(SYSTEM)[0]
     assert (status.last_outcome, status.last_error, status.running) == ("failed", "the store is down", False)
     assert status.next_run is not None
     text = generate_latest(registry).decode()
     assert 'opsloop_eval_runs_total{eval_job="nightly",outcome="failed"} 1.0' in text
     assert "opsloop_eval_last_success_timestamp_seconds{" not in text
     with pytest.raises(NotFoundError, match="known jobs: nightly"):
-        asyncio.run(scheduler.trigger("weekly"))
+        asyncio.run(scheduler.trigger(SYSTEM, "weekly"))
 
 
 def test_settings_entries_are_checked_naming_the_entry() -> None:
@@ -128,7 +131,7 @@ def test_the_scheduler_fires_on_the_running_loop() -> None:
         evals.schedule(scheduler)
         scheduler.start()
         try:
-            assert scheduler.jobs() == ["eval:nightly"] and evals.jobs()[0].next_run is not None
+            assert scheduler.jobs() == ["eval:nightly"] and evals.jobs(SYSTEM)[0].next_run is not None
             job = scheduler._scheduler.get_job("eval:nightly")
             job.modify(next_run_time=datetime.now(UTC))  # fire now instead of at the next minute
             for _ in range(100):
@@ -136,7 +139,7 @@ def test_the_scheduler_fires_on_the_running_loop() -> None:
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.05)
-            assert evals.jobs()[0].last_run_id == "r1"
+            assert evals.jobs(SYSTEM)[0].last_run_id == "r1"
         finally:
             scheduler.shutdown()
 
