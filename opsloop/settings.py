@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -107,6 +109,12 @@ class Settings(BaseSettings):
     rag_overlap_tokens: int = Field(
         default=32, ge=0, description="Tokens consecutive chunks share, for a new collection."
     )
+    rag_max_document_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most characters of text one uploaded document may have; a larger one is skipped "
+        "with the reason (embedding a million characters takes minutes on a CPU).",
+    )
     bootstrap_docs: bool = Field(
         default=True,
         description="serve: bring collection 'docs' of tenant 'default' up to date with docs_path at start.",
@@ -151,7 +159,24 @@ class Settings(BaseSettings):
     llm_default_max_tokens: int = Field(
         default=512,
         ge=1,
-        description="Most tokens a gateway completion generates when the request sets none.",
+        description="Most tokens a gateway completion generates when the request sets none "
+        "(cut to the route's context window).",
+    )
+    embedding_max_inputs: int = Field(
+        default=128,
+        ge=1,
+        le=2048,
+        description="Most texts one POST /v1/embeddings request may embed; more is a 422.",
+    )
+    embedding_max_chars: int = Field(
+        default=8192,
+        ge=1,
+        description="Most characters of each text of a POST /v1/embeddings request; more is a 422.",
+    )
+    embedding_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million embedding tokens, for the ledger and USD budgets; default: free.",
     )
 
     @classmethod
@@ -271,13 +296,41 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     try:
         return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = [
-            f"{_setting_name(err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in exc.errors()
-        ]
+        problems = [_problem(err) for err in exc.errors()]
         raise ConfigError(
             "invalid settings: " + "; ".join(problems),
             settings=[".".join(map(str, err["loc"])) for err in exc.errors()],
-        ) from exc
+        ) from None  # pydantic's own message echoes every rejected input, secrets included
+
+
+_SECRET_NAME = re.compile(r"key|token(?!s)|passw|secret|credential", re.IGNORECASE)
+"""Names of settings whose values are never echoed (``token`` but not ``max_tokens``, a count)."""
+_MAX_SHOWN_CHARS = 80
+
+
+def _problem(err: ErrorDetails) -> str:
+    """One validation error as the setting, the rule, and the rejected value when that is safe."""
+    shown = _shown_input(err)
+    return f"{_setting_name(err['loc'])}: {err['msg']}" + (f" (got {shown})" if shown else "")
+
+
+def _shown_input(err: ErrorDetails) -> str | None:
+    """The rejected value, or None where echoing it could print a secret.
+
+    Only short scalars of known, non-secret settings are shown: never a whole dict or list (a
+    route's backend holds its ``api_key`` beside the bad field), nor the value of an unknown
+    setting (it may be a misspelled secret).
+    """
+    value = err.get("input")
+    if err["type"] == "extra_forbidden" or not isinstance(value, str | int | float):
+        return None
+    if any(_SECRET_NAME.search(str(part)) for part in err["loc"]):
+        return None
+    field = Settings.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+    if field is not None and "SecretStr" in repr(field.annotation):
+        return None  # e.g. redis_url: a URL that may carry a password
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[: _MAX_SHOWN_CHARS - 3] + "..."
 
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:

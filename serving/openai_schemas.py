@@ -3,7 +3,9 @@
 Requests are validated strictly: a parameter the gateway does not implement is refused with a
 422 that names it, rather than silently ignored (``frequency_penalty`` would otherwise look
 applied). Messages, though, ignore unknown keys, because SDKs replay the assistant message of
-an earlier response as is (``refusal``, ``annotations``, ``audio``: null).
+an earlier response as is (``refusal``, ``annotations``, ``audio``: null). Integers are bounded
+here, so that an absurd one (a 400-digit ``max_tokens``) is a 422 and never reaches a counter
+or a C library; the gateway then checks ``max_tokens`` against the route's context window.
 
 Responses are built as plain dicts in OpenAI's field order by the ``*_body`` functions:
 they are the hot path of streaming, and ``openai``'s own models parse them.
@@ -31,7 +33,9 @@ __all__ = [
 ]
 
 MAX_EMBEDDING_INPUTS = 2048
-"""OpenAI's own limit on inputs per embeddings request."""
+"""OpenAI's own limit on inputs per embeddings request (``embedding_max_inputs`` is at most it)."""
+_MAX_INT32 = 2**31 - 1  # llama.cpp and most servers hold token counts in a C int
+_MAX_INT64 = 2**63 - 1
 
 
 class TextPart(BaseModel):
@@ -116,12 +120,19 @@ class ChatCompletionRequest(BaseModel):
         description="A public model name of GET /v1/models."
     )
     messages: list[MessageIn] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1, description="Deprecated by OpenAI; still honoured.")
-    max_completion_tokens: int | None = Field(default=None, ge=1, description="Wins over max_tokens.")
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=_MAX_INT32,
+        description="Deprecated by OpenAI; still honoured. At most the model's context window.",
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=_MAX_INT32, description="Wins over max_tokens."
+    )
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = Field(default=None, description="Up to 4 stop sequences.")
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-_MAX_INT64 - 1, le=_MAX_INT64)
     tools: list[ToolSpec] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto"] | None = Field(
         default=None, description="none: offer no tools; a specific function is not supported."
@@ -173,7 +184,9 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="base64: little-endian float32 (what the openai SDK asks for)."
     )
-    dimensions: int | None = Field(default=None, description="Must be 384 if given: vectors are not cut.")
+    dimensions: int | None = Field(
+        default=None, ge=1, le=_MAX_INT32, description="Must be 384 if given: vectors are not cut."
+    )
     user: str | None = Field(default=None, max_length=256)
 
     @property

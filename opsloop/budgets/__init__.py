@@ -13,18 +13,21 @@ Kinds, each counted in a fixed UTC window that resets at its end:
 A tenant's budgets apply to all its keys together; a key's budgets apply to that key alone;
 a request must fit both. The gateway calls :meth:`BudgetEnforcer.reserve` before calling the
 model and :meth:`BudgetEnforcer.settle` with the actual tokens and cost afterwards (also after
-a failure, with what was spent, so that reserved tokens are given back).
+a failure, with what was spent, so that the reservation is given back).
 
 Admission is check-and-reserve, atomic over all of a request's counters:
 
 - ``rpm`` counts the request at reserve time and admits while fewer than ``limit`` were
   admitted in the minute, so exactly ``limit`` requests get through (across processes too,
   with Redis counters).
-- Token budgets add the caller's ``est_tokens`` at reserve time and correct it at settle;
-  USD budgets add the cost at settle. Either admits while the counted use is below the limit,
-  so the overshoot is bounded by what the requests already in flight spend beyond their
-  reservation: with ``est_tokens`` an upper bound, a token budget ends less than one request
-  over its limit; with ``est_tokens=0`` it ends at most the in-flight requests' tokens over.
+- Token budgets add the caller's ``est_tokens`` and USD budgets its ``est_usd`` at reserve
+  time; settle replaces them with what was spent. Either admits while the counted use is
+  below the limit, so the overshoot is bounded by what the requests already in flight spend
+  beyond their reservation: with upper-bound estimates (the gateway's: the whole
+  ``max_tokens`` at the route's dearest backend) a budget ends less than one request over its
+  limit; with estimates of 0 it ends at most the in-flight requests' spend over.
+- Soft thresholds (and the spent-ratio gauge) of token and USD budgets are judged at settle,
+  not on estimates, so a reservation that is never spent does not warn.
 
 Fixed windows allow up to twice a per-minute limit across a minute boundary, the usual
 trade for O(1) state. Budget rows are cached per tenant for ``cache_seconds``, so the hot path

@@ -1,4 +1,10 @@
-"""Admission against budgets on the gateway's hot path: reserve before a call, settle after it."""
+"""Admission against budgets on the gateway's hot path: reserve before a call, settle after it.
+
+A reservation holds the call's estimated tokens and cost on the counters until settle
+replaces them with what the call spent. Soft thresholds and the spent-ratio gauge of token and
+USD budgets are therefore judged at settle, when the call's own share is real; requests are
+exact at once and judged at reserve.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ __all__ = ["BudgetEnforcer", "BudgetSource", "BudgetUsage", "Reservation", "Soft
 log = logging.getLogger("opsloop.budgets")
 
 _GRACE_S = 60  # counters outlive their window a little, for readers whose clock is behind
+_MAX_EST_TOKENS = 2**53  # beyond it a float counter no longer counts single tokens
 
 
 History = Callable[[str, str | None, datetime], Mapping[str, float]]
@@ -57,6 +64,7 @@ class Reservation:
     est_tokens: int
     charges: tuple[_Charge, ...]
     settled: bool = field(default=False, compare=False)
+    est_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,28 +147,40 @@ class BudgetEnforcer:
         """Close the counters."""
         self._counters.close()
 
-    def _charge(self, budget: Budget, now: datetime, est_tokens: int) -> _Charge:
+    def _charge(self, budget: Budget, now: datetime, est_tokens: int, est_usd: float) -> _Charge:
         window = window_of(budget.period, now)
         scope = budget.key_id or "*"
         key = f"{self._prefix}{{{budget.tenant}}}:{scope}:{budget.kind}:{window.id}"
         slot = Slot(key, budget.limit, _ttl(window, now))
-        reserved = {"requests": 1.0, "tokens": float(est_tokens), "usd": 0.0}[budget.unit]
+        reserved = {"requests": 1.0, "tokens": float(est_tokens), "usd": est_usd}[budget.unit]
         return _Charge(budget, window, slot, reserved)
 
-    def reserve(self, tenant: str, key_id: str | None, est_tokens: int = 0) -> Reservation:
-        """Admit one request of ``tenant`` (with key ``key_id``) expecting about ``est_tokens`` tokens.
+    def reserve(
+        self, tenant: str, key_id: str | None, est_tokens: int = 0, est_usd: float = 0.0
+    ) -> Reservation:
+        """Admit one request of ``tenant`` (with key ``key_id``), reserving its estimated spend.
+
+        ``est_tokens`` and ``est_usd`` are what the request may use at most; :meth:`settle`
+        replaces them with what it did use.
 
         Raises:
             BudgetExceededError: A budget of the tenant or key is used up (429).
+            InvalidInputError: An estimate is negative, not finite, or too large to count.
             BackendError: The counters or the store failed.
         """
-        if est_tokens < 0:
-            raise InvalidInputError(f"est_tokens must be 0 or more, got {est_tokens}", field="est_tokens")
+        if not 0 <= est_tokens <= _MAX_EST_TOKENS:
+            raise InvalidInputError(
+                f"est_tokens must be between 0 and {_MAX_EST_TOKENS}",
+                field="est_tokens",
+                limit=_MAX_EST_TOKENS,
+            )
+        if not (math.isfinite(est_usd) and est_usd >= 0):
+            raise InvalidInputError(f"est_usd must be 0 or more, got {est_usd!r}", field="est_usd")
         budgets = self._budgets.applicable(tenant, key_id)
         if not budgets:
-            return Reservation(tenant, key_id, est_tokens, ())
+            return Reservation(tenant, key_id, est_tokens, (), est_usd=est_usd)
         now = self._clock()
-        charges = tuple(self._charge(b, now, est_tokens) for b in budgets)
+        charges = tuple(self._charge(b, now, est_tokens, est_usd) for b in budgets)
         self._seed(charges)
         admission = self._counters.reserve([c.slot for c in charges], [c.reserved for c in charges])
         if admission.blocked is not None:
@@ -168,8 +188,13 @@ class BudgetEnforcer:
             if self._metrics is not None:
                 self._metrics.rejected.labels(tenant, blocked.budget.name).inc()
             raise BudgetExceededError(blocked.budget, admission.blocked_value, blocked.window, now)
-        self._observe(charges, admission.values, now)
-        return Reservation(tenant, key_id, est_tokens, charges)
+        # Only requests are counted exactly here; token and USD counters hold estimates until
+        # settle, and a warning or gauge read from an estimate would report spend that never was.
+        counted = [
+            (c, v) for c, v in zip(charges, admission.values, strict=True) if c.budget.unit == "requests"
+        ]
+        self._observe([c for c, _ in counted], [v for _, v in counted], now)
+        return Reservation(tenant, key_id, est_tokens, charges, est_usd=est_usd)
 
     def _seed(self, charges: Sequence[_Charge]) -> None:
         """Start the counters this process has not used in their window from the history."""
@@ -190,8 +215,8 @@ class BudgetEnforcer:
     def settle(self, reservation: Reservation, tokens: int, cost_usd: float) -> None:
         """Record what an admitted request spent (0 and 0.0 if it failed before spending).
 
-        Tokens correct the reservation in the windows it was made in; a request that runs
-        past a window's end is counted in the window it started in.
+        Tokens and cost replace the reservation's estimates in the windows it was made in; a
+        request that runs past a window's end is counted in the window it started in.
 
         Raises:
             ConflictError: The reservation was settled before.
@@ -206,10 +231,12 @@ class BudgetEnforcer:
         amounts: list[float] = []
         for charge in reservation.charges:
             unit = charge.budget.unit
-            amount = tokens - charge.reserved if unit == "tokens" else cost_usd if unit == "usd" else 0.0
-            if amount:
-                charges.append(_Charge(charge.budget, charge.window, _retimed(charge, now), charge.reserved))
-                amounts.append(amount)
+            if unit == "requests":
+                continue
+            # Added also when the estimate was exact (0): the soft threshold is judged here.
+            spent = float(tokens) if unit == "tokens" else cost_usd
+            charges.append(_Charge(charge.budget, charge.window, _retimed(charge, now), charge.reserved))
+            amounts.append(spent - charge.reserved)
         if charges:
             self._observe(charges, self._counters.add([c.slot for c in charges], amounts), now)
 
@@ -267,7 +294,7 @@ class BudgetEnforcer:
     def usage(self, budgets: Sequence[Budget]) -> list[BudgetUsage]:
         """The current window's use of each of ``budgets``, from the (shared) counters."""
         now = self._clock()
-        charges = [self._charge(b, now, 0) for b in budgets]
+        charges = [self._charge(b, now, 0, 0.0) for b in budgets]
         values = self._counters.values([c.slot for c in charges])
         return [
             BudgetUsage(c.budget, used, used / c.budget.limit, c.window.end)

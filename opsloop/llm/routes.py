@@ -17,6 +17,12 @@ concurrency limit, so its specs must be identical. Every check fails with a pyda
 ``ValidationError`` whose location names the field, so Settings can embed
 :data:`RouteTable` and report ``llm_routes.chat.backends.0.base_url``.
 
+Each backend has a context window (:attr:`BackendSpec.context_window`): ``n_ctx`` for
+llama.cpp, which runs the model with that context, and ``context_tokens`` for remote backends,
+whose model the gateway cannot ask (default :data:`DEFAULT_CONTEXT_TOKENS`). A route's
+:attr:`RouteConfig.context_window` is the largest of its backends': no request may ask a route
+for more ``max_tokens``, and no call is reserved against budgets for more.
+
 Clients are made from specs by a factory callable (:data:`ClientFactory`);
 :func:`create_client` is the real one, and tests or the app pass their own.
 """
@@ -46,6 +52,7 @@ if TYPE_CHECKING:
     from opsloop.llm.protocol import LLMClient
 
 __all__ = [
+    "DEFAULT_CONTEXT_TOKENS",
     "BackendKind",
     "BackendSpec",
     "ClientFactory",
@@ -62,6 +69,10 @@ _REMOTE: frozenset[str] = frozenset({"openai", "anthropic"})
 # The router's per-attempt deadline (timeout_s) is the one that counts and labels an attempt
 # "timeout"; the SDKs' own timeouts are a backstop just behind it.
 _SDK_GRACE_S = 1.0
+
+DEFAULT_CONTEXT_TOKENS = 32_768
+"""The context window taken for a remote backend that sets no ``context_tokens``."""
+_MAX_CONTEXT_TOKENS = 2**31 - 1  # llama.cpp and most servers hold token counts in a C int
 
 
 class BackendSpec(BaseModel):
@@ -94,7 +105,16 @@ class BackendSpec(BaseModel):
         validate_default=True,
         description="GGUF file of a llamacpp backend; default: the packaged SmolLM2-135M-Instruct.",
     )
-    n_ctx: int = Field(default=2048, ge=16, description="Context window of a llamacpp backend.")
+    n_ctx: int = Field(
+        default=2048, ge=16, le=_MAX_CONTEXT_TOKENS, description="Context window of a llamacpp backend."
+    )
+    context_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        le=_MAX_CONTEXT_TOKENS,
+        description="Context window (prompt plus completion) of a remote backend's model; "
+        f"default {DEFAULT_CONTEXT_TOKENS}. It caps max_tokens and what a call reserves.",
+    )
     threads: int | None = Field(default=None, ge=1, description="CPU threads of a llamacpp backend.")
     structured_output: Literal["json_schema", "json_object"] = Field(
         default="json_schema",
@@ -165,6 +185,13 @@ class BackendSpec(BaseModel):
             raise ValueError(f"model_path is for llamacpp backends, not {kind}")
         return path
 
+    @field_validator("context_tokens")
+    @classmethod
+    def _remote_context(cls, tokens: int | None, info: ValidationInfo) -> int | None:
+        if tokens is not None and info.data.get("kind") == "llamacpp":
+            raise ValueError("a llamacpp backend's context window is n_ctx")
+        return tokens
+
     @field_validator("backoff_max_s")
     @classmethod
     def _cap_above_base(cls, cap: float, info: ValidationInfo) -> float:
@@ -172,6 +199,13 @@ class BackendSpec(BaseModel):
         if base is not None and cap < base:
             raise ValueError(f"backoff_max_s ({cap}) must be >= backoff_s ({base})")
         return cap
+
+    @property
+    def context_window(self) -> int:
+        """The most tokens, prompt and completion together, one call can use on this backend."""
+        if self.kind == "llamacpp":
+            return self.n_ctx
+        return self.context_tokens or DEFAULT_CONTEXT_TOKENS
 
 
 class RouteConfig(BaseModel):
@@ -202,6 +236,15 @@ class RouteConfig(BaseModel):
         if repeated:
             raise ValueError(f"backend names must be unique within a route, repeated: {', '.join(repeated)}")
         return backends
+
+    @property
+    def context_window(self) -> int:
+        """The largest context window of the route's backends: the most ``max_tokens`` it takes.
+
+        The largest, not the smallest: a request the first backend can serve is not refused
+        because a fallback has less room (llama.cpp then stops at its window, ``"length"``).
+        """
+        return max(spec.context_window for spec in self.backends)
 
 
 def check_routes(routes: Mapping[str, RouteConfig]) -> Mapping[str, RouteConfig]:

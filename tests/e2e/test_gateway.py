@@ -212,9 +212,10 @@ def test_abandoned_stream_is_charged_for_what_was_generated(
     assert server.metric('opsloop_llm_requests_total{outcome="disconnected",route="abandoned"}') == 1
 
 
-def test_embeddings_are_minilm_vectors(client: openai.OpenAI) -> None:
+def test_embeddings_are_minilm_vectors(server: Server, admin_key: str, client: openai.OpenAI) -> None:
     texts = ["How do I rotate an API key?", "Steps to rotate API keys", "Bananas are yellow."]
-    response = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)  # the SDK asks for base64
+    raw = client.embeddings.with_raw_response.create(model="all-MiniLM-L6-v2", input=texts)  # base64
+    response = raw.parse()
     vectors = np.array([item.embedding for item in response.data])
     assert vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
@@ -222,6 +223,9 @@ def test_embeddings_are_minilm_vectors(client: openai.OpenAI) -> None:
     assert similar > unrelated + 0.3
     tokenizer = HFTokenizer()
     assert response.usage.prompt_tokens == sum(tokenizer.count(t) for t in texts)
+    call = _call(server, admin_key, raw.headers["x-request-id"])  # metered like a chat call
+    assert (call.route, call.model, call.outcome) == ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "ok")
+    assert (call.prompt_tokens, call.completion_tokens) == (response.usage.prompt_tokens, 0)
 
     single = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts[0], encoding_format="float")
     assert len(single.data) == 1 and np.allclose(single.data[0].embedding, vectors[0], atol=1e-5)

@@ -275,3 +275,52 @@ def test_counters_start_from_the_history_once_per_window() -> None:
     clock.now = now + timedelta(days=1)  # a new day's counters: the history is read again
     enforcer.reserve("acme", "k1")  # (this fake history says 9.5 USD for any day: below 10)
     assert len(asked) == 4
+
+
+def test_usd_reservations_admit_concurrent_calls_below_the_limit_then_settle_to_the_cost() -> None:
+    now = datetime(2025, 3, 4, 5, 6, 10, tzinfo=UTC)
+    daily = Budget("acme", None, "daily_usd", 1.0)
+    enforcer, _, _ = _enforcer(daily, now=now)
+    in_flight = [enforcer.reserve("acme", "k1", est_usd=0.4) for _ in range(3)]  # 0, 0.4, 0.8 < 1
+    with pytest.raises(BudgetExceededError) as caught:
+        enforcer.reserve("acme", "k2", est_usd=0.4)
+    assert caught.value.details["used"] == pytest.approx(1.2)
+    for reservation in in_flight:
+        enforcer.settle(reservation, 10, 0.1)  # each cost less than its worst case
+    assert enforcer.usage([daily])[0].used == pytest.approx(0.3)
+    enforcer.settle(enforcer.reserve("acme", "k2", est_usd=0.4), 0, 0.0)  # failed: given back
+    assert enforcer.usage([daily])[0].used == pytest.approx(0.3)
+
+
+def test_an_estimate_alone_does_not_cross_the_soft_threshold() -> None:
+    now = datetime(2025, 3, 4, 5, 6, 10, tzinfo=UTC)
+    crossings: list[SoftLimitCrossing] = []
+    tokens = Budget("acme", None, "daily_tokens", 1000, soft_ratio=0.5)
+    usd = Budget("acme", None, "daily_usd", 1.0, soft_ratio=0.5)
+    enforcer, _, metrics = _enforcer(tokens, usd, now=now, crossings=crossings)
+    reservation = enforcer.reserve("acme", "k1", est_tokens=900, est_usd=0.9)
+    assert crossings == []
+    assert _sample(metrics, "opsloop_budget_spent_ratio", tenant="acme", budget="daily_tokens") is None
+    enforcer.settle(reservation, 20, 0.02)
+    assert crossings == []
+    assert _sample(metrics, "opsloop_budget_spent_ratio", tenant="acme", budget="daily_usd") == pytest.approx(
+        0.02
+    )
+    enforcer.settle(enforcer.reserve("acme", "k1", est_tokens=600, est_usd=0.6), 600, 0.6)  # spent: crosses
+    assert sorted(c.budget.kind for c in crossings) == ["daily_tokens", "daily_usd"]
+
+
+@pytest.mark.parametrize(
+    ("est_tokens", "est_usd", "field"),
+    [
+        (-1, 0.0, "est_tokens"),
+        (10**400, 0.0, "est_tokens"),
+        (0, -0.5, "est_usd"),
+        (0, float("nan"), "est_usd"),
+    ],
+)
+def test_estimates_out_of_range_are_refused(est_tokens: int, est_usd: float, field: str) -> None:
+    enforcer, _, _ = _enforcer(Budget("acme", None, "daily_tokens", 10), now=datetime(2025, 3, 4, tzinfo=UTC))
+    with pytest.raises(InvalidInputError) as caught:
+        enforcer.reserve("acme", "k1", est_tokens=est_tokens, est_usd=est_usd)
+    assert caught.value.details["field"] == field

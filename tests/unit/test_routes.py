@@ -13,7 +13,14 @@ from opsloop.errors import ConfigError, InvalidInputError
 from opsloop.llm.llamacpp import LlamaCppClient
 from opsloop.llm.openai_compat import OpenAICompatClient
 from opsloop.llm.protocol import LLMClient
-from opsloop.llm.routes import BackendSpec, RouteConfig, RouteTable, build_clients, create_client
+from opsloop.llm.routes import (
+    DEFAULT_CONTEXT_TOKENS,
+    BackendSpec,
+    RouteConfig,
+    RouteTable,
+    build_clients,
+    create_client,
+)
 
 TABLE: TypeAdapter[dict[str, RouteConfig]] = TypeAdapter(RouteTable)
 VLLM = {"name": "vllm", "kind": "openai", "base_url": "http://vllm:8000/v1/", "model": "qwen"}
@@ -67,12 +74,28 @@ def test_api_key_is_secret() -> None:
         ({**LOCAL, "kind": "vllm"}, "kind", "'llamacpp', 'openai' or 'anthropic'"),
         ({**LOCAL, "timeout": 5}, "timeout", "Extra inputs are not permitted"),
         ({**LOCAL, "name": "has space"}, "name", "should match pattern"),
+        ({**LOCAL, "context_tokens": 4096}, "context_tokens", "context window is n_ctx"),
+        ({**VLLM, "context_tokens": 8}, "context_tokens", "greater than or equal to 16"),
+        ({**LOCAL, "n_ctx": 2**31}, "n_ctx", "less than or equal to 2147483647"),
     ],
 )
 def test_bad_backend_names_the_field(backend: dict[str, Any], field: str, message: str) -> None:
     loc, msg = _error({"chat": [backend]})
     assert loc == ("chat", "backends", 0, field)
     assert message in msg
+
+
+def test_context_windows_of_backends_and_routes() -> None:
+    routes = TABLE.validate_python(
+        {
+            "chat": [{**VLLM, "context_tokens": 131_072}, LOCAL],
+            "small": [{**LOCAL, "name": "l2", "n_ctx": 512}],
+        }
+    )
+    assert [spec.context_window for spec in routes["chat"].backends] == [131_072, 2048]
+    assert routes["chat"].context_window == 131_072  # what the route can serve: its largest
+    assert routes["small"].context_window == 512
+    assert BackendSpec.model_validate(VLLM).context_window == DEFAULT_CONTEXT_TOKENS
 
 
 def test_empty_route_and_repeated_names_are_refused() -> None:
