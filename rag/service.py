@@ -49,13 +49,16 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from opsloop.audit import AuditLog
 from opsloop.auth import Principal, Role, check_tenant
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
+from opsloop.llm.gateway import EmbeddingMeter
 from opsloop.llm.protocol import LLMClient
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
@@ -88,6 +91,11 @@ COLLECTION_PATTERN = r"[a-z0-9][a-z0-9_-]{0,43}"
 
 AnswerLLM = Callable[[Principal, str], LLMClient]
 """The LLM answering one query, given who asked and the request id."""
+
+EmbeddingMeterFactory = Callable[..., AbstractContextManager[EmbeddingMeter]]
+"""``Gateway.meter_embedding``: admits an embedding by the caller's budgets and records it."""
+
+T = TypeVar("T")
 
 _COLLECTION = re.compile(COLLECTION_PATTERN)
 _LOCK_FILE = ".lock"
@@ -296,6 +304,9 @@ class RagService:
         answer_llm: The LLM that writes a query's answer, given who asked and the request id:
             the gateway's ``rag_llm_route``, so answers are routed, budgeted and costed like any
             gateway call (``opsloop.llm.gateway.GatewayClient``).
+        meter: Admits and records the question's embedding of a retrieval-only query (which
+            makes no LLM call) by the caller's budgets, rate limits and the ledger
+            (``Gateway.meter_embedding``); None meters nothing.
 
     Raises:
         ConflictError: Another process holds the embedded store (see the module docs).
@@ -312,6 +323,7 @@ class RagService:
         holder: dict[str, str] | None = None,
         *,
         answer_llm: AnswerLLM,
+        meter: EmbeddingMeterFactory | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -332,6 +344,8 @@ class RagService:
         self.sparse = BM25Encoder()
         self.retriever = HybridRetriever(self.store, self.embedder, self.sparse, top_k=settings.rag_top_k)
         self.answer_llm = answer_llm
+        self.meter = meter
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-writer")
         self._prompt_ready = False
         self._prompt_lock = threading.Lock()
 
@@ -399,7 +413,13 @@ class RagService:
             except InvalidInputError as exc:
                 skipped.append(Skipped(source, exc.message))
                 continue
-            if document.sections:
+            size = sum(len(section.text) for section in document.sections)
+            if size > self.settings.rag_max_document_chars:
+                limit = self.settings.rag_max_document_chars
+                skipped.append(
+                    Skipped(source, f"{source} has {size} characters of text, above the limit of {limit}")
+                )
+            elif document.sections:
                 documents.append(document)
             else:
                 skipped.append(Skipped(source, f"{source} has no extractable text"))
@@ -563,13 +583,15 @@ class RagService:
 
         With ``generate=False`` only retrieval runs: no prompt read, no LLM call, ``answer`` None.
         Failed queries are not logged (they raise before there is anything to log). The answer's
-        LLM call is the ledger's and the budgets' under the caller's tenant and key.
+        LLM call is the ledger's and the budgets' under the caller's tenant and key; a
+        retrieval-only query makes no LLM call, so its question's embedding is metered instead
+        (``meter``).
 
         The keyword arguments after ``request_id`` are for evals: ``prompt`` answers with that
         alias or version of the answer prompt instead of ``production``, ``llm`` with that client
         (a gateway route) instead of ``answer_llm``, ``max_answer_tokens`` caps the answer,
-        and ``log_query=False`` keeps the query out of the query log (eval questions are not user
-        traffic, and would skew query drift).
+        and ``log_query=False`` keeps the query out of the query log and unmetered (eval questions
+        are not user traffic, and would skew query drift; an eval run is costed on its own).
 
         Raises:
             ForbiddenError: The caller is a viewer.
@@ -586,7 +608,12 @@ class RagService:
         physical_name(tenant, collection)  # a bad name is a 422 before any work
         request_id = request_id or uuid.uuid4().hex
         started = time.perf_counter()
-        chunks = await asyncio.to_thread(self._retrieve, tenant, collection, question, top_k)
+        if generate or not log_query or self.meter is None:
+            chunks = await asyncio.to_thread(self._retrieve, tenant, collection, question, top_k)
+        else:  # no LLM call to meter this query: its embedding is the model call that counts
+            with self.meter(caller, [question], request_id=request_id) as metered:
+                chunks = await asyncio.to_thread(self._retrieve, tenant, collection, question, top_k)
+                metered.prompt_tokens = self.tokenizer.count(question)
         retrieved = time.perf_counter()
         answer: Answer | None = None
         prompt_ms: float | None = None
@@ -646,8 +673,18 @@ class RagService:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    async def in_background(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (an ingest, upload, delete or index build) on the service's own worker thread.
+
+        Loading, chunking and embedding take seconds to minutes of CPU. On their own single
+        thread, writes queue behind each other instead of filling the server's thread pool, which
+        also answers ``/predict`` and the gateway's blocking calls.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._worker, work)
+
     def close(self) -> None:
         """Close the store and release the store lock (from any thread)."""
+        self._worker.shutdown(wait=True)
         try:
             self.store.close()
         finally:

@@ -271,6 +271,7 @@ class Platform:
                     self.start_registry,
                     holder,
                     answer_llm=self._answer_llm,
+                    meter=lambda *args, **kwargs: self.gateway.meter_embedding(*args, **kwargs),
                 )
             return self._rag
 
@@ -306,6 +307,9 @@ class Platform:
                     self.enforcer.start(),
                     default_max_tokens=self.settings.llm_default_max_tokens,
                     embedding=minilm,
+                    embedding_max_inputs=self.settings.embedding_max_inputs,
+                    embedding_max_chars=self.settings.embedding_max_chars,
+                    embedding_per_mtok=self.settings.embedding_per_mtok,
                 )
             return self._gateway
 

@@ -228,7 +228,7 @@ async def upload(
     characters, or is too long, refuses the whole upload with a 422 naming the rule and the name.
     """
     uploads = [(f.filename or "", await f.read()) for f in files]
-    run = await run_in_threadpool(
+    run = await rag.in_background(
         lambda: rag.upload(
             principal,
             name,
@@ -252,7 +252,7 @@ async def delete_document(
     Send ``source`` percent-encoded as one segment (``/`` as ``%2F``, ``%`` as ``%25``), or a
     client library may collapse its dots or cut it at a ``?`` or ``#``.
     """
-    deleted = await run_in_threadpool(
+    deleted = await rag.in_background(
         lambda: rag.delete_document(principal, name, source, request_id=request_id(request))
     )
     return DeletedPublic(collection=name, source=source, chunks_deleted=deleted)

@@ -164,3 +164,21 @@ def test_an_eval_run_directly_and_over_http_agree_scope_and_audit(
     user, _ = _key(platform, "acme", Role.USER)
     with pytest.raises(ForbiddenError, match="running an eval needs role 'operator'"):
         asyncio.run(runs.run(user, dataset, config, resume="never"))
+
+
+def test_retrieval_only_queries_are_metered(client: TestClient, platform: Platform) -> None:
+    """A query that makes no LLM call still counts against the rate limit and is in the ledger."""
+    operator, headers = _key(platform, "metered", Role.OPERATOR)
+    platform.rag.upload(operator, "handbook", [("keys.md", GUIDE)])
+    platform.budgets.set("metered", "rpm", 1, actor="test")
+    question = {"question": "How do I rotate a key?", "collection": "handbook", "generate": False}
+    first = client.post("/query", json=question, headers=headers)
+    assert first.status_code == 200, first.text
+    second = client.post("/query", json=question, headers=headers)
+    assert second.status_code == 429 and "rpm" in second.text, second.text
+    calls = platform.ledger.calls(tenant="metered")
+    assert [(c.route, c.outcome) for c in calls] == [
+        ("all-MiniLM-L6-v2", "error"),
+        ("all-MiniLM-L6-v2", "ok"),
+    ]
+    assert calls[1].request_id == first.headers["x-request-id"] and calls[1].prompt_tokens > 0
