@@ -142,6 +142,11 @@ class Settings(BaseSettings):
         description="Redis for the budget and rate-limit counters, shared by every gateway process; "
         "default: counters in this process only.",
     )
+    metrics_tenant_names: bool = Field(
+        default=False,
+        description="Label budget metrics with tenant names; false: 't_' + 12 hex of the name's SHA-256, "
+        "since /metrics needs no key.",
+    )
     budget_cache_seconds: float = Field(
         default=5.0,
         ge=0,

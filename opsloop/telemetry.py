@@ -7,6 +7,7 @@ apps). With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from prometheus_client import (
@@ -44,7 +45,7 @@ _LATENCY_BUCKETS = (
 class Metrics:
     """The HTTP metrics every route shares; later components add their own to ``registry``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hash_tenants: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = MULTIPROC_ENV in os.environ
         if not self.multiprocess:
@@ -71,7 +72,7 @@ class Metrics:
         self.models = ModelMetrics(self.registry)
         self.drift = DriftMetrics(self.registry)
         self.llm = LLMMetrics(self.registry)
-        self.budgets = BudgetMetrics(self.registry)
+        self.budgets = BudgetMetrics(self.registry, hash_tenants=hash_tenants)
         self.evals = EvalMetrics(self.registry)
 
     def render(self) -> bytes:
@@ -176,10 +177,13 @@ class BudgetMetrics:
     """Budgets and rate limits: spent share of each (the contract in deploy/prometheus), crossings, refusals.
 
     The ``budget`` label is the budget's name: its kind (``daily_usd``, ``monthly_tokens``, ``rpm`` ...)
-    for a tenant-wide budget, ``<kind>@<key id>`` for a budget of one key.
+    for a tenant-wide budget, ``<kind>@<key id>`` for a budget of one key. With ``hash_tenants``
+    the ``tenant`` label is ``t_`` and 12 hex digits of the name's SHA-256 (:meth:`tenant`), so
+    ``/metrics``, which needs no key, does not list who the tenants are.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, hash_tenants: bool = False) -> None:
+        self.hash_tenants = hash_tenants
         self.spent_ratio = Gauge(
             "opsloop_budget_spent_ratio",
             "Spent share of each tenant's LLM budget (spent / limit).",
@@ -199,6 +203,12 @@ class BudgetMetrics:
             ["tenant", "budget"],
             registry=registry,
         )
+
+    def tenant(self, name: str) -> str:
+        """The ``tenant`` label of tenant ``name``."""
+        if not self.hash_tenants:
+            return name
+        return "t_" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
 
 
 class LLMMetrics:

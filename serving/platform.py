@@ -115,7 +115,7 @@ class Platform:
         audit = AuditLog(db)
         keys = KeyStore(db, audit, cache_seconds=settings.key_cache_seconds)
         registry = Registry(settings.tracking_uri, settings.artifact_root)
-        metrics = Metrics()
+        metrics = Metrics(hash_tenants=not settings.metrics_tenant_names)
 
         def swapped(model: LoadedModel) -> None:
             metrics.models.champion.labels(model.name).set(model.version)

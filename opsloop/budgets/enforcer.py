@@ -186,7 +186,7 @@ class BudgetEnforcer:
         if admission.blocked is not None:
             blocked = charges[admission.blocked]
             if self._metrics is not None:
-                self._metrics.rejected.labels(tenant, blocked.budget.name).inc()
+                self._metrics.rejected.labels(self._metrics.tenant(tenant), blocked.budget.name).inc()
             raise BudgetExceededError(blocked.budget, admission.blocked_value, blocked.window, now)
         # Only requests are counted exactly here; token and USD counters hold estimates until
         # settle, and a warning or gauge read from an estimate would report spend that never was.
@@ -246,7 +246,7 @@ class BudgetEnforcer:
             budget = charge.budget
             ratio = used / budget.limit
             if self._metrics is not None and budget.is_spend:
-                self._metrics.spent_ratio.labels(budget.tenant, budget.name).set(ratio)
+                self._metrics.spent_ratio.labels(self._metrics.tenant(budget.tenant), budget.name).set(ratio)
                 self._exported.add((budget.tenant, budget.name))
             if ratio < budget.soft_ratio:
                 continue
@@ -270,7 +270,7 @@ class BudgetEnforcer:
             budget.tenant, budget.name, 100 * crossing.ratio, 100 * budget.soft_ratio,
         )  # fmt: skip
         if self._metrics is not None:
-            self._metrics.soft_limit.labels(budget.tenant, budget.name).inc()
+            self._metrics.soft_limit.labels(self._metrics.tenant(budget.tenant), budget.name).inc()
         if self._audit is not None:
             try:
                 self._audit.append(
@@ -310,14 +310,15 @@ class BudgetEnforcer:
         """Set ``opsloop_budget_spent_ratio`` of every spend budget, drop deleted ones; call once a minute."""
         if self._metrics is None:
             return
-        ratios = self.spent_ratio()
+        tenant_label = self._metrics.tenant
+        ratios = {(tenant_label(tenant), name): ratio for (tenant, name), ratio in self.spent_ratio().items()}
         gauge = self._metrics.spent_ratio
         for labels in self._exported - ratios.keys():
             gauge.remove(*labels)
             self._exported.discard(labels)
-        for (tenant, name), ratio in ratios.items():
-            gauge.labels(tenant, name).set(ratio)
-            self._exported.add((tenant, name))
+        for labels, ratio in ratios.items():
+            gauge.labels(*labels).set(ratio)
+            self._exported.add(labels)
 
 
 def _ttl(window: Window, now: datetime) -> int:

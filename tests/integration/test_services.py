@@ -8,6 +8,7 @@ call, with the Principal of that same key. This is how the agents' tools and the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +183,9 @@ def test_retrieval_only_queries_are_metered(client: TestClient, platform: Platfo
         ("all-MiniLM-L6-v2", "ok"),
     ]
     assert calls[1].request_id == first.headers["x-request-id"] and calls[1].prompt_tokens > 0
+
+    # /metrics needs no key: the refusal is counted under the tenant's hash, not its name.
+    metrics = client.get("/metrics").text
+    hashed = "t_" + hashlib.sha256(b"metered").hexdigest()[:12]
+    assert f'opsloop_budget_rejected_total{{budget="rpm",tenant="{hashed}"}} 1.0' in metrics
+    assert 'tenant="metered"' not in metrics
