@@ -272,9 +272,9 @@ class _StoreLock:
             pid = holder.get("pid", "unknown")
             who = f"opsloop serve at {holder['url']}" if holder.get("url") else "another process"
             raise ConflictError(
-                f"the Qdrant Edge store is in use by {who} (pid {pid}, lock {self.path}); "
-                "wait for it to finish, stop it, or use vector_store=qdrant",
-                lock=str(self.path),
+                # The lock's path relative to the home: this message can reach API clients.
+                f"the Qdrant Edge store is in use by {who} (pid {pid}, lock qdrant/{_LOCK_FILE} in the "
+                "home folder); wait for it to finish, stop it, or use vector_store=qdrant",
                 pid=pid,
             ) from exc
         os.fchmod(fd, 0o600)

@@ -418,7 +418,7 @@ class AnthropicClient:
         import anthropic
         import httpx2
 
-        where = f"{self.name} ({self.base_url})"
+        where = f"backend {self.name}"  # never its URL: errors reach clients
         if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
             raise BackendError(
                 f"{where} timed out after {self.timeout}s", backend=self.name, retryable=True

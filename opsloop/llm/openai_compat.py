@@ -301,7 +301,7 @@ class OpenAICompatClient:
         return arguments
 
     def _raise_transport(self, exc: httpx.HTTPError) -> NoReturn:
-        where = f"{self.name} ({self.base_url})"
+        where = f"backend {self.name}"  # never its URL: errors reach clients
         if isinstance(exc, httpx.TimeoutException):
             raise BackendError(
                 f"{where} timed out after {self.timeout}s", backend=self.name, retryable=True
@@ -312,7 +312,7 @@ class OpenAICompatClient:
 
     def _raise_status(self, response: httpx.Response) -> NoReturn:
         """Raise the opsloop error for an error status of the server."""
-        where = f"{self.name} ({self.base_url})"
+        where = f"backend {self.name}"  # never its URL: errors reach clients
         status = response.status_code
         cause = httpx.HTTPStatusError(f"HTTP {status}", request=response.request, response=response)
         try:

@@ -345,7 +345,8 @@ class QdrantServerStore:
                 status_code=exc.status_code,
             ) from exc
         except ApiException as exc:  # transport failures and timeouts (ResponseHandlingException)
-            raise BackendError(f"Qdrant unreachable while trying to {action}: {exc!r}", url=self.url) from exc
+            # Not the server's URL: this error can reach API clients.
+            raise BackendError(f"Qdrant unreachable while trying to {action}: {type(exc).__name__}") from exc
         except ValueError as exc:
             # qdrant-client's local mode (``location=":memory:"`` or ``path=``) raises ValueError
             # where a server answers 404 or 400.

@@ -84,6 +84,7 @@ def test_dead_backend_is_a_retryable_backend_error_quickly() -> None:
     with pytest.raises(BackendError, match="unreachable") as info:
         asyncio.run(client.chat(_request("hi")))  # the first call also imports the SDK
     assert info.value.details["retryable"] is True
+    assert "127.0.0.1" not in str(info.value.to_dict())  # clients see the backend's name, not where it is
 
     async def stream() -> None:
         async for _ in client.stream(_request("hi")):
