@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import getpass
 import logging
@@ -203,7 +202,13 @@ class Platform:
             self.start_registry()
             self.components["registry"] = "ready"
             if self.settings.bootstrap_demo:
-                self._bootstrap_demo()
+                from workflows.demo import bootstrap_demo
+
+                info = bootstrap_demo(self.registry, self.audit, self.settings.home / "bootstrap.lock")
+                if info is not None:
+                    log.warning(
+                        "registered the demo model %s version %s as champion", info.name, info.version
+                    )
             self.runtime.start()
             # Move everything loaded so far (MLflow, scikit-learn, the models) out of the
             # collector's reach: full collections of that heap stalled requests 200-300 ms.
@@ -330,19 +335,6 @@ class Platform:
         """
         path = self.settings.admin_key_path
         return path if self.keys.create_first_admin(actor="system", key_file=path) else None
-
-    def _bootstrap_demo(self) -> None:
-        """Train the demo model if the registry is empty; once, however many workers start."""
-        from workflows.demo import train_demo
-        from workflows.promotion import promote
-
-        with open(self.settings.home / "bootstrap.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            if self.registry.models():
-                return
-            info = train_demo(self.registry, alias=None)
-            promote(system_principal(DOCS_TENANT), self.registry, self.audit, info.name, info.version)
-        log.warning("registered the demo model %s version %s as champion", info.name, info.version)
 
     @property
     def local_url(self) -> str:

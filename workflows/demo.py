@@ -39,6 +39,7 @@ with lineage and that reference under an alias.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import warnings
 from collections.abc import Callable
@@ -56,6 +57,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from opsloop.audit import AuditLog
+from opsloop.auth import system_principal
 from opsloop.errors import InvalidInputError
 from opsloop.registry import Lineage, ModelVersionInfo, Registry
 from workflows.reference import Column, build_profile
@@ -372,3 +375,24 @@ def train_demo(
         registry.set_alias(name, alias, created.version)
         say(f"{name!r} version {created.version} is {alias!r}")
     return registry.get_version(name, created.version)
+
+
+def bootstrap_demo(registry: Registry, audit: AuditLog, lock: Path) -> ModelVersionInfo | None:
+    """Train the demo model and make it champion if the registry has no model yet, else do nothing.
+
+    Once, however many server workers start at the same time: they take turns on an
+    exclusive ``flock`` of ``lock`` and only the first finds the registry empty. The promotion
+    is audited as done by ``system``.
+
+    Returns:
+        The new champion version, or None when the registry already had a model.
+    """
+    from workflows.promotion import promote
+
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+        if registry.models():
+            return None
+        info = train_demo(registry, alias=None)
+        promote(system_principal("default"), registry, audit, info.name, info.version)
+    return info
