@@ -29,6 +29,11 @@ The significance half stops tiny samples from firing on noise (PSI and JS are bi
 there); the materiality half stops huge samples from firing on trivial changes (with a
 million rows a shift of 0.02 standard deviations has a KS p-value near zero). Plain
 ``PSI > 0.2`` or ``KS p < 0.05`` alone would get one of the two wrong.
+
+Below ``min_rows`` (rows of a frame, or non-missing values of a feature, in either sample)
+there is no verdict at all: the result is ``insufficient_data`` with the counts. Three
+identical requests are a point mass, which the tests call significant against any spread-out
+reference; a floor on the sample is what keeps a new install from reporting drift.
 """
 
 from __future__ import annotations
@@ -308,7 +313,8 @@ def compare_feature(
         bins: Quantile bins for numeric PSI / JS / plots.
 
     Returns:
-        Scores, verdict, counts and binned distributions.
+        Scores, verdict, counts and binned distributions; ``insufficient_data`` and not drifted
+        when either sample has fewer than ``thresholds.min_rows`` non-missing values.
 
     Raises:
         InvalidInputError: A sample is empty after dropping missing values, a numeric sample is
@@ -332,6 +338,9 @@ def compare_feature(
         scores = _categorical(ref, cur, thresholds)
     else:
         raise InvalidInputError(f"kind must be numeric or categorical, got {kind!r}", field="kind")
+    insufficient = min(len(ref), len(cur)) < thresholds.min_rows
+    if insufficient:
+        scores["drifted"] = False  # the scores stay, for people to read; a verdict needs more data
     return FeatureDrift(
         name=name,
         kind=kind,
@@ -339,6 +348,7 @@ def compare_feature(
         current_count=len(cur),
         reference_missing=ref_missing,
         current_missing=cur_missing,
+        insufficient_data=insufficient,
         **scores,
     )
 
@@ -364,7 +374,8 @@ def compare_frames(
         bins: Quantile bins for numeric features.
 
     Returns:
-        The per-feature results and the dataset verdict.
+        The per-feature results and the dataset verdict; ``insufficient_data`` when either
+        frame has fewer than ``thresholds.min_rows`` rows or no feature has enough values.
 
     Raises:
         InvalidInputError: No columns, a column missing from a frame, an empty frame or column,
@@ -393,6 +404,7 @@ def compare_frames(
     return DriftReport.build(features, thresholds, reference_rows=len(reference), current_rows=len(current))
 
 
-def thresholds_from(values: Mapping[str, float | None]) -> DriftThresholds:
+def thresholds_from(values: Mapping[str, float | int | None]) -> DriftThresholds:
     """Defaults overridden by the non-None ``values`` (e.g. from CLI options)."""
-    return DriftThresholds(**{k: v for k, v in values.items() if v is not None})
+    # Each value's type is checked by DriftThresholds itself; a Mapping cannot say which key is an int.
+    return DriftThresholds(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]

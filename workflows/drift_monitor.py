@@ -11,13 +11,18 @@ which the registry stores with the version at training or registration time
 (``Registry.reference``), so a check never reads the training set; the current data are
 the newest instances in the prediction log. A version registered without a reference has
 nothing to compare with: its checks are counted as skipped.
+
+A check with fewer than ``min_rows`` rows (or, for a feature, non-missing values) on either
+side gives no verdict: it is kept and counted as ``insufficient_data``, is not audited, does
+not call subscribers, and leaves ``opsloop_drift_dataset`` at 0, so the shipped alert rules
+stay quiet on a new install's first few requests.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +62,7 @@ def live_report(
     last: int = 1000,
     since: datetime | None = None,
     thresholds: DriftThresholds | None = None,
+    min_rows: int | None = None,
 ) -> DriftReport:
     """Compare the newest ``last`` logged instances (since ``since``) with the reference.
 
@@ -70,6 +76,10 @@ def live_report(
         last: At most this many of the newest instances.
         since: Only instances logged after this time.
         thresholds: Drift thresholds; defaults when None.
+        min_rows: Overrides ``thresholds.min_rows`` (the ``drift_min_rows`` setting) when given.
+
+    Returns:
+        The report; ``insufficient_data`` (no verdict) below ``min_rows`` rows.
 
     Raises:
         NotFoundError: No such model or version, or no reference profile.
@@ -78,7 +88,10 @@ def live_report(
     import pandas as pd
 
     from workflows.drift import compare_frames
+    from workflows.drift_report import DriftThresholds
 
+    if min_rows is not None:
+        thresholds = replace(thresholds or DriftThresholds(), min_rows=min_rows)
     if last < 1:
         raise InvalidInputError("last must be at least 1", field="last", value=last)
     info = registry.get_alias(model, "champion") if version is None else registry.get_version(model, version)
@@ -129,7 +142,9 @@ class DriftMonitor:
     """Checks served models for drift, keeps every result, and tells subscribers.
 
     A retraining workflow subscribes with :meth:`subscribe`; it is called on every check
-    that finds dataset drift. The first drifted check after a calm one is audited.
+    that finds dataset drift. The first drifted check after a calm one is audited. Checks with
+    fewer than ``min_rows`` rows (the ``drift_min_rows`` setting) are kept as
+    ``insufficient_data``: no verdict, no audit, no subscriber call.
     """
 
     def __init__(
@@ -142,6 +157,7 @@ class DriftMonitor:
         *,
         last: int = 1000,
         thresholds: DriftThresholds | None = None,
+        min_rows: int | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
@@ -150,6 +166,7 @@ class DriftMonitor:
         self._metrics = metrics
         self._last = last
         self._thresholds = thresholds
+        self._min_rows = min_rows
         self._hooks: list[Callable[[DriftCheckResult], None]] = []
 
     def subscribe(self, hook: Callable[[DriftCheckResult], None]) -> None:
@@ -167,6 +184,7 @@ class DriftMonitor:
                 version=version,
                 last=self._last,
                 thresholds=self._thresholds,
+                min_rows=self._min_rows,
             )
         except NotFoundError:
             self._metrics.checks.labels(model, "skipped").inc()
@@ -247,10 +265,13 @@ class DriftMonitor:
 
     def _export(self, result: DriftCheckResult, report: DriftReport) -> None:
         model = result.model
-        self._metrics.checks.labels(model, "drift" if result.dataset_drift else "no_drift").inc()
+        self._metrics.checks.labels(model, report.status).inc()
+        # 0, not a removed series, for insufficient data: in multiprocess mode a removed series
+        # would keep its last value in the other workers' files, and a stale 1 would keep alerting.
         self._metrics.dataset.labels(model).set(1.0 if result.dataset_drift else 0.0)
         self._metrics.share.labels(model).set(result.share_drifted)
-        for feature, scores in report.to_dict()["features"].items():
-            for method, value in scores.items():
-                if method not in ("kind", "drifted") and value is not None:
-                    self._metrics.score.labels(model, feature, method).set(value)
+        for feature in report.features.values():
+            if feature.insufficient_data:
+                continue  # small-sample scores are noise; a dashboard should not plot them
+            for method, value in feature.scores.items():
+                self._metrics.score.labels(model, feature.name, method).set(value)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from opsloop.errors import InvalidInputError
 
-__all__ = ["DriftReport", "DriftThresholds", "FeatureDrift", "format_score"]
+__all__ = ["DriftReport", "DriftStatus", "DriftThresholds", "FeatureDrift", "format_score"]
 
 _REFERENCE_COLOUR = "#4c78a8"
 _CURRENT_COLOUR = "#f58518"
@@ -37,6 +37,11 @@ class DriftThresholds:
             numeric change is material.
         js: Jensen-Shannon distance (base 2) above which a categorical change is material.
         dataset_share: The dataset drifts when at least this share of its features does.
+        min_rows: The fewest rows each sample needs, and the fewest non-missing values each
+            feature needs in each sample, before a verdict is given; below it the result is
+            ``insufficient_data``. A handful of identical requests differs from any reference
+            by chance alone, and PSI and JS are biased upwards on small samples, so without
+            a floor a new install would report drift on its first few requests.
     """
 
     psi: float = 0.2
@@ -45,8 +50,13 @@ class DriftThresholds:
     wasserstein: float = 0.1
     js: float = 0.1
     dataset_share: float = 0.5
+    min_rows: int = 300
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.min_rows, int) and self.min_rows >= 1):
+            raise InvalidInputError(
+                f"min_rows must be an integer >= 1, got {self.min_rows}", field="min_rows"
+            )
         for name in ("ks_pvalue", "chi2_pvalue", "dataset_share"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
@@ -64,7 +74,8 @@ class FeatureDrift:
     Attributes:
         name: Column name.
         kind: ``numeric`` or ``categorical``.
-        drifted: The verdict of the decision rule in :mod:`workflows.drift`.
+        drifted: The verdict of the decision rule in :mod:`workflows.drift`; always False when
+            ``insufficient_data``.
         psi: Population stability index over ``bins``.
         ks_statistic: Kolmogorov-Smirnov statistic; None for categorical features.
         ks_pvalue: Kolmogorov-Smirnov p-value; None for categorical features.
@@ -79,6 +90,8 @@ class FeatureDrift:
         bins: Bin labels (value ranges, or categories).
         reference_shares: Share of the reference in each bin.
         current_shares: Share of the current sample in each bin.
+        insufficient_data: A sample had fewer than ``min_rows`` values of this feature: the
+            scores are computed but no verdict is given.
     """
 
     name: str
@@ -97,16 +110,28 @@ class FeatureDrift:
     wasserstein: float | None = None
     reference_missing: int = 0
     current_missing: int = 0
+    insufficient_data: bool = False
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """The scores that apply to this kind of feature, by method name."""
+        values = {"psi": self.psi, "ks_pvalue": self.ks_pvalue, "wasserstein": self.wasserstein}
+        values |= {"js": self.js, "chi2_pvalue": self.chi2_pvalue}
+        return {method: value for method, value in values.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:
-        """The scores that apply to this kind of feature, as in :meth:`DriftReport.to_dict`."""
-        entry: dict[str, Any] = {"kind": self.kind, "drifted": self.drifted, "psi": self.psi}
-        if self.kind == "numeric":
-            entry |= {"ks_pvalue": self.ks_pvalue, "wasserstein": self.wasserstein}
-        entry["js"] = self.js
-        if self.chi2_pvalue is not None:
-            entry["chi2_pvalue"] = self.chi2_pvalue
-        return entry
+        """The verdict, the sample sizes and the scores, as in :meth:`DriftReport.to_dict`."""
+        return {
+            "kind": self.kind,
+            "drifted": self.drifted,
+            "insufficient_data": self.insufficient_data,
+            "reference_count": self.reference_count,
+            "current_count": self.current_count,
+            **self.scores,
+        }
+
+
+DriftStatus = Literal["drift", "no_drift", "insufficient_data"]
 
 
 @dataclass(frozen=True)
@@ -114,12 +139,15 @@ class DriftReport:
     """Drift of every compared feature and the dataset verdict.
 
     Attributes:
-        dataset_drift: At least ``thresholds.dataset_share`` of the features drifted.
-        share_drifted: Share of features that drifted.
+        dataset_drift: At least ``thresholds.dataset_share`` of the features with enough data
+            drifted; always False when ``insufficient_data``.
+        share_drifted: Share of the features with enough data that drifted (0 when none has).
         features: Per-feature results, in column order.
         thresholds: The thresholds the verdicts used.
         reference_rows: Rows in the reference frame.
         current_rows: Rows in the current frame.
+        insufficient_data: A frame has fewer than ``thresholds.min_rows`` rows, or no feature
+            has enough values in both: no verdict, and no alert.
     """
 
     dataset_drift: bool
@@ -128,6 +156,7 @@ class DriftReport:
     thresholds: DriftThresholds
     reference_rows: int
     current_rows: int
+    insufficient_data: bool = False
 
     @classmethod
     def build(
@@ -138,30 +167,54 @@ class DriftReport:
         reference_rows: int,
         current_rows: int,
     ) -> DriftReport:
-        """Work out the dataset verdict from per-feature results."""
-        share = sum(f.drifted for f in features.values()) / len(features) if features else 0.0
+        """Work out the dataset verdict from per-feature results.
+
+        Features without enough data neither count as drifted nor dilute the share: the share
+        is over the features that got a verdict.
+        """
+        judged = [f for f in features.values() if not f.insufficient_data]
+        insufficient = min(reference_rows, current_rows) < thresholds.min_rows or not judged
+        share = 0.0 if insufficient else sum(f.drifted for f in judged) / len(judged)
         return cls(
-            dataset_drift=bool(features) and share >= thresholds.dataset_share,
+            dataset_drift=not insufficient and share >= thresholds.dataset_share,
             share_drifted=share,
             features=features,
             thresholds=thresholds,
             reference_rows=reference_rows,
             current_rows=current_rows,
+            insufficient_data=insufficient,
         )
+
+    @property
+    def status(self) -> DriftStatus:
+        """``drift``, ``no_drift`` or ``insufficient_data`` (too few rows for a verdict)."""
+        if self.insufficient_data:
+            return "insufficient_data"
+        return "drift" if self.dataset_drift else "no_drift"
 
     @property
     def drifted_features(self) -> list[str]:
         """Names of the drifted features."""
         return [name for name, f in self.features.items() if f.drifted]
 
-    def to_dict(self) -> dict[str, Any]:
-        """``{"dataset_drift", "share_drifted", "features": {name: {...}}, ...}``, JSON-ready.
+    def sizes(self) -> str:
+        """The sample sizes behind the verdict, for people: ``reference 500 rows, current 3 rows (...)``."""
+        return (
+            f"reference {self.reference_rows} rows, current {self.current_rows} rows "
+            f"(a verdict needs at least {self.thresholds.min_rows} of each)"
+        )
 
-        Each feature has ``kind``, ``drifted``, ``psi``, ``js`` and ``chi2_pvalue``, and numeric
-        ones also ``ks_pvalue`` and ``wasserstein``. ``thresholds``, ``reference_rows`` and
-        ``current_rows`` say what the verdicts were based on.
+    def to_dict(self) -> dict[str, Any]:
+        """``{"status", "dataset_drift", "share_drifted", "features": {name: {...}}, ...}``, JSON-ready.
+
+        ``status`` is ``drift``, ``no_drift`` or ``insufficient_data``. Each feature has ``kind``,
+        ``drifted``, ``insufficient_data``, ``reference_count`` and ``current_count`` (values
+        compared, missing ones excluded), ``psi``, ``js`` and ``chi2_pvalue``, and numeric ones
+        also ``ks_pvalue`` and ``wasserstein``. ``thresholds`` (``min_rows`` included),
+        ``reference_rows`` and ``current_rows`` say what the verdicts were based on.
         """
         return {
+            "status": self.status,
             "dataset_drift": self.dataset_drift,
             "share_drifted": self.share_drifted,
             "features": {name: f.to_dict() for name, f in self.features.items()},
@@ -176,6 +229,8 @@ class DriftReport:
 
     def verdict(self) -> str:
         """One line: the dataset verdict and which features drifted."""
+        if self.insufficient_data:
+            return f"insufficient data, no verdict: {self.sizes()}"
         drifted = self.drifted_features
         head = "dataset drift" if self.dataset_drift else "no dataset drift"
         names = f": {', '.join(drifted)}" if drifted else ""
@@ -185,7 +240,7 @@ class DriftReport:
         """One self-contained HTML page: summary, then per feature a chart, the scores, the verdict."""
         t = self.thresholds
         cards = "\n".join(_feature_card(f) for f in self.features.values())
-        status = "drift" if self.dataset_drift else "ok"
+        status = {"drift": "drift", "no_drift": "ok", "insufficient_data": "unknown"}[self.status]
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -193,17 +248,19 @@ body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
 .summary {{ padding: 1rem; border-radius: 6px; margin-bottom: 1.5rem; }}
 .summary.drift, .card.drift {{ border-left: 6px solid #d62728; }}
 .summary.ok, .card.ok {{ border-left: 6px solid #2ca02c; }}
+.summary.unknown, .card.unknown {{ border-left: 6px solid #999; }}
 .summary {{ background: #f6f6f6; }}
 .card {{ padding: 0.5rem 1rem; margin-bottom: 1.5rem; background: #fafafa; }}
 table.scores {{ border-collapse: collapse; margin: 0.5rem 0; }}
 table.scores td, table.scores th {{ padding: 2px 10px; text-align: right; }}
 .verdict.drift {{ color: #d62728; font-weight: bold; }} .verdict.ok {{ color: #2ca02c; }}
+.verdict.unknown {{ color: #777; }}
 .legend span {{ display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 12px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <div class="summary {status}"><strong>{html.escape(self.verdict())}</strong><br>
 share drifted {self.share_drifted:.2f} (dataset drift at &ge; {t.dataset_share:g});
-reference {self.reference_rows} rows, current {self.current_rows} rows<br>
+{html.escape(self.sizes())}<br>
 thresholds: PSI &gt; {t.psi:g}, KS/binned chi2 p &lt; {t.ks_pvalue:g}, Wasserstein &gt; {t.wasserstein:g} std,
 categorical chi2 p &lt; {t.chi2_pvalue:g}, JS &gt; {t.js:g}
 <div class="legend"><span style="background:{_REFERENCE_COLOUR}"></span>reference
@@ -221,7 +278,8 @@ def format_score(value: float | None) -> str:
 
 
 def _feature_card(f: FeatureDrift) -> str:
-    status = "drift" if f.drifted else "ok"
+    status = "unknown" if f.insufficient_data else "drift" if f.drifted else "ok"
+    label = {"unknown": "too few values", "drift": "DRIFT", "ok": "no drift"}[status]
     scores = [("PSI", f.psi), ("KS p", f.ks_pvalue), ("KS D", f.ks_statistic)]
     scores += [("Wasserstein", f.wasserstein), ("JS", f.js), ("chi2 p", f.chi2_pvalue)]
     head = "".join(f"<th>{name}</th>" for name, value in scores if value is not None)
@@ -233,7 +291,7 @@ def _feature_card(f: FeatureDrift) -> str:
     )
     return f"""<div class="card {status}">
 <h2>{html.escape(f.name)} <small>({f.kind})</small>
-<span class="verdict {status}">{"DRIFT" if f.drifted else "no drift"}</span></h2>
+<span class="verdict {status}">{label}</span></h2>
 <div>reference {f.reference_count} values, current {f.current_count}{missing}</div>
 <table class="scores"><tr>{head}</tr><tr>{row}</tr></table>
 {_bars_svg(f)}

@@ -56,8 +56,14 @@ def _print(rows: list[CostRow], by: str, since: str, tenant: str | None) -> None
         out.print(f"no gateway calls in the last {since}{scope}", highlight=False)
         return
     cached = any(row.cached_tokens for row in rows)  # a column only where a backend caches
-    # No vertical rules and short headings, so that a report fits an 80-column terminal.
-    table = Table(title=f"LLM costs by {by}, last {since}{scope}", box=box.SIMPLE_HEAD, collapse_padding=True)
+    # No vertical rules, no edge padding and short headings, so that a report fits an 80-column
+    # terminal; "abandoned" (streams whose client left) is the longest, as a shorter one was cryptic.
+    table = Table(
+        title=f"LLM costs by {by}, last {since}{scope}",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
     table.add_column(by, overflow="fold")  # the one column that gives way (numbers are never cut)
     headings = [
         "calls",
@@ -66,7 +72,7 @@ def _print(rows: list[CostRow], by: str, since: str, tenant: str | None) -> None
         *(["cached"] if cached else []),
         "USD",
         "err",
-        "disc",
+        "abandoned",
         "p50/p95 ms",
     ]
     for heading in headings:
@@ -89,10 +95,21 @@ def _print(rows: list[CostRow], by: str, since: str, tenant: str | None) -> None
 
 
 def _int(value: int) -> str:
-    return f"{value:,}"
+    # Exact up to 99,999; rounded above (123k, 12.3M), so a busy tenant's token counts still
+    # leave the group column room in 80 columns. --format json has the exact numbers.
+    if value < 100_000:
+        return f"{value:,}"
+    if value < 1_000_000:
+        return f"{value / 1e3:.0f}k"
+    if value < 1_000_000_000:
+        return f"{value / 1e6:.1f}M"
+    return f"{value / 1e9:.1f}B"
 
 
 def _usd(value: float) -> str:
+    # Cents are enough from a dollar up; below, a few calls of a small model cost fractions of one.
+    if abs(value) >= 1:
+        return f"{value:,.2f}"
     return f"{value:.6f}".rstrip("0").rstrip(".") if value else "0"
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
@@ -40,6 +41,15 @@ OutputOption = Annotated[
 ]
 FailOnDriftOption = Annotated[
     bool, typer.Option("--fail-on-drift", help=f"Exit with code {DRIFT_EXIT_CODE} on dataset drift.")
+]
+MinRowsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--min-rows",
+        min=1,
+        help="Fewest rows (and values per feature) each side needs for a verdict "
+        "(default: the drift_min_rows setting, 300); below it: insufficient data.",
+    ),
 ]
 
 
@@ -74,6 +84,7 @@ def read_frame(path: Path) -> pd.DataFrame:
 
 @app.command("compare")
 def drift_compare(
+    ctx: typer.Context,
     reference: Annotated[Path, typer.Argument(help="Reference data (e.g. training set): .csv or .parquet.")],
     current: Annotated[Path, typer.Argument(help="Current data to check, with the same columns.")],
     format_: FormatOption = "table",
@@ -108,6 +119,7 @@ def drift_compare(
         float | None,
         typer.Option(help="Share of drifted features at which the dataset drifts (default 0.5)."),
     ] = None,
+    min_rows: MinRowsOption = None,
     fail_on_drift: FailOnDriftOption = False,
 ) -> None:
     """Compare CURRENT with REFERENCE and report drift per feature and for the whole dataset.
@@ -115,10 +127,13 @@ def drift_compare(
     A numeric feature drifts when its change is significant (KS or binned chi-square test)
     and material (PSI or normalised Wasserstein distance above threshold).
     A categorical feature drifts when its chi-square test is significant and PSI or JS is above threshold.
+    With fewer than --min-rows rows on either side there is no verdict (insufficient data).
     Exits 0 whether or not there is drift, unless --fail-on-drift is given (then 3 on dataset drift).
     """
     from workflows.drift import compare_frames, thresholds_from
 
+    if min_rows is None:
+        min_rows = ctx.obj.settings().drift_min_rows
     try:
         thresholds = thresholds_from(
             {
@@ -128,6 +143,7 @@ def drift_compare(
                 "wasserstein": wasserstein_threshold,
                 "js": js_threshold,
                 "dataset_share": dataset_share,
+                "min_rows": min_rows,
             }
         )
         ref_frame, cur_frame = read_frame(reference), read_frame(current)
@@ -154,15 +170,26 @@ def drift_report(
     ] = None,
     format_: FormatOption = "table",
     output: OutputOption = None,
+    min_rows: MinRowsOption = None,
     fail_on_drift: FailOnDriftOption = False,
 ) -> None:
-    """Compare a served model's logged inputs with the reference sample its version was trained on."""
+    """Compare a served model's logged inputs with the reference sample its version was trained on.
+
+    With fewer than --min-rows logged instances there is no verdict (insufficient data), as in
+    the scheduled checks.
+    """
     from workflows.drift_monitor import live_report, window_start
 
     platform, registry = ctx.obj.registry()
     try:
         report = live_report(
-            registry, platform.predictions, model, version=version, last=last, since=window_start(window)
+            registry,
+            platform.predictions,
+            model,
+            version=version,
+            last=last,
+            since=window_start(window),
+            min_rows=min_rows if min_rows is not None else platform.settings.drift_min_rows,
         )
     except OpsloopError as exc:
         raise fail(exc) from exc
@@ -197,13 +224,32 @@ def drift_concept(
     platform, registry = ctx.obj.registry()
     try:
         chosen = version or registry.get_alias(model, "champion").version
-        report = concept_report(platform.predictions, model, chosen, since=window_start(window), delta=delta)
+        since = window_start(window)
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    try:
+        report = concept_report(platform.predictions, model, chosen, since=since, delta=delta)
+    except NotFoundError as exc:  # no labels yet: say how to send some instead of an empty table
+        body = '{"feedback": [{"request_id": ..., "labels": [...]}]}'
+        err.print(
+            f"[yellow]nothing to score:[/] {escape(exc.message)}\n"
+            f"POST /feedback/{escape(model)} with {escape(body)} for earlier /predict requests, "
+            "then run this again.",
+            highlight=False,
+        )
+        raise typer.Exit(code=1) from exc
     except OpsloopError as exc:
         raise fail(exc) from exc
     if format_ == "json":
         print(report.to_json())
-    else:
+    elif report.change_points:
         out.print(concept_table(report))
+    else:  # an empty table would look like a failure
+        out.print(
+            f"no change in the error rate of {model} version {chosen} over {report.instances} "
+            "labelled instances",
+            highlight=False,
+        )
     err.print(f"[{'red' if report.drifted else 'green'}]{report.verdict()}[/]", highlight=False)
     if fail_on_drift and report.drifted:
         raise typer.Exit(code=DRIFT_EXIT_CODE)
@@ -330,10 +376,15 @@ def drift_history(
         table.add_column(column)
     for check in checks:
         drifted = [name for name, f in check.report["features"].items() if f["drifted"]]
+        too_few = check.report.get("status") == "insufficient_data"  # absent from older checks
         table.add_row(
             when(check.at),
             str(check.version),
-            "[red]yes[/]" if check.dataset_drift else "[green]no[/]",
+            "[yellow]too few rows[/]"
+            if too_few
+            else "[red]yes[/]"
+            if check.dataset_drift
+            else "[green]no[/]",
             f"{check.share_drifted:.0%}",
             ", ".join(drifted),
         )
@@ -361,7 +412,7 @@ def _emit(report: DriftReport, format_: str, output: Path | None, fail_on_drift:
             except OSError as exc:
                 raise fail(InvalidInputError(f"cannot write {output}: {exc}", field="output")) from exc
             err.print(f"wrote the {format_} report to {output}")
-    colour = "red" if report.dataset_drift else "green"
+    colour = {"drift": "red", "no_drift": "green", "insufficient_data": "yellow"}[report.status]
     err.print(f"[{colour}]{report.verdict()}[/]", highlight=False)
     if fail_on_drift and report.dataset_drift:
         raise typer.Exit(code=DRIFT_EXIT_CODE)
@@ -377,7 +428,9 @@ def drift_table(report: DriftReport) -> Table:
     """A report as a terminal table: one row of scores and the verdict per feature."""
     from workflows.drift_report import format_score
 
-    table = Table(title=report.verdict(), title_justify="left")
+    table = Table(
+        title=report.verdict(), title_justify="left", caption=report.sizes(), caption_justify="left"
+    )
     table.add_column("feature", overflow="fold")
     table.add_column("kind")
     for column in ("PSI", "KS p", "Wass.", "JS", "chi2 p"):
@@ -386,6 +439,8 @@ def drift_table(report: DriftReport) -> Table:
     for f in report.features.values():
         scores = (f.psi, f.ks_pvalue, f.wasserstein, f.js, f.chi2_pvalue)
         verdict = "[bold red]DRIFT[/]" if f.drifted else "[green]ok[/]"
+        if f.insufficient_data:  # the counts say why: e.g. a categorical column mostly missing
+            verdict = f"[yellow]too few ({f.reference_count}/{f.current_count})[/]"
         kind = "num" if f.kind == "numeric" else "cat"
         table.add_row(f.name, kind, *(format_score(score) for score in scores), verdict)
     return table
@@ -396,7 +451,7 @@ def concept_table(report: ConceptDriftReport) -> Table:
     table = Table(
         title=f"Concept drift of {report.model} version {report.version} (ADWIN, delta={report.delta})"
     )
-    for column in ("instance", "detected at", "time", "error before", "error after", ""):
+    for column in ("instance", "detected at", "time", "error before", "error after", "change"):
         table.add_column(column)
     for p in report.change_points:
         table.add_row(

@@ -138,6 +138,7 @@ async def drift(
             tenant=scope,
             last=last,
             since=since,
+            min_rows=platform.settings.drift_min_rows,
         )
         return {"tenant": scope, **report.to_dict()}
 

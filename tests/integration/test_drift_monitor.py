@@ -78,3 +78,42 @@ def test_checks_are_kept_audited_once_exported_and_handed_on(registry: Registry,
     assert outcomes == {"skipped": 1.0, "no_drift": 1.0, "drift": 2.0}
     predictions.close()
     db.close()
+
+
+def test_three_identical_requests_are_insufficient_data_not_drift(registry: Registry, tmp_path: Path) -> None:
+    """The README's three identical /predict requests: no verdict, no audit, no alerting gauge."""
+    db = Database(f"sqlite:///{tmp_path / 'store.db'}").start()
+    db.upgrade()
+    audit = AuditLog(db)
+    predictions = PredictionLog(db).start()
+    collectors = CollectorRegistry()
+    monitor = DriftMonitor(db, registry, predictions, audit, DriftMetrics(collectors), min_rows=300)
+    heard: list[DriftCheckResult] = []
+    monitor.subscribe(heard.append)
+    row = json.loads(generate_credit_data(100, seed=5)[list(FEATURE_NAMES)].to_json(orient="records"))[0]
+    for i in range(3):
+        predictions.record(
+            PredictionRecord(f"same-{i}", "acme", "credit-risk", 1, "champion", [row], [], 1.0)
+        )
+    predictions.flush()
+
+    check = monitor.check("credit-risk")
+    assert check is not None and not check.dataset_drift and heard == []
+    assert check.report["status"] == "insufficient_data" and check.report["current_rows"] == 3
+    assert check.report["reference_rows"] >= 300
+    assert audit.query(AuditFilter(action="drift.detected")) == []
+    assert collectors.get_sample_value("opsloop_drift_dataset", {"model": "credit-risk"}) != 1.0
+    insufficient = {"model": "credit-risk", "outcome": "insufficient_data"}
+    assert collectors.get_sample_value("opsloop_drift_checks_total", insufficient) == 1.0
+    # Small-sample scores are not exported: a dashboard of them would show noise as drift.
+    psi = {"model": "credit-risk", "feature": "income", "method": "psi"}
+    assert collectors.get_sample_value("opsloop_drift_score", psi) is None
+
+    # Enough drifted rows still detect drift through the same path.
+    _log(predictions, shift=True, seed=23)
+    drifted = monitor.check("credit-risk")
+    assert drifted is not None and drifted.dataset_drift and drifted.report["status"] == "drift"
+    assert len(audit.query(AuditFilter(action="drift.detected"))) == 1
+    assert collectors.get_sample_value("opsloop_drift_dataset", {"model": "credit-risk"}) == 1.0
+    predictions.close()
+    db.close()

@@ -85,7 +85,7 @@ def test_categorical_scores_match_independent_computations() -> None:
 def test_constant_feature_is_finite_and_not_drifted() -> None:
     same = compare_feature(np.full(200, 3.0), np.full(300, 3.0), "numeric")
     assert not same.drifted and same.psi == 0.0 and same.wasserstein == 0.0 and same.ks_statistic == 0.0
-    moved = compare_feature(np.full(200, 3.0), np.full(300, 4.0), "numeric")
+    moved = compare_feature(np.full(200, 3.0), np.full(300, 4.0), "numeric", DriftThresholds(min_rows=200))
     assert moved.drifted and np.isfinite(moved.psi) and np.isfinite(moved.wasserstein or np.inf)
 
 
@@ -120,8 +120,17 @@ def test_missing_values_are_dropped_and_counted() -> None:
 
 def test_tiny_samples_do_not_fire_on_noise() -> None:
     rng = np.random.default_rng(3)
-    fired = [compare_feature(rng.normal(size=8), rng.normal(size=6), "numeric").drifted for _ in range(40)]
+    # The statistics alone (no floor on the sample) already hold back on noise ...
+    no_floor = DriftThresholds(min_rows=1)
+    fired = [
+        compare_feature(rng.normal(size=8), rng.normal(size=6), "numeric", no_floor).drifted
+        for _ in range(40)
+    ]
     assert sum(fired) <= 2
+    # ... and the default floor gives no verdict at all, with the counts.
+    small = compare_feature(rng.normal(size=8), rng.normal(size=6), "numeric")
+    assert small.insufficient_data and not small.drifted
+    assert (small.reference_count, small.current_count) == (8, 6)
     single = compare_feature(np.array([1.0]), np.array([1.0]), "numeric")
     assert not single.drifted
 
