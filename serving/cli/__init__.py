@@ -11,7 +11,7 @@ import typer
 
 from opsloop.errors import OpsloopError
 from opsloop.telemetry import MULTIPROC_ENV
-from serving.cli import audit, budgets, costs, drift, evals, keys, models, rag
+from serving.cli import audit, budgets, costs, drift, evals, keys, models, prompts, rag
 from serving.cli.common import State, err, fail
 from serving.platform import Platform
 
@@ -29,6 +29,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(drift.app, name="drift")
 app.add_typer(costs.app, name="costs")
 app.add_typer(evals.app, name="eval")
+app.add_typer(prompts.app, name="prompts")
 app.command("ingest")(rag.ingest)
 app.command("query")(rag.query)
 
