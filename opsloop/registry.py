@@ -194,7 +194,7 @@ class LoggedModel:
 
     Attributes:
         run_id: The run that holds it, its parameters and metrics.
-        model_uri: The logged model, ``models:/m-...``.
+        model_uri: The logged model, ``models:/m-...``, or the URI of its artifacts.
     """
 
     run_id: str
@@ -476,10 +476,58 @@ class Registry:
             NotFoundError: Nothing at ``model_uri``.
             InvalidInputError: The model has no column-based signature.
         """
-        # MLflow finds a folder's MLmodel by path only: a file:// URI reads as a missing model.
-        parsed = urlparse(model_uri)
-        local = url2pathname(parsed.path) if parsed.scheme == "file" else model_uri
-        return self._signature_columns(local, f"model {model_uri!r}", model_uri=model_uri)
+        return self._signature_columns(_local(model_uri), f"model {model_uri!r}", model_uri=model_uri)
+
+    def load_model_uri(self, model_uri: str, *, flavor: Literal["pyfunc", "sklearn"] = "pyfunc") -> Any:
+        """:meth:`load_model` of a model not registered yet: a folder, ``runs:/`` or ``models:/`` URI.
+
+        Raises:
+            NotFoundError: Nothing at ``model_uri``.
+            BackendError: MLflow could not load it (e.g. it lacks ``flavor``).
+            Exception: Whatever the flavor's loader raises for a broken artifact.
+        """
+        self._started()
+        _import_mlflow()  # for the install hint
+        import mlflow.pyfunc
+        import mlflow.sklearn
+
+        load = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
+        with _translated(f"loading model {model_uri!r}", model_uri=model_uri):
+            self._bind_globals()
+            return load(_local(model_uri))
+
+    def log_model_with_signature(self, model_uri: str, inputs: Any, *, run_name: str) -> LoggedModel:
+        """Copy a model into a new run of the ``opsloop`` experiment, with a signature from ``inputs``.
+
+        For models saved without one: the copy's MLmodel gets the columns and types of
+        ``inputs`` (a DataFrame of input rows) as its input signature; the original is left
+        as it is. Register the returned ``model_uri``, which points at the copy's artifacts.
+
+        Raises:
+            NotFoundError: Nothing at ``model_uri``.
+            InvalidInputError: MLflow cannot infer a signature from ``inputs``.
+            BackendError: MLflow failed to copy or log the model.
+        """
+        self._started()
+        mlflow = _import_mlflow()
+        from mlflow.models import Model, infer_signature
+
+        what = f"logging model {model_uri!r} with an inferred signature"
+        with _translated(what, model_uri=model_uri), tempfile.TemporaryDirectory() as tmp:
+            self._bind_globals()
+            local = Path(mlflow.artifacts.download_artifacts(_local(model_uri), dst_path=tmp))
+            model = Model.load(local)
+            try:
+                model.signature = infer_signature(inputs)
+            except Exception as exc:  # MLflow raises plain errors for frames it cannot type
+                raise InvalidInputError(f"no signature can be inferred from these rows: {exc}") from exc
+            model.save(local / "MLmodel")
+            with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
+                # Artifacts of a run, not a logged model: any flavor copies this way, and the
+                # registered version's source stays valid as long as the run's artifacts do.
+                mlflow.log_artifacts(str(local), artifact_path="model")
+                uri = mlflow.get_artifact_uri("model")
+        return LoggedModel(run_id=run.info.run_id, model_uri=uri)
 
     # -- training runs and reference profiles ------------------------------------------------
 
@@ -640,6 +688,22 @@ class Registry:
             found = _all_pages(lambda token: client.search_prompts(page_token=token))
         return sorted(prompt.name for prompt in found)
 
+    def prompt_versions(self, name: str) -> list[PromptVersionInfo]:
+        """Return every version of a prompt, oldest first, each with its aliases.
+
+        Raises:
+            NotFoundError: No prompt has this name.
+            InvalidInputError: A version is a chat prompt (only text prompts are supported).
+        """
+        client = self._started()
+        with _translated(f"prompt {name!r}", prompt=name, invalid_means_missing=True):
+            found = _all_pages(lambda token: client.search_prompt_versions(name, page_token=token))
+            # The search leaves ``aliases`` empty; reading each version fills them in.
+            versions = [client.get_prompt_version(name, int(pv.version)) for pv in found]
+        return sorted(
+            (_prompt_version_info(pv) for pv in versions if pv is not None), key=lambda info: info.version
+        )
+
     def set_prompt_alias(self, name: str, alias: str, version: int | str) -> int | None:
         """Point ``alias`` at a version of a prompt; returns the version it pointed at before.
 
@@ -777,6 +841,12 @@ def _translated(what: str, *, invalid_means_missing: bool = False, **details: An
         if invalid_means_missing and code == "INVALID_PARAMETER_VALUE":
             error = NotFoundError
         raise error(f"{what}: {exc.message}", **details, mlflow_error=code) from exc
+
+
+def _local(model_uri: str) -> str:
+    # MLflow finds a folder's MLmodel by path only: a file:// URI reads as a missing model.
+    parsed = urlparse(model_uri)
+    return url2pathname(parsed.path) if parsed.scheme == "file" else model_uri
 
 
 def _all_pages(fetch: Callable[[str | None], list[T]]) -> list[T]:

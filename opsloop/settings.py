@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         default=300.0, ge=0, description="How often serve checks each model for drift; 0 turns it off."
     )
     drift_last: int = Field(default=1000, ge=1, description="Instances each scheduled drift check compares.")
+    drift_min_rows: int = Field(
+        default=300,
+        ge=1,
+        description="Fewest rows (and non-missing values per feature) each side of a drift check needs "
+        "for a verdict; below it the result is insufficient_data and nothing alerts.",
+    )
     key_cache_seconds: float = Field(
         default=2.0,
         ge=0,

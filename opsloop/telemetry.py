@@ -85,7 +85,7 @@ class Metrics:
 
 
 class ModelMetrics:
-    """Per model and version: predictions, latency, errors by type, the champion version."""
+    """Per model and version: predictions, latency, errors by type, the champion version, load failures."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.predictions = Counter(
@@ -109,7 +109,21 @@ class ModelMetrics:
         )
         self.champion = Gauge(
             "opsloop_model_champion_version",
-            "The version each model serves as its champion.",
+            "The version each model serves as its champion; 0 once its champion alias is removed.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.load_failures = Counter(
+            "opsloop_model_load_failures_total",
+            "Model versions that failed to load when their alias pointed at them, by model "
+            "(once per version, not per retry).",
+            ["model"],
+            registry=registry,
+        )
+        self.load_failing = Gauge(
+            "opsloop_model_load_failing",
+            "1 while the version a model's champion alias points at cannot be loaded, else 0.",
             ["model"],
             registry=registry,
             multiprocess_mode="max",
@@ -139,7 +153,8 @@ class DriftMetrics:
         )
         self.dataset = Gauge(
             "opsloop_drift_dataset",
-            "1 if the latest check of the model found dataset drift, else 0.",
+            "1 if the latest check of the model found dataset drift, else 0 "
+            "(0 too when it had too few rows for a verdict: outcome insufficient_data).",
             ["model"],
             registry=registry,
             multiprocess_mode="max",
@@ -167,7 +182,7 @@ class DriftMetrics:
         )
         self.checks = Counter(
             "opsloop_drift_checks_total",
-            "Drift checks by model and outcome (drift, no_drift, skipped, failed).",
+            "Drift checks by model and outcome (drift, no_drift, insufficient_data, skipped, failed).",
             ["model", "outcome"],
             registry=registry,
         )

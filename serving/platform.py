@@ -10,7 +10,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opsloop.audit import AuditLog
 from opsloop.auth import KeyStore, Principal, system_principal
@@ -18,7 +18,7 @@ from opsloop.budgets import BudgetEnforcer, BudgetStore, InProcessCounters, Redi
 from opsloop.db import Database, create_private_file
 from opsloop.errors import ConflictError
 from opsloop.llm.ledger import Ledger
-from opsloop.models.runtime import LoadedModel, ModelRuntime
+from opsloop.models.runtime import LoadedModel, LoadFailure, ModelRuntime
 from opsloop.models.service import ModelService
 from opsloop.predictions import PredictionLog
 from opsloop.registry import Registry
@@ -46,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger("opsloop")
 
-ComponentState = Literal["starting", "ready", "failed"]
+ComponentState = Literal["starting", "ready", "degraded", "failed"]
 
 DOCS_TENANT = "default"
 DOCS_COLLECTION = "docs"
@@ -118,15 +118,34 @@ class Platform:
 
         def swapped(model: LoadedModel) -> None:
             metrics.models.champion.labels(model.name).set(model.version)
+            metrics.models.load_failing.labels(model.name).set(0)
 
-        runtime = ModelRuntime(registry, poll_seconds=settings.model_poll_seconds, on_swap=swapped)
+        def load_failed(failure: LoadFailure) -> None:
+            metrics.models.load_failures.labels(failure.name).inc()
+            metrics.models.load_failing.labels(failure.name).set(1)
+
+        def dropped(name: str) -> None:
+            # 0, not removed series: removal is not implemented for multi-process metrics.
+            metrics.models.champion.labels(name).set(0)
+            metrics.models.load_failing.labels(name).set(0)
+
+        runtime = ModelRuntime(
+            registry,
+            poll_seconds=settings.model_poll_seconds,
+            on_swap=swapped,
+            on_load_failed=load_failed,
+            on_drop=dropped,
+        )
         predictions = PredictionLog(
             db, on_dropped=metrics.models.log_dropped.inc, on_written=metrics.models.log_written.inc
         )
         models = ModelService(
             runtime, registry, predictions, metrics.models, max_instances=settings.max_instances
         )
-        drift = DriftMonitor(db, registry, predictions, audit, metrics.drift, last=settings.drift_last)
+        drift = DriftMonitor(
+            db, registry, predictions, audit, metrics.drift,
+            last=settings.drift_last, min_rows=settings.drift_min_rows,
+        )  # fmt: skip
         queries = QueryLog(db)
         ledger = Ledger(db, on_dropped=metrics.llm.ledger_dropped.inc)
         budgets = BudgetStore(db, audit, cache_seconds=settings.budget_cache_seconds)
@@ -348,6 +367,22 @@ class Platform:
     def ready(self) -> bool:
         """Whether every component has started."""
         return bool(self.components) and all(s == "ready" for s in self.components.values())
+
+    def readiness(self) -> tuple[dict[str, ComponentState], dict[str, Any]]:
+        """Each component's state, and why any is ``degraded``.
+
+        The models component is degraded while some model's champion version cannot be
+        loaded; ``why["models"]`` names each such model with the version and the reason.
+        """
+        components = dict(self.components)
+        why: dict[str, Any] = {}
+        failures = self.runtime.failures()
+        if failures and components.get("models") == "ready":
+            components["models"] = "degraded"
+            why["models"] = {
+                name: {"version": f.version, "reason": f.reason} for name, f in sorted(failures.items())
+            }
+        return components, why
 
     def close(self) -> None:
         """Wait for components still starting, then release connections.

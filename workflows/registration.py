@@ -3,9 +3,13 @@
 :func:`register` is the one implementation behind ``opsloop models register`` and
 ``opsloop models train``; moving aliases afterwards is :mod:`workflows.promotion`.
 
-A reference (rows of the model's inputs, e.g. its training set) is checked against the
-model's input signature and profiled before anything is registered, so a bad one leaves
-no version behind; stored with the version, it lets the scheduled drift checks run.
+Nothing is registered that serving could not serve: the source must exist, be an MLflow
+model whose flavor loads, and have a column-based input signature (the runtime validates
+requests against it), or come with rows of inputs to infer one from (``signature_from``;
+the model is then copied with that signature into a run of its own). A reference (rows of
+the model's inputs, e.g. its training set) is checked against the signature and profiled
+before anything is registered too, so a bad one leaves no version behind; stored with the
+version, it lets the scheduled drift checks run.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsloop.auth import Principal, Role
+from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
 from opsloop.registry import Lineage, ModelVersionInfo, Registry
 
 if TYPE_CHECKING:  # pandas is only needed when a reference is given
@@ -46,6 +51,7 @@ def register(
     source: str,
     *,
     reference: pd.DataFrame | dict[str, Any] | None = None,
+    signature_from: pd.DataFrame | None = None,
     lineage: Lineage | None = None,
     description: str | None = None,
 ) -> Registration:
@@ -60,27 +66,41 @@ def register(
             (relative to the working directory).
         reference: Rows of the model's inputs to profile (extra columns are ignored), or a
             ready profile (``workflows.reference``); None stores none.
+        signature_from: Rows of the model's inputs (only its input columns) to infer the
+            input signature from, for a model saved without one; the version is a copy of
+            the model with that signature.
         lineage: Version tags; default: the source and the git commit checked out here.
         description: Free text for the version.
 
     Raises:
         ForbiddenError: The caller is below operator.
-        InvalidInputError: The reference lacks the model's input columns, has no rows or
-            holds text where the model takes numbers, or the model has no column-based
-            signature to check it against; a bad name or source.
+        InvalidInputError: ``source`` is not an MLflow model (a folder without MLmodel), its
+            flavor fails to load it, or it has no column-based signature and no
+            ``signature_from``; the reference lacks the model's input columns, has no rows
+            or holds text where the model takes numbers; a bad name.
         NotFoundError: Nothing at ``source``.
         ConflictError: ``name`` is a prompt.
     """
     caller.require(Role.OPERATOR, f"registering model {name!r}")
-    path = Path(source)
-    uri = path.resolve().as_uri() if path.exists() else source
+    uri = _checked_source(registry, source)
+    if signature_from is not None:
+        uri = registry.log_model_with_signature(uri, signature_from, run_name=f"{name}-signature").model_uri
+    try:
+        columns = registry.signature_columns(uri)
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"model {source!r} has no column-based input signature, so requests to it cannot be "
+            "checked: save it with signature=mlflow.models.infer_signature(<DataFrame of inputs>), "
+            "or pass rows of its inputs (--signature-from DATA) to infer one",
+            source=source,
+        ) from exc
     profile = None
     if isinstance(reference, dict):
         profile = reference
     elif reference is not None:
         from workflows.reference import profile_for_signature
 
-        profile = profile_for_signature(reference, registry.signature_columns(uri))
+        profile = profile_for_signature(reference, columns)
     info = registry.register_model(
         name, uri, lineage or Lineage.capture(params={"source": source}), description=description
     )
@@ -99,3 +119,36 @@ def register(
             after={"version": info.version, "source": info.source, "reference_rows": stored},
         )
     return Registration(registry.get_version(name, info.version), stored)
+
+
+def _checked_source(registry: Registry, source: str) -> str:
+    """The URI to register ``source`` under, once it is known to be an MLflow model that loads.
+
+    Loaded the way the runtime loads a version (the scikit-learn flavor, else pyfunc), so a
+    model that registers is one that serves.
+    """
+    if "://" in source or source.startswith(("models:/", "runs:/")):
+        uri = source
+    else:  # a path: say which, and what is wrong with it, before MLflow says something vaguer
+        path = Path(source)
+        if not path.exists():
+            missing = str(path.resolve())
+            raise NotFoundError(f"no model at {missing!r}: the path does not exist", source=source)
+        if not (path / "MLmodel").is_file():
+            raise InvalidInputError(
+                f"{source!r} is not an MLflow model: it has no MLmodel file "
+                "(save the model with mlflow.sklearn.save_model or mlflow.xgboost.save_model)",
+                source=source,
+            )
+        uri = path.resolve().as_uri()
+    try:
+        try:
+            registry.load_model_uri(uri, flavor="sklearn")
+        except OpsloopError:  # not a scikit-learn model: MLflow's pyfunc, as the runtime does
+            registry.load_model_uri(uri)
+    except NotFoundError:
+        raise
+    except Exception as exc:  # a broken artifact raises anything: refuse it with the reason
+        reason = exc.message if isinstance(exc, OpsloopError) else f"{type(exc).__name__}: {exc}"
+        raise InvalidInputError(f"model {source!r} does not load: {reason}", source=source) from exc
+    return uri

@@ -4,24 +4,30 @@ A watcher thread polls the registry; when a model's ``champion`` alias moves (by
 CLI, the API or another process), it loads the new version beside the old one and then
 swaps one dictionary entry. A request holds the LoadedModel it started with, so it
 finishes on that version; no request waits for a load.
+
+A version that fails to load is recorded (:meth:`ModelRuntime.failures`, shown by
+``/readyz``), reported once per model and version (a warning with the reason, and the
+``on_load_failed`` callback, which the server turns into metrics) and retried with a
+growing delay, since most such failures are a broken artifact that no retry fixes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from opsloop.errors import OpsloopError
+from opsloop.errors import BackendError, OpsloopError
 from opsloop.models.linear import LinearScorer, compile_linear
 from opsloop.models.schema import FieldSpec, InputSchema
 from opsloop.registry import Registry
 
-__all__ = ["LoadedModel", "ModelRuntime"]
+__all__ = ["LoadFailure", "LoadedModel", "ModelRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,35 @@ class LoadedModel:
         import pandas as pd  # only models that select columns by name need a DataFrame
 
         return pd.DataFrame(matrix, columns=self.schema.names)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A model whose aliased version cannot be loaded, and why."""
+
+    name: str
+    version: int
+    reason: str
+    since: float
+    """``time.monotonic()`` of the first failed load of this version."""
+    attempts: int = 1
+    retry_at: float = 0.0
+    """``time.monotonic()`` before which the watcher does not try this version again."""
+
+
+_RETRY_MAX_SECONDS = 60.0
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, OpsloopError) else f"{type(exc).__name__}: {exc}"
+
+
+def _unloadable(failure: LoadFailure) -> BackendError:
+    return BackendError(
+        f"model {failure.name!r} version {failure.version} cannot be loaded: {failure.reason}",
+        model=failure.name,
+        version=failure.version,
+    )
 
 
 def load_version(registry: Registry, name: str, version: int) -> LoadedModel:
@@ -136,12 +171,28 @@ class ModelRuntime:
         alias: str = "champion",
         poll_seconds: float = 1.0,
         on_swap: Callable[[LoadedModel], None] = lambda model: None,
+        on_load_failed: Callable[[LoadFailure], None] = lambda failure: None,
+        on_drop: Callable[[str], None] = lambda name: None,
     ) -> None:
+        """Store the settings; nothing loads until :meth:`start`.
+
+        Args:
+            registry: A started registry.
+            alias: The alias whose versions are served.
+            poll_seconds: How often the watcher reads the registry.
+            on_swap: Called with each newly served version.
+            on_load_failed: Called once per model and version that fails to load (not per retry).
+            on_drop: Called with a model's name when it stops being served or failing
+                (its alias was removed).
+        """
         self._registry = registry
         self.alias = alias
         self._poll_seconds = poll_seconds
         self._on_swap = on_swap
+        self._on_load_failed = on_load_failed
+        self._on_drop = on_drop
         self._models: dict[str, LoadedModel] = {}
+        self._failures: dict[str, LoadFailure] = {}
         self._load_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -154,19 +205,36 @@ class ModelRuntime:
         """Every model currently served."""
         return dict(self._models)
 
+    def failures(self) -> dict[str, LoadFailure]:
+        """Every model whose aliased version could not be loaded (it serves the one before, if any)."""
+        return dict(self._failures)
+
     def refresh(self, name: str, version: int | None = None) -> LoadedModel:
         """Serve ``version`` of ``name`` (default: where its alias points now) unless it is already.
 
         Raises:
             NotFoundError: No such model, or it has no version with the alias.
+            BackendError: Asked without ``version``: the version does not load, now or
+                when last tried (the reason in the message).
         """
         with self._load_lock:
             target = version if version is not None else self._registry.get_alias(name, self.alias).version
             current = self._models.get(name)
             if current is not None and current.version == target:
                 return current
-            model = load_version(self._registry, name, target)
+            if version is None:  # a request asked: answer from the record, load at most once
+                failed = self._failures.get(name)
+                if failed is not None and failed.version == target and time.monotonic() < failed.retry_at:
+                    raise _unloadable(failed)
+                try:
+                    model = load_version(self._registry, name, target)
+                except Exception as exc:
+                    self._failed(name, target, exc, failed if failed and failed.version == target else None)
+                    raise _unloadable(self._failures[name]) from exc
+            else:
+                model = load_version(self._registry, name, target)
             self._models[name] = model  # the swap: new requests see the new version
+            self._failures.pop(name, None)
         log.info("serving %s version %s (%s)", name, model.version, self.alias)
         self._on_swap(model)
         return model
@@ -174,19 +242,47 @@ class ModelRuntime:
     def refresh_all(self) -> None:
         """Bring every model up to date; one broken model does not stop the rest.
 
-        One registry query per call, since the watcher runs it every poll interval.
+        One registry query per call, since the watcher runs it every poll interval. A
+        version that failed to load is tried again after a delay that doubles with each
+        failure (up to a minute), and reported only the first time.
         """
         targets = self._registry.alias_versions(self.alias)
-        for name in set(self._models) - set(targets):
-            self._models.pop(name, None)  # the alias was removed: stop serving it
+        for name in (set(self._models) | set(self._failures)) - set(targets):
+            # The alias was removed: stop serving the model and forget its failure.
+            self._models.pop(name, None)
+            self._failures.pop(name, None)
+            log.info("%s has no %s version any more: not serving it", name, self.alias)
+            self._on_drop(name)
+        now = time.monotonic()
         for name, version in targets.items():
             current = self._models.get(name)
             if current is not None and current.version == version:
+                self._failures.pop(name, None)  # the alias moved back to what is served
+                continue
+            failed = self._failures.get(name)
+            if failed is not None and failed.version == version and now < failed.retry_at:
                 continue
             try:
                 self.refresh(name, version)
-            except Exception:  # a broken artifact raises anything; keep serving the others
-                log.exception("could not load %s version %s; still serving the one before", name, version)
+            except Exception as exc:  # a broken artifact raises anything; keep serving the others
+                self._failed(name, version, exc, failed if failed and failed.version == version else None)
+
+    def _failed(self, name: str, version: int, exc: Exception, before: LoadFailure | None) -> None:
+        """Record a failed load; warn and call back only for the first failure of this version."""
+        now = time.monotonic()
+        attempts = 1 if before is None else before.attempts + 1
+        delay = min(self._poll_seconds * 2**attempts, _RETRY_MAX_SECONDS)
+        reason = _reason(exc)
+        failure = LoadFailure(name, version, reason, before.since if before else now, attempts, now + delay)
+        self._failures[name] = failure
+        if before is not None:
+            log.debug("%s version %s still does not load: %s", name, version, reason)
+            return
+        served = self._models.get(name)
+        still = f"still serving version {served.version}" if served else "not serving the model"
+        log.warning("could not load %s version %s (%s); %s: %s", name, version, self.alias, still, reason)
+        log.debug("loading %s version %s failed", name, version, exc_info=exc)
+        self._on_load_failed(failure)
 
     def start(self) -> ModelRuntime:
         """Load every model now and start watching the registry."""

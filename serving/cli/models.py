@@ -1,7 +1,7 @@
-"""``opsloop models``: train, register, list, promote and roll back models.
+"""``opsloop models``: train, register, list, promote, roll back models and unset their aliases.
 
 Each command is a thin adapter: registering is ``workflows.registration.register`` and
-moving the champion ``workflows.promotion``, called as the local CLI operator
+moving or unsetting an alias ``workflows.promotion``, called as the local CLI operator
 (``serving.platform.cli_principal``: an admin of the ``default`` tenant).
 """
 
@@ -19,6 +19,8 @@ from serving.cli.common import err, fail, out
 from serving.platform import cli_principal
 
 app = typer.Typer(help="Train, register, list, promote and roll back models.", no_args_is_help=True)
+alias_app = typer.Typer(help="Manage a model's aliases.", no_args_is_help=True)
+app.add_typer(alias_app, name="alias")
 
 
 @app.command("train")
@@ -79,11 +81,21 @@ def models_register(
             "profiled and kept with the version, so drift checks have a reference.",
         ),
     ] = None,
+    signature_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--signature-from",
+            help="Input rows (.csv or .parquet, only the model's input columns) to infer the "
+            "input signature from, for a model saved without one.",
+        ),
+    ] = None,
 ) -> None:
     """Register an MLflow-format scikit-learn or XGBoost model as a new version.
 
-    Without --reference the version has nothing to compare live traffic with, and its
-    scheduled drift checks are skipped.
+    The model is loaded first and must have a column-based input signature (or take one
+    from --signature-from); otherwise nothing is registered. Without --reference the
+    version has nothing to compare live traffic with, and its scheduled drift checks are
+    skipped.
     """
     from serving.cli.drift import read_frame
     from workflows.registration import register
@@ -91,7 +103,10 @@ def models_register(
     platform, registry = ctx.obj.registry()
     try:
         rows = None if reference is None else read_frame(reference)
-        done = register(cli_principal(), registry, platform.audit, name, source, reference=rows)
+        inputs = None if signature_from is None else read_frame(signature_from)
+        done = register(
+            cli_principal(), registry, platform.audit, name, source, reference=rows, signature_from=inputs
+        )
     except OpsloopError as exc:
         raise fail(exc) from exc
     kept = "" if done.reference_rows is None else f" with a reference of {done.reference_rows} rows"
@@ -163,3 +178,20 @@ def models_rollback(ctx: typer.Context, name: Annotated[str, typer.Argument(help
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"{name}: champion {move.before} -> {move.after} (rolled back)")
+
+
+@alias_app.command("unset")
+def models_alias_unset(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias to remove, e.g. champion.")],
+) -> None:
+    """Remove an alias; removing champion makes running servers stop serving the model."""
+    from workflows.promotion import unset_alias
+
+    platform, registry = ctx.obj.registry()
+    try:
+        done = unset_alias(cli_principal(), registry, platform.audit, name, alias)
+    except OpsloopError as exc:
+        raise fail(exc) from exc
+    err.print(f"{name}: {alias} unset (it pointed at version {done.before})")

@@ -20,12 +20,22 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: every component has started",
-    responses={503: {"description": "some component is still starting or failed"}},
+    responses={503: {"description": "some component is still starting or failed (or, strict, is degraded)"}},
 )
-async def readyz(platform: PlatformDep) -> JSONResponse:
-    """Return each component's state; 503 until all are ready."""
-    body = {"ready": platform.ready, "components": dict(platform.components)}
-    return JSONResponse(body, status_code=200 if platform.ready else 503)
+async def readyz(platform: PlatformDep, strict: bool = False) -> JSONResponse:
+    """Return each component's state; 503 until all have started.
+
+    A ``degraded`` component (the models one, while some model's champion cannot be
+    loaded) still answers 200, with the reason under ``why``: the other models, the
+    gateway and RAG keep serving, and a broken version in the shared registry would
+    otherwise take every replica out of its load balancer at once. ``?strict=true``
+    answers 503 for it too, for checks that should fail on it.
+    """
+    components, why = platform.readiness()
+    degraded = any(state == "degraded" for state in components.values())
+    ok = platform.ready and not (strict and degraded)
+    body = {"ready": platform.ready, "degraded": degraded, "components": components, "why": why}
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

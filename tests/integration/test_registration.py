@@ -7,8 +7,10 @@ reference; the reference feeds the drift monitor, which otherwise skips the mode
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ from opsloop.predictions import PredictionLog, PredictionRecord
 from opsloop.registry import Registry
 from opsloop.telemetry import DriftMetrics
 from workflows.drift_monitor import DriftMonitor
-from workflows.promotion import promote, rollback
+from workflows.promotion import promote, rollback, unset_alias
 from workflows.registration import register
 
 ADMIN = Principal("cli:tester", "default", Role.ADMIN)
@@ -166,3 +168,88 @@ def test_a_reference_can_be_stored_again_for_an_existing_version(
     run = store.registry.log_reference("bare", 1, profile)
     assert store.registry.get_version("bare", 1).tags["opsloop.reference_run"] == run
     assert store.registry.reference("bare", "champion")["rows"] == 50
+
+
+# -- what cannot serve is never registered or promoted ---------------------------------------
+
+
+def _unsigned(tmp_path: Path, training: pd.DataFrame) -> Path:
+    """A scikit-learn model saved without a signature."""
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    path = tmp_path / "unsigned"
+    model = LogisticRegression().fit(training[["a", "b"]], training["label"])
+    mlflow.sklearn.save_model(model, path, pip_requirements=["scikit-learn"])
+    return path
+
+
+def _broken_copy(folder: str | Path, to: Path) -> Path:
+    """Break a model's serialized estimator (in a copy, or in place when ``to`` is the folder)."""
+    if Path(folder) != to:
+        shutil.copytree(folder, to)
+    for artifact in ("model.skops", "model.pkl"):
+        if (to / artifact).exists():
+            (to / artifact).write_bytes(b"not a model")
+    return to
+
+
+def test_a_source_that_cannot_serve_is_refused_with_the_reason(
+    store: Store, tmp_path: Path, folder: str, training: pd.DataFrame
+) -> None:
+    missing = tmp_path / "path" / "to" / "mlflow-model"
+    with pytest.raises(NotFoundError, match=f"no model at '{missing}': the path does not exist"):
+        register(ADMIN, store.registry, store.audit, "cannot", str(missing))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "model.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(InvalidInputError, match="is not an MLflow model: it has no MLmodel file"):
+        register(ADMIN, store.registry, store.audit, "cannot", str(tmp_path / "plain"))
+    unsigned = _unsigned(tmp_path, training)
+    with pytest.raises(InvalidInputError, match=r"no column-based input signature.*--signature-from"):
+        register(ADMIN, store.registry, store.audit, "cannot", str(unsigned))
+    broken = _broken_copy(folder, tmp_path / "broken")
+    with pytest.raises(InvalidInputError, match="does not load"):
+        register(ADMIN, store.registry, store.audit, "cannot", str(broken))
+    assert "cannot" not in store.registry.models()
+    assert not store.audit.query(AuditFilter(action="model.register", target="model:cannot"))
+
+
+def test_a_signature_can_be_inferred_from_input_rows(
+    store: Store, tmp_path: Path, training: pd.DataFrame
+) -> None:
+    unsigned = _unsigned(tmp_path, training)
+    done = register(
+        ADMIN, store.registry, store.audit, "inferred", str(unsigned), signature_from=training[["a", "b"]]
+    )
+    assert store.registry.input_columns("inferred", done.version.version) == [("a", "double"), ("b", "long")]
+    assert not (unsigned / "MLmodel").read_text().count("signature")  # the original is left as it was
+    promote(ADMIN, store.registry, store.audit, "inferred", done.version.version)
+
+
+def test_promote_refuses_a_version_that_does_not_load(store: Store, tmp_path: Path, folder: str) -> None:
+    copy = tmp_path / "later-broken"
+    shutil.copytree(folder, copy)
+    version = register(ADMIN, store.registry, store.audit, "breaks", str(copy)).version.version
+    _broken_copy(copy, copy)  # a version registered from a folder reads the folder
+    with pytest.raises(ConflictError, match=f"version {version} of model 'breaks' cannot be served"):
+        promote(ADMIN, store.registry, store.audit, "breaks", version)
+    with pytest.raises(NotFoundError):
+        store.registry.get_alias("breaks", "champion")
+
+
+def test_unset_alias_is_audited_and_needs_an_operator(store: Store, folder: str) -> None:
+    version = register(ADMIN, store.registry, store.audit, "unset-me", folder).version.version
+    promote(ADMIN, store.registry, store.audit, "unset-me", version)
+    with pytest.raises(ForbiddenError):
+        unset_alias(VIEWER, store.registry, store.audit, "unset-me", "champion")
+    done = unset_alias(ADMIN, store.registry, store.audit, "unset-me", "champion")
+    assert (done.model, done.alias, done.before) == ("unset-me", "champion", version)
+    assert "unset-me" not in store.registry.alias_versions("champion")
+    entry = store.audit.query(AuditFilter(action="model.alias_unset", target="model:unset-me"))[0]
+    assert (entry.actor, entry.before, entry.after) == (
+        "cli:tester",
+        {"alias": "champion", "version": version},
+        {"alias": "champion", "version": None},
+    )
+    with pytest.raises(NotFoundError, match="has no alias 'champion'"):
+        unset_alias(ADMIN, store.registry, store.audit, "unset-me", "champion")
