@@ -109,7 +109,7 @@ def test_another_tenant_cannot_see_the_collection(setup: Setup) -> None:
         "/query", json={"question": "Which port?", "collection": "docs"}, headers=setup.globex
     )
     assert response.status_code == 404, response.text
-    assert response.json()["error"]["details"] == {"collection": "docs"}
+    assert response.json()["error"]["details"] == {"collection": "docs", "tenant": "globex"}
 
 
 @pytest.mark.parametrize(

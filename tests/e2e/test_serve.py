@@ -34,7 +34,9 @@ def test_serve_boots_prints_admin_key_and_gets_ready(server: Server) -> None:
     ready = server.wait_for("/readyz", 200).json()
     assert ready == {
         "ready": True,
+        "degraded": False,
         "components": {"store": "ready", "registry": "ready", "models": "ready"},
+        "why": {},
     }
     assert "opsloop_http_requests_total" in server.http.get("/metrics").text
     assert server.http.get("/admin/audit").status_code == 401

@@ -1,7 +1,7 @@
 """``opsloop eval`` as a user runs it: a run killed with SIGKILL resumes, and the gate's exit code.
 
 Every command is a real ``opsloop`` process on one temporary home (two of the bundled docs in
-collection ``docs``, four golden questions, answers capped at 16 tokens).
+collection ``docs``, eight golden questions, answers capped at 16 tokens).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ RUN = [
     "1",
 ]
 RUN += ["--metric", "hit_rate", "--metric", "rouge_score", "--metric", "semantic_similarity"]
+ITEMS = 8
+"""Golden questions in the set: fewer short SmolLM2 answers leave the gate's interval too wide to tell."""
 
 
 def _opsloop(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -73,7 +75,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     items = [
         line for line in golden if line.strip() and set(json.loads(line)["reference_sources"]) <= set(DOCS)
     ]
-    (root / "set.jsonl").write_text("\n".join(items[:4]) + "\n", encoding="utf-8")
+    (root / "set.jsonl").write_text("\n".join(items[:ITEMS]) + "\n", encoding="utf-8")
     return root / "home"
 
 
@@ -102,7 +104,7 @@ def test_a_killed_run_resumes_without_rescoring_and_a_broken_prompt_fails_the_ga
     (checkpoint,) = _checkpoints(home)
     run_id = checkpoint.parent.name
     before = [line for line in checkpoint.read_text(encoding="utf-8").splitlines() if line]
-    assert 1 <= len(before) < 4
+    assert 1 <= len(before) < ITEMS
     state = json.loads((checkpoint.parent / "run.json").read_text(encoding="utf-8"))
     assert state["status"] == "running"
 
@@ -111,10 +113,10 @@ def test_a_killed_run_resumes_without_rescoring_and_a_broken_prompt_fails_the_ga
     assert done.returncode == 0, done.stderr[-2000:]
     body = _json(done)
     assert body["run_id"] == run_id
-    assert (body["samples"], body["resumed_samples"]) == (4, len(before))
-    assert body["summaries"]["semantic_similarity"]["scored"] == 4
+    assert (body["samples"], body["resumed_samples"]) == (ITEMS, len(before))
+    assert body["summaries"]["semantic_similarity"]["scored"] == ITEMS
     after = [json.loads(line) for line in checkpoint.read_text(encoding="utf-8").splitlines() if line]
-    assert len({s["id"] for s in after}) == 4
+    assert len({s["id"] for s in after}) == ITEMS
     for line in before:  # the finished samples were kept as they were, not scored again
         kept = json.loads(line)
         assert next(s for s in after if s["id"] == kept["id"]) == kept
@@ -128,21 +130,23 @@ def test_a_killed_run_resumes_without_rescoring_and_a_broken_prompt_fails_the_ga
         broken = registry.register_prompt(ANSWER_PROMPT, BROKEN_PROMPT, commit_message="broken on purpose")
     finally:
         registry.close()
-    gate = ["--gate", "semantic_similarity", "--gate", "hit_rate"]
+    # Two answer-quality metrics: on a few short answers one can miss a real regression.
+    gate = ["--gate", "semantic_similarity", "--gate", "rouge_score", "--gate", "hit_rate"]
     args = [*RUN, "--dataset", dataset, "--prompt-version", str(broken.version), "--baseline", "production"]
     done = _opsloop(home, *args, *gate, "--format", "json")
     assert done.returncode == 3, done.stderr[-2000:]
     body = _json(done)
     assert body["gate"]["baseline_run"] == run_id
     assert body["gate"]["passed"] is False
-    assert body["gate"]["regressions"] == ["semantic_similarity"]
+    regressions = body["gate"]["regressions"]
+    assert regressions and set(regressions) <= {"semantic_similarity", "rouge_score"}
     candidate = body["run_id"]
 
     text = _opsloop(home, "eval", "compare", candidate, run_id, *gate)
     assert text.returncode == 3
-    assert "semantic_similarity" in text.stdout and "gate failed" in text.stdout
+    assert regressions[0] in text.stdout and "gate failed" in text.stdout
     assert _opsloop(home, "eval", "compare", run_id, run_id).returncode == 0
     shown = _json(_opsloop(home, "eval", "show", candidate, "--format", "json"))
     assert shown["params"]["prompt"] == str(broken.version)
-    assert shown["gate"] == "failed: semantic_similarity"
-    assert len(shown["samples"]) == 4
+    assert shown["gate"] == "failed: " + ", ".join(regressions)
+    assert len(shown["samples"]) == ITEMS

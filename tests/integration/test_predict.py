@@ -211,8 +211,14 @@ def test_model_metadata_gives_schema_and_a_postable_example(
 
 
 def test_unknown_model_names_do_not_grow_the_metrics(client: TestClient, user: dict[str, str]) -> None:
+    sample = 'opsloop_prediction_errors_total{model="<unknown>",type="not_found"}'
+
+    def unknown() -> float:
+        lines = client.get("/metrics").text.splitlines()
+        return next((float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(sample + " ")), 0.0)
+
+    before = unknown()
     for n in range(3):
         assert _predict(client, user, [ROW], model=f"nope-{n}").status_code == 404
-    metrics = client.get("/metrics").text
-    assert "nope-" not in metrics
-    assert 'opsloop_prediction_errors_total{model="<unknown>",type="not_found"} 3.0' in metrics
+    assert "nope-" not in client.get("/metrics").text
+    assert unknown() == before + 3
