@@ -202,15 +202,14 @@ class Gateway:
         """The public model names, in configuration order."""
         return self.router.routes()
 
-    def prepare(self, route: str, request: ChatRequest) -> ChatRequest:
-        """``request`` with its completion limit checked against ``route``, or the default one.
+    def prepare(self, route: str, config: RouteConfig, request: ChatRequest) -> ChatRequest:
+        """``request`` with its completion limit checked against ``route`` (``config``), or the default one.
 
         Raises:
-            NotFoundError: no such route.
             InvalidInputError: ``max_tokens`` is below 1 or above the route's context window
                 (``details["limit"]``).
         """
-        window = self.router.route(route).context_window
+        window = config.context_window
         if request.max_tokens is None:
             return replace(request, max_tokens=min(self.default_max_tokens, window))
         if not 1 <= request.max_tokens <= window:
@@ -296,8 +295,9 @@ class Gateway:
         """
         caller = call.caller
         try:
-            request = self.prepare(route, request)
-            tokens, usd = worst_case(self.router.route(route), request)
+            config = self.router.route(route)  # NotFoundError for an unknown route
+            request = self.prepare(route, config, request)
+            tokens, usd = worst_case(config, request)
             reservation = self.enforcer.reserve(caller.tenant, caller.key_id, est_tokens=tokens, est_usd=usd)
         except OpsloopError as exc:
             self._record_failure(call, route, None, exc, started, streamed=streamed, unrouted=True)

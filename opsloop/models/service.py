@@ -106,8 +106,10 @@ class ModelService:
         try:
             loaded = await self._serving(model)
         except OpsloopError as exc:
-            # Not the model's name: a label per unknown name would grow the series with every 404.
-            self.metrics.errors.labels(UNKNOWN_MODEL, exc.type).inc()
+            # Only a model the runtime knows (one failing to load) is a label: one per unknown
+            # name would grow the series with every 404.
+            label = model if model in self.runtime.failures() else UNKNOWN_MODEL
+            self.metrics.errors.labels(label, exc.type).inc()
             raise
         try:
             matrix = loaded.schema.to_matrix(instances, self.max_instances)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from opsloop.audit import AuditFilter
 from opsloop.auth import KeyInfo, Role
+from rag.query_log import QueryLogEntry
 from serving.deps import AdminKey, OperatorKey, PlatformDep, request_id
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -187,27 +188,6 @@ async def drift_history(
     return [{**check.__dict__, "at": check.at.isoformat()} for check in checks]
 
 
-class QueryLogPublic(BaseModel):
-    """One logged RAG query; ``chunk_ids``, ``scores`` and ``dense_scores`` are parallel, best first."""
-
-    id: int
-    at: datetime
-    request_id: str
-    tenant: str
-    collection: str
-    question: str
-    chunk_ids: list[str]
-    scores: list[float] = Field(description="Reciprocal-rank-fusion scores.")
-    dense_scores: list[float] = Field(description="Cosine similarities of the dense search.")
-    answer: str | None
-    prompt_version: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    latency_ms: float
-    retrieval_ms: float
-    generation_ms: float | None
-
-
 @router.get("/queries", summary="Recent RAG queries: retrieved chunks, answer, tokens and latency")
 async def queries(
     platform: PlatformDep,
@@ -216,9 +196,8 @@ async def queries(
     tenant: Annotated[str | None, Query(description="Admins only; others see their own tenant.")] = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[QueryLogPublic]:
+) -> list[QueryLogEntry]:
     """Logged queries, newest first: an operator sees its own tenant's, an admin any tenant's."""
-    entries = await run_in_threadpool(
+    return await run_in_threadpool(
         platform.queries.recent, principal, tenant=tenant, collection=collection, since=since, limit=limit
     )
-    return [QueryLogPublic.model_validate(vars(e)) for e in entries]

@@ -27,19 +27,8 @@ from serving.app import create_app
 from serving.eval_wiring import eval_runs
 from serving.platform import Platform
 from serving.routers.evals import EvalRunPublic
+from tests.integration.demo_inputs import APPLICANT
 
-APPLICANT = {
-    "age": 41,
-    "income": 52000,
-    "loan_amount": 12000,
-    "loan_term_months": 36,
-    "credit_history_years": 9.5,
-    "num_late_payments": 1,
-    "debt_to_income": 0.35,
-    "employment_type": "salaried",
-    "home_ownership": "rent",
-    "purpose": "car",
-}
 GUIDE = b"# Rotating keys\n\nCreate a new key, move clients to it, then revoke the old key.\n"
 
 

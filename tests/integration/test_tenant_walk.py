@@ -31,6 +31,7 @@ from opsloop.auth import Role
 from opsloop.settings import load_settings
 from serving.app import create_app
 from serving.platform import Platform
+from tests.integration.demo_inputs import APPLICANT
 
 A, B = "alpha", "bravo"
 MODEL = "credit-risk"
@@ -38,18 +39,6 @@ COLLECTION = "alpha-handbook"
 JOB = "alpha-nightly"
 SECRET = "alpha-secret-rotation-guide"
 QUESTION = "How does alpha rotate a key?"
-APPLICANT = {
-    "age": 41,
-    "income": 52000,
-    "loan_amount": 12000,
-    "loan_term_months": 36,
-    "credit_history_years": 9.5,
-    "num_late_payments": 1,
-    "debt_to_income": 0.35,
-    "employment_type": "salaried",
-    "home_ownership": "rent",
-    "purpose": "car",
-}
 SKIPPED = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static-offline-docs"}
 """Documentation and its static files: the same for everyone, and no tenant's data."""
 
