@@ -37,6 +37,8 @@ class PredictionRecord:
     latency_ms: float
     at: datetime = field(default_factory=utcnow)
     labels: list[Any] | None = None
+    experiment: str | None = None
+    """The experiment that routed the request, if one did."""
 
 
 @dataclass(frozen=True)
@@ -159,5 +161,5 @@ class PredictionLog(BatchedLog[PredictionRecord]):
 def _record(row: Prediction) -> PredictionRecord:
     return PredictionRecord(
         row.request_id, row.tenant, row.model, row.version, row.variant, row.inputs, row.outputs,
-        row.latency_ms, row.at, row.labels,
+        row.latency_ms, row.at, row.labels, row.experiment,
     )  # fmt: skip

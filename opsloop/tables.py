@@ -19,6 +19,9 @@ __all__ = [
     "Base",
     "BudgetRow",
     "DriftCheck",
+    "ExperimentLease",
+    "ExperimentOutcome",
+    "ExperimentRow",
     "LLMCallRow",
     "Prediction",
     "RagCollection",
@@ -108,6 +111,7 @@ class Prediction(Base):
     model: Mapped[str] = mapped_column(String(256))
     version: Mapped[int] = mapped_column(Integer)
     variant: Mapped[str] = mapped_column(String(64))
+    experiment: Mapped[str | None] = mapped_column(String(64), default=None)
     inputs: Mapped[list[Any]] = mapped_column(JSON)
     outputs: Mapped[list[Any]] = mapped_column(JSON)
     latency_ms: Mapped[float] = mapped_column(Float)
@@ -152,6 +156,7 @@ class RagQuery(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     retrieval_ms: Mapped[float] = mapped_column(Float)
     generation_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    answer_mode: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class RagCollection(Base):
@@ -210,3 +215,67 @@ class BudgetRow(Base):
     soft_ratio: Mapped[float] = mapped_column(Float, default=0.8)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class ExperimentRow(Base):
+    """An experiment: what it compares, how traffic is split, and where it stands."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        Index(
+            "ux_experiments_active_target",
+            "target_kind",
+            "target",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(256))
+    champion: Mapped[str] = mapped_column(String(128))
+    challenger: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(32))
+    weight: Mapped[float] = mapped_column(Float)
+    step: Mapped[int] = mapped_column(Integer)
+    step_started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    salt: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    checks: Mapped[dict[str, Any]] = mapped_column(JSON)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ExperimentOutcome(Base):
+    """One request an experiment routed: which variant, whether it answered, how fast, what it cost."""
+
+    __tablename__ = "experiment_outcomes"
+    __table_args__ = (Index("ix_experiment_outcomes_at", "experiment", "variant", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment: Mapped[str] = mapped_column(String(64))
+    variant: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    request_id: Mapped[str] = mapped_column(String(64))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    error_type: Mapped[str | None] = mapped_column(String(64), default=None)
+    agreed: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    """A shadow's answer equalled the champion's (None: not a shadow copy, or it failed)."""
+
+
+class ExperimentLease(Base):
+    """Which process may act on experiments until when: exactly one decider acts at a time."""
+
+    __tablename__ = "experiment_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column()

@@ -27,6 +27,7 @@ __all__ = [
     "BudgetMetrics",
     "DriftMetrics",
     "EvalMetrics",
+    "ExperimentMetrics",
     "Metrics",
     "ModelMetrics",
 ]
@@ -74,6 +75,7 @@ class Metrics:
         self.llm = LLMMetrics(self.registry)
         self.budgets = BudgetMetrics(self.registry, hash_tenants=hash_tenants)
         self.evals = EvalMetrics(self.registry)
+        self.experiments = ExperimentMetrics(self.registry)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric of this process (or all workers)."""
@@ -335,5 +337,53 @@ class EvalMetrics:
             "opsloop_eval_runs_total",
             "Scheduled eval runs by job and outcome (ok, gate_failed, failed).",
             ["eval_job", "outcome"],
+            registry=registry,
+        )
+
+
+class ExperimentMetrics:
+    """Running experiments: requests, errors and latency per variant, the challenger's weight, decisions.
+
+    Alert on ``increase(opsloop_experiment_decisions_total{action="rollback"}[5m]) > 0``: a
+    challenger breached a guardrail and was taken out of traffic.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "opsloop_experiment_requests_total",
+            "Requests an experiment routed, by experiment and variant.",
+            ["experiment", "variant"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "opsloop_experiment_errors_total",
+            "Requests a variant failed (a failed challenger's are answered by the champion).",
+            ["experiment", "variant"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "opsloop_experiment_request_duration_seconds",
+            "Time a variant took to answer, by experiment and variant.",
+            ["experiment", "variant"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.weight = Gauge(
+            "opsloop_experiment_challenger_weight",
+            "The challenger's share of traffic in percent; 0 once the experiment ends.",
+            ["experiment"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.shadow_dropped = Counter(
+            "opsloop_experiment_shadow_dropped_total",
+            "Shadow copies dropped because the shadow queue was full (the caller was never slowed).",
+            ["experiment"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "opsloop_experiment_decisions_total",
+            "The decider's actions by experiment and action (advance, promote, pending_approval, rollback).",
+            ["experiment", "action"],
             registry=registry,
         )

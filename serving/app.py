@@ -13,7 +13,7 @@ from opsloop.settings import Settings, load_settings
 from serving.errors import install_error_handlers
 from serving.middleware import RequestMiddleware
 from serving.platform import Platform
-from serving.routers import admin, budgets, costs, evals, gateway, health, models, rag
+from serving.routers import admin, budgets, costs, evals, experiments, gateway, health, models, rag
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -32,6 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("created the first admin key; it is in %s (mode 0600)", admin_key)
         platform.start_serving()
         yield
+        await platform.aclose_eval_tasks()  # before the gateway and RAG they use close
         await platform.aclose_gateway()
         platform.close()
 
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(budgets.router)
     app.include_router(evals.router)
+    app.include_router(experiments.router)
     return app
 
 

@@ -25,6 +25,7 @@ from bench.predict import BenchError
 __all__ = [
     "ProcessGroup",
     "Server",
+    "create_key",
     "create_user_key",
     "free_port",
     "start_baseline",
@@ -162,12 +163,16 @@ class Server:
         )
 
 
-def start_opsloop(group: ProcessGroup, home: Path) -> Server:
-    """``opsloop --home HOME serve --port PORT`` on its defaults (one worker, everything on)."""
+def start_opsloop(group: ProcessGroup, home: Path, settings: dict[str, str] | None = None) -> Server:
+    """``opsloop --home HOME serve --port PORT`` on its defaults (one worker, everything on).
+
+    ``settings``: ``OPSLOOP_*`` variables to set anyway (a benchmark that varies one setting).
+    """
     port = free_port()
     log = home.parent / "opsloop.log"
     args = [OPSLOOP, "--home", str(home), "serve", "--port", str(port)]
-    return Server("opsloop", group.start("opsloop", args, env=clean_env(), log=log), port, log)
+    env = clean_env(**(settings or {}))
+    return Server("opsloop", group.start("opsloop", args, env=env, log=log), port, log)
 
 
 def start_baseline(group: ProcessGroup, home: Path, model_uri: str, log_level: str = "info") -> Server:
@@ -193,7 +198,16 @@ def create_user_key(home: Path, tenant: str = "bench") -> str:
     Raises:
         BenchError: The CLI failed.
     """
-    args = [OPSLOOP, "--home", str(home), "keys", "create", "--tenant", tenant, "--role", "user"]
+    return create_key(home, tenant=tenant, role="user")
+
+
+def create_key(home: Path, *, tenant: str = "bench", role: str = "user") -> str:
+    """Create a key of ``role`` with the CLI and return it.
+
+    Raises:
+        BenchError: The CLI failed.
+    """
+    args = [OPSLOOP, "--home", str(home), "keys", "create", "--tenant", tenant, "--role", role]
     done = subprocess.run(args, env=clean_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     key = done.stdout.strip()
     if done.returncode != 0 or not key:

@@ -3,6 +3,8 @@
 -- Environment: BENCH_BODIES is a file with one request body per line; BENCH_KEY the bearer
 -- key sent with every request (both servers get the same bytes but the path). The URL given
 -- to wrk carries the path. Requests are formatted once in init(), so request() only picks one.
+-- A line "UNIT<tab>BODY" also sends X-Opsloop-Unit: UNIT (bench/experiments: one experiment
+-- unit per body); JSON bodies never hold a raw tab, so a plain body is never split.
 
 local requests = {}
 local index = 0
@@ -16,7 +18,14 @@ function init(args)
    local file = assert(io.open(assert(os.getenv("BENCH_BODIES"), "BENCH_BODIES is not set"), "r"))
    for line in file:lines() do
       if #line > 0 then
-         requests[#requests + 1] = wrk.format("POST", wrk.path, headers, line)
+         local unit, body = line:match("^([^\t]*)\t(.*)$")
+         if unit then
+            headers["X-Opsloop-Unit"] = unit
+         else
+            headers["X-Opsloop-Unit"] = nil
+            body = line
+         end
+         requests[#requests + 1] = wrk.format("POST", wrk.path, headers, body)
       end
    end
    file:close()

@@ -192,6 +192,7 @@ class ModelRuntime:
         self._on_load_failed = on_load_failed
         self._on_drop = on_drop
         self._models: dict[str, LoadedModel] = {}
+        self._challengers: dict[tuple[str, int], LoadedModel] = {}
         self._failures: dict[str, LoadFailure] = {}
         self._load_lock = threading.Lock()
         self._stop = threading.Event()
@@ -204,6 +205,29 @@ class ModelRuntime:
     def loaded(self) -> dict[str, LoadedModel]:
         """Every model currently served."""
         return dict(self._models)
+
+    def challenger(self, name: str, version: int) -> LoadedModel | None:
+        """A version loaded beside the champion for an experiment (the champion itself if it is that one)."""
+        current = self._models.get(name)
+        if current is not None and current.version == version:
+            return current
+        return self._challengers.get((name, version))
+
+    def load_challengers(self, wanted: set[tuple[str, int]]) -> None:
+        """Hold exactly the ``(model, version)`` pairs experiments route to, loading new ones.
+
+        Called off the request path (the experiments' watcher); a version that does not load
+        is logged and left out, so its requests go to the champion.
+        """
+        for pair in set(self._challengers) - wanted:
+            del self._challengers[pair]
+        for name, version in wanted - set(self._challengers):
+            try:
+                self._challengers[(name, version)] = load_version(self._registry, name, version)
+            except Exception as exc:  # a broken artifact raises anything; the champion keeps answering
+                log.warning("could not load challenger %s version %s: %s", name, version, _reason(exc))
+            else:
+                log.info("loaded %s version %s beside the champion for an experiment", name, version)
 
     def failures(self) -> dict[str, LoadFailure]:
         """Every model whose aliased version could not be loaded (it serves the one before, if any)."""
@@ -222,6 +246,7 @@ class ModelRuntime:
             current = self._models.get(name)
             if current is not None and current.version == target:
                 return current
+            started = time.perf_counter()
             if version is None:  # a request asked: answer from the record, load at most once
                 failed = self._failures.get(name)
                 if failed is not None and failed.version == target and time.monotonic() < failed.retry_at:
@@ -235,7 +260,8 @@ class ModelRuntime:
                 model = load_version(self._registry, name, target)
             self._models[name] = model  # the swap: new requests see the new version
             self._failures.pop(name, None)
-        log.info("serving %s version %s (%s)", name, model.version, self.alias)
+        seconds = time.perf_counter() - started
+        log.info("serving %s version %s (%s), loaded in %.1f s", name, model.version, self.alias, seconds)
         self._on_swap(model)
         return model
 

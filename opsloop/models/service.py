@@ -19,9 +19,11 @@ from opsloop.auth import Principal, Role
 from opsloop.errors import NotFoundError, OpsloopError
 from opsloop.models.runtime import LoadedModel, ModelRuntime
 from opsloop.models.schema import FieldSpec
+from opsloop.models.shadow import ShadowCopy, ShadowQueue
 from opsloop.predictions import FeedbackResult, PredictionLog, PredictionRecord
 from opsloop.registry import ModelVersionInfo, Registry
 from opsloop.telemetry import ModelMetrics
+from opsloop.traffic import CHALLENGER, CHAMPION, Assignment, Outcome, TrafficSplit
 
 __all__ = ["UNKNOWN_MODEL", "ModelDescription", "ModelService", "Prediction", "ServedModel"]
 
@@ -41,6 +43,8 @@ class Prediction:
     variant: str
     request_id: str
     latency_ms: float
+    experiment: str | None = None
+    """The experiment that chose the variant, if one runs on the model."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class ModelService:
         log: Where every prediction is recorded (a started :class:`PredictionLog`).
         metrics: Predictions, latency and errors per model and version.
         max_instances: Most instances in one request.
+        traffic: The running experiments, which may send a request to a challenger version.
+        shadows: Where copies of requests go for a shadow experiment's challenger.
     """
 
     def __init__(
@@ -81,20 +87,32 @@ class ModelService:
         metrics: ModelMetrics,
         *,
         max_instances: int,
+        traffic: TrafficSplit | None = None,
+        shadows: ShadowQueue | None = None,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.log = log
         self.metrics = metrics
         self.max_instances = max_instances
+        self.traffic = traffic
+        self.shadows = shadows
 
     async def predict(
-        self, caller: Principal, model: str, instances: list[Any], *, request_id: str | None = None
+        self,
+        caller: Principal,
+        model: str,
+        instances: list[Any],
+        *,
+        request_id: str | None = None,
+        unit: str | None = None,
     ) -> Prediction:
         """Validate ``instances`` against the serving version's signature and predict them.
 
         Scoring runs on the calling event loop: for these models it takes well under a
-        millisecond, less than a hop to a worker thread would cost.
+        millisecond, less than a hop to a worker thread would cost. When an experiment runs
+        on the model, ``unit`` (default: the caller's key) decides the variant; a challenger
+        that fails is answered for by the champion, and the failure counts against it.
 
         Raises:
             ForbiddenError: The caller is a viewer.
@@ -103,6 +121,7 @@ class ModelService:
         """
         caller.require(Role.USER, "predicting")
         started = time.perf_counter()
+        request_id = request_id or uuid.uuid4().hex
         try:
             loaded = await self._serving(model)
         except OpsloopError as exc:
@@ -113,22 +132,41 @@ class ModelService:
             raise
         try:
             matrix = loaded.schema.to_matrix(instances, self.max_instances)
-            predictions, probabilities = loaded.predict(matrix)
         except OpsloopError as exc:
             self.metrics.errors.labels(model, exc.type).inc()
             raise
+        assignment = self.traffic.assign("model", model, unit or caller.key_id) if self.traffic else None
+        answer = self._challenger_answer(assignment, model, instances, request_id, started)
+        if answer is None:
+            try:
+                answer = loaded, *loaded.predict(matrix)
+            except OpsloopError as exc:
+                self.metrics.errors.labels(model, exc.type).inc()
+                if assignment is not None and assignment.variant == CHAMPION:
+                    self._outcome(assignment, request_id, started, ok=False, variant=CHAMPION, error=exc.type)
+                raise
+        served, predictions, probabilities = answer
         elapsed = time.perf_counter() - started
-        version = str(loaded.version)
+        version = str(served.version)
         self.metrics.predictions.labels(model, version).inc(len(predictions))
         self.metrics.latency.labels(model, version).observe(elapsed)
+        variant = self.runtime.alias
+        if assignment is not None:
+            variant = CHALLENGER if served is not loaded else CHAMPION
+            # A challenger's outcome was recorded where it answered or failed; the champion's
+            # answer for a failed challenger is a fallback, not a champion request.
+            counted = self._shadow(assignment, model, request_id, instances, predictions)
+            if assignment.variant == CHAMPION and counted:
+                self._outcome(assignment, request_id, started, ok=True, variant=CHAMPION)
         result = Prediction(
             predictions=predictions,
             probabilities=probabilities,
             model=model,
-            version=loaded.version,
-            variant=self.runtime.alias,
-            request_id=request_id or uuid.uuid4().hex,
+            version=served.version,
+            variant=variant,
+            request_id=request_id,
             latency_ms=elapsed * 1000,
+            experiment=assignment.experiment if assignment else None,
         )
         self.log.record(
             PredictionRecord(
@@ -140,9 +178,62 @@ class ModelService:
                 inputs=instances,
                 outputs=probabilities if probabilities is not None else predictions,
                 latency_ms=result.latency_ms,
+                experiment=result.experiment,
             )
         )
         return result
+
+    def _shadow(
+        self, assignment: Assignment, model: str, request_id: str, instances: list[Any], answers: list[Any]
+    ) -> bool:
+        """Queue a copy for a shadow experiment's challenger; whether the champion's outcome counts.
+
+        A copy that a full queue drops has nothing to be compared with, so its champion outcome
+        is not recorded either: a full queue then costs the request one failed put.
+        """
+        if assignment.shadow_target is None:
+            return True
+        if self.shadows is None:
+            return False
+        copy = ShadowCopy(
+            assignment.experiment, model, int(assignment.shadow_target), request_id, instances, answers
+        )
+        return self.shadows.offer(copy)
+
+    def _challenger_answer(
+        self, assignment: Assignment | None, model: str, instances: list[Any], request_id: str, started: float
+    ) -> tuple[LoadedModel, list[Any], list[dict[str, float]] | None] | None:
+        """The challenger's answer when the request is routed to it and it answers; else None."""
+        if assignment is None or assignment.variant != CHALLENGER:
+            return None
+        challenger = self.runtime.challenger(model, int(assignment.target))
+        if challenger is None:  # not loaded (yet): the champion answers, nothing is counted
+            return None
+        try:
+            predictions, probabilities = challenger.predict(
+                challenger.schema.to_matrix(instances, self.max_instances)
+            )
+        except Exception as exc:  # whatever the challenger raises, the caller gets the champion's answer
+            error = exc.type if isinstance(exc, OpsloopError) else type(exc).__name__
+            self._outcome(assignment, request_id, started, ok=False, variant=CHALLENGER, error=error)
+            return None
+        self._outcome(assignment, request_id, started, ok=True, variant=CHALLENGER)
+        return challenger, predictions, probabilities
+
+    def _outcome(
+        self,
+        assignment: Assignment,
+        request_id: str,
+        started: float,
+        *,
+        ok: bool,
+        variant: str,
+        error: str | None = None,
+    ) -> None:
+        if self.traffic is not None:  # always, since only the traffic split makes assignments
+            latency_ms = (time.perf_counter() - started) * 1000
+            outcome = Outcome(assignment.experiment, variant, request_id, ok, latency_ms, error_type=error)
+            self.traffic.record(outcome)
 
     async def feedback(self, caller: Principal, model: str, labels: dict[str, list[Any]]) -> FeedbackResult:
         """Attach true labels (one per instance) to the caller's tenant's predictions, by request id.

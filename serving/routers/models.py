@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from serving.deps import ModelsDep, UserKey, ViewerKey, request_id
 
 router = APIRouter(tags=["models"])
+
+UNIT_HEADER = "X-Opsloop-Unit"
+VARIANT_HEADER = "X-Opsloop-Variant"
 
 
 class PredictRequest(BaseModel):
@@ -85,12 +88,28 @@ class ModelDescriptionPublic(BaseModel):
     response_model=PredictResponse,
 )
 async def predict(
-    model: str, body: PredictRequest, models: ModelsDep, principal: UserKey, request: Request
+    model: str,
+    body: PredictRequest,
+    models: ModelsDep,
+    principal: UserKey,
+    request: Request,
+    unit: Annotated[
+        str | None,
+        Header(
+            alias=UNIT_HEADER,
+            max_length=256,
+            description="Who the request is for, in an experiment: the same unit always gets the same "
+            "variant (default: the API key).",
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Validate the instances against the model's signature and predict them."""
-    result = await models.predict(principal, model, body.instances, request_id=request_id(request))
+    result = await models.predict(principal, model, body.instances, request_id=request_id(request), unit=unit)
     # A plain JSONResponse: validating the response model again would cost more than the prediction.
-    return JSONResponse({name: getattr(result, name) for name in PredictResponse.model_fields})
+    return JSONResponse(
+        {name: getattr(result, name) for name in PredictResponse.model_fields},
+        headers={VARIANT_HEADER: result.variant},
+    )
 
 
 @router.post("/feedback/{model}", summary="Attach true labels to earlier predictions")

@@ -32,11 +32,13 @@ from opsloop.settings import load_settings
 from serving.app import create_app
 from serving.platform import Platform
 from tests.integration.demo_inputs import APPLICANT
+from workflows.demo import train_demo
 
 A, B = "alpha", "bravo"
 MODEL = "credit-risk"
 COLLECTION = "alpha-handbook"
 JOB = "alpha-nightly"
+EXPERIMENT = "alpha-canary"
 SECRET = "alpha-secret-rotation-guide"
 QUESTION = "How does alpha rotate a key?"
 SKIPPED = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static-offline-docs"}
@@ -114,6 +116,17 @@ REQUESTS: dict[tuple[str, str], list[Call]] = {
             },
         )
     ],
+    # Eval runs in the server: bravo's own (the run above), never alpha's (a 404 by id).
+    ("GET", "/admin/evals/tasks"): [Call("own"), Call("denied", params={"tenant": A})],
+    ("GET", "/admin/evals/tasks/{task_id}"): [Call("denied")],
+    # Experiments are their creator's tenant's. Models are shared, so bravo's operator may start
+    # one on a model, but not while alpha's runs on it (a 409 that must not name alpha's).
+    ("GET", "/admin/experiments"): [Call("own")],
+    ("POST", "/admin/experiments"): [
+        Call("own", json={"name": "bravo-canary", "model": MODEL, "challenger": "2"})
+    ],
+    ("GET", "/admin/experiments/{name}"): [Call("denied")],
+    ("POST", "/admin/experiments/{name}/{action}"): [Call("denied")],
 }
 
 
@@ -126,6 +139,8 @@ class World:
     a_keys: dict[Role, tuple[str, dict[str, str]]]
     b_keys: dict[Role, tuple[str, dict[str, str]]]
     a_request: str
+    a_task: str
+    """An eval run alpha's operator started in the server."""
     llm: str
     admin: dict[str, str]
     """A platform admin's headers (tenant ``default``), to read alpha's data as the operator would."""
@@ -201,7 +216,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         put = client.put("/admin/budgets", json=budget, headers={"Authorization": f"Bearer {admin}"})
         assert put.status_code == 200, put.text
         admin_headers = {"Authorization": f"Bearer {admin}"}
-        yield World(client, platform, a_keys, b_keys, a_request, llm, admin_headers)
+        run = {
+            "dataset": {"name": "alpha-golden", "items": [item]},
+            "collection": COLLECTION,
+            "generate": False,
+        }
+        started = client.post("/admin/evals/runs", params={"wait": "false"}, json=run, headers=operator)
+        assert started.status_code == 202, started.text
+        a_task = started.json()["id"]
+        until = time.monotonic() + 120
+        while client.get(f"/admin/evals/tasks/{a_task}", headers=operator).json()["state"] == "running":
+            assert time.monotonic() < until, "alpha's eval task never ended"
+            time.sleep(0.2)
+        challenger = train_demo(platform.registry, rows=500, alias=None).version
+        experiment = {"name": EXPERIMENT, "model": MODEL, "challenger": str(challenger)}
+        created = client.post("/admin/experiments", json=experiment, headers=operator)
+        assert created.status_code == 201, created.text
+        yield World(client, platform, a_keys, b_keys, a_request, a_task, llm, admin_headers)
 
 
 def _snapshot(world: World) -> dict[str, Any]:
@@ -221,15 +252,28 @@ def _snapshot(world: World) -> dict[str, Any]:
         ).json(),
         "predictions": [(p.request_id, p.outputs, p.labels) for p in predictions],
         "jobs": client.get("/admin/evals/jobs", headers=operator).json(),
+        "tasks": client.get("/admin/evals/tasks", headers=operator).json(),
+        # Not the outcome counts: bravo's predictions of the shared model are routed by it too.
+        "experiments": [
+            (e["name"], e["status"], e["decision"])
+            for e in client.get("/admin/experiments", headers=operator).json()
+        ],
     }
 
 
 def _request(world: World, method: str, path: str, call: Call, headers: dict[str, str]) -> Any:
     filled = {
         "{model}": MODEL,
-        "{name}": COLLECTION if path.startswith("/collections") else JOB,
+        "{name}": {"/collections": COLLECTION, "/admin/experiments": EXPERIMENT}.get(
+            path[: len("/admin/experiments")]
+            if path.startswith("/admin/exp")
+            else path[: len("/collections")],
+            JOB,
+        ),
+        "{action}": "stop",
         "{source:path}": "keys.md",
         "{key_id}": world.a_keys[Role.VIEWER][0],
+        "{task_id}": world.a_task,
     }
     url = path
     for placeholder, value in filled.items():
@@ -276,7 +320,7 @@ def test_tenant_b_never_reads_or_changes_tenant_a(world: World, role: Role) -> N
                 problems.append(f"not refused: {where}")
             elif call.expect == "own" and response.is_success:
                 # Not alpha's request id: /feedback echoes the ids it was sent as "unknown".
-                markers = (SECRET, QUESTION, JOB, f'"{A}"', *a_key_ids)
+                markers = (SECRET, QUESTION, JOB, EXPERIMENT, f'"{A}"', *a_key_ids)
                 shown = [m for m in markers if m in response.text]
                 if shown:
                     problems.append(f"shows alpha's {shown}: {where}")

@@ -1,0 +1,89 @@
+"""Wiring experiments into the platform: the store, the traffic router, the service and the decider.
+
+Built with the platform (the predict service takes the router at construction); started only
+by ``serve``, where the router re-reads running experiments, challengers load beside their
+champions, and the decider runs on the one scheduler. The CLI uses the service alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opsloop.audit import AuditLog
+from opsloop.db import Database
+from opsloop.models.runtime import ModelRuntime, load_version
+from opsloop.models.shadow import ShadowQueue
+from opsloop.registry import Registry
+from opsloop.telemetry import ExperimentMetrics
+from workflows.experiments.decider import Decider
+from workflows.experiments.labels import LabelSource
+from workflows.experiments.service import ExperimentService
+from workflows.experiments.store import Experiment, ExperimentStore, OutcomeLog
+from workflows.experiments.traffic import TrafficRouter
+
+__all__ = ["Experiments"]
+
+
+@dataclass
+class Experiments:
+    """Every experiment component of one process."""
+
+    service: ExperimentService
+    router: TrafficRouter
+    outcomes: OutcomeLog
+    decider: Decider
+    shadows: ShadowQueue
+    started: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        db: Database,
+        registry: Registry,
+        audit: AuditLog,
+        runtime: ModelRuntime,
+        metrics: ExperimentMetrics,
+        *,
+        poll_seconds: float,
+        max_instances: int,
+    ) -> Experiments:
+        """Construct the components; nothing runs until :meth:`start`."""
+        store = ExperimentStore(db)
+        outcomes = OutcomeLog(db)
+
+        def load_challengers(running: list[Experiment]) -> None:
+            runtime.load_challengers(
+                {(e.target, int(e.challenger)) for e in running if e.target_kind == "model"}
+            )
+
+        router = TrafficRouter(
+            store, outcomes, metrics, poll_seconds=poll_seconds, on_change=load_challengers
+        )
+        service = ExperimentService(store, registry, audit, LabelSource(db), load_version)
+        decider = Decider(
+            service, on_decision=lambda e, action: metrics.decisions.labels(e.name, action).inc()
+        )
+        shadows = ShadowQueue(
+            runtime,
+            router.record,
+            max_instances=max_instances,
+            on_dropped=lambda experiment: metrics.shadow_dropped.labels(experiment).inc(),
+        )
+        return cls(service, router, outcomes, decider, shadows)
+
+    def start(self) -> None:
+        """Route the running experiments' traffic and record its outcomes (the server only)."""
+        self.outcomes.start()
+        self.shadows.start()
+        self.router.start()
+        self.started = True
+
+    def close(self) -> None:
+        """Stop routing, write the queued outcomes, and give the decider's lease up."""
+        if not self.started:
+            return
+        self.router.close()
+        self.shadows.close()
+        self.outcomes.close()
+        self.service.store.release_lease(self.decider.holder)
+        self.started = False

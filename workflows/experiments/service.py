@@ -1,0 +1,398 @@
+"""Experiments as a service: create, list, show, stop, promote, roll back and approve, each for a caller.
+
+Every operation takes the caller (:class:`~opsloop.auth.Principal`): reading needs a viewer,
+acting an operator; an experiment belongs to its creator's tenant and other tenants do not
+see it. Each action is audited with the numbers that justified it. The decider
+(:mod:`workflows.experiments.decider`) acts through the same methods as the system caller.
+
+Targets: a classical model's ``champion`` against a challenger version. Prompt and LLM-route
+experiments are refused with a clear error until their routing lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from opsloop.audit import AuditLog
+from opsloop.auth import Principal, Role
+from opsloop.errors import ConflictError, InvalidInputError
+from opsloop.registry import Registry
+from opsloop.tables import utcnow
+from opsloop.traffic import CHALLENGER, CHAMPION, TargetKind
+from workflows import promotion
+from workflows.experiments.labels import LabelSource
+from workflows.experiments.metrics import PRIMARY_METRICS
+from workflows.experiments.policy import DEFAULT_STEPS, Policy
+from workflows.experiments.store import ENDED, Experiment, ExperimentStore, Kind, VariantSamples, new_salt
+
+__all__ = ["ExperimentPlan", "ExperimentReport", "ExperimentService", "VariantReport"]
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """What ``experiments create`` asks for."""
+
+    name: str
+    kind: Kind
+    target_kind: TargetKind
+    target: str
+    challenger: str
+    weight: float | None = None
+    """The challenger's share in percent (``ab``; default 50)."""
+    steps: Sequence[float] = DEFAULT_STEPS
+    """The canary's weights in percent, rising to 100."""
+    primary: str = "accuracy"
+    guardrails: Sequence[str] = ()
+    """Specs such as ``error_rate:0.01`` or ``p99_ms:+20%``; defaults fill the rest."""
+    min_samples: int = 200
+    """Requests per variant before a step or a decision may be taken."""
+    require_approval: bool = False
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    """One variant's outcomes so far."""
+
+    name: str
+    version: str
+    weight: float
+    requests: int
+    errors: int
+    error_rate: float
+    p50_ms: float | None
+    p99_ms: float | None
+    cost_per_request: float
+    labelled: int
+    accuracy: float | None
+    agreement: float | None
+    """A shadow's share of answers equal to the champion's (None for routed variants)."""
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    """An experiment with its variants' outcomes, its latest tests and its decision."""
+
+    name: str
+    kind: Kind
+    target: dict[str, str]
+    status: str
+    step: int
+    steps: list[float]
+    config: dict[str, Any]
+    variants: list[VariantReport]
+    tests: list[dict[str, Any]]
+    decision: dict[str, Any] | None
+    created_at: str
+    created_by: str
+    ended_at: str | None = None
+
+
+def variant_report(
+    name: str, version: str, weight: float, samples: VariantSamples, correct: np.ndarray
+) -> VariantReport:
+    """Summarise one variant's samples (``correct``: one flag per labelled instance)."""
+    latency = samples.latency_ms
+    errors = int((~samples.ok).sum())
+    return VariantReport(
+        name=name,
+        version=version,
+        weight=weight,
+        requests=samples.requests,
+        errors=errors,
+        error_rate=errors / samples.requests if samples.requests else 0.0,
+        p50_ms=float(np.percentile(latency, 50)) if latency.size else None,
+        p99_ms=float(np.percentile(latency, 99)) if latency.size else None,
+        cost_per_request=float(samples.cost_usd.mean()) if samples.cost_usd.size else 0.0,
+        labelled=int(correct.size),
+        accuracy=float(correct.mean()) if correct.size else None,
+        agreement=float(samples.agreed.mean()) if samples.agreed.size else None,
+    )
+
+
+class ExperimentService:
+    """Experiments on classical models, for callers.
+
+    Args:
+        store: Where experiments and outcomes live.
+        registry: The model registry (versions and aliases).
+        audit: The audit log.
+        labels: The labelled predictions of an experiment (from ``/feedback``).
+        loadable: Raises when a model version cannot be served (the serving runtime's loader).
+    """
+
+    def __init__(
+        self,
+        store: ExperimentStore,
+        registry: Registry,
+        audit: AuditLog,
+        labels: LabelSource,
+        loadable: Any,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.audit = audit
+        self.labels = labels
+        self.loadable = loadable
+
+    def create(self, caller: Principal, plan: ExperimentPlan) -> Experiment:
+        """Start an experiment; its challenger takes traffic within the servers' poll interval.
+
+        Raises:
+            ForbiddenError: The caller is below operator.
+            InvalidInputError: A bad name, kind, weight, step, guardrail or target kind.
+            NotFoundError: No such model, challenger version, or the model has no champion.
+            ConflictError: The name is taken, an experiment already runs on the model, the
+                challenger is the champion, or it cannot be served.
+        """
+        caller.require(Role.OPERATOR, "starting an experiment")
+        if not plan.name or len(plan.name) > 64 or not set(plan.name) <= _NAME_CHARS:
+            raise InvalidInputError(
+                f"experiment name {plan.name!r}: use 1-64 lowercase letters, digits, '-', '_' or '.'",
+                field="name",
+            )
+        if plan.target_kind != "model":
+            raise InvalidInputError(
+                f"experiments on {plan.target_kind}s are not available yet; experiment on a model",
+                field="target",
+            )
+        config = self._config(plan)
+        champion = self.registry.get_alias(plan.target, promotion.CHAMPION).version
+        challenger = self.registry.get_version(plan.target, plan.challenger).version
+        if challenger == champion:
+            raise ConflictError(
+                f"version {challenger} already is {plan.target!r}'s champion; pick another challenger",
+                model=plan.target,
+            )
+        try:
+            self.loadable(self.registry, plan.target, challenger)
+        except Exception as exc:  # a broken artifact raises anything; serving would fail the same way
+            raise ConflictError(
+                f"version {challenger} of {plan.target!r} cannot be served,"
+                f" so it cannot be a challenger: {exc}",
+                model=plan.target,
+            ) from exc
+        weight = {"ab": config["weight"], "canary": config["steps"][0], "shadow": 0.0}[plan.kind]
+        now = utcnow()
+        experiment = self.store.create(
+            Experiment(
+                name=plan.name,
+                tenant=caller.tenant,
+                kind=plan.kind,
+                target_kind=plan.target_kind,
+                target=plan.target,
+                champion=str(champion),
+                challenger=str(challenger),
+                status="running",
+                weight=weight,
+                step=0,
+                step_started_at=now,
+                salt=new_salt(),
+                config=config,
+                checks={"failed": 0},
+                decision=None,
+                created_at=now,
+                created_by=caller.actor,
+            )
+        )
+        self._audit(caller, "experiment.create", experiment, after={"weight": weight, **config})
+        return experiment
+
+    def _config(self, plan: ExperimentPlan) -> dict[str, Any]:
+        """The stored plan, checked by the policy that will read it (a bad value is named)."""
+        if plan.kind not in ("ab", "canary", "shadow"):
+            raise InvalidInputError(f"kind {plan.kind!r}: use ab, canary or shadow", field="kind")
+        if plan.primary not in PRIMARY_METRICS:
+            raise InvalidInputError(
+                f"primary metric {plan.primary!r}: use one of {', '.join(PRIMARY_METRICS)}", field="primary"
+            )
+        config = {
+            "steps": [float(s) for s in plan.steps],
+            "weight": 50.0 if plan.weight is None else float(plan.weight),
+            "primary": plan.primary,
+            "guardrails": list(plan.guardrails),
+            "min_samples": plan.min_samples,
+            "require_approval": plan.require_approval,
+        }
+        policy = Policy.from_config(config)
+        config["guardrails"] = [g.spec for g in policy.guardrails]
+        return config
+
+    def experiments(self, caller: Principal) -> list[Experiment]:
+        """The caller's tenant's experiments, newest first."""
+        caller.require(Role.VIEWER, "listing experiments")
+        return self.store.list(tenant=caller.tenant)
+
+    def get(self, caller: Principal, name: str) -> Experiment:
+        """One experiment of the caller's tenant.
+
+        Raises:
+            NotFoundError: No such experiment in the caller's tenant.
+        """
+        caller.require(Role.VIEWER, "reading an experiment")
+        return self.store.get(name, tenant=caller.tenant)
+
+    def show(self, caller: Principal, name: str) -> ExperimentReport:
+        """The experiment with its variants' outcomes so far, the decider's latest tests and its decision.
+
+        Raises:
+            NotFoundError: No such experiment in the caller's tenant.
+        """
+        experiment = self.get(caller, name)
+        return ExperimentReport(
+            name=experiment.name,
+            kind=experiment.kind,
+            target={"kind": experiment.target_kind, "name": experiment.target},
+            status=experiment.status,
+            step=experiment.step,
+            steps=list(experiment.config["steps"]) if experiment.kind == "canary" else [],
+            config=experiment.config,
+            variants=self.variants(experiment),
+            tests=_tests(experiment.checks.get("last")),
+            decision=experiment.decision,
+            created_at=experiment.created_at.isoformat(),
+            created_by=experiment.created_by,
+            ended_at=experiment.ended_at.isoformat() if experiment.ended_at else None,
+        )
+
+    def variants(self, experiment: Experiment) -> list[VariantReport]:
+        """Both variants' outcomes since the experiment started."""
+        samples = self.store.samples(experiment.name)
+        correct = self.labels.correct(experiment.name)
+        weights = {CHAMPION: 100.0 - experiment.weight, CHALLENGER: experiment.weight}
+        versions = {CHAMPION: experiment.champion, CHALLENGER: experiment.challenger}
+        return [
+            variant_report(
+                v, versions[v], weights[v], samples.get(v, VariantSamples()), correct.get(v, _NONE)
+            )
+            for v in (CHAMPION, CHALLENGER)
+        ]
+
+    def stop(self, caller: Principal, name: str) -> Experiment:
+        """End the experiment without a verdict; the champion takes all traffic again."""
+        caller.require(Role.OPERATOR, "stopping an experiment")
+        experiment = self._running(caller, name)
+        return self._end(caller, experiment, "stopped", "stop", f"stopped by {caller.actor}")
+
+    def rollback(self, caller: Principal, name: str, reason: str | None = None) -> Experiment:
+        """Send all traffic back to the champion and end the experiment as rolled back."""
+        caller.require(Role.OPERATOR, "rolling back an experiment")
+        experiment = self._running(caller, name)
+        return self._end(
+            caller, experiment, "rolled_back", "rollback", reason or f"rolled back by {caller.actor}"
+        )
+
+    def promote(self, caller: Principal, name: str, reason: str | None = None) -> Experiment:
+        """Make the challenger the champion (the alias moves) and end the experiment as promoted.
+
+        Raises:
+            ConflictError: The experiment has ended, or the challenger cannot be served.
+        """
+        caller.require(Role.OPERATOR, "promoting an experiment's challenger")
+        experiment = self._running(caller, name)
+        promotion.promote(caller, self.registry, self.audit, experiment.target, int(experiment.challenger))
+        return self._end(caller, experiment, "promoted", "promote", reason or f"promoted by {caller.actor}")
+
+    def approve(self, caller: Principal, name: str) -> Experiment:
+        """Carry out a promotion that waits for approval.
+
+        Raises:
+            ConflictError: The experiment is not waiting for approval.
+        """
+        caller.require(Role.OPERATOR, "approving an experiment's promotion")
+        experiment = self._running(caller, name)
+        if experiment.status != "pending_approval":
+            raise ConflictError(
+                f"experiment {name!r} is {experiment.status}; only a pending_approval one can be approved",
+                status=experiment.status,
+            )
+        reason = (experiment.decision or {}).get("reason", "")
+        return self.promote(caller, name, f"approved by {caller.actor}: {reason}".rstrip(": "))
+
+    def _running(self, caller: Principal, name: str) -> Experiment:
+        experiment = self.store.get(name, tenant=caller.tenant)
+        if experiment.status in ENDED:
+            raise ConflictError(
+                f"experiment {name!r} has ended ({experiment.status})", status=experiment.status
+            )
+        return experiment
+
+    def _end(
+        self, caller: Principal, experiment: Experiment, status: str, action: str, reason: str
+    ) -> Experiment:
+        decision = {"action": action, "reason": reason, "at": utcnow().isoformat(timespec="seconds")}
+        weight = 100.0 if status == "promoted" else 0.0
+        ended = self.store.update(
+            experiment.name, expect=experiment.status, status=status, weight=weight, decision=decision
+        )
+        self._audit(caller, f"experiment.{action}", ended, after=decision)
+        return ended
+
+    def hold_for_approval(self, caller: Principal, experiment: Experiment, reason: str) -> Experiment:
+        """Record that the challenger won and wait for an operator (the weights stay as they are)."""
+        decision = {
+            "action": "pending_approval",
+            "reason": reason,
+            "at": utcnow().isoformat(timespec="seconds"),
+        }
+        held = self.store.update(
+            experiment.name, expect="running", status="pending_approval", decision=decision
+        )
+        self._audit(caller, "experiment.pending_approval", held, after=decision)
+        return held
+
+    def advance(self, caller: Principal, experiment: Experiment, reason: str) -> Experiment:
+        """Move a canary to its next step's weight."""
+        steps = experiment.config["steps"]
+        step = experiment.step + 1
+        moved = self.store.update(
+            experiment.name, expect="running", step=step, weight=float(steps[step]), step_started_at=utcnow()
+        )
+        self._audit(
+            caller, "experiment.advance", moved, after={"step": step, "weight": steps[step], "reason": reason}
+        )
+        return moved
+
+    def _audit(
+        self, caller: Principal, action: str, experiment: Experiment, *, after: dict[str, Any]
+    ) -> None:
+        self.audit.append(
+            actor=caller.actor,
+            tenant=experiment.tenant,
+            action=action,
+            target=f"experiment:{experiment.name}",
+            before={
+                "model": experiment.target,
+                "champion": experiment.champion,
+                "challenger": experiment.challenger,
+            },
+            after=after,
+        )
+
+
+_NONE = np.zeros(0, dtype=bool)
+
+
+def _tests(last: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The decider's latest tests, each with a one-line ``summary``: primary, guardrails, latency judge."""
+    if not last:
+        return []
+    tests = []
+    primary = last.get("primary")
+    if primary:
+        ci = primary["ci"]
+        summary = (
+            f"{primary['metric']}: challenger - champion {primary['estimate']:+.4g}, CI [{ci[0]}, {ci[1]}],"
+            f" p={primary['p_value']:.3g} ({primary['method']}, n={primary['n'][0]}/{primary['n'][1]})"
+        )
+        tests.append({"kind": "primary", "summary": summary, **primary})
+    tests.extend({"kind": "guardrail", "summary": g["reason"], **g} for g in last.get("guardrails", []))
+    judge = last.get("judge")
+    if judge:
+        tests.append({"kind": "latency_judge", "summary": judge["reason"], **judge})
+    return tests
