@@ -40,18 +40,54 @@ that window (``history``), so a budget set at noon counts the morning, and a res
 nothing.
 """
 
-from opsloop.budgets.counters import Admission, Counters, InProcessCounters, RedisCounters, Slot
-from opsloop.budgets.enforcer import BudgetEnforcer, BudgetSource, BudgetUsage, Reservation, SoftLimitCrossing
-from opsloop.budgets.model import (
-    DEFAULT_SOFT_RATIO,
-    KINDS,
-    Budget,
-    BudgetExceededError,
-    Window,
-    validate,
-    window_of,
-)
-from opsloop.budgets.store import BudgetStore
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opsloop.budgets.counters import Admission, Counters, InProcessCounters, RedisCounters, Slot
+    from opsloop.budgets.enforcer import (
+        BudgetEnforcer,
+        BudgetSource,
+        BudgetUsage,
+        Reservation,
+        SoftLimitCrossing,
+    )
+    from opsloop.budgets.model import (
+        DEFAULT_SOFT_RATIO,
+        KINDS,
+        Budget,
+        BudgetExceededError,
+        Window,
+        validate,
+        window_of,
+    )
+    from opsloop.budgets.store import BudgetStore
+
+# Loaded on first use (PEP 562), as in ``opsloop/__init__.py``: ``opsloop budgets --help``
+# reads KINDS from the light ``model`` module without loading the store (SQLAlchemy).
+_EXPORTS = {
+    "opsloop.budgets.counters": ("Admission", "Counters", "InProcessCounters", "RedisCounters", "Slot"),
+    "opsloop.budgets.enforcer": (
+        "BudgetEnforcer",
+        "BudgetSource",
+        "BudgetUsage",
+        "Reservation",
+        "SoftLimitCrossing",
+    ),
+    "opsloop.budgets.model": (
+        "DEFAULT_SOFT_RATIO",
+        "KINDS",
+        "Budget",
+        "BudgetExceededError",
+        "Window",
+        "validate",
+        "window_of",
+    ),
+    "opsloop.budgets.store": ("BudgetStore",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "DEFAULT_SOFT_RATIO",
@@ -73,3 +109,16 @@ __all__ = [
     "validate",
     "window_of",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'opsloop.budgets' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from opsloop.audit import AuditEntry, AuditFilter
 from serving.cli.common import out, when
+
+if TYPE_CHECKING:
+    from opsloop.audit import AuditEntry
 
 app = typer.Typer(help="Read the audit log of every mutating action.", no_args_is_help=True)
 
@@ -25,7 +27,9 @@ def audit_tail(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Print the newest audit entries, oldest first, and optionally follow new ones."""
-    audit = ctx.obj.platform().audit
+    from opsloop.audit import AuditFilter
+
+    audit = ctx.obj.store().audit
     where = AuditFilter(tenant=tenant, actor=actor, action=action, limit=lines)
     entries = list(reversed(audit.query(where)))
     _print_audit(entries, as_json)

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from opsloop.budgets import KINDS, BudgetStore
+from opsloop.budgets import KINDS
 from opsloop.errors import OpsloopError
 from serving.cli.common import err, fail, out, when
-from serving.platform import cli_actor
+
+if TYPE_CHECKING:
+    from opsloop.budgets import BudgetStore
 
 app = typer.Typer(help="Set, list and delete budgets and rate limits.", no_args_is_help=True)
 
 
 def _store(ctx: typer.Context) -> BudgetStore:
-    platform = ctx.obj.platform()
-    return BudgetStore(platform.db, platform.audit)
+    from opsloop.budgets import BudgetStore
+
+    store = ctx.obj.store()
+    return BudgetStore(store.db, store.audit)
 
 
 @app.command("set")
@@ -51,6 +55,8 @@ def budgets_set(
         flags = ", ".join(f"--{kind.replace('_', '-')}" for kind in KINDS)
         err.print(f"[red]error:[/red] give at least one limit: {flags}", highlight=False)
         raise typer.Exit(code=2)
+    from serving.local import cli_actor
+
     store = _store(ctx)
     for kind, limit in chosen.items():
         try:
@@ -90,6 +96,8 @@ def budgets_delete(
     key: Annotated[str | None, typer.Option("--key", help="The key, for a budget of one key.")] = None,
 ) -> None:
     """Remove a budget or rate limit."""
+    from serving.local import cli_actor
+
     try:
         _store(ctx).delete(tenant, kind, key_id=key, actor=cli_actor())
     except OpsloopError as exc:

@@ -1,18 +1,28 @@
-"""What every CLI command shares: the resolved settings, consoles and error output."""
+"""What every CLI command shares: the resolved settings, consoles and error output.
+
+Every command module is imported for ``opsloop --help``, so at their top they import only
+typer, rich and ``opsloop.errors``; settings (pydantic), the store (SQLAlchemy) and the
+platform (MLflow, SciPy, ...) load in the methods below, when a command first asks. Commands
+that need only the relational store or the registry open just that (:meth:`State.store`,
+:meth:`State.store_and_registry`), not a whole Platform.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from opsloop.errors import OpsloopError
-from opsloop.registry import Registry
-from opsloop.settings import Settings, load_settings
-from serving.platform import Platform
+
+if TYPE_CHECKING:
+    from opsloop.registry import Registry
+    from opsloop.settings import Settings
+    from serving.local import Store
+    from serving.platform import Platform
 
 __all__ = ["State", "err", "fail", "out", "when"]
 
@@ -26,26 +36,74 @@ class State:
     def __init__(self, config: Path | None, home: Path | None) -> None:
         self.config = config
         self.home = home
+        self._opened: list[Store | Platform] = []
+
+    def close(self) -> None:
+        """Close what the command opened, newest first; the app calls it when the command ends."""
+        while self._opened:
+            self._opened.pop().close()
 
     def settings(self, **overrides: Any) -> Settings:
-        """Settings from the options, the environment, the config file and defaults."""
+        """Settings from the options, the environment, the config file and defaults.
+
+        Also where the command's logging starts (``serving.logs``): opsloop's warnings on stderr,
+        the libraries' bars and chatter off unless ``log_level`` is debug, before a command
+        imports them.
+        """
+        from opsloop.settings import load_settings
+        from serving.logs import cli_logging, quiet_libraries
+
         try:
-            return load_settings(self.config, home=self.home, **overrides)
+            settings = load_settings(self.config, home=self.home, **overrides)
         except OpsloopError as exc:
             raise fail(exc) from exc
+        quiet_libraries(settings.log_level)
+        cli_logging(settings.log_level)
+        return settings
+
+    def store(self) -> Store:
+        """The migrated relational store: keys, budgets, the audit log, the ledger."""
+        from serving.local import Store
+
+        settings = self.settings()
+        try:
+            store = Store.open(settings)
+        except OpsloopError as exc:
+            raise fail(exc) from exc
+        self._opened.append(store)
+        return store
+
+    def store_and_registry(self) -> tuple[Store, Registry]:
+        """The store (for the audit log) and the started MLflow registry, without a Platform."""
+        from opsloop.registry import Registry
+        from serving.logs import quiet_mlflow
+
+        store = self.store()
+        settings = store.settings
+        try:
+            registry = Registry(settings.tracking_uri, settings.artifact_root).start()
+        except OpsloopError as exc:
+            raise fail(exc) from exc
+        quiet_mlflow(settings.log_level)  # MLflow is imported now (as Platform.start_registry does)
+        return store, registry
 
     def platform(self) -> Platform:
-        """A Platform with its store open (enough for keys and audit)."""
+        """A Platform with its store open, for commands that use more than the store and registry."""
+        settings = self.settings()  # before the import: it quiets the libraries the platform loads
+        from serving.platform import Platform
+
         try:
-            return Platform.build(self.settings()).start_store()
+            platform = Platform.build(settings).start_store()
         except OpsloopError as exc:
             raise fail(exc) from exc
+        self._opened.append(platform)  # closing it twice is harmless: some commands close it first
+        return platform
 
     def registry(self) -> tuple[Platform, Registry]:
         """A Platform and its started MLflow registry."""
         platform = self.platform()
         try:
-            return platform, platform.registry.start()
+            return platform, platform.start_registry()
         except OpsloopError as exc:
             raise fail(exc) from exc
 

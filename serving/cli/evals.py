@@ -11,19 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from opsloop.errors import InvalidInputError, OpsloopError
 from serving.cli.common import State, err, fail, out
-from serving.platform import cli_actor, cli_principal
 
 if TYPE_CHECKING:
     from evals.dataset import EvalDataset
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
     from evals.tracking import EvalRunInfo
     from opsloop.settings import Settings
     from serving.cli.remote import ServerRag
-    from serving.routers.evals import EvalRunPublic
+    from serving.routers.evals import EvalRunPublic, EvalTaskPublic
 
 __all__ = ["GATE_EXIT_CODE", "app"]
 
@@ -66,22 +65,50 @@ def _rules(gate: list[str] | None) -> tuple[GateRule, ...]:
         raise fail(InvalidInputError(str(exc), field="gate")) from exc
 
 
-@contextlib.contextmanager
-def _progress_bar(label: str) -> Iterator[Any]:
-    with Progress(
-        TextColumn(f"[bold]{label}[/]"),
+def _bars() -> Progress:
+    """Progress bars of a run's stages on stderr: the stage, samples done of the total, time."""
+    return Progress(
+        TextColumn("[bold]{task.description}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=True,
-    ) as progress:
+    )
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str) -> Iterator[Any]:
+    """A stage of a run in this process (an ``evals.runs.Stage``): its bar, moved by each sample."""
+    with _bars() as progress:
         task = progress.add_task(label, total=None)
 
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
         yield advance
+
+
+@contextlib.contextmanager
+def _task_bars() -> Iterator[Callable[[EvalTaskPublic], None]]:
+    """The bars of a run in the server: one per stage, moved to where each poll finds the task.
+
+    Notices the server gives (a baseline evaluated first) are printed as they come.
+    """
+    with _bars() as progress:
+        bars: dict[str, TaskID] = {}
+        shown = 0
+
+        def show(task: EvalTaskPublic) -> None:
+            nonlocal shown
+            for notice in task.notices[shown:]:
+                err.print(notice, highlight=False)
+            shown = len(task.notices)
+            if task.stage not in bars:
+                bars[task.stage] = progress.add_task(task.stage, total=task.total)
+            progress.update(bars[task.stage], completed=task.done, total=task.total)
+
+        yield show
 
 
 @app.command("run")
@@ -199,6 +226,7 @@ def run(
 def _server(settings: Settings, tenant: str, timeout: float) -> ServerRag | None:
     """The server to hand the run to, when one holds the embedded store."""
     from serving.cli.remote import ServerRag
+    from serving.local import cli_actor
 
     if settings.vector_store != "edge":
         return None
@@ -206,7 +234,7 @@ def _server(settings: Settings, tenant: str, timeout: float) -> ServerRag | None
     if server is not None:
         err.print(
             f"opsloop serve at {server.url} holds the vector store; the server runs this eval "
-            f"(no progress bar; waiting up to {timeout:.0f} s)",
+            f"(waiting up to {timeout:.0f} s)",
             highlight=False,
             soft_wrap=True,
         )
@@ -228,13 +256,11 @@ def _run_remote(
 ) -> EvalRunPublic:
     """The run in the server."""
     try:
-        with server:
-            done = server.run_eval({**request, "dataset": _dataset_body(data)}, timeout=timeout)
+        with server, _task_bars() as show:
+            body = {**request, "dataset": _dataset_body(data)}
+            return server.run_eval(body, timeout=timeout, progress=show)
     except OpsloopError as exc:
         raise fail(exc) from exc
-    if done.baseline_ran:
-        err.print(f"no finished run of the {request['baseline']} prompt with these settings: ran it first")
-    return done
 
 
 def _run_local(
@@ -249,6 +275,7 @@ def _run_local(
 ) -> EvalRunPublic:
     """The run (and its baseline) in this process, for ``tenant``, with a progress bar on stderr."""
     from serving.eval_wiring import eval_runs
+    from serving.local import cli_principal
     from serving.routers.evals import EvalRunPublic
 
     platform = state.platform()
@@ -559,6 +586,7 @@ def schedule_trigger(
     from evals.schedule import EvalScheduler
     from serving.cli.remote import ServerRag
     from serving.eval_wiring import job_executor
+    from serving.local import cli_actor, cli_principal
 
     state: State = ctx.obj
     jobs = _jobs(ctx)

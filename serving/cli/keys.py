@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from opsloop.auth import Role
 from opsloop.errors import OpsloopError
 from serving.cli.common import err, fail, out, when
-from serving.platform import cli_actor
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -24,8 +22,11 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "",
 ) -> None:
     """Create a key and print it; it is shown only this once."""
+    from opsloop.auth import Role
+    from serving.local import cli_actor
+
     try:
-        new = ctx.obj.platform().keys.create(tenant, Role.parse(role), name=name, actor=cli_actor())
+        new = ctx.obj.store().keys.create(tenant, Role.parse(role), name=name, actor=cli_actor())
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"created key [bold]{new.info.id}[/] ({new.info.role}) for tenant {tenant}; store it now:")
@@ -40,7 +41,7 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List keys (never their secrets)."""
-    keys = ctx.obj.platform().keys.list(tenant=tenant, include_revoked=all_)
+    keys = ctx.obj.store().keys.list(tenant=tenant, include_revoked=all_)
     if as_json:
         for key in keys:
             print(json.dumps(key.to_dict()))
@@ -55,8 +56,10 @@ def keys_list(
 @app.command("revoke")
 def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="The key's id.")]) -> None:
     """Revoke a key; servers stop accepting it within seconds."""
+    from serving.local import cli_actor
+
     try:
-        ctx.obj.platform().keys.revoke(key_id, actor=cli_actor())
+        ctx.obj.store().keys.revoke(key_id, actor=cli_actor())
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"revoked key {key_id}")

@@ -7,6 +7,7 @@ moving or unsetting an alias ``workflows.promotion``, called as the local CLI op
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,6 @@ from rich.table import Table
 
 from opsloop.errors import OpsloopError
 from serving.cli.common import err, fail, out
-from serving.platform import cli_principal
 
 app = typer.Typer(help="Train, register, list, promote and roll back models.", no_args_is_help=True)
 alias_app = typer.Typer(help="Manage a model's aliases.", no_args_is_help=True)
@@ -34,20 +34,34 @@ def models_train(
         bool, typer.Option("--promote/--no-promote", help="Make the new version champion.")
     ] = True,
 ) -> None:
-    """Train a model on generated data, log it to MLflow, register it and make it champion."""
-    from workflows.demo import log_demo_run
-    from workflows.promotion import promote
-    from workflows.registration import register
+    """Train a model on generated data, log it to MLflow, register it and make it champion.
 
+    Each step is printed on stderr as it starts, with the seconds since the command began.
+    """
     if not demo:
         err.print("only the demo model can be trained here: pass --demo (or use 'models register')")
         raise typer.Exit(code=2)
-    platform, registry = ctx.obj.registry()
-    caller = cli_principal()
-    try:
-        with err.status("training the demo model") as status:
-            run = log_demo_run(registry, rows=rows, seed=seed, shift=shift, progress=status.update)
-            status.update(f"registering {run.name!r}")
+    ctx.obj.settings()  # first: it quiets the libraries before the imports below load them
+    started = time.perf_counter()
+    with err.status("starting") as status:
+
+        def step(line: str) -> None:
+            # A line per step as well as the spinner: it stays on the terminal, and a log
+            # that is not a terminal (CI) shows the steps too.
+            err.print(f"{time.perf_counter() - started:5.1f} s  {line}", highlight=False, soft_wrap=True)
+            status.update(line)
+
+        step("opening the MLflow store")
+        from serving.local import cli_principal
+        from workflows.demo import log_demo_run
+        from workflows.promotion import promote
+        from workflows.registration import register
+
+        platform, registry = ctx.obj.registry()
+        caller = cli_principal()
+        try:
+            run = log_demo_run(registry, rows=rows, seed=seed, shift=shift, progress=step)
+            step(f"registering {run.name!r} with its reference profile")
             info = register(
                 caller,
                 registry,
@@ -58,10 +72,11 @@ def models_train(
                 lineage=run.lineage,
                 description=run.description,
             ).version
-        if promote_:
-            promote(caller, registry, platform.audit, info.name, info.version)
-    except OpsloopError as exc:
-        raise fail(exc) from exc
+            if promote_:
+                step(f"making version {info.version} champion")
+                promote(caller, registry, platform.audit, info.name, info.version)
+        except OpsloopError as exc:
+            raise fail(exc) from exc
     role = "champion" if promote_ else "not promoted"
     err.print(f"registered [bold]{info.name}[/] version {info.version} ({role}): {info.description}")
 
@@ -98,14 +113,15 @@ def models_register(
     skipped.
     """
     from serving.cli.drift import read_frame
+    from serving.local import cli_principal
     from workflows.registration import register
 
-    platform, registry = ctx.obj.registry()
+    store, registry = ctx.obj.store_and_registry()
     try:
         rows = None if reference is None else read_frame(reference)
         inputs = None if signature_from is None else read_frame(signature_from)
         done = register(
-            cli_principal(), registry, platform.audit, name, source, reference=rows, signature_from=inputs
+            cli_principal(), registry, store.audit, name, source, reference=rows, signature_from=inputs
         )
     except OpsloopError as exc:
         raise fail(exc) from exc
@@ -118,7 +134,7 @@ def models_register(
 @app.command("list")
 def models_list(ctx: typer.Context) -> None:
     """List registered models with their champion versions."""
-    _, registry = ctx.obj.registry()
+    _, registry = ctx.obj.store_and_registry()
     table = Table("model", "versions", "champion")
     for name in registry.models():
         versions = registry.versions(name)
@@ -130,7 +146,7 @@ def models_list(ctx: typer.Context) -> None:
 @app.command("versions")
 def models_versions(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
     """List a model's versions with aliases and lineage."""
-    _, registry = ctx.obj.registry()
+    _, registry = ctx.obj.store_and_registry()
     try:
         versions = registry.versions(name)
     except OpsloopError as exc:
@@ -157,11 +173,12 @@ def models_promote(
     version: Annotated[int, typer.Argument(min=1, help="Version to make champion.")],
 ) -> None:
     """Make a version champion; running servers switch to it within seconds."""
+    from serving.local import cli_principal
     from workflows.promotion import promote
 
-    platform, registry = ctx.obj.registry()
+    store, registry = ctx.obj.store_and_registry()
     try:
-        move = promote(cli_principal(), registry, platform.audit, name, version)
+        move = promote(cli_principal(), registry, store.audit, name, version)
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"{name}: champion {move.before} -> {move.after}")
@@ -170,11 +187,12 @@ def models_promote(
 @app.command("rollback")
 def models_rollback(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
     """Move champion back to the version it held before its last move."""
+    from serving.local import cli_principal
     from workflows.promotion import rollback
 
-    platform, registry = ctx.obj.registry()
+    store, registry = ctx.obj.store_and_registry()
     try:
-        move = rollback(cli_principal(), registry, platform.audit, name)
+        move = rollback(cli_principal(), registry, store.audit, name)
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"{name}: champion {move.before} -> {move.after} (rolled back)")
@@ -187,11 +205,12 @@ def models_alias_unset(
     alias: Annotated[str, typer.Argument(help="Alias to remove, e.g. champion.")],
 ) -> None:
     """Remove an alias; removing champion makes running servers stop serving the model."""
+    from serving.local import cli_principal
     from workflows.promotion import unset_alias
 
-    platform, registry = ctx.obj.registry()
+    store, registry = ctx.obj.store_and_registry()
     try:
-        done = unset_alias(cli_principal(), registry, platform.audit, name, alias)
+        done = unset_alias(cli_principal(), registry, store.audit, name, alias)
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"{name}: {alias} unset (it pointed at version {done.before})")

@@ -16,17 +16,18 @@ from __future__ import annotations
 import difflib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
-from opsloop.registry import PromptVersionInfo, Registry
-from rag.answer import ANSWER_PROMPT, ensure_answer_prompt, render_prompt
 from serving.cli.common import err, fail, out
-from serving.platform import Platform, cli_principal
-from workflows.prompts import TemplateCheck
+
+if TYPE_CHECKING:
+    from opsloop.registry import PromptVersionInfo, Registry
+    from serving.local import Store
+    from workflows.prompts import TemplateCheck
 
 PRODUCTION = "production"
 """The alias that is served (the RAG service answers with ``rag-answer@production``)."""
@@ -38,17 +39,24 @@ app = typer.Typer(
 
 
 def _check_answer_template(template: str) -> None:
+    from rag.answer import render_prompt
+
     # rag.answer.render_prompt is what the answerer runs on every query; rendering with empty
     # values applies exactly its rule for the required variables, without a copy of it here.
     render_prompt(template, context="", question="")
 
 
-# What each prompt's renderer requires of a template; prompts not named here take any text.
-_CHECKS: dict[str, TemplateCheck] = {ANSWER_PROMPT: _check_answer_template}
+def _check(name: str) -> TemplateCheck | None:
+    """What prompt ``name``'s renderer requires of a template; None: any text."""
+    from rag.answer import ANSWER_PROMPT
+
+    return _check_answer_template if name == ANSWER_PROMPT else None
 
 
-def _open(ctx: typer.Context) -> tuple[Platform, Registry]:
-    platform, registry = ctx.obj.registry()
+def _open(ctx: typer.Context) -> tuple[Store, Registry]:
+    from rag.answer import ensure_answer_prompt
+
+    store, registry = ctx.obj.store_and_registry()
     try:
         ensure_answer_prompt(registry)
     except NotFoundError as exc:
@@ -57,7 +65,7 @@ def _open(ctx: typer.Context) -> tuple[Platform, Registry]:
         err.print(f"[yellow]warning:[/yellow] {exc.message}", highlight=False)
     except OpsloopError as exc:
         raise fail(exc) from exc
-    return platform, registry
+    return store, registry
 
 
 @app.command("list")
@@ -139,13 +147,14 @@ def prompts_register(
     rag-answer templates must contain {{context}} and {{question}}. Point an alias at the
     new version with 'opsloop prompts alias'.
     """
+    from serving.local import cli_principal
     from workflows.prompts import register
 
-    platform, registry = _open(ctx)
+    store, registry = _open(ctx)
     try:
         text = _read_template(template)
         info = register(
-            cli_principal(), registry, platform.audit, name, text, message=message, check=_CHECKS.get(name)
+            cli_principal(), registry, store.audit, name, text, message=message, check=_check(name)
         )
     except OpsloopError as exc:
         raise fail(exc) from exc
@@ -165,13 +174,12 @@ def prompts_alias(
     version: Annotated[int, typer.Argument(min=1, help="Version the alias should point at.")],
 ) -> None:
     """Point an alias at a version; moving rag-answer's production changes what RAG answers with."""
+    from serving.local import cli_principal
     from workflows.prompts import set_alias
 
-    platform, registry = _open(ctx)
+    store, registry = _open(ctx)
     try:
-        move = set_alias(
-            cli_principal(), registry, platform.audit, name, alias, version, check=_CHECKS.get(name)
-        )
+        move = set_alias(cli_principal(), registry, store.audit, name, alias, version, check=_check(name))
     except OpsloopError as exc:
         raise fail(exc) from exc
     before = "unset" if move.before is None else str(move.before)

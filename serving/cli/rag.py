@@ -18,14 +18,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from opsloop.errors import OpsloopError
-from opsloop.settings import Settings
-from rag.chunking import context_header
-from rag.ingest import IngestProgress, IngestReport, ProgressCallback
 from serving.cli.common import State, err, fail, out
-from serving.cli.remote import ServerRag
-from serving.platform import cli_actor, cli_principal
 
 if TYPE_CHECKING:
+    from opsloop.settings import Settings
+    from rag.ingest import IngestProgress, IngestReport, ProgressCallback
+    from serving.cli.remote import ServerRag
     from serving.routers.rag import QueryResponse
 
 __all__ = ["ingest", "query"]
@@ -36,6 +34,9 @@ TenantOption = Annotated[str, typer.Option("--tenant", help="Tenant that owns th
 
 def _server(settings: Settings, tenant: str) -> ServerRag | None:
     """The server to hand the work to, when one holds the embedded store."""
+    from serving.cli.remote import ServerRag
+    from serving.local import cli_actor
+
     if settings.vector_store != "edge":
         return None
     server = ServerRag.find(settings.home, tenant=tenant, actor=cli_actor())
@@ -95,6 +96,8 @@ def ingest(
     say otherwise; the collection keeps its settings for later runs and uploads.
     Exits 1 when a file could not be loaded (it is listed with the reason) or on any error.
     """
+    from serving.local import cli_principal
+
     state: State = ctx.obj
     settings = state.settings()
     chunking: dict[str, Any] = {"chunk_tokens": chunk_tokens, "overlap_tokens": overlap_tokens}
@@ -103,7 +106,12 @@ def ingest(
         if server is not None:
             with server, _progress_bar() as advance:
                 report, seconds = server.ingest(
-                    collection, path, delete_missing=delete_missing, progress=advance, **chunking
+                    collection,
+                    path,
+                    delete_missing=delete_missing,
+                    progress=advance,
+                    max_body_bytes=settings.max_body_bytes,
+                    **chunking,
                 )
                 indexed = server.optimize(collection) if optimize else None
         else:
@@ -164,6 +172,7 @@ def query(
 
     The query is logged like an API query (see ``GET /admin/queries``).
     """
+    from serving.local import cli_principal
     from serving.routers.rag import query_response
 
     state: State = ctx.obj
@@ -193,6 +202,8 @@ def query(
 
 def _print_answer(response: QueryResponse) -> None:
     """The answer, its numbered sources, and where the time went, for a person."""
+    from rag.chunking import context_header
+
     if response.answer is not None:
         out.print(response.answer, highlight=False)
         if response.sources:
@@ -204,6 +215,8 @@ def _print_answer(response: QueryResponse) -> None:
     if response.answer is None:
         err.print(f"retrieval only; retrieval {timings.retrieval_ms:.0f} ms", highlight=False)
         return
+    if response.answer_note is not None:
+        err.print(f"{response.answer_mode} answer: {response.answer_note}", highlight=False)
     err.print(
         f"prompt v{response.prompt_version}, {response.model or 'no model call'}; "
         f"retrieval {timings.retrieval_ms:.0f} ms, prompt {timings.prompt_ms or 0:.0f} ms, "

@@ -1,0 +1,83 @@
+"""Working on this machine's state directly, as the CLI does: the state directory, the store, the caller.
+
+The CLI's key, budget, audit and cost commands read and write only the relational store, and the
+registry commands add MLflow. Building a whole :class:`serving.platform.Platform` would also load
+the model runtime (SciPy), the RAG catalog and the experiment wiring, which they never use, so
+they open a :class:`Store` instead. ``Platform.start_store`` prepares ``home`` with the same
+:func:`prepare_home`, so both ways leave the same files with the same modes.
+
+The CLI needs no key: it acts as :func:`cli_principal`, an admin named :func:`cli_actor` in the
+audit log.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from pathlib import Path
+
+from opsloop.audit import AuditLog
+from opsloop.auth import KeyStore, Principal, system_principal
+from opsloop.db import Database, create_private_file
+from opsloop.settings import Settings
+
+__all__ = ["Store", "cli_actor", "cli_principal", "prepare_home"]
+
+
+def cli_actor() -> str:
+    """How the audit log names someone running the CLI on this machine."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def cli_principal(tenant: str = "default") -> Principal:
+    """The caller of CLI commands: an admin of ``tenant``, named as :func:`cli_actor` in the audit log.
+
+    The CLI works on this machine's state directly and needs no key, so it may do what an
+    admin may; ``tenant`` is the one its ``--tenant`` option names.
+    """
+    return system_principal(tenant, cli_actor())
+
+
+def prepare_home(settings: Settings) -> None:
+    """Create ``home`` owner-only (0700), and MLflow's SQLite file 0600 before MLflow opens it.
+
+    The SQLite databases in ``home`` hold key hashes, every tenant's ledger and audit log;
+    MLflow would leave its file's mode to the umask.
+    """
+    home = settings.home
+    if not home.is_dir():
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home.chmod(0o700)  # mkdir's mode is cut by the umask
+    tracking = settings.tracking_uri
+    if tracking.startswith("sqlite:///"):
+        create_private_file(Path(tracking.removeprefix("sqlite:///")))
+
+
+@dataclass
+class Store:
+    """The migrated relational store with its audit log and key store."""
+
+    settings: Settings
+    db: Database
+    audit: AuditLog
+    keys: KeyStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> Store:
+        """Prepare ``home``, open the database and migrate it.
+
+        Raises:
+            ConfigError: The database URL cannot be used.
+        """
+        prepare_home(settings)
+        db = Database(settings.db_url).start()
+        db.upgrade()
+        audit = AuditLog(db)
+        return cls(settings, db, audit, KeyStore(db, audit, cache_seconds=settings.key_cache_seconds))
+
+    def close(self) -> None:
+        """Release the database's connections."""
+        self.db.close()
