@@ -8,7 +8,9 @@ model comes from the package or from a directory the user names, loaded with
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 __all__ = ["Embedder", "SentenceTransformerEmbedder"]
+
+log = logging.getLogger("opsloop.rag")
 
 
 class Embedder(Protocol):
@@ -88,8 +92,12 @@ class SentenceTransformerEmbedder:
     def _loaded(self) -> SentenceTransformer:
         with self._lock:
             if self._model is None:
+                started = time.perf_counter()
                 with MODEL_IMPORT_LOCK:  # loading imports more of transformers lazily
                     self._model = self._load()
+                seconds = time.perf_counter() - started
+                name = "all-MiniLM-L6-v2" if self.path is None else str(self.path)
+                log.info("embedder %s loaded in %.1f s", name, seconds)
             return self._model
 
     def _load(self) -> SentenceTransformer:

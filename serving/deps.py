@@ -20,6 +20,7 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from evals.tasks import EvalTasks
 from opsloop.auth import Principal, Role, check_tenant
 from opsloop.errors import ForbiddenError, InvalidInputError
 from opsloop.models.service import ModelService
@@ -30,6 +31,7 @@ __all__ = [
     "LOCAL_ACTOR_HEADER",
     "LOCAL_TENANT_HEADER",
     "AdminKey",
+    "EvalTasksDep",
     "ModelsDep",
     "OperatorKey",
     "PlatformDep",
@@ -68,6 +70,12 @@ async def get_rag(platform: PlatformDep) -> RagService:
     return await run_in_threadpool(lambda: platform.rag)
 
 
+async def get_eval_tasks(platform: PlatformDep) -> EvalTasks:
+    """The eval runs the server runs for its callers."""
+    return platform.eval_tasks
+
+
+EvalTasksDep = Annotated[EvalTasks, Depends(get_eval_tasks)]
 ModelsDep = Annotated[ModelService, Depends(get_models)]
 RagDep = Annotated[RagService, Depends(get_rag)]
 

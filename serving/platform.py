@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import getpass
 import logging
 import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from opsloop.audit import AuditLog
 from opsloop.auth import KeyStore, Principal, system_principal
 from opsloop.budgets import BudgetEnforcer, BudgetStore, InProcessCounters, RedisCounters
-from opsloop.db import Database, create_private_file
+from opsloop.db import Database
 from opsloop.errors import ConflictError
 from opsloop.llm.ledger import Ledger
 from opsloop.models.runtime import LoadedModel, LoadFailure, ModelRuntime
@@ -26,10 +25,24 @@ from opsloop.settings import Settings
 from opsloop.telemetry import Metrics
 from rag.catalog import CollectionCatalog
 from rag.query_log import QueryLog
+from serving.experiment_wiring import Experiments
+from serving.local import cli_actor, cli_principal, prepare_home  # the CLI's caller: re-exported
+from serving.logs import quiet_mlflow
+from serving.startup import (
+    ComponentState,
+    FileProgress,
+    Readiness,
+    Startup,
+    Ticker,
+    plural,
+    reason,
+    versions,
+)
 from workflows.drift_monitor import DriftMonitor
 
 if TYPE_CHECKING:
     from evals.schedule import EvalScheduler
+    from evals.tasks import EvalTasks
     from opsloop.llm.gateway import Gateway
     from opsloop.llm.protocol import LLMClient
     from opsloop.scheduler import Scheduler
@@ -46,8 +59,6 @@ __all__ = [
 
 log = logging.getLogger("opsloop")
 
-ComponentState = Literal["starting", "ready", "degraded", "failed"]
-
 DOCS_TENANT = "default"
 DOCS_COLLECTION = "docs"
 """Where ``bootstrap_docs`` keeps the bundled user docs: the first admin key's tenant."""
@@ -56,23 +67,6 @@ DOCS_COLLECTION = "docs"
 def bundled_docs() -> Path:
     """The user documentation shipped beside the packages (``docs/`` of the source tree)."""
     return Path(__file__).resolve().parent.parent / "docs"
-
-
-def cli_actor() -> str:
-    """How the audit log names someone running the CLI on this machine."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
-def cli_principal(tenant: str = "default") -> Principal:
-    """The caller of CLI commands: an admin of ``tenant``, named as :func:`cli_actor` in the audit log.
-
-    The CLI works on this machine's state directly and needs no key, so it may do what an
-    admin may; ``tenant`` is the one its ``--tenant`` option names.
-    """
-    return system_principal(tenant, cli_actor())
 
 
 @dataclass
@@ -93,7 +87,9 @@ class Platform:
     ledger: Ledger
     budgets: BudgetStore
     enforcer: BudgetEnforcer
-    components: dict[str, ComponentState] = field(default_factory=dict)
+    experiments: Experiments
+    startup: Startup = field(default_factory=lambda: Startup(log))
+    """Each component's state while it starts: what ``/readyz`` and the start-up log lines say."""
     _starting: list[threading.Thread] = field(default_factory=list)
     scheduler: Scheduler | None = None
     """The one scheduler of every periodic job, while serving."""
@@ -103,6 +99,7 @@ class Platform:
     """The eval schedules, while serving with ``eval_jobs``."""
     local_token: str | None = None
     """Set while serving: the CLI presents it (from the store's lock file) to act through this server."""
+    _eval_tasks: EvalTasks | None = None
     _rag_lock: threading.Lock = field(default_factory=threading.Lock)
     _gateway_lock: threading.Lock = field(default_factory=threading.Lock)
     _registry_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -139,8 +136,23 @@ class Platform:
         predictions = PredictionLog(
             db, on_dropped=metrics.models.log_dropped.inc, on_written=metrics.models.log_written.inc
         )
+        experiments = Experiments.build(
+            db,
+            registry,
+            audit,
+            runtime,
+            metrics.experiments,
+            poll_seconds=settings.experiment_poll_seconds,
+            max_instances=settings.max_instances,
+        )
         models = ModelService(
-            runtime, registry, predictions, metrics.models, max_instances=settings.max_instances
+            runtime,
+            registry,
+            predictions,
+            metrics.models,
+            max_instances=settings.max_instances,
+            traffic=experiments.router,
+            shadows=experiments.shadows,
         )
         drift = DriftMonitor(
             db, registry, predictions, audit, metrics.drift,
@@ -155,7 +167,7 @@ class Platform:
         )
         return cls(
             settings, db, audit, keys, registry, runtime, predictions, models, drift, metrics, queries,
-            ledger, budgets, enforcer,
+            ledger, budgets, enforcer, experiments,
         )  # fmt: skip
 
     def start_store(self) -> Platform:
@@ -165,15 +177,14 @@ class Platform:
         hashes, every tenant's ledger and audit log. MLflow's file is created here, before
         MLflow opens it, because MLflow would leave its mode to the umask.
         """
-        home = self.settings.home
-        if not home.is_dir():
-            home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            home.chmod(0o700)  # mkdir's mode is cut by the umask
-        tracking = self.settings.tracking_uri
-        if tracking.startswith("sqlite:///"):
-            create_private_file(Path(tracking.removeprefix("sqlite:///")))
+        prepare_home(self.settings)  # shared with serving.local, which the CLI's store commands open
+        self.startup.begin("store", "migrating the database")
         self.db.start().upgrade()
-        self.components["store"] = "ready"
+        summary = None
+        if log.isEnabledFor(logging.INFO):  # a count for the start-up line; the CLI's commands skip it
+            keys = len(self.keys.list())
+            summary = f"{self.db.engine.dialect.name}, {plural(keys, 'key')}"
+        self.startup.ready("store", summary)
         return self
 
     def start_serving(self) -> None:
@@ -182,12 +193,14 @@ class Platform:
         Call it from the server's event loop: the scheduler fires its jobs there.
         """
         self.predictions.start()
-        self.components["registry"] = "starting"
-        self.components["models"] = "starting"
-        if self.settings.bootstrap_docs:
-            self.components["rag"] = "starting"  # before the thread runs: /readyz waits for the docs
+        self.startup.begin("registry", "opening the MLflow store")
+        self.startup.begin("models", "waiting for the registry")
+        if self.settings.bootstrap_docs:  # before the thread runs: /readyz waits for the docs
+            self.startup.begin("rag", "opening the vector store")
+        self.startup.all_begun()
         self.local_token = secrets.token_urlsafe(32)
-        self.gateway  # noqa: B018 - built now (SDK imports included), not by a first request
+        routes = self.gateway.routes()  # built now (SDK imports included), not by a first request
+        log.info("gateway ready (%s: %s)", plural(len(routes), "route"), ", ".join(routes))
         for target, name in ((self._start_models, "models-start"), (self._start_rag, "rag-start")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -208,6 +221,8 @@ class Platform:
             )
         from evals.schedule import EvalScheduler, parse_jobs
 
+        if self.settings.experiment_decide_seconds > 0:
+            self.scheduler.every("experiment-decider", self.settings.experiment_decide_seconds, self._decide)
         jobs = parse_jobs(self.settings.eval_jobs)
         if jobs:
             from serving.eval_wiring import job_executor
@@ -215,60 +230,102 @@ class Platform:
             self.evals = EvalScheduler(jobs, job_executor(self), self.metrics.evals, self.audit)
             self.evals.schedule(self.scheduler)
         self.scheduler.start()
+        log.info("scheduler started (%s)", ", ".join(self.scheduler.jobs()) or "no periodic jobs")
+
+    def _decide(self) -> None:
+        """Judge the running experiments, once the models (and the registry that moves aliases) are up."""
+        if self.components.get("models") == "ready":
+            self.experiments.decider.tick()
 
     def _start_models(self) -> None:
         try:
             self.start_registry()
-            self.components["registry"] = "ready"
+            self.startup.ready("registry", f"MLflow, {plural(len(self.registry.models()), 'model')}")
             if self.settings.bootstrap_demo:
                 from workflows.demo import bootstrap_demo
 
-                info = bootstrap_demo(self.registry, self.audit, self.settings.home / "bootstrap.lock")
+                self.startup.doing("models", "looking for the demo model")
+                info = bootstrap_demo(
+                    self.registry,
+                    self.audit,
+                    self.settings.home / "bootstrap.lock",
+                    progress=lambda step: self.startup.doing("models", f"training the demo model: {step}"),
+                )
                 if info is not None:
-                    log.warning(
-                        "registered the demo model %s version %s as champion", info.name, info.version
-                    )
+                    log.info("registered the demo model %s version %s as champion", info.name, info.version)
+            champions = self.registry.alias_versions(self.runtime.alias)
+            listed = f" ({versions(champions)})" if champions else ""
+            self.startup.doing("models", f"loading {plural(len(champions), 'champion')}{listed}")
             self.runtime.start()
+            self.experiments.start()  # challengers load beside the champions started above
             # Move everything loaded so far (MLflow, scikit-learn, the models) out of the
             # collector's reach: full collections of that heap stalled requests 200-300 ms.
             gc.collect()
             gc.freeze()
-            self.components["models"] = "ready"
-        except Exception:
+            served = {name: model.version for name, model in self.runtime.loaded().items()}
+            summary = f"serving {versions(served)}" if served else "no champion to serve"
+            failing = len(self.runtime.failures())
+            if failing:
+                summary += f"; {failing} cannot load, see /readyz"
+            self.startup.ready("models", summary)
+        except Exception as exc:
             log.exception("models failed to start")
             for name in ("registry", "models"):
-                if self.components[name] != "ready":
-                    self.components[name] = "failed"
+                if self.startup.state(name) != "ready":
+                    self.startup.failed(name, reason(exc))
 
     def _start_rag(self) -> None:
         """Take the RAG store now, so CLI runs find this server holding it; ingest the bundled docs."""
         try:
             rag = self.rag
+            collections = len(rag.store.collections())
         except ConflictError as exc:  # another process (a sibling worker, a CLI run) has it
             log.warning("RAG is served by another process: %s", exc.message)
-            self.components.pop("rag", None)
+            self.startup.drop("rag")
             return
-        if not self.settings.bootstrap_docs:
+        except Exception as exc:
+            if not self.settings.bootstrap_docs:  # queries will say so; the start goes on
+                log.warning("the vector store does not answer yet: %s", reason(exc))
+                return
+            log.exception("opening the vector store failed")
+            self.startup.failed("rag", f"opening the vector store failed: {reason(exc)}")
             return
+        log.info("vector store open (%s, %s)", self.settings.vector_store, plural(collections, "collection"))
+        if self.settings.bootstrap_docs:
+            self._ingest_docs(rag)
+
+    def _ingest_docs(self, rag: RagService) -> None:
+        """Bring the bundled docs' collection up to date, saying how far it got (``/readyz``, the log)."""
         docs = self.settings.docs_path or bundled_docs()
         try:
-            run = rag.ingest(system_principal(DOCS_TENANT), DOCS_COLLECTION, docs, delete_missing=True)
-        except Exception:
+            self.startup.doing("rag", "loading the embedder")
+            rag.embedder.dimension  # noqa: B018 - loaded (and logged) now, not inside the first file
+            self.startup.doing("rag", "docs ingestion")
+            progress = FileProgress(self.startup, "rag", "docs ingestion", Ticker(log, "docs"))
+            run = rag.ingest(
+                system_principal(DOCS_TENANT), DOCS_COLLECTION, docs, delete_missing=True, progress=progress
+            )
+        except Exception as exc:
             log.exception("ingesting the bundled docs from %s failed", docs)
-            self.components["rag"] = "failed"
+            self.startup.failed("rag", f"ingesting the bundled docs failed: {reason(exc)}")
             return
-        self.components["rag"] = "ready"
         report = run.report
-        log.warning(
-            "collection %r of tenant %r: %d documents added, %d replaced, %d unchanged, %d deleted",
-            DOCS_COLLECTION, DOCS_TENANT, len(report.added), len(report.replaced),
-            len(report.unchanged), len(report.deleted),
-        )  # fmt: skip
+        files = len(report.added) + len(report.replaced) + len(report.unchanged)
+        counts = [(len(report.added), "added"), (len(report.replaced), "replaced")]
+        counts += [(len(report.unchanged), "unchanged"), (len(report.deleted), "deleted")]
+        counts += [(len(report.skipped), "skipped")] if report.skipped else []
+        self.startup.ready(
+            "rag",
+            f"docs: {plural(files, 'file')}, {plural(progress.chunks, 'chunk')} in collection "
+            f"{DOCS_COLLECTION!r}; " + ", ".join(f"{n} {what}" for n, what in counts),
+        )
 
     def start_registry(self) -> Registry:
         """Start the registry once, whichever thread (model start-up or a first query) asks first."""
         with self._registry_lock:
-            return self.registry.start()
+            registry = self.registry.start()
+            quiet_mlflow(self.settings.log_level)  # MLflow is imported now
+            return registry
 
     @property
     def rag(self) -> RagService:
@@ -337,6 +394,23 @@ class Platform:
                 )
             return self._gateway
 
+    @property
+    def eval_tasks(self) -> EvalTasks:
+        """The eval runs this server runs for its callers, with their progress; built on first use.
+
+        Used from the event loop only (the routes), so it needs no lock.
+        """
+        if self._eval_tasks is None:
+            from evals.tasks import EvalTasks
+
+            self._eval_tasks = EvalTasks()
+        return self._eval_tasks
+
+    async def aclose_eval_tasks(self) -> None:
+        """Cancel the eval runs still going, on the loop that runs them (before close())."""
+        if self._eval_tasks is not None:
+            await self._eval_tasks.aclose()
+
     async def aclose_gateway(self) -> None:
         """Close the gateway's backends on the event loop that served them (before close())."""
         with self._gateway_lock:
@@ -364,25 +438,29 @@ class Platform:
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.settings.port}"
 
     @property
+    def components(self) -> dict[str, ComponentState]:
+        """Each component's start-up state (:meth:`readiness` also says which are degraded)."""
+        return self.startup.snapshot().components
+
+    @property
     def ready(self) -> bool:
         """Whether every component has started."""
-        return bool(self.components) and all(s == "ready" for s in self.components.values())
+        return self.startup.snapshot().ready
 
-    def readiness(self) -> tuple[dict[str, ComponentState], dict[str, Any]]:
-        """Each component's state, and why any is ``degraded``.
+    def readiness(self) -> Readiness:
+        """Each component's state, what the starting ones wait for, and why any failed or is degraded.
 
         The models component is degraded while some model's champion version cannot be
         loaded; ``why["models"]`` names each such model with the version and the reason.
         """
-        components = dict(self.components)
-        why: dict[str, Any] = {}
+        now = self.startup.snapshot()
         failures = self.runtime.failures()
-        if failures and components.get("models") == "ready":
-            components["models"] = "degraded"
-            why["models"] = {
-                name: {"version": f.version, "reason": f.reason} for name, f in sorted(failures.items())
-            }
-        return components, why
+        if not failures or now.components.get("models") != "ready":
+            return now
+        why: dict[str, Any] = {
+            name: {"version": f.version, "reason": f.reason} for name, f in sorted(failures.items())
+        }
+        return Readiness({**now.components, "models": "degraded"}, now.pending, {**now.why, "models": why})
 
     def close(self) -> None:
         """Wait for components still starting, then release connections.
@@ -406,6 +484,7 @@ class Platform:
                 log.exception("closing the RAG runtime failed")
         if self._gateway is not None:  # no event loop served it (the CLI): close it on a new one
             asyncio.run(self.aclose_gateway())
+        self.experiments.close()
         self.runtime.close()
         self.predictions.close()
         self.queries.close()

@@ -377,12 +377,18 @@ def train_demo(
     return registry.get_version(name, created.version)
 
 
-def bootstrap_demo(registry: Registry, audit: AuditLog, lock: Path) -> ModelVersionInfo | None:
+def bootstrap_demo(
+    registry: Registry,
+    audit: AuditLog,
+    lock: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> ModelVersionInfo | None:
     """Train the demo model and make it champion if the registry has no model yet, else do nothing.
 
     Once, however many server workers start at the same time: they take turns on an
     exclusive ``flock`` of ``lock`` and only the first finds the registry empty. The promotion
-    is audited as done by ``system``.
+    is audited as done by ``system``. ``progress`` is called with a line per step of the training.
 
     Returns:
         The new champion version, or None when the registry already had a model.
@@ -393,6 +399,6 @@ def bootstrap_demo(registry: Registry, audit: AuditLog, lock: Path) -> ModelVers
         fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
         if registry.models():
             return None
-        info = train_demo(registry, alias=None)
+        info = train_demo(registry, alias=None, progress=progress)
         promote(system_principal("default"), registry, audit, info.name, info.version)
     return info

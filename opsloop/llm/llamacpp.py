@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
 
 __all__ = ["LlamaCppClient", "LlamaCppStream", "default_model_path"]
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _FINISH_REASONS: frozenset[str] = frozenset({"stop", "length", "tool_calls", "content_filter"})
@@ -275,6 +278,7 @@ class LlamaCppClient:
                     raise BackendError(
                         "the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python"
                     ) from exc
+                started = time.perf_counter()
                 try:
                     self._llm = Llama(
                         model_path=str(path),
@@ -285,6 +289,8 @@ class LlamaCppClient:
                     )
                 except (ValueError, RuntimeError) as exc:
                     raise BackendError(f"llama.cpp could not load {path.name}: {exc}") from exc
+                seconds = time.perf_counter() - started
+                log.info("llm %s loaded (%s) in %.1f s", self.name, path.name, seconds)
             return self._llm
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
@@ -302,6 +308,8 @@ class LlamaCppClient:
             arguments["temperature"] = request.temperature
         if request.top_p is not None:
             arguments["top_p"] = request.top_p
+        if request.frequency_penalty is not None:
+            arguments["frequency_penalty"] = request.frequency_penalty
         if request.json_schema is not None:  # compiled to a grammar that only admits such JSON
             arguments["response_format"] = {"type": "json_object", "schema": dict(request.json_schema)}
         return arguments

@@ -2,8 +2,11 @@
 
 ``POST /admin/evals/runs`` is ``opsloop eval run`` done by the server, which holds the vector
 store: the body carries the run's options and the data set's items (parsed by the caller, and
-checked again here), and the answer, once the run has finished, is what the CLI prints. The
-CLI sends its runs here while a server holds the embedded store (``serving.cli.remote``).
+checked again here), and the answer, once the run has finished, is what the CLI prints. With
+``?wait=false`` it answers 202 at once with the run's task (``evals.tasks``), which
+``GET /admin/evals/tasks/{id}`` shows with its progress (samples done of the total) until it
+ends, then with the same result or the error. The CLI sends its runs here that way while a
+server holds the embedded store, and polls the task into its progress bar (``serving.cli.remote``).
 
 The jobs are ``eval_jobs`` in the settings; ``opsloop serve`` fires them on their cron
 schedules. Triggering runs a job now, in the server, and answers when it has finished. A job
@@ -13,9 +16,12 @@ only its own tenant's jobs (another tenant's is a 404); every trigger is audited
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evals.dataset import dataset_from_items
@@ -23,11 +29,19 @@ from evals.gate import DEFAULT_GATE, GateReport, GateRule, MetricComparison, par
 from evals.results import MetricSummary
 from evals.runs import EvalRunResult, eval_config
 from evals.schedule import JobStatus
-from opsloop.errors import InvalidInputError, NotFoundError
-from serving.deps import OperatorKey, PlatformDep, request_id
+from evals.tasks import EvalTask, TaskState
+from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
+from serving.deps import EvalTasksDep, OperatorKey, PlatformDep, request_id
 from serving.eval_wiring import eval_runs
 
-__all__ = ["EvalDatasetIn", "EvalRunCreate", "EvalRunPublic", "GateReportPublic", "router"]
+__all__ = [
+    "EvalDatasetIn",
+    "EvalRunCreate",
+    "EvalRunPublic",
+    "EvalTaskPublic",
+    "GateReportPublic",
+    "router",
+]
 
 router = APIRouter(prefix="/admin/evals", tags=["evals"])
 
@@ -194,16 +208,88 @@ async def trigger_job(
     return await platform.evals.trigger(principal, name, request_id=request_id(request))
 
 
-@router.post("/runs", summary="Run an eval in the server")
+class TaskError(BaseModel):
+    """Why a task failed: the error body a waiting request would have had, and its HTTP status."""
+
+    type: str
+    message: str
+    details: dict[str, Any]
+    status: int
+
+
+class EvalTaskPublic(BaseModel):
+    """An eval run in this server, with its progress: the answer of ``GET /admin/evals/tasks/{id}``."""
+
+    id: str
+    state: TaskState = Field(description="running, finished (see result) or failed (see error).")
+    tenant: str
+    actor: str = Field(description="Who started it (key id, or cli:<user>).")
+    dataset: str
+    samples: int = Field(description="Questions in the data set.")
+    stage: str = Field(description="eval, or baseline while the baseline is evaluated first.")
+    done: int = Field(description="Samples of the stage scored so far (resumed ones included).")
+    total: int = Field(description="Samples of the stage.")
+    notices: list[str]
+    started_at: datetime
+    seconds: float
+    result: EvalRunPublic | None = Field(default=None, description="Once finished.")
+    error: TaskError | None = Field(default=None, description="Once failed.")
+
+    @classmethod
+    def of(cls, task: EvalTask) -> EvalTaskPublic:
+        """The public form of ``task`` as it is now."""
+        return cls(
+            id=task.id,
+            state=task.state,
+            tenant=task.tenant,
+            actor=task.actor,
+            dataset=task.dataset,
+            samples=task.samples,
+            stage=task.stage,
+            done=task.done,
+            total=task.total,
+            notices=list(task.notices),
+            started_at=task.started_at,
+            seconds=round(task.seconds, 2),
+            result=None if task.result is None else EvalRunPublic.of(task.result),
+            error=None if task.error is None else _task_error(task),
+        )
+
+
+def _task_error(task: EvalTask) -> TaskError:
+    error = task.error
+    if isinstance(error, OpsloopError):
+        return TaskError(**error.to_dict()["error"], status=error.status)
+    if isinstance(error, asyncio.CancelledError):
+        message = "the server stopped before the run finished; run it again to resume it"
+        return TaskError(type="cancelled", message=message, details={"task": task.id}, status=503)
+    message = "internal server error; the server log has the details"
+    return TaskError(type="internal_error", message=message, details={"task": task.id}, status=500)
+
+
+@router.post(
+    "/runs",
+    summary="Run an eval in the server",
+    response_model=EvalRunPublic,
+    responses={202: {"model": EvalTaskPublic, "description": "wait=false: the run started; poll its task"}},
+)
 async def create_run(
-    body: EvalRunCreate, platform: PlatformDep, principal: OperatorKey, request: Request
-) -> EvalRunPublic:
-    """Run the data set through the RAG pipeline of the caller's tenant and answer when it has finished.
+    body: EvalRunCreate,
+    platform: PlatformDep,
+    tasks: EvalTasksDep,
+    principal: OperatorKey,
+    request: Request,
+    wait: Annotated[
+        bool, Query(description="false: answer 202 with the run's task at once (poll it for progress).")
+    ] = True,
+) -> EvalRunPublic | JSONResponse:
+    """Run the data set through the RAG pipeline of the caller's tenant; answer when it has finished.
 
     The run is scored, resumed, tracked in MLflow, gated and audited (``eval.run``) exactly as
     ``opsloop eval run`` does it; the items are checked like the lines of a file (item 3 is
     "line 3"). This can take long: set the client's timeout accordingly (a run cut short
-    resumes when asked again).
+    resumes when asked again), or pass ``wait=false`` and poll ``GET /admin/evals/tasks/{id}``
+    (the ``Location`` of the 202) for its progress and, at the end, its result.
     """
     data = body.dataset
     dataset = dataset_from_items(data.items, name=data.name, path=data.path)
@@ -215,13 +301,48 @@ async def create_run(
         )
     config = eval_config(default_top_k=platform.settings.rag_top_k, **body.model_dump(include=_CONFIG_FIELDS))
     config.metric_names()  # an unknown or unavailable metric fails before anything loads
-    result = await eval_runs(platform).run(
+    runs = eval_runs(platform)
+    task = tasks.start(
         principal,
-        dataset,
-        config,
-        resume=body.resume,
-        baseline=body.baseline,
-        rules=body.rules(),
-        request_id=request_id(request),
+        dataset.name,
+        len(dataset.items),
+        lambda stage, notice: runs.run(
+            principal,
+            dataset,
+            config,
+            resume=body.resume,
+            baseline=body.baseline,
+            rules=body.rules(),
+            stage=stage,
+            notice=notice,
+            request_id=request_id(request),
+        ),
     )
-    return EvalRunPublic.of(result)
+    if not wait:
+        answer = EvalTaskPublic.of(task).model_dump(mode="json")
+        return JSONResponse(answer, status_code=202, headers={"Location": f"{router.prefix}/tasks/{task.id}"})
+    return EvalRunPublic.of(await tasks.wait(task))
+
+
+@router.get("/tasks", summary="The eval runs in this server, with their progress")
+async def list_tasks(
+    tasks: EvalTasksDep,
+    principal: OperatorKey,
+    tenant: Annotated[str | None, Query(description="Admins only; others see their own tenant's.")] = None,
+) -> list[EvalTaskPublic]:
+    """Runs going on in this server and those that ended in the last hour, newest first.
+
+    A non-admin sees its own tenant's; an admin every tenant's, or ``tenant``'s.
+    """
+    return [EvalTaskPublic.of(task) for task in tasks.visible(principal, tenant=tenant)]
+
+
+@router.get("/tasks/{task_id}", summary="One eval run in this server: its progress, result or error")
+async def get_task(
+    task_id: Annotated[str, Path(min_length=1, max_length=64)], tasks: EvalTasksDep, principal: OperatorKey
+) -> EvalTaskPublic:
+    """The run's state and progress; once it has ended, its result (as the waiting POST answers) or error.
+
+    Another tenant's task is a 404 for a non-admin, as if it did not exist.
+    """
+    return EvalTaskPublic.of(tasks.get(principal, task_id))

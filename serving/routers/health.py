@@ -23,18 +23,24 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "some component is still starting or failed (or, strict, is degraded)"}},
 )
 async def readyz(platform: PlatformDep, strict: bool = False) -> JSONResponse:
-    """Return each component's state; 503 until all have started.
+    """Return each component's state and what the starting ones wait for; 503 until all have started.
 
-    A ``degraded`` component (the models one, while some model's champion cannot be
-    loaded) still answers 200, with the reason under ``why``: the other models, the
-    gateway and RAG keep serving, and a broken version in the shared registry would
-    otherwise take every replica out of its load balancer at once. ``?strict=true``
-    answers 503 for it too, for checks that should fail on it.
+    ``pending`` names each component still starting with what it is doing (``"rag: docs
+    ingestion (4/11 files)"``); ``why`` says why a component failed or is degraded. A
+    ``degraded`` component (the models one, while some model's champion cannot be loaded)
+    still answers 200: the other models, the gateway and RAG keep serving, and a broken
+    version in the shared registry would otherwise take every replica out of its load
+    balancer at once. ``?strict=true`` answers 503 for it too, for checks that should fail on it.
     """
-    components, why = platform.readiness()
-    degraded = any(state == "degraded" for state in components.values())
-    ok = platform.ready and not (strict and degraded)
-    body = {"ready": platform.ready, "degraded": degraded, "components": components, "why": why}
+    now = platform.readiness()
+    ok = now.ready and not (strict and now.degraded)
+    body = {
+        "ready": now.ready,
+        "degraded": now.degraded,
+        "components": now.components,
+        "pending": now.pending,
+        "why": now.why,
+    }
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

@@ -7,6 +7,7 @@ golden questions, so no model writes an answer.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _eval_posts(server: Server) -> float:
 def test_eval_run_goes_through_the_server_and_is_tracked_like_a_local_run(server: Server) -> None:
     done = cli(server.home, *RUN, "--format", "json")
     assert done.returncode == 0, done.stderr
-    assert HANDED_OFF in done.stderr and "no progress bar" in done.stderr
+    assert HANDED_OFF in done.stderr
     body = json.loads(done.stdout)
     assert body["samples"] == 5 and body["dataset"] == "docs_golden" and "gate" not in body
     assert body["summaries"]["hit_rate"]["mean"] > 0.5 and body["summaries"]["hit_rate"]["scored"] == 5
@@ -113,3 +114,29 @@ def test_the_route_checks_the_items_it_is_sent(server: Server) -> None:
     body["dataset"] = {"name": "x", "items": [item]}
     escaping = server.http.post("/admin/evals/runs", json={**body, "resume": "../x"}, headers=_admin(server))
     assert escaping.status_code == 422
+
+
+def test_a_run_started_without_waiting_shows_its_progress_then_its_result(server: Server) -> None:
+    items = [json.loads(line) for line in GOLDEN.read_text(encoding="utf-8").splitlines()[:3]]
+    body = {"collection": "docs", "generate": False, "dataset": {"name": "golden3", "items": items}}
+    started = server.http.post(
+        "/admin/evals/runs", params={"wait": "false"}, json=body, headers=_admin(server)
+    )
+    assert started.status_code == 202, started.text
+    task = started.json()
+    assert task["state"] == "running" and (task["samples"], task["total"]) == (3, 3)
+    assert started.headers["location"] == f"/admin/evals/tasks/{task['id']}"
+    seen = []
+    deadline = time.monotonic() + 120
+    while task["state"] == "running":
+        assert time.monotonic() < deadline, task
+        time.sleep(0.2)
+        task = server.http.get(started.headers["location"], headers=_admin(server)).json()
+        seen.append((task["stage"], task["done"], task["total"]))
+    assert task["state"] == "finished" and task["error"] is None, task
+    assert seen[-1] == ("eval", 3, 3) and all(0 <= done <= 3 for _, done, _ in seen)
+    assert task["result"]["samples"] == 3 and task["result"]["summaries"]["hit_rate"]["scored"] == 3
+    listed = server.http.get("/admin/evals/tasks", headers=_admin(server)).json()
+    assert task["id"] in [t["id"] for t in listed]
+    missing = server.http.get("/admin/evals/tasks/nosuchtask", headers=_admin(server))
+    assert missing.status_code == 404

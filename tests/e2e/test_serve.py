@@ -36,6 +36,7 @@ def test_serve_boots_prints_admin_key_and_gets_ready(server: Server) -> None:
         "ready": True,
         "degraded": False,
         "components": {"store": "ready", "registry": "ready", "models": "ready"},
+        "pending": [],
         "why": {},
     }
     assert "opsloop_http_requests_total" in server.http.get("/metrics").text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -68,17 +69,38 @@ def _server(handler: httpx.MockTransport) -> ServerRag:
     return ServerRag("http://opsloop.test", "token", tenant="default", actor="cli:test", transport=handler)
 
 
-def test_run_eval_posts_the_run_and_returns_the_answer_as_a_local_run_does() -> None:
+def _task(state: str = "running", done: int = 0, **more: Any) -> dict[str, Any]:
+    """A task as ``GET /admin/evals/tasks/{id}`` answers it."""
+    return {
+        "id": "t1", "state": state, "tenant": "default", "actor": "cli:test", "dataset": "docs_golden",
+        "samples": 5, "stage": "eval", "done": done, "total": 5, "notices": [],
+        "started_at": "2026-12-01T10:00:00Z", "seconds": 1.0, **more,
+    }  # fmt: skip
+
+
+def test_run_eval_starts_the_run_polls_its_progress_and_returns_the_run_as_a_local_run_does() -> None:
     seen: list[httpx.Request] = []
+    polls = iter([_task(done=2), _task(done=4), _task("finished", 5, result=RUN.model_dump(mode="json"))])
 
     def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json=RUN.model_dump(mode="json"))
+        if request.method == "POST":
+            return httpx.Response(202, json=_task())
+        return httpx.Response(200, json=next(polls))
 
+    shown: list[tuple[str, int, int]] = []
     with _server(httpx.MockTransport(handle)) as server:
-        assert server.run_eval({"collection": "docs"}, timeout=5) == RUN
-    assert seen[0].url.path == "/admin/evals/runs" and json.loads(seen[0].content) == {"collection": "docs"}
-    assert seen[0].extensions["timeout"]["read"] == 5
+        done = server.run_eval(
+            {"collection": "docs"},
+            timeout=60,
+            poll_seconds=0.01,
+            progress=lambda task: shown.append((task.state, task.done, task.total)),
+        )
+    assert done == RUN
+    assert seen[0].url.path == "/admin/evals/runs" and seen[0].url.params["wait"] == "false"
+    assert json.loads(seen[0].content) == {"collection": "docs"}
+    assert [r.url.path for r in seen[1:]] == ["/admin/evals/tasks/t1"] * 3
+    assert shown == [("running", 0, 5), ("running", 2, 5), ("running", 4, 5), ("finished", 5, 5)]
 
 
 def test_trigger_eval_returns_the_jobs_status() -> None:
@@ -95,15 +117,26 @@ def test_trigger_eval_returns_the_jobs_status() -> None:
     assert ran.next_run is not None and ran.next_run.hour == 3
 
 
-def test_run_eval_says_the_server_goes_on_after_a_timeout_and_passes_its_errors() -> None:
+def test_run_eval_says_the_server_goes_on_after_the_timeout_and_passes_its_errors() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(202 if request.method == "POST" else 200, json=_task())
 
-    with _server(httpx.MockTransport(slow)) as server, pytest.raises(BackendError, match="--timeout"):
-        server.run_eval({}, timeout=5)
+    with _server(httpx.MockTransport(slow)) as server, pytest.raises(BackendError, match="--timeout") as err:
+        server.run_eval({}, timeout=0.05, poll_seconds=0.01)
+    assert err.value.details["task"] == "t1"
 
-    def missing(request: httpx.Request) -> httpx.Response:
+    def refused(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, json={"error": {"message": "no collection nope", "details": {}}})
 
-    with _server(httpx.MockTransport(missing)) as server, pytest.raises(NotFoundError, match="nope"):
+    with _server(httpx.MockTransport(refused)) as server, pytest.raises(NotFoundError, match="nope"):
         server.run_eval({}, timeout=5)
+
+    error = {"type": "not_found", "message": "no prompt version 9", "details": {"version": 9}, "status": 404}
+
+    def failed(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json=_task())
+        return httpx.Response(200, json=_task("failed", error=error))
+
+    with _server(httpx.MockTransport(failed)) as server, pytest.raises(NotFoundError, match="version 9"):
+        server.run_eval({}, timeout=5, poll_seconds=0.01)
