@@ -101,6 +101,7 @@ class RagPipeline(Protocol):
         llm: LLMClient | None = None,
         max_answer_tokens: int | None = None,
         log_query: bool = True,
+        fallback: bool | None = None,
     ) -> QueryOutcome:
         """Retrieve for ``question`` in the caller's tenant and, with ``generate``, answer it."""
         ...
@@ -286,6 +287,8 @@ class EvalRunner:
                 llm=self.answer_llm,
                 max_answer_tokens=config.max_answer_tokens,
                 log_query=False,
+                # The prompt's own answers: an extractive fallback would hide a broken prompt.
+                fallback=False,
             )
         except (NotFoundError, InvalidInputError, ConfigError):
             raise  # the run's configuration is wrong: every sample would fail alike

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     bootstrap_demo: bool = Field(
         default=True, description="Train and register the demo credit-risk model when no model exists."
     )
+    experiment_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often serving re-reads the running experiments (a rollback "
+        "reaches every process within this time).",
+    )
+    experiment_decide_seconds: float = Field(
+        default=2.0, ge=0, description="How often serve judges running experiments; 0 turns the decider off."
+    )
     drift_check_seconds: float = Field(
         default=300.0, ge=0, description="How often serve checks each model for drift; 0 turns it off."
     )
@@ -135,6 +144,21 @@ class Settings(BaseSettings):
         default=1500, ge=16, description="Token budget of the sources block in the answer prompt."
     )
     rag_max_answer_tokens: int = Field(default=256, ge=1, description="Most tokens of a generated answer.")
+    rag_answer_temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="Sampling temperature of RAG answers; 0 is deterministic."
+    )
+    rag_answer_frequency_penalty: float | None = Field(
+        default=0.5,
+        ge=-2.0,
+        le=2.0,
+        description="OpenAI's frequency_penalty on RAG answers: above 0 discourages the loops small "
+        "models fall into; null sends none (the backend's default).",
+    )
+    rag_answer_fallback: bool = Field(
+        default=True,
+        description="Replace a generated answer that cites no source or repeats itself by the sources' "
+        "sentences closest to the question (answer_mode 'extractive').",
+    )
     llm_model_path: Path | None = Field(
         default=None, description="GGUF file of the local LLM; default: the packaged SmolLM2-135M-Instruct."
     )

@@ -28,21 +28,33 @@ empty marker goes with the space before it), so a reader never sees a citation t
 nowhere; the rest, deduplicated in order of first appearance, are ``citations``. Nothing is
 added that the model did not write.
 
-When retrieval found nothing, the answer is :data:`DONT_KNOW` and the LLM is not called.
+When retrieval found nothing, the answer is :data:`DONT_KNOW` and the LLM is not called
+(mode ``no_sources``).
+
+Fallback. A small model's answer may cite none of the sources (SmolLM2-135M often does, or says
+:data:`DONT_KNOW` while the sources hold the answer) or loop on one phrase until it runs out of
+tokens. Such an answer is replaced by an extractive one (:func:`rag.extractive.extractive_answer`):
+the sources' sentences closest to the question, each with its ``[n]``. Its ``mode`` is
+``extractive`` instead of ``generated``, ``note`` says why, and ``generated`` keeps what the model
+wrote. The order of the checks: repetition (:func:`rag.extractive.is_repetitive`) first, since a
+looping answer is unusable even when it cites; then no valid citation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
 
 from opsloop.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
 from opsloop.llm.protocol import ChatMessage, ChatRequest, LLMClient, Usage
 from opsloop.registry import PromptVersionInfo, Registry
 from rag.chunking import context_header
+from rag.embedder import Embedder
+from rag.extractive import extractive_answer, is_repetitive
 from rag.retriever import RetrievedChunk
 
 __all__ = [
@@ -50,6 +62,7 @@ __all__ = [
     "DEFAULT_PROMPT",
     "DONT_KNOW",
     "Answer",
+    "AnswerMode",
     "Answerer",
     "Source",
     "TokenCounter",
@@ -82,6 +95,20 @@ DEFAULT_PROMPT = (
 """Version 1 of the ``rag-answer`` prompt."""
 
 MAX_QUESTION_CHARS = 2000
+
+AnswerMode = Literal["generated", "extractive", "no_sources", "retrieval_only"]
+"""How an answer was made: the LLM's text, the sources' sentences (the fallback), the fixed
+:data:`DONT_KNOW` when nothing was retrieved, or none at all (a retrieval-only query)."""
+
+NOTE_REPETITIVE = (
+    "the generated answer repeated itself; these are the sources' sentences closest to the question"
+)
+NOTE_UNCITED = (
+    "the generated answer cited no source; these are the sources' sentences closest to the question"
+)
+NOTE_DONT_KNOW = (
+    "the model found no answer in the sources; these are the sources' sentences closest to the question"
+)
 
 # Tag on the versions ensure_answer_prompt registers; racing processes agree on version 1 by it.
 _DEFAULT_TAG = "opsloop.default"
@@ -121,7 +148,7 @@ class Answer:
     """An answer with the sources it was written from and the ones it cites.
 
     ``model`` is None when the LLM was not called (no sources); ``prompt_version`` echoes the
-    version the caller passed.
+    version the caller passed. ``mode``, ``note`` and ``generated``: see the module docs.
     """
 
     answer: str
@@ -131,6 +158,11 @@ class Answer:
     prompt_version: str | int
     model: str | None
     backend: str
+    mode: AnswerMode = "generated"
+    note: str | None = None
+    """Why the answer is not the model's (None when it is)."""
+    generated: str | None = None
+    """What the model wrote (citations cleaned); None when the LLM was not called."""
 
 
 # -- prompt registry ---------------------------------------------------------------------------
@@ -325,7 +357,12 @@ class Answerer:
         context_tokens: Budget of the numbered-sources block.
         max_answer_tokens: ``max_tokens`` of the completion.
         temperature: Sampling temperature; 0 answers deterministically.
+        frequency_penalty: The completion's ``frequency_penalty`` (-2 to 2); None sends none.
         max_question_chars: Longest question accepted.
+        fallback: Replace an answer that cites no source or repeats itself by an extractive one
+            (see the module docs); False returns whatever the model wrote.
+        embedder: Ranks the sources' sentences for the extractive answer by cosine to the
+            question; None ranks them by the question's words they contain.
 
     Raises:
         InvalidInputError: A setting is out of range; ``details["field"]`` names it.
@@ -340,6 +377,9 @@ class Answerer:
         max_answer_tokens: int = 256,
         temperature: float = 0.0,
         max_question_chars: int = MAX_QUESTION_CHARS,
+        frequency_penalty: float | None = None,
+        fallback: bool = True,
+        embedder: Embedder | None = None,
     ) -> None:
         for name, value in (
             ("context_tokens", context_tokens),
@@ -352,12 +392,25 @@ class Answerer:
             raise InvalidInputError(
                 "temperature must be a finite number >= 0", field="temperature", value=repr(temperature)
             )
+        if frequency_penalty is not None and (
+            isinstance(frequency_penalty, bool)
+            or not isinstance(frequency_penalty, int | float)
+            or not -2 <= frequency_penalty <= 2
+        ):
+            raise InvalidInputError(
+                "frequency_penalty must be a number from -2 to 2",
+                field="frequency_penalty",
+                value=repr(frequency_penalty),
+            )
         self.llm = llm
         self.tokenizer = tokenizer
         self.context_tokens = context_tokens
         self.max_answer_tokens = max_answer_tokens
         self.temperature = float(temperature)
         self.max_question_chars = max_question_chars
+        self.frequency_penalty = None if frequency_penalty is None else float(frequency_penalty)
+        self.fallback = fallback
+        self.embedder = embedder
 
     async def answer(
         self,
@@ -377,16 +430,36 @@ class Answerer:
         context, sources = build_context(chunks, self.tokenizer, self.context_tokens)
         prompt = render_prompt(prompt_template, context=context, question=question)
         if not sources:
-            return Answer(DONT_KNOW, [], [], Usage(), prompt_version, None, self.llm.name)
+            return Answer(DONT_KNOW, [], [], Usage(), prompt_version, None, self.llm.name, mode="no_sources")
         result = await self.llm.chat(
             ChatRequest(
                 messages=[ChatMessage(role="user", content=prompt)],
                 max_tokens=self.max_answer_tokens,
                 temperature=self.temperature,
+                frequency_penalty=self.frequency_penalty,
             )
         )
         text, citations = extract_citations(result.text, {source.n for source in sources})
-        return Answer(text, sources, citations, result.usage, prompt_version, result.model, result.backend)
+        answer = Answer(
+            text,
+            sources,
+            citations,
+            result.usage,
+            prompt_version,
+            result.model,
+            result.backend,
+            generated=text,
+        )
+        note = _fallback_note(text, citations)
+        if not self.fallback or note is None:
+            return answer
+        # Embedding the sentences is CPU work of tens of milliseconds: off the event loop.
+        extract, cited = await asyncio.to_thread(
+            extractive_answer, question, [(s.n, s.text) for s in sources], embedder=self.embedder
+        )
+        if not extract:  # no source has a whole sentence to quote: the model's text is all there is
+            return answer
+        return replace(answer, answer=extract, citations=cited, mode="extractive", note=note)
 
     def _checked(self, question: str) -> str:
         if not isinstance(question, str) or not question.strip():
@@ -401,3 +474,12 @@ class Answerer:
                 max_length=self.max_question_chars,
             )
         return question.strip()
+
+
+def _fallback_note(text: str, citations: list[int]) -> str | None:
+    """Why ``text`` (cleaned, with its valid ``citations``) is no usable answer; None when it is."""
+    if is_repetitive(text):
+        return NOTE_REPETITIVE
+    if not citations:
+        return NOTE_DONT_KNOW if DONT_KNOW.rstrip(".").lower() in text.lower() else NOTE_UNCITED
+    return None

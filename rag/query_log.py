@@ -32,7 +32,8 @@ class QueryLogEntry:
 
     ``chunk_ids``, ``scores`` (reciprocal-rank-fusion) and ``dense_scores`` (cosine) are parallel
     lists over every retrieved chunk, best first. ``answer``, ``prompt_version`` and
-    ``generation_ms`` are None for a retrieval-only query (``generate=false``).
+    ``generation_ms`` are None for a retrieval-only query (``generate=false``). ``answer_mode``
+    is ``rag.answer.AnswerMode`` (None on rows logged before it was recorded).
     """
 
     request_id: str
@@ -49,6 +50,7 @@ class QueryLogEntry:
     latency_ms: float
     retrieval_ms: float
     generation_ms: float | None
+    answer_mode: str | None = None
     at: datetime = field(default_factory=utcnow)
     id: int | None = None
     """Set on entries read back from the store."""
@@ -114,6 +116,7 @@ def _entry(row: RagQuery) -> QueryLogEntry:
         latency_ms=row.latency_ms,
         retrieval_ms=row.retrieval_ms,
         generation_ms=row.generation_ms,
+        answer_mode=row.answer_mode,
         at=row.at,
         id=row.id,
     )

@@ -62,7 +62,15 @@ from opsloop.llm.gateway import EmbeddingMeter
 from opsloop.llm.protocol import LLMClient
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
-from rag.answer import Answer, Answerer, Source, build_context, ensure_answer_prompt, load_answer_prompt
+from rag.answer import (
+    Answer,
+    Answerer,
+    AnswerMode,
+    Source,
+    build_context,
+    ensure_answer_prompt,
+    load_answer_prompt,
+)
 from rag.catalog import CollectionCatalog
 from rag.chunking import HFTokenizer
 from rag.embedder import SentenceTransformerEmbedder
@@ -99,6 +107,7 @@ T = TypeVar("T")
 
 _COLLECTION = re.compile(COLLECTION_PATTERN)
 _LOCK_FILE = ".lock"
+_AUDITED_NAMES = 1000  # file names per status in one rag.ingest audit entry
 
 
 def physical_name(tenant: str, collection: str) -> str:
@@ -249,6 +258,11 @@ class QueryResult:
     prompt_ms: float | None
     generation_ms: float | None
 
+    @property
+    def answer_mode(self) -> AnswerMode:
+        """How the answer was made (``retrieval_only`` when none was)."""
+        return "retrieval_only" if self.answer is None else self.answer.mode
+
     def chunk_id(self, source: Source) -> str:
         """The store id of the chunk a source was cut from (sources number ``chunks`` from 1)."""
         return self.chunks[source.n - 1].id
@@ -374,7 +388,7 @@ class RagService:
         name = physical_name(caller.tenant, collection)
         ingestor = self._ingestor(caller.tenant, collection, chunk_tokens, overlap_tokens)
         report = ingestor.ingest(name, root, delete_missing=delete_missing, progress=progress)
-        return self._finish(caller, collection, ingestor, report, started, "rag.ingest", None)
+        return self._finish(caller, collection, ingestor, report, started, "folder", None)
 
     def upload(
         self,
@@ -431,7 +445,7 @@ class RagService:
             )
         ingestor = self._ingestor(caller.tenant, collection, chunk_tokens, overlap_tokens)
         report = ingestor.ingest_documents(name, documents, skipped=skipped)
-        return self._finish(caller, collection, ingestor, report, started, "rag.upload", request_id)
+        return self._finish(caller, collection, ingestor, report, started, "upload", request_id)
 
     def delete_document(
         self, caller: Principal, collection: str, source: str, *, request_id: str | None = None
@@ -509,21 +523,35 @@ class RagService:
         ingestor: Ingestor,
         report: IngestReport,
         started: float,
-        action: str,
+        via: str,
         request_id: str | None,
     ) -> IngestRun:
+        """Keep the run as the collection's last ingestion and audit it as one ``rag.ingest``.
+
+        A folder ingest and an upload of several files are one entry each, whichever entry point
+        sent them: the counts, and the names of the files that changed or were skipped
+        (unchanged files only counted). Names are capped per status so a huge first ingest
+        cannot bloat the append-only log; the counts stay exact and ``last_ingest`` has them all.
+        """
         run = IngestRun(
             collection, report, time.perf_counter() - started, ingestor.max_tokens, ingestor.overlap_tokens
         )
         summary = run.summary()
         self.catalog.record_ingest(caller.tenant, collection, summary)
         counts = {s: len(v) if isinstance(v, list) else v for s, v in summary.items() if s != "collection"}
+        named = {
+            "added": report.added,
+            "replaced": report.replaced,
+            "deleted": report.deleted,
+            "skipped": [s.source for s in report.skipped],
+        }
+        files = {status: names[:_AUDITED_NAMES] for status, names in named.items() if names}
         self.audit.append(
             actor=caller.actor,
             tenant=caller.tenant,
-            action=action,
+            action="rag.ingest",
             target=collection,
-            after=counts,
+            after={"via": via, **counts, "files": files},
             request_id=request_id,
         )
         return run
@@ -578,6 +606,7 @@ class RagService:
         llm: LLMClient | None = None,
         max_answer_tokens: int | None = None,
         log_query: bool = True,
+        fallback: bool | None = None,
     ) -> QueryResult:
         """Answer ``question`` from the caller's tenant's ``collection`` and log the query.
 
@@ -590,7 +619,9 @@ class RagService:
         The keyword arguments after ``request_id`` are for evals: ``prompt`` answers with that
         alias or version of the answer prompt instead of ``production``, ``llm`` with that client
         (a gateway route) instead of ``answer_llm``, ``max_answer_tokens`` caps the answer,
-        and ``log_query=False`` keeps the query out of the query log and unmetered (eval questions
+        ``fallback=False`` returns the LLM's answer even when it cites nothing or repeats itself
+        (an eval of a prompt must see what the prompt makes), and ``log_query=False`` keeps the
+        query out of the query log and unmetered (eval questions
         are not user traffic, and would skew query drift; an eval run is costed on its own).
 
         Raises:
@@ -626,6 +657,10 @@ class RagService:
                 self.tokenizer,
                 context_tokens=self.settings.rag_context_tokens,
                 max_answer_tokens=max_answer_tokens or self.settings.rag_max_answer_tokens,
+                temperature=self.settings.rag_answer_temperature,
+                frequency_penalty=self.settings.rag_answer_frequency_penalty,
+                fallback=self.settings.rag_answer_fallback if fallback is None else fallback,
+                embedder=self.embedder,
             )
             answer = await answerer.answer(question, chunks, template.template, template.version)
             prompt_ms = (prompted - retrieved) * 1000
@@ -709,4 +744,5 @@ def _log_entry(tenant: str, collection: str, question: str, result: QueryResult)
         latency_ms=result.latency_ms,
         retrieval_ms=result.retrieval_ms,
         generation_ms=result.generation_ms,
+        answer_mode=result.answer_mode,
     )

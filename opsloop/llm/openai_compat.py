@@ -294,6 +294,7 @@ class OpenAICompatClient:
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
+            "frequency_penalty": request.frequency_penalty,
             "seed": request.seed,
             "stop": list(request.stop) or None,
         }

@@ -133,6 +133,10 @@ class ChatRequest:
     json_schema: Mapping[str, Any] | None = None
     """The answer must be JSON matching this JSON Schema (constrained decoding where the
     backend has it: llama.cpp's grammars, vLLM's guided decoding, OpenAI's structured outputs)."""
+    frequency_penalty: float | None = None
+    """OpenAI's: lowers a token's odds by how often it already occurs (-2 to 2; llama.cpp counts
+    the last 64 tokens). llama.cpp and OpenAI-compatible backends send it; Anthropic's API has no
+    such parameter, so that backend leaves it out."""
 
 
 @dataclass(frozen=True)

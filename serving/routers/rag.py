@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
-from rag.answer import MAX_QUESTION_CHARS
+from rag.answer import MAX_QUESTION_CHARS, AnswerMode
 from rag.service import COLLECTION_PATTERN, CollectionView, QueryResult
 from serving.deps import OperatorKey, RagDep, UserKey, ViewerKey, request_id
 
@@ -82,6 +82,14 @@ class QueryResponse(BaseModel):
     """
 
     answer: str | None
+    answer_mode: AnswerMode = Field(
+        description="generated: the LLM's answer; extractive: the sources' sentences closest to the "
+        "question, because the LLM's answer cited no source or repeated itself; no_sources: nothing was "
+        "retrieved (the fixed don't-know answer, no LLM call); retrieval_only: generate=false."
+    )
+    answer_note: str | None = Field(
+        default=None, description="Why the answer is not the LLM's own (null when it is)."
+    )
     sources: list[SourcePublic]
     citations: list[int]
     usage: UsagePublic
@@ -164,6 +172,8 @@ def query_response(result: QueryResult) -> QueryResponse:
     answer = result.answer
     return QueryResponse(
         answer=None if answer is None else answer.answer,
+        answer_mode=result.answer_mode,
+        answer_note=None if answer is None else answer.note,
         sources=[
             SourcePublic(
                 n=s.n,

@@ -32,6 +32,8 @@ ENV = {
     "OPSLOOP_BOOTSTRAP_DEMO": "false",
     "OPSLOOP_BOOTSTRAP_DOCS": "true",
     "OPSLOOP_RAG_MAX_ANSWER_TOKENS": "32",
+    # Below the CLI's default: an ingest through the server must split what the server refuses.
+    "OPSLOOP_MAX_BODY_BYTES": "16384",
 }
 
 
@@ -283,6 +285,14 @@ def test_cli_works_through_the_server_that_holds_the_store(setup: Setup) -> None
     assert counts == {"added": 1, "replaced": 1, "unchanged": 1, "deleted": 3}, done.stdout
     detail = setup.server.http.get("/collections/docs", headers=setup.acme).json()
     assert {d["source"] for d in detail["documents"]} == {"billing.md", "install.md", "new.md"}
+    # The folder went in as one upload: one rag.ingest naming its files, all in last_ingest.
+    last = detail["last_ingest"]
+    assert (last["added"], last["replaced"]) == (["new.md"], ["billing.md"])
+    assert last["unchanged"] == ["install.md"]
+    trail = cli(setup.server.home, "audit", "tail", "--action", "rag.ingest", "--tenant", "acme", "--json")
+    uploads = [e for e in map(json.loads, trail.stdout.splitlines()) if e["after"]["via"] == "upload"]
+    cli_uploads = [e for e in uploads if e["actor"].startswith("cli:")]
+    assert [e["after"]["files"] for e in cli_uploads] == [{"added": ["new.md"], "replaced": ["billing.md"]}]
 
     asked = cli(
         setup.server.home,
@@ -295,6 +305,23 @@ def test_cli_works_through_the_server_that_holds_the_store(setup: Setup) -> None
     audit = cli(setup.server.home, "audit", "tail", "--action", "rag.delete", "--tenant", "acme", "--json")
     deletions = {e["target"]: e for e in map(json.loads, audit.stdout.splitlines())}
     assert deletions["docs/security.md"]["actor"].startswith("cli:")
+
+
+def test_cli_ingest_halves_an_upload_the_server_finds_too_large(setup: Setup, tmp_path: Path) -> None:
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for name in ("a.md", "b.md", "c.md"):  # about 6 KB each: all three exceed the server's 16 KiB
+        (folder / name).write_text(f"# {name}\n\n" + "The frobnicator hums quietly. " * 200)
+    (folder / "huge.md").write_text("# Huge\n\n" + "word " * 5000)  # too big even alone
+    done = cli(setup.server.home, "ingest", str(folder), "--collection", "big", "--tenant", "acme")
+    assert done.returncode == 1, done.stderr  # a file was skipped
+    assert "huge.md: request body of" in done.stdout and "exceeds the limit" in done.stdout, done.stdout
+    detail = setup.server.http.get("/collections/big", headers=setup.acme).json()
+    assert [d["source"] for d in detail["documents"]] == ["a.md", "b.md", "c.md"]
+    trail = cli(setup.server.home, "audit", "tail", "--action", "rag.ingest", "--tenant", "acme", "--json")
+    entries = [e for e in map(json.loads, trail.stdout.splitlines()) if e["target"] == "big"]
+    added = sorted(name for e in entries for name in e["after"]["files"].get("added", []))
+    assert added == ["a.md", "b.md", "c.md"] and len(entries) == 2  # [a, b] and [c] went in
 
 
 def test_answers_go_through_the_gateway_under_the_asking_key(setup: Setup) -> None:

@@ -277,3 +277,24 @@ def test_a_json_schema_is_sent_as_the_server_expects(mode: str, expected: dict[s
 
     asyncio.run(run())
     assert sent[0]["response_format"] == expected and "response_format" not in sent[1]
+
+
+def test_a_frequency_penalty_is_sent_only_when_set() -> None:
+    sent: list[dict[str, object]] = []
+    body = {
+        "id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    }  # fmt: skip
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=body)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+            client = OpenAICompatClient("http://llm.test/v1", model=MODEL, http_client=http)
+            await client.chat(ChatRequest([ChatMessage("user", "hi")], frequency_penalty=0.5))
+            await client.chat(ChatRequest([ChatMessage("user", "hi")]))
+
+    asyncio.run(run())
+    assert sent[0]["frequency_penalty"] == 0.5 and "frequency_penalty" not in sent[1]

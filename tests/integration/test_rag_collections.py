@@ -62,6 +62,31 @@ def test_chunk_settings_belong_to_the_collection(rag: RagService) -> None:
     assert view.last_ingest is not None and view.last_ingest["replaced"] == ["guide.md"]
 
 
+def test_an_upload_of_several_files_is_one_ingest_like_a_folder_run(
+    rag: RagService, platform: Platform, tmp_path: Path
+) -> None:
+    uploaded = _upload(rag, ("guide.md", LONG), ("notes.md", SHORT), ("x.exe", b"MZ"))
+    (entry,) = platform.audit.query(AuditFilter(action="rag.ingest"))
+    assert entry.target == "guides" and entry.after is not None
+    assert entry.after["via"] == "upload" and (entry.after["added"], entry.after["skipped"]) == (2, 1)
+    assert entry.after["files"] == {"added": ["guide.md", "notes.md"], "skipped": ["x.exe"]}
+    last = rag.collection(ACME, "guides").last_ingest
+    assert last == uploaded and last["added"] == ["guide.md", "notes.md"]
+
+    # A folder run is the same kind of entry: only `via` tells them apart.
+    folder = tmp_path / "handbook"
+    folder.mkdir()
+    (folder / "notes.md").write_bytes(SHORT)
+    (folder / "faq.md").write_bytes(b"# FAQ\n\nAsk the notes.\n")
+    rag.ingest(ACME, "guides", folder, delete_missing=True)
+    latest = platform.audit.query(AuditFilter(action="rag.ingest"))[0]
+    assert latest.after is not None and latest.after["via"] == "folder"
+    assert latest.after["files"] == {"added": ["faq.md"], "deleted": ["guide.md"]}
+    assert latest.after["unchanged"] == 1  # counted, not named
+    last = rag.collection(ACME, "guides").last_ingest
+    assert last is not None and (last["added"], last["unchanged"]) == (["faq.md"], ["notes.md"])
+
+
 def test_optimize_builds_the_index_and_search_answers_the_same(rag: RagService, platform: Platform) -> None:
     _upload(rag, ("guide.md", LONG), ("notes.md", SHORT))
     asked = rag.query(ACME, "What are the notes?", "guides", generate=False)

@@ -97,8 +97,13 @@ def test_rag_directly_and_over_http_agree_scope_and_audit(
     rag = platform.rag
     again = rag.upload(operator, "handbook", [("keys.md", GUIDE)])
     assert again.report.unchanged == ["keys.md"]
-    entries = platform.audit.query(AuditFilter(action="rag.upload", actor=operator.key_id))
+    entries = platform.audit.query(AuditFilter(action="rag.ingest", actor=operator.key_id))
     assert [(e.tenant, e.target) for e in entries] == [("acme", "handbook")] * 2
+    # Newest first: the direct upload changed nothing, the one over HTTP added the file, by name.
+    assert [e.after and (e.after["via"], e.after["files"]) for e in entries] == [
+        ("upload", {}),
+        ("upload", {"added": ["keys.md"]}),
+    ]
 
     question = {"question": "How do I rotate a key?", "collection": "handbook", "generate": False}
     over_http = client.post("/query", json=question, headers=headers).json()

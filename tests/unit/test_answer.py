@@ -12,6 +12,9 @@ from opsloop.llm.protocol import ChatChunk, ChatRequest, ChatResult, LLMClient, 
 from rag.answer import (
     DEFAULT_PROMPT,
     DONT_KNOW,
+    NOTE_DONT_KNOW,
+    NOTE_REPETITIVE,
+    NOTE_UNCITED,
     Answerer,
     build_context,
     extract_citations,
@@ -200,7 +203,7 @@ def test_answer_calls_the_llm_with_the_rendered_prompt_and_settings() -> None:
     result = asyncio.run(answerer.answer("  How to fix OOM?  ", [chunk(1), chunk(2)], DEFAULT_PROMPT, 3))
 
     [request] = llm.requests
-    assert (request.max_tokens, request.temperature) == (32, 0.0)
+    assert (request.max_tokens, request.temperature, request.frequency_penalty) == (32, 0.0, None)
     [message] = request.messages
     assert message.role == "user"
     assert message.content == render_prompt(
@@ -212,6 +215,7 @@ def test_answer_calls_the_llm_with_the_rendered_prompt_and_settings() -> None:
     assert result.citations == [1]
     assert result.usage == Usage(100, 7)
     assert (result.prompt_version, result.model, result.backend) == (3, "scripted-model", "scripted")
+    assert (result.mode, result.note, result.generated) == ("generated", None, result.answer)
 
 
 def test_no_chunks_answers_dont_know_without_calling_the_llm() -> None:
@@ -221,6 +225,66 @@ def test_no_chunks_answers_dont_know_without_calling_the_llm() -> None:
     assert result.answer == DONT_KNOW
     assert (result.sources, result.citations, result.usage) == ([], [], Usage())
     assert (result.prompt_version, result.model, result.backend) == ("2", None, "scripted")
+    assert (result.mode, result.note, result.generated) == ("no_sources", None, None)
+
+
+# -- the fallback ----------------------------------------------------------------------------
+
+OOM = RetrievedChunk(
+    id="oom",
+    text="GPU runbook > Out of memory\nWhen a training pod fails with CUDA out of memory, halve the batch "
+    "size. Then restart the pod from its last checkpoint.",
+    source="runbooks/gpu.md",
+    title="GPU runbook",
+    headings=("Out of memory",),
+    chunk=0,
+    score=0.03,
+    dense_score=0.7,
+    dense_rank=1,
+    sparse_score=None,
+    sparse_rank=None,
+)
+LOOPING = "Restart the pod [1]. " + "The pod is restarted by the operator on call. " * 6
+
+
+@pytest.mark.parametrize(
+    ("reply", "note"),
+    [
+        ("Halve the batch size and restart the pod.", NOTE_UNCITED),
+        ("Halve the batch size [7].", NOTE_UNCITED),  # cites a source that does not exist
+        (DONT_KNOW, NOTE_DONT_KNOW),
+        (LOOPING, NOTE_REPETITIVE),  # cites [1], but loops
+    ],
+)
+def test_an_uncited_or_looping_answer_becomes_extractive(reply: str, note: str) -> None:
+    llm = ScriptedLLM(reply)
+    result = asyncio.run(
+        Answerer(llm, TOKENIZER).answer(
+            "What do I do when a pod runs out of GPU memory?", [OOM, chunk(2)], DEFAULT_PROMPT, 1
+        )
+    )
+    assert (result.mode, result.note) == ("extractive", note)
+    first = result.answer.splitlines()[0]
+    assert first == "When a training pod fails with CUDA out of memory, halve the batch size. [1]"
+    assert result.citations[0] == 1
+    assert extract_citations(result.answer, {1, 2}) == (result.answer, result.citations)
+    assert result.generated == extract_citations(reply, {1, 2})[0]
+    assert result.usage == Usage(100, 7) and result.model == "scripted-model"  # the LLM call happened
+
+
+def test_without_fallback_the_models_answer_stands() -> None:
+    result = asyncio.run(
+        Answerer(ScriptedLLM(LOOPING), TOKENIZER, fallback=False).answer("Pod OOM?", [OOM], DEFAULT_PROMPT, 1)
+    )
+    assert (result.mode, result.note, result.answer) == ("generated", None, result.generated)
+    assert result.answer.startswith("Restart the pod [1].")
+
+
+def test_when_no_source_has_a_sentence_the_models_answer_stands() -> None:
+    result = asyncio.run(
+        Answerer(ScriptedLLM("Uncited."), TOKENIZER).answer("What?", [chunk(1, 3)], DEFAULT_PROMPT, 1)
+    )
+    assert (result.mode, result.answer, result.citations) == ("generated", "Uncited.", [])
 
 
 @pytest.mark.parametrize("question", ["", "   \n", None, 42, "x" * 2001])
@@ -249,9 +313,18 @@ def test_question_length_limit_is_a_setting() -> None:
         ({"max_question_chars": 0}, "max_question_chars"),
         ({"temperature": -0.1}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"frequency_penalty": float("nan")}, "frequency_penalty"),
+        ({"frequency_penalty": "high"}, "frequency_penalty"),
     ],
 )
 def test_bad_settings_are_invalid_input(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidInputError) as info:
         Answerer(ScriptedLLM(), TOKENIZER, **kwargs)  # type: ignore[arg-type]
     assert info.value.details["field"] == field
+
+
+def test_the_frequency_penalty_goes_with_the_request() -> None:
+    llm = ScriptedLLM()
+    asyncio.run(Answerer(llm, TOKENIZER, frequency_penalty=0.5).answer("Fix?", [chunk(1)], DEFAULT_PROMPT, 1))
+    assert llm.requests[0].frequency_penalty == 0.5
