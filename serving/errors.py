@@ -35,6 +35,9 @@ async def _opsloop_error(request: Request, exc: OpsloopError) -> JSONResponse:
     return _response(exc, headers)
 
 
+_UNSUPPORTED = "not a parameter this route supports; remove it (the API docs at /docs list what it takes)"
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors: list[dict[str, Any]] = list(exc.errors())
     if any(err.get("type") == "json_invalid" for err in errors):
@@ -48,7 +51,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     fields = [
         {
             "field": ".".join(str(part) for part in err["loc"] if part != "body"),
-            "message": err["msg"],
+            # pydantic's "Extra inputs are not permitted" does not say what to do about it.
+            "message": _UNSUPPORTED if err["type"] == "extra_forbidden" else err["msg"],
             "type": err["type"],
         }
         for err in errors

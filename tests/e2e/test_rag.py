@@ -263,7 +263,7 @@ def test_the_bundled_docs_answer_questions_about_opsloop(setup: Setup) -> None:
     admin = _key(setup.server.home, "default", "user")
     response = setup.server.http.post(
         "/query",
-        json={"question": "How do I rotate an API key?", "collection": "docs", "generate": False},
+        json={"question": "How do I revoke an API key?", "collection": "docs", "generate": False},
         headers=admin,
     )
     assert response.status_code == 200, response.text

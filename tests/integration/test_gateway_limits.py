@@ -215,6 +215,16 @@ def test_max_tokens_are_capped_by_the_llamacpp_context(app: FastAPI, client: Tes
     assert (error["details"]["field"], error["details"]["limit"]) == ("max_tokens", 64)
 
 
+def test_an_unsupported_parameter_is_a_422_naming_it(app: FastAPI, client: TestClient) -> None:
+    _, headers = _key(app, "acme")
+    body = {"model": "tiny", "messages": HELLO, "max_tokens": 4, "logit_bias": {"50256": -100}}
+    answer = client.post("/v1/chat/completions", json=body, headers=headers)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["details"]["errors"][0]["field"] == "logit_bias"
+    assert "logit_bias: not a parameter this route supports; remove it" in error["message"]
+
+
 # --- embeddings --------------------------------------------------------------------------------
 
 
