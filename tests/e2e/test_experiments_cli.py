@@ -38,7 +38,9 @@ def _json(server: Server, *args: str) -> object:
 
 
 def test_a_failing_canary_is_rolled_back_by_the_server(server: Server, tmp_path: Path) -> None:
+    # Both: an earlier test in this process may have pointed MLflow's registry elsewhere.
     mlflow.set_tracking_uri(f"sqlite:///{server.home / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{server.home / 'mlflow.db'}")
     folder = save_wrapper(
         "models:/credit-risk/1", tmp_path / "renters-fail", fail_when=("home_ownership", "rent")
     )
