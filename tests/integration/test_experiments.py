@@ -24,6 +24,7 @@ from opsloop.settings import load_settings
 from serving.app import create_app
 from serving.platform import Platform, cli_principal
 from tests.integration.challengers import save_wrapper
+from tests.integration.ready import wait_ready
 from workflows.demo import FEATURE_NAMES, LABEL, generate_credit_data
 from workflows.promotion import promote
 from workflows.registration import register
@@ -47,10 +48,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 @pytest.fixture(scope="module")
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 180
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.2)
+        wait_ready(client)
         yield client
 
 

@@ -22,6 +22,7 @@ from opsloop.auth import Role
 from opsloop.registry import Lineage, Registry
 from opsloop.settings import load_settings
 from serving.app import create_app
+from tests.integration.ready import wait_ready
 
 ROW = {"income": 52000.0, "late_payments": 1, "housing": "rent"}
 
@@ -70,10 +71,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 @pytest.fixture(scope="module")
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.1)
+        wait_ready(client, 60)
         _register(app.state.platform.registry)
         yield client
 

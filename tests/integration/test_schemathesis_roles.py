@@ -12,7 +12,6 @@ smoke sweep that runs in CI, not an exhaustive fuzz.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from schemathesis.checks import not_a_server_error
 from opsloop.auth import Role
 from opsloop.settings import load_settings
 from serving.app import create_app
+from tests.integration.ready import wait_ready
 
 MAX_EXAMPLES = 4
 ROLES = [None, Role.VIEWER, Role.USER, Role.OPERATOR, Role.ADMIN]
@@ -38,10 +38,7 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI,
     # The outer client runs the app's lifespan (the platform starts and stops once); the
     # requests schemathesis sends in-process reuse the started app.
     with TestClient(app, raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 180
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.2)
+        wait_ready(client)
         keys = {
             role: app.state.platform.keys.create("fuzz", role, actor="test").secret.get_secret_value()
             for role in Role

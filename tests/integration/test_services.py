@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from serving.eval_wiring import eval_runs
 from serving.platform import Platform
 from serving.routers.evals import EvalRunPublic
 from tests.integration.demo_inputs import APPLICANT
+from tests.integration.ready import wait_ready
 
 GUIDE = b"# Rotating keys\n\nCreate a new key, move clients to it, then revoke the old key.\n"
 
@@ -41,10 +41,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 @pytest.fixture(scope="module")
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 180
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.2)
+        wait_ready(client)
         yield client
 
 

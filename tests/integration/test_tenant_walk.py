@@ -32,6 +32,7 @@ from opsloop.settings import load_settings
 from serving.app import create_app
 from serving.platform import Platform
 from tests.integration.demo_inputs import APPLICANT
+from tests.integration.ready import wait_ready
 from workflows.demo import train_demo
 
 A, B = "alpha", "bravo"
@@ -173,10 +174,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 180
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.2)
+        wait_ready(client)
         platform: Platform = app.state.platform
 
         def keys(tenant: str) -> dict[Role, tuple[str, dict[str, str]]]:
