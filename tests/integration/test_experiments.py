@@ -74,6 +74,18 @@ def applicants() -> list[dict[str, Any]]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def _stops_its_experiment(platform: Platform) -> Iterator[None]:
+    """A failed test leaves no experiment running and the champion where it found it."""
+    champion = platform.registry.get_alias(MODEL, "champion").version
+    yield
+    service = platform.experiments.service
+    for experiment in service.store.list(running=True):
+        service.stop(cli_principal(), experiment.name)
+    if platform.registry.get_alias(MODEL, "champion").version != champion:
+        promote(cli_principal(), platform.registry, platform.audit, MODEL, champion)
+
+
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
@@ -148,6 +160,7 @@ def test_a_failing_challenger_is_rolled_back_and_no_caller_sees_it(
     logged = platform.predictions.recent(MODEL, limit=400)
     assert {r.experiment for r in logged if r.request_id in {a["request_id"] for a in answers}} == {"failing"}
 
+    platform.experiments.outcomes.flush()
     decided = dict(platform.experiments.decider.tick())
     assert decided["failing"].action == "rollback", decided["failing"].reason
     shown = client.get("/admin/experiments/failing", headers=operator).json()
@@ -182,7 +195,8 @@ def test_a_slow_challenger_fails_the_latency_checks_and_is_rolled_back(
     _wait_routed(platform, "slow")
     actions = []
     for check in range(3):  # the judge needs three failed checks in a row, each on fresh requests
-        _traffic(client, operator, applicants, 1000 + 60 * check, 60)
+        _traffic(client, operator, applicants, 1000 + 80 * check, 80)
+        platform.experiments.outcomes.flush()  # a check judges what is stored; a slow writer is not a pass
         (_, decision), *_ = platform.experiments.decider.tick()
         actions.append(decision.action)
     assert actions == ["continue", "continue", "rollback"], actions
@@ -228,6 +242,7 @@ def test_a_better_challenger_wins_an_ab_test_on_labelled_feedback(
         )
         assert feedback.status_code == 200 and not feedback.json()["unknown"]
         platform.predictions.flush()
+        platform.experiments.outcomes.flush()
         (_, decision), *_ = platform.experiments.decider.tick()
         if decision.action != "continue":
             break

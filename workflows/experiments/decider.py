@@ -61,19 +61,21 @@ class Decider:
                 continue  # a pending approval waits for an operator; a shadow is only compared
             try:
                 checked_at = utcnow()
-                decision = self.judge(experiment)
-                self.act(experiment, decision, checked_at)
+                samples = store.samples(experiment.name)
+                decision = self.judge(experiment, samples)
+                seen = max((int(s.ids.max()) for s in samples.values() if s.ids.size), default=0)
+                self.act(experiment, decision, checked_at, seen=seen)
             except Exception:  # one broken experiment must not stop the others' decisions
                 log.exception("could not decide experiment %s", experiment.name)
                 continue
             done.append((experiment.name, decision))
         return done
 
-    def judge(self, experiment: Experiment) -> Decision:
-        """The decision on an experiment's outcomes so far."""
+    def judge(self, experiment: Experiment, samples: dict[str, VariantSamples] | None = None) -> Decision:
+        """The decision on an experiment's outcomes so far (read from the store unless given)."""
         policy = Policy.from_config(experiment.config)
-        store = self.service.store
-        samples = store.samples(experiment.name)
+        if samples is None:
+            samples = self.service.store.samples(experiment.name)
         correct = self.service.labels.correct(experiment.name)
         champion, challenger = (
             summary(policy.primary, samples.get(v, VariantSamples()), correct.get(v))
@@ -83,14 +85,10 @@ class Decider:
             return decide_ab(policy, champion, challenger)
         from workflows.experiments.canary import judge_latency  # scipy, only for canaries
 
-        # The latency judge sees only this check interval's requests: fresh data each check.
-        last = experiment.checks.get("at")
-        since = (
-            max(experiment.step_started_at, datetime.fromisoformat(last))
-            if last
-            else experiment.step_started_at
-        )
-        recent = {v: s.since(since) for v, s in samples.items()}
+        # The latency judge sees only the outcomes stored since the last check: fresh data each
+        # check. Row ids, not times, draw the line: the servers that write outcomes and the one
+        # deciding need not agree on the clock, and no row is judged in two checks.
+        recent = {v: s.after(int(experiment.checks.get("seen", 0))) for v, s in samples.items()}
         judge = judge_latency(
             recent.get(CHAMPION, VariantSamples()).latency_ms,
             recent.get(CHALLENGER, VariantSamples()).latency_ms,
@@ -106,11 +104,19 @@ class Decider:
             judge=judge,
         )
 
-    def act(self, experiment: Experiment, decision: Decision, checked_at: datetime) -> None:
-        """Carry out a decision through the service, as the system caller of the experiment's tenant."""
+    def act(self, experiment: Experiment, decision: Decision, checked_at: datetime, *, seen: int) -> None:
+        """Carry out a decision through the service, as the system caller of the experiment's tenant.
+
+        ``seen`` is the last outcome row this check judged; the next check's latencies start after it.
+        """
         caller = system_principal(experiment.tenant, "decider")
         service = self.service
-        checks = {"failed": decision.failed_checks, "at": checked_at.isoformat(), "last": decision.to_dict()}
+        checks = {
+            "failed": decision.failed_checks,
+            "at": checked_at.isoformat(),
+            "seen": seen,
+            "last": decision.to_dict(),
+        }
         service.store.update(experiment.name, expect="running", checks=checks)
         action: str = decision.action
         if action == "continue":

@@ -89,10 +89,19 @@ class VariantSamples:
     """A shadow's copies that it answered: whether each answer equalled the champion's."""
     at: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """When each outcome was recorded, in seconds since the epoch."""
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Each outcome's row id, in the order the outcomes reached the store."""
 
     def since(self, when: datetime) -> VariantSamples:
-        """The outcomes recorded at or after ``when`` (``agreed`` is not cut: it has no times)."""
-        keep = self.at >= when.timestamp()
+        """The outcomes recorded at or after ``when``."""
+        return self._where(self.at >= when.timestamp())
+
+    def after(self, seen: int) -> VariantSamples:
+        """The outcomes stored after row ``seen``."""
+        return self._where(self.ids > seen)
+
+    def _where(self, keep: np.ndarray) -> VariantSamples:
+        # ``agreed`` is not cut: it has no times.
         return VariantSamples(
             ok=self.ok[keep],
             latency_ms=self.latency_ms[keep],
@@ -100,6 +109,7 @@ class VariantSamples:
             request_ids=[r for r, k in zip(self.request_ids, keep, strict=True) if k],
             agreed=self.agreed,
             at=self.at[keep],
+            ids=self.ids[keep],
         )
 
     @property
@@ -219,6 +229,7 @@ class ExperimentStore:
             ExperimentOutcome.request_id,
             ExperimentOutcome.agreed,
             ExperimentOutcome.at,
+            ExperimentOutcome.id,
         ).where(ExperimentOutcome.experiment == name)
         if since is not None:
             query = query.where(ExperimentOutcome.at >= since)
@@ -235,6 +246,7 @@ class ExperimentStore:
                 request_ids=[r.request_id for r in found],
                 agreed=np.array([r.agreed for r in found if r.agreed is not None], dtype=bool),
                 at=np.fromiter((r.at.timestamp() for r in found), dtype=float, count=len(found)),
+                ids=np.fromiter((r.id for r in found), dtype=np.int64, count=len(found)),
             )
             for variant, found in by_variant.items()
         }
