@@ -56,6 +56,8 @@ __all__ = [
     "PromptVersionInfo",
     "Registry",
     "current_git_sha",
+    "is_version",
+    "version_number",
 ]
 
 EXPERIMENT_NAME = "opsloop"
@@ -373,7 +375,7 @@ class Registry:
             InvalidInputError: ``version`` is not a positive integer.
         """
         client = self._started()
-        number = _version_number(version)
+        number = version_number(version)
         with _translated(f"model {name!r} version {number}", model=name, version=number):
             mv = client.get_model_version(name, str(number))
         return _model_version_info(mv, tuple(sorted(mv.aliases or ())))
@@ -387,7 +389,7 @@ class Registry:
         """
         client = self._started()
         _check_alias(alias)
-        number = _version_number(version)
+        number = version_number(version)
         what = f"setting alias {alias!r} of model {name!r} to version {number}"
         with _translated(what, model=name, alias=alias, version=number):
             previous = client.get_registered_model(name).aliases.get(alias)
@@ -422,8 +424,8 @@ class Registry:
 
     def model_uri(self, name: str, alias_or_version: str | int) -> str:
         """Return the ``models:/`` URI for an alias (``@alias``) or a version number."""
-        if _is_version(alias_or_version):
-            return f"models:/{name}/{_version_number(alias_or_version)}"
+        if is_version(alias_or_version):
+            return f"models:/{name}/{version_number(alias_or_version)}"
         return f"models:/{name}@{alias_or_version}"
 
     def load_model(
@@ -713,7 +715,7 @@ class Registry:
         """
         client = self._started()
         _check_alias(alias)
-        number = _version_number(version)
+        number = version_number(version)
         try:
             previous: int | None = self._prompt_by_alias(name, alias).version
         except NotFoundError:
@@ -733,10 +735,10 @@ class Registry:
         Raises:
             NotFoundError: No such prompt, version or alias.
         """
-        if isinstance(alias_or_version, str) and not _is_version(alias_or_version):
+        if isinstance(alias_or_version, str) and not is_version(alias_or_version):
             return self._prompt_by_alias(name, alias_or_version)
         client = self._started()
-        number = _version_number(alias_or_version)
+        number = version_number(alias_or_version)
         what = f"prompt {name!r} version {number}"
         with _translated(what, prompt=name, version=number, invalid_means_missing=True):
             pv = client.get_prompt_version(name, number)
@@ -752,7 +754,7 @@ class Registry:
         return self._client
 
     def _resolve(self, name: str, alias_or_version: str | int) -> ModelVersionInfo:
-        if isinstance(alias_or_version, str) and not _is_version(alias_or_version):
+        if isinstance(alias_or_version, str) and not is_version(alias_or_version):
             return self.get_alias(name, alias_or_version)
         return self.get_version(name, alias_or_version)
 
@@ -869,19 +871,21 @@ def _name_filter(name: str) -> str:
     raise InvalidInputError(f"model name {name!r} cannot be searched for", field="name", value=name)
 
 
-def _is_version(alias_or_version: str | int) -> bool:
+def is_version(alias_or_version: str | int) -> bool:
+    """Whether an alias-or-version argument names a version: everywhere, digits mean a version."""
     return isinstance(alias_or_version, int) or (alias_or_version.isascii() and alias_or_version.isdigit())
 
 
 def _check_alias(alias: str) -> None:
     # Everywhere an alias or a version is accepted, digits mean a version, so an all-digit
     # alias (which MLflow allows) could never be reached.
-    if _is_version(alias):
+    if is_version(alias):
         raise InvalidInputError(f"alias must not be all digits, got {alias!r}", field="alias", value=alias)
 
 
-def _version_number(version: int | str) -> int:
-    if isinstance(version, bool) or not _is_version(version):
+def version_number(version: int | str) -> int:
+    """A version argument as a number, checked to be a positive integer."""
+    if isinstance(version, bool) or not is_version(version):
         raise InvalidInputError(f"version must be a positive integer, got {version!r}", field="version")
     number = int(version)
     if number < 1:

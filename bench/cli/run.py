@@ -41,6 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "cli.json"
 BIN = Path(sys.executable).parent
 PEER = "mlflow --help"
+DEMO, PROMPT = "credit-risk", "rag-answer"
+"""The model ``opsloop models train --demo`` registers and the prompt ``opsloop prompts list`` makes."""
 
 # What a person waits for, by kind of command (issue 13, point 7).
 GOAL_QUICK_S = 0.5
@@ -66,7 +68,14 @@ def _opsloop(home: Path, suffix: str = "", env: tuple[tuple[str, str], ...] = ()
         Command(f"opsloop keys list{suffix}", (opsloop, *at, "keys", "list"), quick, env),
         Command(f"opsloop audit tail -n 5{suffix}", (opsloop, *at, "audit", "tail", "-n", "5"), None, env),
         Command(f"opsloop models list{suffix}", (opsloop, *at, "models", "list"), registry, env),
+        Command(
+            f"opsloop models versions{suffix}",
+            (opsloop, *at, "models", "versions", DEMO),
+            registry,
+            env,
+        ),
         Command(f"opsloop prompts list{suffix}", (opsloop, *at, "prompts", "list"), registry, env),
+        Command(f"opsloop prompts show{suffix}", (opsloop, *at, "prompts", "show", PROMPT), registry, env),
     ]
 
 

@@ -134,7 +134,7 @@ def models_register(
 @app.command("list")
 def models_list(ctx: typer.Context) -> None:
     """List registered models with their champion versions."""
-    _, registry = ctx.obj.store_and_registry()
+    registry = ctx.obj.registry_reader()
     table = Table("model", "versions", "champion")
     for name in registry.models():
         versions = registry.versions(name)
@@ -146,7 +146,7 @@ def models_list(ctx: typer.Context) -> None:
 @app.command("versions")
 def models_versions(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
     """List a model's versions with aliases and lineage."""
-    _, registry = ctx.obj.store_and_registry()
+    registry = ctx.obj.registry_reader()
     try:
         versions = registry.versions(name)
     except OpsloopError as exc:

@@ -1,6 +1,7 @@
 """``opsloop prompts``: list, show, register, alias and diff prompts in the MLflow prompt registry.
 
-Reads go to :class:`opsloop.registry.Registry`; the two changes are the typed operations of
+Reads go to MLflow's tables (:mod:`opsloop.registry_view`) or, where that cannot be, to
+:class:`opsloop.registry.Registry`; the two changes are the typed operations of
 :mod:`workflows.prompts`, called as the local CLI operator (``serving.platform.cli_principal``)
 and audited as ``prompt.register`` and ``prompt.alias``. For the RAG answer prompt
 (``rag-answer``) they pass in ``rag``'s own check of a template (it must hold ``{{context}}``
@@ -26,6 +27,7 @@ from serving.cli.common import err, fail, out
 
 if TYPE_CHECKING:
     from opsloop.registry import PromptVersionInfo, Registry
+    from opsloop.registry_view import RegistryView
     from serving.local import Store
     from workflows.prompts import TemplateCheck
 
@@ -68,10 +70,22 @@ def _open(ctx: typer.Context) -> tuple[Store, Registry]:
     return store, registry
 
 
+def _reader(ctx: typer.Context) -> Registry | RegistryView:
+    """For reads: the tables as they are when ``rag-answer@production`` exists, else :func:`_open`."""
+    from rag.answer import ANSWER_PROMPT
+
+    reader = ctx.obj.registry_reader()
+    try:
+        reader.load_prompt(ANSWER_PROMPT, PRODUCTION)
+    except OpsloopError:
+        return _open(ctx)[1]
+    return reader
+
+
 @app.command("list")
 def prompts_list(ctx: typer.Context) -> None:
     """List every prompt with its versions and which version each alias points at."""
-    _, registry = _open(ctx)
+    registry = _reader(ctx)
     table = Table("prompt", "versions", "aliases", "latest")
     try:
         for name in registry.prompts():
@@ -103,7 +117,7 @@ def prompts_show(
     ] = False,
 ) -> None:
     """Show one version of a prompt: its template, version, aliases and variables."""
-    _, registry = _open(ctx)
+    registry = _reader(ctx)
     try:
         info = _default_version(registry, name) if version is None else registry.load_prompt(name, version)
     except OpsloopError as exc:
@@ -194,7 +208,7 @@ def prompts_diff(
     second: Annotated[str, typer.Argument(metavar="V2", help="Version number or alias (the new side).")],
 ) -> None:
     """Print a unified diff of two versions' templates; nothing when they are the same."""
-    _, registry = _open(ctx)
+    registry = _reader(ctx)
     try:
         old, new = registry.load_prompt(name, first), registry.load_prompt(name, second)
     except OpsloopError as exc:
@@ -208,7 +222,7 @@ def prompts_diff(
     sys.stdout.writelines(lines)
 
 
-def _default_version(registry: Registry, name: str) -> PromptVersionInfo:
+def _default_version(registry: Registry | RegistryView, name: str) -> PromptVersionInfo:
     try:
         return registry.load_prompt(name, PRODUCTION)
     except NotFoundError:
