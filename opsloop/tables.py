@@ -157,6 +157,10 @@ class RagQuery(Base):
     retrieval_ms: Mapped[float] = mapped_column(Float)
     generation_ms: Mapped[float | None] = mapped_column(Float, default=None)
     answer_mode: Mapped[str | None] = mapped_column(String(16), default=None)
+    experiment: Mapped[str | None] = mapped_column(String(64), default=None)
+    """The prompt experiment that routed the query, if one did."""
+    variant: Mapped[str | None] = mapped_column(String(16), default=None)
+    """Which of its variants answered: ``champion`` or ``challenger``."""
 
 
 class RagCollection(Base):

@@ -237,6 +237,13 @@ def load_answer_prompt(registry: Registry, alias_or_version: str | int = PRODUCT
     return registry.load_prompt(ANSWER_PROMPT, alias_or_version)
 
 
+def check_answer_template(template: str) -> None:
+    """Refuse a template the answerer could not render (``InvalidInputError`` naming what is missing)."""
+    # render_prompt is what the answerer runs on every query; rendering with empty values
+    # applies exactly its rule for the required variables, without a copy of it here.
+    render_prompt(template, context="", question="")
+
+
 def render_prompt(template: str, *, context: str, question: str) -> str:
     """Fill ``{{context}}`` and ``{{question}}`` into ``template`` in one pass.
 

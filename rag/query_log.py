@@ -51,6 +51,10 @@ class QueryLogEntry:
     retrieval_ms: float
     generation_ms: float | None
     answer_mode: str | None = None
+    experiment: str | None = None
+    """The prompt experiment that routed the query, if one did."""
+    variant: str | None = None
+    """Which of its variants answered: ``champion`` or ``challenger``."""
     at: datetime = field(default_factory=utcnow)
     id: int | None = None
     """Set on entries read back from the store."""
@@ -117,6 +121,8 @@ def _entry(row: RagQuery) -> QueryLogEntry:
         retrieval_ms=row.retrieval_ms,
         generation_ms=row.generation_ms,
         answer_mode=row.answer_mode,
+        experiment=row.experiment,
+        variant=row.variant,
         at=row.at,
         id=row.id,
     )

@@ -62,7 +62,9 @@ from opsloop.llm.gateway import EmbeddingMeter
 from opsloop.llm.protocol import LLMClient
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
+from opsloop.traffic import CHALLENGER, CHAMPION, Assignment, Outcome, TrafficSplit
 from rag.answer import (
+    ANSWER_PROMPT,
     Answer,
     Answerer,
     AnswerMode,
@@ -257,6 +259,10 @@ class QueryResult:
     retrieval_ms: float
     prompt_ms: float | None
     generation_ms: float | None
+    variant: str | None = None
+    """``champion`` or ``challenger`` when a prompt experiment routed the query, else None."""
+    experiment: str | None = None
+    """The prompt experiment that routed the query, if one did."""
 
     @property
     def answer_mode(self) -> AnswerMode:
@@ -321,6 +327,8 @@ class RagService:
         meter: Admits and records the question's embedding of a retrieval-only query (which
             makes no LLM call) by the caller's budgets, rate limits and the ledger
             (``Gateway.meter_embedding``); None meters nothing.
+        traffic: The running experiments: one on the ``rag-answer`` prompt decides which
+            version answers each query, and hears how it went. None: always ``production``.
 
     Raises:
         ConflictError: Another process holds the embedded store (see the module docs).
@@ -338,8 +346,10 @@ class RagService:
         *,
         answer_llm: AnswerLLM,
         meter: EmbeddingMeterFactory | None = None,
+        traffic: TrafficSplit | None = None,
     ) -> None:
         self.settings = settings
+        self.traffic = traffic
         self.registry = registry
         self.audit = audit
         self.queries = queries
@@ -607,6 +617,7 @@ class RagService:
         max_answer_tokens: int | None = None,
         log_query: bool = True,
         fallback: bool | None = None,
+        unit: str | None = None,
     ) -> QueryResult:
         """Answer ``question`` from the caller's tenant's ``collection`` and log the query.
 
@@ -623,6 +634,10 @@ class RagService:
         (an eval of a prompt must see what the prompt makes), and ``log_query=False`` keeps the
         query out of the query log and unmetered (eval questions
         are not user traffic, and would skew query drift; an eval run is costed on its own).
+
+        While a prompt experiment runs, ``unit`` (default: the caller's key) decides which
+        version of the prompt answers, unless ``prompt`` names one. A candidate version that
+        fails is counted against it and the ``production`` version answers instead.
 
         Raises:
             ForbiddenError: The caller is a viewer.
@@ -649,9 +664,9 @@ class RagService:
         answer: Answer | None = None
         prompt_ms: float | None = None
         generation_ms: float | None = None
+        assignment: Assignment | None = None
+        variant: str | None = None
         if generate:
-            template = await asyncio.to_thread(self._prompt, prompt)
-            prompted = time.perf_counter()
             answerer = Answerer(
                 llm or self.answer_llm(caller, request_id),
                 self.tokenizer,
@@ -662,7 +677,11 @@ class RagService:
                 fallback=self.settings.rag_answer_fallback if fallback is None else fallback,
                 embedder=self.embedder,
             )
-            answer = await answerer.answer(question, chunks, template.template, template.version)
+            if prompt is None and self.traffic is not None:
+                assignment = self.traffic.assign("prompt", ANSWER_PROMPT, unit or caller.key_id or request_id)
+            answer, prompted, variant = await self._answer(
+                answerer, question, chunks, prompt, assignment, request_id
+            )
             prompt_ms = (prompted - retrieved) * 1000
             generation_ms = (time.perf_counter() - prompted) * 1000
             sources = answer.sources
@@ -680,10 +699,67 @@ class RagService:
             retrieval_ms=(retrieved - started) * 1000,
             prompt_ms=prompt_ms,
             generation_ms=generation_ms,
+            variant=variant,
+            experiment=None if assignment is None else assignment.experiment,
         )
         if log_query:
             self.queries.record(_log_entry(tenant, collection, question, result))
         return result
+
+    async def _answer(
+        self,
+        answerer: Answerer,
+        question: str,
+        chunks: list[RetrievedChunk],
+        prompt: str | int | None,
+        assignment: Assignment | None,
+        request_id: str,
+    ) -> tuple[Answer, float, str | None]:
+        """The answer, when its prompt was read, and the experiment variant that answered (if any).
+
+        An experiment's outcome times the prompt read and the generation: what a prompt changes.
+        """
+        started = time.perf_counter()
+
+        async def answer_with(version: str | int | None) -> tuple[Answer, float]:
+            template = await asyncio.to_thread(self._prompt, version)
+            prompted = time.perf_counter()
+            return await answerer.answer(question, chunks, template.template, template.version), prompted
+
+        if assignment is not None and assignment.variant == CHALLENGER:
+            try:
+                answer, prompted = await answer_with(int(assignment.target))
+            except Exception as exc:  # the caller still gets an answer: production's, below
+                self._outcome(assignment, CHALLENGER, request_id, started, error=exc)
+            else:
+                self._outcome(assignment, CHALLENGER, request_id, started)
+                return answer, prompted, CHALLENGER
+        try:
+            answer, prompted = await answer_with(prompt)
+        except Exception as exc:
+            if assignment is not None and assignment.variant == CHAMPION:
+                self._outcome(assignment, CHAMPION, request_id, started, error=exc)
+            raise
+        if assignment is not None and assignment.variant == CHAMPION:
+            self._outcome(assignment, CHAMPION, request_id, started)
+        return answer, prompted, None if assignment is None else CHAMPION
+
+    def _outcome(
+        self,
+        assignment: Assignment,
+        variant: str,
+        request_id: str,
+        started: float,
+        *,
+        error: Exception | None = None,
+    ) -> None:
+        if self.traffic is not None:
+            latency_ms = (time.perf_counter() - started) * 1000
+            error_type = None if error is None else getattr(error, "type", type(error).__name__)
+            outcome = Outcome(
+                assignment.experiment, variant, request_id, error is None, latency_ms, error_type=error_type
+            )
+            self.traffic.record(outcome)
 
     def _retrieve(
         self, tenant: str, collection: str, question: str, top_k: int | None
@@ -745,4 +821,6 @@ def _log_entry(tenant: str, collection: str, question: str, result: QueryResult)
         retrieval_ms=result.retrieval_ms,
         generation_ms=result.generation_ms,
         answer_mode=result.answer_mode,
+        experiment=result.experiment,
+        variant=result.variant,
     )

@@ -16,7 +16,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -26,6 +26,7 @@ from opsloop.errors import ForbiddenError, InvalidInputError
 from opsloop.models.service import ModelService
 from rag.service import RagService
 from serving.platform import Platform
+from workflows.experiments.assignment import UNIT_HEADER
 
 __all__ = [
     "LOCAL_ACTOR_HEADER",
@@ -124,3 +125,15 @@ ViewerKey = Annotated[Principal, Depends(require(Role.VIEWER))]
 UserKey = Annotated[Principal, Depends(require(Role.USER))]
 OperatorKey = Annotated[Principal, Depends(require(Role.OPERATOR))]
 AdminKey = Annotated[Principal, Depends(require(Role.ADMIN))]
+
+VARIANT_HEADER = "X-Opsloop-Variant"
+Unit = Annotated[
+    str | None,
+    Header(
+        alias=UNIT_HEADER,
+        max_length=256,
+        description="Who the request is for, in an experiment: the same unit always gets the same "
+        "variant (default: the API key).",
+    ),
+]
+"""The experiment unit a request names, for the routes an experiment may split."""

@@ -15,6 +15,7 @@ from opsloop.models.runtime import ModelRuntime, load_version
 from opsloop.models.shadow import ShadowQueue
 from opsloop.registry import Registry
 from opsloop.telemetry import ExperimentMetrics
+from rag.answer import ANSWER_PROMPT, check_answer_template
 from workflows.experiments.decider import Decider
 from workflows.experiments.labels import LabelSource
 from workflows.experiments.service import ExperimentService
@@ -59,7 +60,9 @@ class Experiments:
         router = TrafficRouter(
             store, outcomes, metrics, poll_seconds=poll_seconds, on_change=load_challengers
         )
-        service = ExperimentService(store, registry, audit, LabelSource(db), load_version)
+        # The prompts opsloop serves, each with its answerer's check of a template.
+        prompt_checks = {ANSWER_PROMPT: check_answer_template}
+        service = ExperimentService(store, registry, audit, LabelSource(db), load_version, prompt_checks)
         decider = Decider(
             service, on_decision=lambda e, action: metrics.decisions.labels(e.name, action).inc()
         )

@@ -353,6 +353,7 @@ class Platform:
                     holder,
                     answer_llm=self._answer_llm,
                     meter=lambda *args, **kwargs: self.gateway.meter_embedding(*args, **kwargs),
+                    traffic=self.experiments.router,
                 )
             return self._rag
 

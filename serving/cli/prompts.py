@@ -40,19 +40,11 @@ app = typer.Typer(
 )
 
 
-def _check_answer_template(template: str) -> None:
-    from rag.answer import render_prompt
-
-    # rag.answer.render_prompt is what the answerer runs on every query; rendering with empty
-    # values applies exactly its rule for the required variables, without a copy of it here.
-    render_prompt(template, context="", question="")
-
-
 def _check(name: str) -> TemplateCheck | None:
     """What prompt ``name``'s renderer requires of a template; None: any text."""
-    from rag.answer import ANSWER_PROMPT
+    from rag.answer import ANSWER_PROMPT, check_answer_template
 
-    return _check_answer_template if name == ANSWER_PROMPT else None
+    return check_answer_template if name == ANSWER_PROMPT else None
 
 
 def _open(ctx: typer.Context) -> tuple[Store, Registry]:

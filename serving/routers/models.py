@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from serving.deps import ModelsDep, UserKey, ViewerKey, request_id
+from serving.deps import VARIANT_HEADER, ModelsDep, Unit, UserKey, ViewerKey, request_id
 
 router = APIRouter(tags=["models"])
-
-UNIT_HEADER = "X-Opsloop-Unit"
-VARIANT_HEADER = "X-Opsloop-Variant"
 
 
 class PredictRequest(BaseModel):
@@ -93,15 +90,7 @@ async def predict(
     models: ModelsDep,
     principal: UserKey,
     request: Request,
-    unit: Annotated[
-        str | None,
-        Header(
-            alias=UNIT_HEADER,
-            max_length=256,
-            description="Who the request is for, in an experiment: the same unit always gets the same "
-            "variant (default: the API key).",
-        ),
-    ] = None,
+    unit: Unit = None,
 ) -> JSONResponse:
     """Validate the instances against the model's signature and predict them."""
     result = await models.predict(principal, model, body.instances, request_id=request_id(request), unit=unit)

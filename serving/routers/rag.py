@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Path, Query, Request, UploadFile
+from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
-from rag.answer import MAX_QUESTION_CHARS, AnswerMode
+from rag.answer import MAX_QUESTION_CHARS, PRODUCTION, AnswerMode
 from rag.service import COLLECTION_PATTERN, CollectionView, QueryResult
-from serving.deps import OperatorKey, RagDep, UserKey, ViewerKey, request_id
+from serving.deps import VARIANT_HEADER, OperatorKey, RagDep, Unit, UserKey, ViewerKey, request_id
 
 router = APIRouter(tags=["rag"])
 
@@ -94,6 +94,10 @@ class QueryResponse(BaseModel):
     citations: list[int]
     usage: UsagePublic
     prompt_version: str | int | None
+    variant: str | None = Field(
+        description="Which prompt answered: production, or champion/challenger while a prompt "
+        "experiment runs (also in the X-Opsloop-Variant header); null for generate=false."
+    )
     model: str | None
     request_id: str
     latency_ms: float = Field(description="The whole query: retrieval, prompt and generation.")
@@ -192,6 +196,7 @@ def query_response(result: QueryResult) -> QueryResponse:
             completion_tokens=0 if answer is None else answer.usage.completion_tokens,
         ),
         prompt_version=None if answer is None else answer.prompt_version,
+        variant=None if answer is None else result.variant or PRODUCTION,
         model=None if answer is None else answer.model,
         request_id=result.request_id,
         latency_ms=result.latency_ms,
@@ -207,8 +212,18 @@ def _collection_fields(view: CollectionView) -> dict[str, Any]:
 
 
 @router.post("/query", summary="Answer a question from a collection, citing its sources")
-async def query(body: QueryRequest, rag: RagDep, principal: UserKey, request: Request) -> QueryResponse:
-    """Retrieve from the caller's tenant's ``collection`` and answer with the ``production`` prompt."""
+async def query(
+    body: QueryRequest,
+    rag: RagDep,
+    principal: UserKey,
+    request: Request,
+    response: Response,
+    unit: Unit = None,
+) -> QueryResponse:
+    """Retrieve from the caller's tenant's ``collection`` and answer with the ``production`` prompt.
+
+    While a prompt experiment runs, the unit's variant of the prompt answers instead.
+    """
     result = await rag.query(
         principal,
         body.question,
@@ -216,8 +231,12 @@ async def query(body: QueryRequest, rag: RagDep, principal: UserKey, request: Re
         body.top_k,
         generate=body.generate,
         request_id=request_id(request),
+        unit=unit,
     )
-    return query_response(result)
+    public = query_response(result)
+    if public.variant is not None:
+        response.headers[VARIANT_HEADER] = public.variant
+    return public
 
 
 @router.post("/collections/{name}/documents", summary="Add or replace documents in a collection")

@@ -5,13 +5,15 @@ acting an operator; an experiment belongs to its creator's tenant and other tena
 see it. Each action is audited with the numbers that justified it. The decider
 (:mod:`workflows.experiments.decider`) acts through the same methods as the system caller.
 
-Targets: a classical model's ``champion`` against a challenger version. Prompt and LLM-route
-experiments are refused with a clear error until their routing lands.
+Targets: a classical model's ``champion`` against a challenger version, and a prompt's
+``production`` version against a candidate version (canaries: ``/query`` answers the routed
+share with the candidate, and a promotion moves ``production``). A/B tests and shadows of a
+prompt, and LLM-route experiments, are refused with a clear error until their metrics land.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from opsloop.errors import ConflictError, InvalidInputError
 from opsloop.registry import Registry
 from opsloop.tables import utcnow
 from opsloop.traffic import CHALLENGER, CHAMPION, TargetKind
-from workflows import promotion
+from workflows import promotion, prompts
 from workflows.experiments.labels import LabelSource
 from workflows.experiments.metrics import PRIMARY_METRICS
 from workflows.experiments.policy import DEFAULT_STEPS, Policy
@@ -32,6 +34,8 @@ from workflows.experiments.store import ENDED, Experiment, ExperimentStore, Kind
 __all__ = ["ExperimentPlan", "ExperimentReport", "ExperimentService", "VariantReport"]
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+PRODUCTION = "production"
+"""The prompt alias that is served; a prompt experiment's champion."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class ExperimentService:
         audit: The audit log.
         labels: The labelled predictions of an experiment (from ``/feedback``).
         loadable: Raises when a model version cannot be served (the serving runtime's loader).
+        prompt_checks: For a prompt that is served, what its templates must satisfy (raises
+            ``InvalidInputError`` otherwise): the RAG answerer's own check for ``rag-answer``.
     """
 
     def __init__(
@@ -133,21 +139,24 @@ class ExperimentService:
         audit: AuditLog,
         labels: LabelSource,
         loadable: Any,
+        prompt_checks: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.audit = audit
         self.labels = labels
         self.loadable = loadable
+        self.prompt_checks = prompt_checks or {}
 
     def create(self, caller: Principal, plan: ExperimentPlan) -> Experiment:
         """Start an experiment; its challenger takes traffic within the servers' poll interval.
 
         Raises:
             ForbiddenError: The caller is below operator.
-            InvalidInputError: A bad name, kind, weight, step, guardrail or target kind.
-            NotFoundError: No such model, challenger version, or the model has no champion.
-            ConflictError: The name is taken, an experiment already runs on the model, the
+            InvalidInputError: A bad name, kind, weight, step, guardrail or target kind, a
+                prompt opsloop does not serve, or a candidate template its answerer refuses.
+            NotFoundError: No such model, prompt or version, or no champion (production) version.
+            ConflictError: The name is taken, an experiment already runs on the target, the
                 challenger is the champion, or it cannot be served.
         """
         caller.require(Role.OPERATOR, "starting an experiment")
@@ -156,27 +165,16 @@ class ExperimentService:
                 f"experiment name {plan.name!r}: use 1-64 lowercase letters, digits, '-', '_' or '.'",
                 field="name",
             )
-        if plan.target_kind != "model":
+        config = self._config(plan)
+        if plan.target_kind == "model":
+            champion, challenger = self._model_versions(plan)
+        elif plan.target_kind == "prompt":
+            champion, challenger = self._prompt_versions(plan)
+        else:
             raise InvalidInputError(
-                f"experiments on {plan.target_kind}s are not available yet; experiment on a model",
+                "experiments on LLM routes are not available yet; experiment on a model or a prompt",
                 field="target",
             )
-        config = self._config(plan)
-        champion = self.registry.get_alias(plan.target, promotion.CHAMPION).version
-        challenger = self.registry.get_version(plan.target, plan.challenger).version
-        if challenger == champion:
-            raise ConflictError(
-                f"version {challenger} already is {plan.target!r}'s champion; pick another challenger",
-                model=plan.target,
-            )
-        try:
-            self.loadable(self.registry, plan.target, challenger)
-        except Exception as exc:  # a broken artifact raises anything; serving would fail the same way
-            raise ConflictError(
-                f"version {challenger} of {plan.target!r} cannot be served,"
-                f" so it cannot be a challenger: {exc}",
-                model=plan.target,
-            ) from exc
         weight = {"ab": config["weight"], "canary": config["steps"][0], "shadow": 0.0}[plan.kind]
         now = utcnow()
         experiment = self.store.create(
@@ -202,6 +200,50 @@ class ExperimentService:
         )
         self._audit(caller, "experiment.create", experiment, after={"weight": weight, **config})
         return experiment
+
+    def _model_versions(self, plan: ExperimentPlan) -> tuple[int, int]:
+        champion = self.registry.get_alias(plan.target, promotion.CHAMPION).version
+        challenger = self.registry.get_version(plan.target, plan.challenger).version
+        if challenger == champion:
+            raise ConflictError(
+                f"version {challenger} already is {plan.target!r}'s champion; pick another challenger",
+                model=plan.target,
+            )
+        try:
+            self.loadable(self.registry, plan.target, challenger)
+        except Exception as exc:  # a broken artifact raises anything; serving would fail the same way
+            raise ConflictError(
+                f"version {challenger} of {plan.target!r} cannot be served,"
+                f" so it cannot be a challenger: {exc}",
+                model=plan.target,
+            ) from exc
+        return champion, challenger
+
+    def _prompt_versions(self, plan: ExperimentPlan) -> tuple[int, int]:
+        if plan.kind != "canary":
+            # No answer metric decides between prompts yet (eval scores and answer feedback are
+            # next); a canary needs none: it ramps on errors and latency and promotes at 100%.
+            raise InvalidInputError(
+                f"a {plan.kind} experiment on a prompt is not available yet; run a canary (--kind canary)",
+                field="kind",
+            )
+        check = self.prompt_checks.get(plan.target)
+        if check is None:
+            raise InvalidInputError(
+                f"prompt {plan.target!r} is not served by opsloop, so it has no traffic to split;"
+                f" prompts that are: {', '.join(sorted(self.prompt_checks)) or 'none'}",
+                field="prompt",
+            )
+        champion = self.registry.load_prompt(plan.target, PRODUCTION)
+        candidate = self.registry.load_prompt(plan.target, plan.challenger)
+        if candidate.version == champion.version:
+            raise ConflictError(
+                f"version {candidate.version} already is the {PRODUCTION} version of prompt"
+                f" {plan.target!r}; pick another candidate",
+                prompt=plan.target,
+            )
+        check(candidate.template)  # a template the answerer would refuse never takes traffic
+        return champion.version, candidate.version
 
     def _config(self, plan: ExperimentPlan) -> dict[str, Any]:
         """The stored plan, checked by the policy that will read it (a bad value is named)."""
@@ -288,14 +330,29 @@ class ExperimentService:
         )
 
     def promote(self, caller: Principal, name: str, reason: str | None = None) -> Experiment:
-        """Make the challenger the champion (the alias moves) and end the experiment as promoted.
+        """Make the challenger the champion and end the experiment as promoted.
+
+        The model's ``champion`` alias moves, or the prompt's ``production`` alias.
 
         Raises:
             ConflictError: The experiment has ended, or the challenger cannot be served.
         """
         caller.require(Role.OPERATOR, "promoting an experiment's challenger")
         experiment = self._running(caller, name)
-        promotion.promote(caller, self.registry, self.audit, experiment.target, int(experiment.challenger))
+        if experiment.target_kind == "prompt":
+            prompts.set_alias(
+                caller,
+                self.registry,
+                self.audit,
+                experiment.target,
+                PRODUCTION,
+                int(experiment.challenger),
+                check=self.prompt_checks.get(experiment.target),
+            )
+        else:
+            promotion.promote(
+                caller, self.registry, self.audit, experiment.target, int(experiment.challenger)
+            )
         return self._end(caller, experiment, "promoted", "promote", reason or f"promoted by {caller.actor}")
 
     def approve(self, caller: Principal, name: str) -> Experiment:

@@ -1,0 +1,155 @@
+"""A canary of a prompt version on ``POST /query``, end to end with the real embedded models.
+
+Real parts: the app and its lifespan, one bundled doc ingested at start, Qdrant Edge, MiniLM,
+SmolLM2-135M in llama.cpp through the gateway, MLflow's prompt registry. A candidate version of
+``rag-answer`` takes its share of the queries, sticky per unit; each answer says which variant
+and version made it, in the body, the header and the query log; promoting moves ``production``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from opsloop.audit import AuditFilter
+from opsloop.settings import load_settings
+from rag.answer import ANSWER_PROMPT, DEFAULT_PROMPT, check_answer_template, ensure_answer_prompt
+from serving.app import create_app
+from serving.platform import Platform, bundled_docs, cli_principal
+from workflows.prompts import register
+
+QUESTION = "How do I revoke an API key?"
+CANDIDATE = DEFAULT_PROMPT.replace("Answer", "Answer briefly", 1)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Platform, dict[str, str]]]:
+    docs = tmp_path_factory.mktemp("docs")
+    shutil.copy(bundled_docs() / "auth.md", docs / "auth.md")
+    settings = load_settings(
+        home=tmp_path_factory.mktemp("home"),
+        bootstrap_demo=False,
+        bootstrap_docs=True,
+        docs_path=docs,
+        drift_check_seconds=0,
+        experiment_decide_seconds=0,  # the test ticks the decider itself
+        experiment_poll_seconds=0.1,
+        rag_max_answer_tokens=16,  # the variant is what is checked, not the answer's quality
+    )
+    app: FastAPI = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        platform: Platform = app.state.platform
+        deadline = time.monotonic() + 300
+        while platform.components.get("rag") == "starting" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert platform.components.get("rag") == "ready", platform.components
+        ensure_answer_prompt(platform.registry)  # version 1 at production, as the first query makes it
+        key = platform.settings.admin_key_path.read_text().strip()
+        yield client, platform, {"Authorization": f"Bearer {key}"}
+
+
+def _ask(client: TestClient, auth: dict[str, str], unit: str) -> dict[str, Any]:
+    response = client.post(
+        "/query",
+        json={"question": QUESTION, "collection": "docs"},
+        headers={**auth, "X-Opsloop-Unit": unit},
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert response.headers["X-Opsloop-Variant"] == body["variant"]
+    return body
+
+
+def test_without_an_experiment_production_answers(
+    served: tuple[TestClient, Platform, dict[str, str]],
+) -> None:
+    client, _, auth = served
+    body = _ask(client, auth, "anyone")
+    assert (body["variant"], body["prompt_version"]) == ("production", 1)
+
+
+def test_prompt_experiments_that_cannot_run_are_refused_with_the_reason(
+    served: tuple[TestClient, Platform, dict[str, str]],
+) -> None:
+    client, platform, auth = served
+    broken = platform.registry.register_prompt(ANSWER_PROMPT, "Sources: {{context}}. No question here.")
+    cases = [
+        ({"prompt": ANSWER_PROMPT, "challenger": str(broken.version)}, 422, "missing ['question']"),
+        ({"prompt": ANSWER_PROMPT, "challenger": "1"}, 409, "already is the production version"),
+        ({"prompt": ANSWER_PROMPT, "challenger": "99"}, 404, "99"),
+        ({"prompt": "summarise", "challenger": "1"}, 422, "not served by opsloop"),
+        ({"prompt": ANSWER_PROMPT, "challenger": "1", "kind": "ab"}, 422, "run a canary"),
+    ]
+    for body, status, message in cases:
+        created = client.post("/admin/experiments", json={"name": "refused", **body}, headers=auth)
+        assert created.status_code == status, (body, created.text)
+        assert message in created.json()["error"]["message"], created.text
+    assert client.get("/admin/experiments", headers=auth).json() == []
+
+
+def test_a_prompt_canary_splits_queries_by_unit_and_promotes_production(
+    served: tuple[TestClient, Platform, dict[str, str]],
+) -> None:
+    client, platform, auth = served
+    candidate = register(
+        cli_principal(),
+        platform.registry,
+        platform.audit,
+        ANSWER_PROMPT,
+        CANDIDATE,
+        check=check_answer_template,
+    )
+    created = client.post(
+        "/admin/experiments",
+        json={
+            "name": "briefly",
+            "kind": "canary",
+            "prompt": ANSWER_PROMPT,
+            "challenger": str(candidate.version),
+            "steps": [50, 100],
+            "min_samples": 5,
+        },
+        headers=auth,
+    )
+    assert created.status_code == 201, created.text
+    deadline = time.monotonic() + 30
+    while platform.experiments.router.assign("prompt", ANSWER_PROMPT, "probe") is None:
+        assert time.monotonic() < deadline, "the experiment was not picked up"
+        time.sleep(0.05)
+
+    answers = {unit: _ask(client, auth, unit) for unit in (f"user-{i}" for i in range(16))}
+    versions = {body["variant"]: body["prompt_version"] for body in answers.values()}
+    assert versions == {"champion": 1, "challenger": candidate.version}, versions
+    for unit in list(answers)[:4]:  # a unit keeps its variant
+        assert _ask(client, auth, unit)["variant"] == answers[unit]["variant"]
+
+    platform.queries.flush()
+    logged = {
+        e["request_id"]: e for e in client.get("/admin/queries", params={"limit": 50}, headers=auth).json()
+    }
+    for body in answers.values():
+        entry = logged[body["request_id"]]
+        assert (entry["experiment"], entry["variant"]) == ("briefly", body["variant"])
+        assert entry["prompt_version"] == str(body["prompt_version"])
+
+    platform.experiments.outcomes.flush()
+    shown = client.get("/admin/experiments/briefly", headers=auth).json()
+    assert shown["target"] == {"kind": "prompt", "name": ANSWER_PROMPT}
+    assert [v["version"] for v in shown["variants"]] == ["1", str(candidate.version)]
+    assert all(v["requests"] >= 5 and v["errors"] == 0 for v in shown["variants"]), shown["variants"]
+    (name, decision), *_ = platform.experiments.decider.tick()
+    assert name == "briefly" and decision.action in {"continue", "advance"}, decision.reason
+
+    promoted = client.post("/admin/experiments/briefly/promote", headers=auth)
+    assert promoted.status_code == 200, promoted.text
+    assert platform.registry.load_prompt(ANSWER_PROMPT, "production").version == candidate.version
+    moves = platform.audit.query(AuditFilter(action="prompt.alias"))
+    assert moves[0].after == {"alias": "production", "version": candidate.version}
+    body = _ask(client, auth, "after")
+    assert (body["variant"], body["prompt_version"]) == ("production", candidate.version)
