@@ -76,6 +76,7 @@ def _opsloop(home: Path, suffix: str = "", env: tuple[tuple[str, str], ...] = ()
         ),
         Command(f"opsloop prompts list{suffix}", (opsloop, *at, "prompts", "list"), registry, env),
         Command(f"opsloop prompts show{suffix}", (opsloop, *at, "prompts", "show", PROMPT), registry, env),
+        Command(f"opsloop experiments list{suffix}", (opsloop, *at, "experiments", "list"), quick, env),
     ]
 
 

@@ -35,6 +35,19 @@ def _service(ctx: typer.Context) -> ExperimentService:
     return platform.experiments.service
 
 
+def _reader(ctx: typer.Context) -> ExperimentService:
+    """The service over the store alone, for ``list`` and ``show``: they read no registry or model."""
+    from opsloop.registry import Registry
+    from workflows.experiments.labels import LabelSource
+    from workflows.experiments.service import ExperimentService
+    from workflows.experiments.store import ExperimentStore
+
+    store = ctx.obj.store()
+    settings = store.settings
+    unstarted = Registry(settings.tracking_uri, settings.artifact_root)  # reads never start it
+    return ExperimentService(ExperimentStore(store.db), unstarted, store.audit, LabelSource(store.db), None)
+
+
 def _print(report: ExperimentReport, fmt: Format) -> None:
     if fmt == "json":
         out.print_json(json.dumps(asdict(report)))
@@ -166,9 +179,9 @@ def list_(ctx: typer.Context, fmt: FormatOption = "table") -> None:
     """Experiments, newest first."""
     from rich.table import Table
 
-    from serving.platform import cli_principal
+    from serving.local import cli_principal
 
-    service = _service(ctx)
+    service = _reader(ctx)
     caller = cli_principal()
     experiments = service.experiments(caller)
     if fmt == "json":
@@ -199,9 +212,9 @@ def _brief(e: Any) -> dict[str, Any]:
 @app.command("show")
 def show(ctx: typer.Context, name: NameArg, fmt: FormatOption = "table") -> None:
     """An experiment's variants, latest tests and decision."""
-    from serving.platform import cli_principal
+    from serving.local import cli_principal
 
-    service = _service(ctx)
+    service = _reader(ctx)
     try:
         report = service.show(cli_principal(), name)
     except OpsloopError as exc:

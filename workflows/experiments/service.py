@@ -25,7 +25,7 @@ from opsloop.errors import ConflictError, InvalidInputError
 from opsloop.registry import Registry
 from opsloop.tables import utcnow
 from opsloop.traffic import CHALLENGER, CHAMPION, TargetKind
-from workflows import promotion, prompts
+from workflows import prompts
 from workflows.experiments.labels import LabelSource
 from workflows.experiments.metrics import PRIMARY_METRICS
 from workflows.experiments.policy import DEFAULT_STEPS, Policy
@@ -202,6 +202,8 @@ class ExperimentService:
         return experiment
 
     def _model_versions(self, plan: ExperimentPlan) -> tuple[int, int]:
+        from workflows import promotion  # the model runtime and SciPy: not for list and show
+
         champion = self.registry.get_alias(plan.target, promotion.CHAMPION).version
         challenger = self.registry.get_version(plan.target, plan.challenger).version
         if challenger == champion:
@@ -350,6 +352,8 @@ class ExperimentService:
                 check=self.prompt_checks.get(experiment.target),
             )
         else:
+            from workflows import promotion
+
             promotion.promote(
                 caller, self.registry, self.audit, experiment.target, int(experiment.challenger)
             )
