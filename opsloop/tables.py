@@ -161,6 +161,9 @@ class RagQuery(Base):
     """The prompt experiment that routed the query, if one did."""
     variant: Mapped[str | None] = mapped_column(String(16), default=None)
     """Which of its variants answered: ``champion`` or ``challenger``."""
+    feedback_score: Mapped[float | None] = mapped_column(Float, default=None)
+    """How good the answer was, in [0, 1], from ``POST /feedback/query``."""
+    feedback_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class RagCollection(Base):

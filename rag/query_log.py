@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from opsloop.auth import Principal
 from opsloop.batch_writer import BatchedLog
@@ -55,6 +56,8 @@ class QueryLogEntry:
     """The prompt experiment that routed the query, if one did."""
     variant: str | None = None
     """Which of its variants answered: ``champion`` or ``challenger``."""
+    feedback_score: float | None = None
+    """How good the answer was, in [0, 1], once ``POST /feedback/query`` said so."""
     at: datetime = field(default_factory=utcnow)
     id: int | None = None
     """Set on entries read back from the store."""
@@ -72,6 +75,32 @@ class QueryLog(BatchedLog[QueryLogEntry]):
 
     table = RagQuery
     name = "query-log"
+
+    def feedback(self, tenant: str, scores: dict[str, float]) -> tuple[list[str], list[str]]:
+        """Score earlier answers of ``tenant`` by request id; returns (scored, unknown) request ids.
+
+        A later score of the same answer replaces the earlier one.
+        """
+        self.flush()  # a query answered a moment ago may still be queued
+
+        def attach(session: Session) -> tuple[list[str], list[str]]:
+            found = set(
+                session.scalars(
+                    select(RagQuery.request_id).where(
+                        RagQuery.tenant == tenant, RagQuery.request_id.in_(list(scores))
+                    )
+                )
+            )
+            now = utcnow()
+            for request_id in found:
+                session.execute(
+                    update(RagQuery)
+                    .where(RagQuery.tenant == tenant, RagQuery.request_id == request_id)
+                    .values(feedback_score=scores[request_id], feedback_at=now)
+                )
+            return [r for r in scores if r in found], [r for r in scores if r not in found]
+
+        return self._db.write(attach)
 
     def recent(
         self,
@@ -123,6 +152,7 @@ def _entry(row: RagQuery) -> QueryLogEntry:
         answer_mode=row.answer_mode,
         experiment=row.experiment,
         variant=row.variant,
+        feedback_score=row.feedback_score,
         at=row.at,
         id=row.id,
     )

@@ -706,6 +706,26 @@ class RagService:
             self.queries.record(_log_entry(tenant, collection, question, result))
         return result
 
+    def feedback(self, caller: Principal, scores: dict[str, float]) -> tuple[list[str], list[str]]:
+        """Score earlier answers of the caller's tenant, by request id, from 0 (useless) to 1 (right).
+
+        The scores are the ``answer_score`` a prompt experiment decides on. Returns the request
+        ids that took their score and those the tenant never asked.
+
+        Raises:
+            ForbiddenError: The caller is a viewer.
+            InvalidInputError: A score outside [0, 1] or not a number, naming its request id.
+        """
+        caller.require(Role.USER, "scoring an answer")
+        for request_id, score in scores.items():
+            if not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
+                raise InvalidInputError(
+                    f"the score of {request_id!r} must be a number from 0 to 1, got {score!r}",
+                    field="score",
+                    request_id=request_id,
+                )
+        return self.queries.feedback(caller.tenant, {r: float(s) for r, s in scores.items()})
+
     async def _answer(
         self,
         answerer: Answerer,

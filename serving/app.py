@@ -50,8 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=platform.metrics, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(rag.router)  # before models: its /feedback/query must win over /feedback/{model}
     app.include_router(models.router)
-    app.include_router(rag.router)
     app.include_router(gateway.router)
     app.include_router(costs.router)
     app.include_router(admin.router)

@@ -57,10 +57,12 @@ def _print(report: ExperimentReport, fmt: Format) -> None:
     target = f"{report.target['kind']} {report.target['name']}"
     step = f", step {report.step + 1}/{len(report.steps)}" if report.steps else ""
     out.print(f"[bold]{report.name}[/]: {report.kind} on {target}, {report.status}{step}")
-    columns = ("variant", "version", "weight%", "requests", "errors", "p50 ms", "p99 ms", "accuracy")
+    columns = ("variant", "version", "weight%", "requests", "errors", "p50 ms", "p99 ms", "feedback")
     table = Table(*columns, **_compact())
     for v in report.variants:
         accuracy = "" if v.accuracy is None else f"{v.accuracy:.3f} (n={v.labelled})"
+        if v.answer_score is not None:
+            accuracy = f"score {v.answer_score:.3f} (n={v.labelled})"
         if v.agreement is not None:
             accuracy = f"agrees {v.agreement:.1%}"
         numbers = (v.requests, v.errors, _ms(v.p50_ms), _ms(v.p99_ms))
@@ -113,7 +115,13 @@ def create(
     weight: Annotated[
         float | None, typer.Option(help="ab: the challenger's share in percent (default 50).")
     ] = None,
-    primary: Annotated[str, typer.Option(help="The metric an ab test decides on.")] = "accuracy",
+    primary: Annotated[
+        str | None,
+        typer.Option(
+            help="The metric an ab test decides on"
+            " (default: accuracy for a model, answer_score for a prompt).",
+        ),
+    ] = None,
     guardrail: Annotated[
         list[str] | None,
         typer.Option(help="METRIC:MARGIN, e.g. error_rate:0.01 or p99_ms:+20% (repeatable)."),

@@ -41,7 +41,11 @@ class ExperimentCreate(BaseModel):
     steps: list[float] = Field(
         default=[5, 25, 50, 100], description="canary: the challenger's weights in percent."
     )
-    primary: str = Field(default="accuracy", description="The metric that decides an ab test.")
+    primary: str | None = Field(
+        default=None,
+        description="The metric that decides an ab test"
+        " (default: accuracy for a model, answer_score for a prompt).",
+    )
     guardrails: list[str] = Field(default=[], examples=[["error_rate:0.01", "p99_ms:+20%"]])
     min_samples: int = Field(default=200, ge=1, description="Requests per variant before a step or decision.")
     require_approval: bool = False

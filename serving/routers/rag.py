@@ -211,6 +211,36 @@ def _collection_fields(view: CollectionView) -> dict[str, Any]:
     return {name: getattr(view, name) for name in fields}
 
 
+class AnswerScore(BaseModel):
+    """How good one earlier answer was."""
+
+    request_id: str = Field(max_length=64, description="The request_id of the /query response.")
+    score: float = Field(ge=0, le=1, allow_inf_nan=False, description="0: useless or wrong; 1: right.")
+
+
+class AnswerFeedbackRequest(BaseModel):
+    """Scores for earlier answers (what a prompt experiment decides on)."""
+
+    feedback: list[AnswerScore] = Field(min_length=1, max_length=10_000)
+
+
+class AnswerFeedbackResponse(BaseModel):
+    """Which request ids took their score; ids the tenant never asked are reported, not dropped."""
+
+    attached: list[str]
+    unknown: list[str]
+
+
+@router.post("/feedback/query", summary="Score earlier answers of /query")
+async def answer_feedback(
+    body: AnswerFeedbackRequest, rag: RagDep, principal: UserKey
+) -> AnswerFeedbackResponse:
+    """Scores go to the caller's tenant's queries by request id; a later score replaces an earlier one."""
+    scores = {item.request_id: item.score for item in body.feedback}
+    attached, unknown = await run_in_threadpool(lambda: rag.feedback(principal, scores))
+    return AnswerFeedbackResponse(attached=attached, unknown=unknown)
+
+
 @router.post("/query", summary="Answer a question from a collection, citing its sources")
 async def query(
     body: QueryRequest,

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from opsloop.audit import AuditFilter
+from opsloop.auth import Role
 from opsloop.settings import load_settings
 from rag.answer import ANSWER_PROMPT, DEFAULT_PROMPT, check_answer_template, ensure_answer_prompt
 from serving.app import create_app
@@ -40,7 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
         drift_check_seconds=0,
         experiment_decide_seconds=0,  # the test ticks the decider itself
         experiment_poll_seconds=0.1,
-        rag_max_answer_tokens=16,  # the variant is what is checked, not the answer's quality
+        rag_max_answer_tokens=4,  # the variant is what is checked, not the answer's quality
     )
     app: FastAPI = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -84,7 +85,8 @@ def test_prompt_experiments_that_cannot_run_are_refused_with_the_reason(
         ({"prompt": ANSWER_PROMPT, "challenger": "1"}, 409, "already is the production version"),
         ({"prompt": ANSWER_PROMPT, "challenger": "99"}, 404, "99"),
         ({"prompt": "summarise", "challenger": "1"}, 422, "not served by opsloop"),
-        ({"prompt": ANSWER_PROMPT, "challenger": "1", "kind": "ab"}, 422, "run a canary"),
+        ({"prompt": ANSWER_PROMPT, "challenger": "1", "kind": "shadow"}, 422, "run an ab test or a canary"),
+        ({"prompt": ANSWER_PROMPT, "challenger": "1", "primary": "accuracy"}, 422, "use one of answer_score"),
     ]
     for body, status, message in cases:
         created = client.post("/admin/experiments", json={"name": "refused", **body}, headers=auth)
@@ -153,3 +155,84 @@ def test_a_prompt_canary_splits_queries_by_unit_and_promotes_production(
     assert moves[0].after == {"alias": "production", "version": candidate.version}
     body = _ask(client, auth, "after")
     assert (body["variant"], body["prompt_version"]) == ("production", candidate.version)
+
+
+def test_answers_take_scores_from_their_own_tenant_only(
+    served: tuple[TestClient, Platform, dict[str, str]],
+) -> None:
+    client, platform, auth = served
+    asked = _ask(client, auth, "scorer")["request_id"]
+    other = platform.keys.create("other", Role.USER, actor="test").secret.get_secret_value()
+    scored = client.post(
+        "/feedback/query",
+        json={"feedback": [{"request_id": asked, "score": 0.75}, {"request_id": "never-asked", "score": 1}]},
+        headers=auth,
+    )
+    assert scored.status_code == 200, scored.text
+    assert scored.json() == {"attached": [asked], "unknown": ["never-asked"]}
+    elsewhere = client.post(
+        "/feedback/query",
+        json={"feedback": [{"request_id": asked, "score": 0}]},
+        headers={"Authorization": f"Bearer {other}"},
+    )
+    assert elsewhere.json() == {"attached": [], "unknown": [asked]}
+    for bad in (1.5, -0.1, "NaN", None):
+        refused = client.post(
+            "/feedback/query", json={"feedback": [{"request_id": asked, "score": bad}]}, headers=auth
+        )
+        assert refused.status_code == 422, (bad, refused.text)
+    [entry] = [e for e in client.get("/admin/queries", headers=auth).json() if e["request_id"] == asked]
+    assert entry["feedback_score"] == 0.75
+
+
+def test_an_ab_test_of_prompts_rolls_back_a_candidate_whose_answers_score_worse(
+    served: tuple[TestClient, Platform, dict[str, str]],
+) -> None:
+    client, platform, auth = served
+    candidate = register(
+        cli_principal(),
+        platform.registry,
+        platform.audit,
+        ANSWER_PROMPT,
+        CANDIDATE + " ",
+        check=check_answer_template,
+    )
+    production = platform.registry.load_prompt(ANSWER_PROMPT, "production").version
+    created = client.post(
+        "/admin/experiments",
+        json={
+            "name": "worse",
+            "kind": "ab",
+            "prompt": ANSWER_PROMPT,
+            "challenger": str(candidate.version),
+            "min_samples": 30,
+        },
+        headers=auth,
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["config"]["primary"] == "answer_score"
+    deadline = time.monotonic() + 30
+    while platform.experiments.router.assign("prompt", ANSWER_PROMPT, "probe") is None:
+        assert time.monotonic() < deadline, "the experiment was not picked up"
+        time.sleep(0.05)
+
+    # Users find the candidate's answers useless and production's mostly right.
+    decision = None
+    for batch in range(6):
+        answers = [_ask(client, auth, f"ab-{batch}-{i}") for i in range(24)]
+        scores = [
+            {"request_id": a["request_id"], "score": 0.0 if a["variant"] == "challenger" else 0.9}
+            for a in answers
+        ]
+        assert client.post("/feedback/query", json={"feedback": scores}, headers=auth).status_code == 200
+        platform.experiments.outcomes.flush()
+        (_, decision), *_ = platform.experiments.decider.tick()
+        if decision.action != "continue":
+            break
+    assert decision is not None and decision.action == "rollback", decision and decision.reason
+    shown = client.get("/admin/experiments/worse", headers=auth).json()
+    assert shown["status"] == "rolled_back" and "answer_score" in shown["decision"]["reason"]
+    champion, challenger = shown["variants"]
+    assert challenger["answer_score"] == 0.0 and champion["answer_score"] == pytest.approx(0.9)
+    assert champion["accuracy"] is None and challenger["labelled"] >= 30
+    assert platform.registry.load_prompt(ANSWER_PROMPT, "production").version == production

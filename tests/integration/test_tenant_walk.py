@@ -75,6 +75,8 @@ REQUESTS: dict[tuple[str, str], list[Call]] = {
     ("POST", "/query"): [
         Call("denied", json={"question": QUESTION, "collection": COLLECTION, "generate": False})
     ],
+    # A score goes to the caller's own query of that id: alpha's is "unknown" to bravo.
+    ("POST", "/feedback/query"): [Call("own", json={"feedback": [{"request_id": "{a_query}", "score": 0}]})],
     # Collections are per tenant: bravo's upload makes bravo's own collection of that name.
     ("POST", "/collections/{name}/documents"): [
         Call("own", files=[("files", ("keys.md", b"# Bravo\n\nb.\n"))])
@@ -140,6 +142,8 @@ class World:
     a_keys: dict[Role, tuple[str, dict[str, str]]]
     b_keys: dict[Role, tuple[str, dict[str, str]]]
     a_request: str
+    a_query: str
+    """The request id of alpha's query."""
     a_task: str
     """An eval run alpha's operator started in the server."""
     llm: str
@@ -230,7 +234,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         experiment = {"name": EXPERIMENT, "model": MODEL, "challenger": str(challenger)}
         created = client.post("/admin/experiments", json=experiment, headers=operator)
         assert created.status_code == 201, created.text
-        yield World(client, platform, a_keys, b_keys, a_request, a_task, llm, admin_headers)
+        a_query = asked.json()["request_id"]
+        yield World(client, platform, a_keys, b_keys, a_request, a_query, a_task, llm, admin_headers)
 
 
 def _snapshot(world: World) -> dict[str, Any]:
@@ -242,7 +247,7 @@ def _snapshot(world: World) -> dict[str, Any]:
     return {
         "collection": client.get(f"/collections/{COLLECTION}", headers=operator).json(),
         "collections": client.get("/collections", headers=operator).json(),
-        "queries": [(q["id"], q["question"], q["answer"]) for q in queries],
+        "queries": [(q["id"], q["question"], q["answer"], q["feedback_score"]) for q in queries],
         "costs": costs["rows"],
         "budgets": client.get("/admin/budgets", params={"tenant": A}, headers=world.admin).json(),
         "keys": client.get(
@@ -277,7 +282,10 @@ def _request(world: World, method: str, path: str, call: Call, headers: dict[str
     for placeholder, value in filled.items():
         url = url.replace(placeholder, value)
     body = json.loads(
-        json.dumps(call.json).replace("{a_request}", world.a_request).replace("{llm}", world.llm)
+        json.dumps(call.json)
+        .replace("{a_request}", world.a_request)
+        .replace("{a_query}", world.a_query)
+        .replace("{llm}", world.llm)
     )
     return world.client.request(
         method,

@@ -76,9 +76,9 @@ class Decider:
         policy = Policy.from_config(experiment.config)
         if samples is None:
             samples = self.service.store.samples(experiment.name)
-        correct = self.service.labels.correct(experiment.name)
+        feedback = self.service.labels.values(experiment.target_kind, experiment.name)
         champion, challenger = (
-            summary(policy.primary, samples.get(v, VariantSamples()), correct.get(v))
+            summary(policy.primary, samples.get(v, VariantSamples()), feedback.get(v))
             for v in (CHAMPION, CHALLENGER)
         )
         if experiment.kind == "ab":

@@ -1,4 +1,8 @@
-"""Labelled accuracy per variant: an experiment's predictions joined with their ``/feedback`` labels."""
+"""What each variant was told of its answers: labelled accuracy for a model, answer scores for a prompt.
+
+A model experiment's predictions are joined with their ``/feedback/{model}`` labels; a prompt
+experiment's queries carry the scores ``/feedback/query`` gave their answers.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import numpy as np
 from sqlalchemy import select
 
 from opsloop.db import Database
-from opsloop.tables import Prediction
+from opsloop.tables import Prediction, RagQuery
+from opsloop.traffic import TargetKind
 
 __all__ = ["LabelSource"]
 
@@ -21,7 +26,7 @@ def _predicted(output: Any) -> str:
 
 
 class LabelSource:
-    """Which of an experiment's labelled instances each variant got right.
+    """Per variant, the experiment's feedback: correct flags (models) or answer scores (prompts).
 
     Args:
         db: The started relational store holding the prediction log.
@@ -29,6 +34,22 @@ class LabelSource:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    def values(self, target_kind: TargetKind, experiment: str) -> dict[str, np.ndarray]:
+        """Per variant, what the experiment's feedback says: :meth:`correct` or :meth:`scores`."""
+        return self.scores(experiment) if target_kind == "prompt" else self.correct(experiment)
+
+    def scores(self, experiment: str) -> dict[str, np.ndarray]:
+        """Per variant, the scores in [0, 1] that ``/feedback/query`` gave its answers."""
+        query = select(RagQuery.variant, RagQuery.feedback_score).where(
+            RagQuery.experiment == experiment, RagQuery.feedback_score.is_not(None)
+        )
+        found: dict[str, list[float]] = {}
+        with self._db.read() as session:
+            for variant, score in session.execute(query):
+                if variant is not None and score is not None:  # both are, by the query
+                    found.setdefault(variant, []).append(score)
+        return {variant: np.array(values, dtype=float) for variant, values in found.items()}
 
     def correct(self, experiment: str) -> dict[str, np.ndarray]:
         """Per variant, one flag per labelled instance: did the prediction equal the label?"""

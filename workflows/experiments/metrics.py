@@ -9,19 +9,20 @@ from workflows.experiments.summaries import VariantSummary
 
 __all__ = ["PRIMARY_METRICS", "primary_values", "summary"]
 
-PRIMARY_METRICS = ("accuracy", "error_rate", "latency_ms", "cost_per_request")
-"""What ``--primary`` may name."""
+PRIMARY_METRICS = ("accuracy", "answer_score", "error_rate", "latency_ms", "cost_per_request")
+"""What ``--primary`` may name (``accuracy`` for models only, ``answer_score`` for prompts only)."""
 
 
-def primary_values(metric: str, samples: VariantSamples, correct: np.ndarray | None) -> np.ndarray | None:
+def primary_values(metric: str, samples: VariantSamples, feedback: np.ndarray | None) -> np.ndarray | None:
     """The values of an experiment's primary metric for one variant (None: not measurable here).
 
-    ``accuracy``: one 0/1 per labelled instance; ``error_rate``: one 0/1 per request;
-    ``latency_ms``: the latencies; ``cost_per_request``: the costs.
+    ``accuracy``: one 0/1 per labelled instance; ``answer_score``: the scores of its answers
+    (both given as ``feedback``); ``error_rate``: one 0/1 per request; ``latency_ms``: the
+    latencies; ``cost_per_request``: the costs.
     """
     match metric:
-        case "accuracy":
-            return None if correct is None else correct.astype(float)
+        case "accuracy" | "answer_score":
+            return None if feedback is None else feedback.astype(float)
         case "error_rate":
             return (~samples.ok).astype(float)
         case "latency_ms":
@@ -31,8 +32,8 @@ def primary_values(metric: str, samples: VariantSamples, correct: np.ndarray | N
     return None
 
 
-def summary(metric: str, samples: VariantSamples, correct: np.ndarray | None) -> VariantSummary:
+def summary(metric: str, samples: VariantSamples, feedback: np.ndarray | None) -> VariantSummary:
     """A variant's samples as the policy reads them."""
     return VariantSummary.from_samples(
-        samples.ok, samples.latency_ms, samples.cost_usd, primary_values(metric, samples, correct)
+        samples.ok, samples.latency_ms, samples.cost_usd, primary_values(metric, samples, feedback)
     )

@@ -5,10 +5,11 @@ acting an operator; an experiment belongs to its creator's tenant and other tena
 see it. Each action is audited with the numbers that justified it. The decider
 (:mod:`workflows.experiments.decider`) acts through the same methods as the system caller.
 
-Targets: a classical model's ``champion`` against a challenger version, and a prompt's
-``production`` version against a candidate version (canaries: ``/query`` answers the routed
-share with the candidate, and a promotion moves ``production``). A/B tests and shadows of a
-prompt, and LLM-route experiments, are refused with a clear error until their metrics land.
+Targets: a classical model's ``champion`` against a challenger version (its A/B tests decide
+on labelled ``accuracy``), and a prompt's ``production`` version against a candidate version:
+``/query`` answers the routed share with the candidate, A/B tests decide on ``answer_score``
+(``/feedback/query``), and a promotion moves ``production``. Shadows of a prompt and LLM-route
+experiments are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class ExperimentPlan:
     """The challenger's share in percent (``ab``; default 50)."""
     steps: Sequence[float] = DEFAULT_STEPS
     """The canary's weights in percent, rising to 100."""
-    primary: str = "accuracy"
+    primary: str | None = None
+    """The metric an A/B test decides on; None: ``accuracy`` for a model, ``answer_score`` for a prompt."""
     guardrails: Sequence[str] = ()
     """Specs such as ``error_rate:0.01`` or ``p99_ms:+20%``; defaults fill the rest."""
     min_samples: int = 200
@@ -73,9 +75,13 @@ class VariantReport:
     p99_ms: float | None
     cost_per_request: float
     labelled: int
+    """Instances with a label (a model), or answers with a score (a prompt)."""
     accuracy: float | None
+    """A model's share of labelled instances it got right."""
     agreement: float | None
     """A shadow's share of answers equal to the champion's (None for routed variants)."""
+    answer_score: float | None = None
+    """A prompt's mean ``/feedback/query`` score of its answers."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,18 @@ class ExperimentReport:
 
 
 def variant_report(
-    name: str, version: str, weight: float, samples: VariantSamples, correct: np.ndarray
+    name: str,
+    version: str,
+    weight: float,
+    samples: VariantSamples,
+    feedback: np.ndarray,
+    *,
+    scores: bool = False,
 ) -> VariantReport:
-    """Summarise one variant's samples (``correct``: one flag per labelled instance)."""
+    """Summarise one variant's samples; ``feedback`` holds correct flags, or answer scores if ``scores``."""
     latency = samples.latency_ms
     errors = int((~samples.ok).sum())
+    mean = float(feedback.mean()) if feedback.size else None
     return VariantReport(
         name=name,
         version=version,
@@ -113,9 +126,10 @@ def variant_report(
         p50_ms=float(np.percentile(latency, 50)) if latency.size else None,
         p99_ms=float(np.percentile(latency, 99)) if latency.size else None,
         cost_per_request=float(samples.cost_usd.mean()) if samples.cost_usd.size else 0.0,
-        labelled=int(correct.size),
-        accuracy=float(correct.mean()) if correct.size else None,
+        labelled=int(feedback.size),
+        accuracy=None if scores else mean,
         agreement=float(samples.agreed.mean()) if samples.agreed.size else None,
+        answer_score=mean if scores else None,
     )
 
 
@@ -222,11 +236,11 @@ class ExperimentService:
         return champion, challenger
 
     def _prompt_versions(self, plan: ExperimentPlan) -> tuple[int, int]:
-        if plan.kind != "canary":
-            # No answer metric decides between prompts yet (eval scores and answer feedback are
-            # next); a canary needs none: it ramps on errors and latency and promotes at 100%.
+        if plan.kind == "shadow":
+            # A shadow answer would cost a second generation per query, for nothing to compare
+            # it with automatically; an A/B test on answer feedback, or a canary, decides instead.
             raise InvalidInputError(
-                f"a {plan.kind} experiment on a prompt is not available yet; run a canary (--kind canary)",
+                "a shadow experiment on a prompt is not available; run an ab test or a canary",
                 field="kind",
             )
         check = self.prompt_checks.get(plan.target)
@@ -251,14 +265,19 @@ class ExperimentService:
         """The stored plan, checked by the policy that will read it (a bad value is named)."""
         if plan.kind not in ("ab", "canary", "shadow"):
             raise InvalidInputError(f"kind {plan.kind!r}: use ab, canary or shadow", field="kind")
-        if plan.primary not in PRIMARY_METRICS:
+        feedback_metric, other = (
+            ("answer_score", "accuracy") if plan.target_kind == "prompt" else ("accuracy", "answer_score")
+        )
+        primary = plan.primary or feedback_metric
+        if primary not in PRIMARY_METRICS or primary == other:
+            usable = ", ".join(m for m in PRIMARY_METRICS if m != other)
             raise InvalidInputError(
-                f"primary metric {plan.primary!r}: use one of {', '.join(PRIMARY_METRICS)}", field="primary"
+                f"primary metric {primary!r} for a {plan.target_kind}: use one of {usable}", field="primary"
             )
         config = {
             "steps": [float(s) for s in plan.steps],
             "weight": 50.0 if plan.weight is None else float(plan.weight),
-            "primary": plan.primary,
+            "primary": primary,
             "guardrails": list(plan.guardrails),
             "min_samples": plan.min_samples,
             "require_approval": plan.require_approval,
@@ -307,12 +326,17 @@ class ExperimentService:
     def variants(self, experiment: Experiment) -> list[VariantReport]:
         """Both variants' outcomes since the experiment started."""
         samples = self.store.samples(experiment.name)
-        correct = self.labels.correct(experiment.name)
+        feedback = self.labels.values(experiment.target_kind, experiment.name)
         weights = {CHAMPION: 100.0 - experiment.weight, CHALLENGER: experiment.weight}
         versions = {CHAMPION: experiment.champion, CHALLENGER: experiment.challenger}
         return [
             variant_report(
-                v, versions[v], weights[v], samples.get(v, VariantSamples()), correct.get(v, _NONE)
+                v,
+                versions[v],
+                weights[v],
+                samples.get(v, VariantSamples()),
+                feedback.get(v, _NONE),
+                scores=experiment.target_kind == "prompt",
             )
             for v in (CHAMPION, CHALLENGER)
         ]
