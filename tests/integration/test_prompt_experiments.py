@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from opsloop.audit import AuditFilter
 from opsloop.auth import Role
+from opsloop.registry import PromptVersionInfo
 from opsloop.settings import load_settings
 from rag.answer import ANSWER_PROMPT, DEFAULT_PROMPT, check_answer_template, ensure_answer_prompt
 from serving.app import create_app
@@ -67,6 +68,21 @@ def _ask(client: TestClient, auth: dict[str, str], unit: str) -> dict[str, Any]:
     return body
 
 
+def _candidate(platform: Platform, template: str) -> PromptVersionInfo:
+    return register(
+        cli_principal(),
+        platform.registry,
+        platform.audit,
+        ANSWER_PROMPT,
+        template,
+        check=check_answer_template,
+    )
+
+
+def _wait_routed(platform: Platform) -> None:
+    _wait_routed(platform)
+
+
 def test_without_an_experiment_production_answers(
     served: tuple[TestClient, Platform, dict[str, str]],
 ) -> None:
@@ -99,14 +115,7 @@ def test_a_prompt_canary_splits_queries_by_unit_and_promotes_production(
     served: tuple[TestClient, Platform, dict[str, str]],
 ) -> None:
     client, platform, auth = served
-    candidate = register(
-        cli_principal(),
-        platform.registry,
-        platform.audit,
-        ANSWER_PROMPT,
-        CANDIDATE,
-        check=check_answer_template,
-    )
+    candidate = _candidate(platform, CANDIDATE)
     created = client.post(
         "/admin/experiments",
         json={
@@ -120,10 +129,7 @@ def test_a_prompt_canary_splits_queries_by_unit_and_promotes_production(
         headers=auth,
     )
     assert created.status_code == 201, created.text
-    deadline = time.monotonic() + 30
-    while platform.experiments.router.assign("prompt", ANSWER_PROMPT, "probe") is None:
-        assert time.monotonic() < deadline, "the experiment was not picked up"
-        time.sleep(0.05)
+    _wait_routed(platform)
 
     answers = {unit: _ask(client, auth, unit) for unit in (f"user-{i}" for i in range(16))}
     versions = {body["variant"]: body["prompt_version"] for body in answers.values()}
@@ -189,14 +195,7 @@ def test_an_ab_test_of_prompts_rolls_back_a_candidate_whose_answers_score_worse(
     served: tuple[TestClient, Platform, dict[str, str]],
 ) -> None:
     client, platform, auth = served
-    candidate = register(
-        cli_principal(),
-        platform.registry,
-        platform.audit,
-        ANSWER_PROMPT,
-        CANDIDATE + " ",
-        check=check_answer_template,
-    )
+    candidate = _candidate(platform, CANDIDATE + " ")  # a new version needs a new template
     production = platform.registry.load_prompt(ANSWER_PROMPT, "production").version
     created = client.post(
         "/admin/experiments",
@@ -211,10 +210,7 @@ def test_an_ab_test_of_prompts_rolls_back_a_candidate_whose_answers_score_worse(
     )
     assert created.status_code == 201, created.text
     assert created.json()["config"]["primary"] == "answer_score"
-    deadline = time.monotonic() + 30
-    while platform.experiments.router.assign("prompt", ANSWER_PROMPT, "probe") is None:
-        assert time.monotonic() < deadline, "the experiment was not picked up"
-        time.sleep(0.05)
+    _wait_routed(platform)
 
     # Users find the candidate's answers useless and production's mostly right.
     decision = None
