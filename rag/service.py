@@ -718,7 +718,7 @@ class RagService:
         """
         caller.require(Role.USER, "scoring an answer")
         for request_id, score in scores.items():
-            if not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
+            if isinstance(score, bool) or not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
                 raise InvalidInputError(
                     f"the score of {request_id!r} must be a number from 0 to 1, got {score!r}",
                     field="score",

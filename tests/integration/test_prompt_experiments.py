@@ -80,7 +80,19 @@ def _candidate(platform: Platform, template: str) -> PromptVersionInfo:
 
 
 def _wait_routed(platform: Platform) -> None:
-    _wait_routed(platform)
+    deadline = time.monotonic() + 30
+    while platform.experiments.router.assign("prompt", ANSWER_PROMPT, "probe") is None:
+        assert time.monotonic() < deadline, "the experiment was not picked up"
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def _stops_its_experiment(served: tuple[TestClient, Platform, dict[str, str]]) -> Iterator[None]:
+    """A failed test leaves no experiment running (one runs per prompt at a time)."""
+    yield
+    service = served[1].experiments.service
+    for experiment in service.store.list(running=True):
+        service.stop(cli_principal(), experiment.name)
 
 
 def test_without_an_experiment_production_answers(
