@@ -51,7 +51,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
         while platform.components.get("rag") == "starting" and time.monotonic() < deadline:
             time.sleep(0.5)
         assert platform.components.get("rag") == "ready", platform.components
-        ensure_answer_prompt(platform.registry)  # version 1 at production, as the first query makes it
+        ensure_answer_prompt(platform.start_registry())  # version 1 at production, as a first query would
         key = platform.settings.admin_key_path.read_text().strip()
         yield client, platform, {"Authorization": f"Bearer {key}"}
 
@@ -171,6 +171,10 @@ def test_a_prompt_canary_splits_queries_by_unit_and_promotes_production(
     assert platform.registry.load_prompt(ANSWER_PROMPT, "production").version == candidate.version
     moves = platform.audit.query(AuditFilter(action="prompt.alias"))
     assert moves[0].after == {"alias": "production", "version": candidate.version}
+    deadline = time.monotonic() + 30
+    while platform.experiments.router.assign("prompt", ANSWER_PROMPT, "after") is not None:
+        assert time.monotonic() < deadline, "the ended experiment still routes"  # within one poll
+        time.sleep(0.05)
     body = _ask(client, auth, "after")
     assert (body["variant"], body["prompt_version"]) == ("production", candidate.version)
 
