@@ -10,6 +10,7 @@ service answers as it always did.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -46,6 +47,21 @@ class Outcome:
     error_type: str | None = None
     agreed: bool | None = None
     """For a shadow's copy: whether its answer equalled the champion's."""
+
+    @classmethod
+    def since(
+        cls,
+        assignment: Assignment,
+        variant: str,
+        request_id: str,
+        started: float,
+        error_type: str | None = None,
+    ) -> Outcome:
+        """A request ``variant`` handled from ``started`` (perf_counter) to now; failed if ``error_type``."""
+        latency_ms = (time.perf_counter() - started) * 1000
+        return cls(
+            assignment.experiment, variant, request_id, error_type is None, latency_ms, error_type=error_type
+        )
 
 
 class TrafficSplit(Protocol):

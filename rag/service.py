@@ -774,12 +774,8 @@ class RagService:
         error: Exception | None = None,
     ) -> None:
         if self.traffic is not None:
-            latency_ms = (time.perf_counter() - started) * 1000
             error_type = None if error is None else getattr(error, "type", type(error).__name__)
-            outcome = Outcome(
-                assignment.experiment, variant, request_id, error is None, latency_ms, error_type=error_type
-            )
-            self.traffic.record(outcome)
+            self.traffic.record(Outcome.since(assignment, variant, request_id, started, error_type))
 
     def _retrieve(
         self, tenant: str, collection: str, question: str, top_k: int | None

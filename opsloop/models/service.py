@@ -143,7 +143,7 @@ class ModelService:
             except OpsloopError as exc:
                 self.metrics.errors.labels(model, exc.type).inc()
                 if assignment is not None and assignment.variant == CHAMPION:
-                    self._outcome(assignment, request_id, started, ok=False, variant=CHAMPION, error=exc.type)
+                    self._outcome(assignment, request_id, started, variant=CHAMPION, error=exc.type)
                 raise
         served, predictions, probabilities = answer
         elapsed = time.perf_counter() - started
@@ -157,7 +157,7 @@ class ModelService:
             # answer for a failed challenger is a fallback, not a champion request.
             counted = self._shadow(assignment, model, request_id, instances, predictions)
             if assignment.variant == CHAMPION and counted:
-                self._outcome(assignment, request_id, started, ok=True, variant=CHAMPION)
+                self._outcome(assignment, request_id, started, variant=CHAMPION)
         result = Prediction(
             predictions=predictions,
             probabilities=probabilities,
@@ -215,9 +215,9 @@ class ModelService:
             )
         except Exception as exc:  # whatever the challenger raises, the caller gets the champion's answer
             error = exc.type if isinstance(exc, OpsloopError) else type(exc).__name__
-            self._outcome(assignment, request_id, started, ok=False, variant=CHALLENGER, error=error)
+            self._outcome(assignment, request_id, started, variant=CHALLENGER, error=error)
             return None
-        self._outcome(assignment, request_id, started, ok=True, variant=CHALLENGER)
+        self._outcome(assignment, request_id, started, variant=CHALLENGER)
         return challenger, predictions, probabilities
 
     def _outcome(
@@ -226,14 +226,12 @@ class ModelService:
         request_id: str,
         started: float,
         *,
-        ok: bool,
         variant: str,
         error: str | None = None,
     ) -> None:
+        """Count the request for ``variant``: answered, or failed with ``error``."""
         if self.traffic is not None:  # always, since only the traffic split makes assignments
-            latency_ms = (time.perf_counter() - started) * 1000
-            outcome = Outcome(assignment.experiment, variant, request_id, ok, latency_ms, error_type=error)
-            self.traffic.record(outcome)
+            self.traffic.record(Outcome.since(assignment, variant, request_id, started, error))
 
     async def feedback(self, caller: Principal, model: str, labels: dict[str, list[Any]]) -> FeedbackResult:
         """Attach true labels (one per instance) to the caller's tenant's predictions, by request id.
