@@ -186,6 +186,11 @@ class EvalTasks:
         found = [task for task in self._tasks.values() if scope is None or task.tenant == scope]
         return sorted(found, key=lambda task: task.started_at, reverse=True)
 
+    def cancel(self, task: EvalTask) -> None:
+        """Stop ``task``'s run if it is still going (call on the loop that runs it); it ends as failed."""
+        if task.state == "running" and task._task is not None:
+            task._task.cancel()
+
     async def aclose(self) -> None:
         """Cancel the runs still going and wait for them to stop."""
         running = [task for task in self._tasks.values() if task.state == "running"]

@@ -2,12 +2,16 @@
 
 Built with the platform (the predict service takes the router at construction); started only
 by ``serve``, where the router re-reads running experiments, challengers load beside their
-champions, and the decider runs on the one scheduler. The CLI uses the service alone.
+champions, and the decider runs on the one scheduler, with the eval runs of eval-decided
+prompt experiments (``serving.experiment_evals``). The CLI uses the service alone.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from opsloop.audit import AuditLog
 from opsloop.db import Database
@@ -22,7 +26,17 @@ from workflows.experiments.service import ExperimentService
 from workflows.experiments.store import Experiment, ExperimentStore, OutcomeLog
 from workflows.experiments.traffic import TrafficRouter
 
+if TYPE_CHECKING:
+    from evals.tasks import EvalTasks
+    from serving.eval_wiring import EvalHost
+
 __all__ = ["Experiments"]
+
+
+def _check_eval_plan(metric: str, plan: Mapping[str, Any]) -> dict[str, Any]:
+    from serving.experiment_evals import check_eval_plan  # the evals package: only for such a plan
+
+    return check_eval_plan(metric, plan)
 
 
 @dataclass
@@ -62,7 +76,9 @@ class Experiments:
         )
         # The prompts opsloop serves, each with its answerer's check of a template.
         prompt_checks = {ANSWER_PROMPT: check_answer_template}
-        service = ExperimentService(store, registry, audit, LabelSource(db), load_version, prompt_checks)
+        service = ExperimentService(
+            store, registry, audit, LabelSource(db), load_version, prompt_checks, _check_eval_plan
+        )
         decider = Decider(
             service, on_decision=lambda e, action: metrics.decisions.labels(e.name, action).inc()
         )
@@ -73,6 +89,12 @@ class Experiments:
             on_dropped=lambda experiment: metrics.shadow_dropped.labels(experiment).inc(),
         )
         return cls(service, router, outcomes, decider, shadows)
+
+    def run_evals(self, host: EvalHost, tasks: EvalTasks, loop: asyncio.AbstractEventLoop) -> None:
+        """Let the decider run eval-decided experiments' evals on ``host`` (the server, on its loop)."""
+        from serving.experiment_evals import ExperimentEvals
+
+        self.decider.evaluator = ExperimentEvals(host, tasks, loop)
 
     def start(self) -> None:
         """Route the running experiments' traffic and record its outcomes (the server only)."""

@@ -221,6 +221,7 @@ class Platform:
             )
         from evals.schedule import EvalScheduler, parse_jobs
 
+        self.experiments.run_evals(self, self.eval_tasks, asyncio.get_running_loop())
         if self.settings.experiment_decide_seconds > 0:
             self.scheduler.every("experiment-decider", self.settings.experiment_decide_seconds, self._decide)
         jobs = parse_jobs(self.settings.eval_jobs)

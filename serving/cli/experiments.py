@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
@@ -110,7 +111,10 @@ def create(
     candidate: Annotated[str | None, typer.Option(help="The prompt version to try.")] = None,
     route: Annotated[str | None, typer.Option(help="Experiment on this LLM route.")] = None,
     challenger_route: Annotated[str | None, typer.Option(help="The route to try instead.")] = None,
-    kind: Annotated[Literal["ab", "canary", "shadow"], typer.Option(help="ab, canary or shadow.")] = "canary",
+    kind: Annotated[
+        Literal["ab", "canary", "shadow"] | None,
+        typer.Option(help="ab, canary or shadow (default canary; ab with --eval-dataset)."),
+    ] = None,
     steps: Annotated[str, typer.Option(help="canary: the challenger's weights in percent.")] = "5,25,50,100",
     weight: Annotated[
         float | None, typer.Option(help="ab: the challenger's share in percent (default 50).")
@@ -132,9 +136,35 @@ def create(
     require_approval: Annotated[
         bool, typer.Option("--require-approval", help="Wait for 'experiments approve' before promoting.")
     ] = False,
+    eval_dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-dataset",
+            dir_okay=False,
+            help="prompt ab: decide by an eval run per variant on this data set (JSON Lines)"
+            " instead of feedback; --primary eval:METRIC (default eval:semantic_similarity).",
+        ),
+    ] = None,
+    eval_collection: Annotated[
+        str | None, typer.Option("--eval-collection", help="Collection the eval's questions are asked of.")
+    ] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option("--eval-limit", min=2, help="Only the data set's first N questions.")
+    ] = None,
+    eval_route: Annotated[
+        str | None, typer.Option("--eval-route", help="Gateway route that answers (default rag_llm_route).")
+    ] = None,
+    eval_judge: Annotated[
+        str | None, typer.Option("--eval-judge", help="Gateway route of the judge, for judge metrics.")
+    ] = None,
     fmt: FormatOption = "table",
 ) -> None:
-    """Start an experiment: the challenger gets its share of traffic within a second."""
+    """Start an experiment: the challenger gets its share of traffic within a second.
+
+    A prompt's ab test can be decided by an eval instead of feedback: with --eval-dataset the
+    server runs the data set once per prompt version and promotes the candidate only if it
+    scores significantly better, question by question (docs/experiments.md).
+    """
     from serving.platform import cli_principal
     from workflows.experiments.service import ExperimentPlan
 
@@ -161,9 +191,18 @@ def create(
         raise typer.Exit(code=2) from None
     service = _service(ctx)
     caller = cli_principal()
+    evaluation = None
+    if eval_dataset is not None or eval_collection is not None:
+        evaluation = {
+            "dataset": str(eval_dataset or ""),
+            "collection": eval_collection,
+            "limit": eval_limit,
+            "route": eval_route,
+            "judge": eval_judge,
+        }
     plan = ExperimentPlan(
         name=name,
-        kind=kind,
+        kind=kind or ("ab" if evaluation else "canary"),
         target_kind=target_kind,  # type: ignore[arg-type]
         target=target,
         challenger=versus,
@@ -173,6 +212,7 @@ def create(
         guardrails=guardrail or [],
         min_samples=min_samples,
         require_approval=require_approval,
+        evaluation=evaluation,
     )
     try:
         service.create(caller, plan)

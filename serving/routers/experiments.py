@@ -24,11 +24,23 @@ async def get_experiments(platform: PlatformDep) -> ExperimentService:
 ExperimentsDep = Annotated[ExperimentService, Depends(get_experiments)]
 
 
+class ExperimentEval(BaseModel):
+    """The data set an eval-decided prompt experiment is run on, once per variant, in this server."""
+
+    dataset: str = Field(max_length=4096, description="Path of the JSON Lines data set on the server.")
+    collection: str = Field(max_length=128, description="Collection the questions are asked of.")
+    limit: int | None = Field(default=None, ge=2, description="Only the first N questions.")
+    route: str | None = Field(default=None, description="Gateway route that answers (default rag_llm_route).")
+    judge: str | None = Field(default=None, description="Gateway route of the judge, for judge metrics.")
+
+
 class ExperimentCreate(BaseModel):
     """An experiment to start: one target (a model, a prompt or a route) and its challenger."""
 
     name: str = Field(max_length=64, examples=["credit-risk-v2"])
-    kind: Literal["ab", "canary", "shadow"] = "canary"
+    kind: Literal["ab", "canary", "shadow"] | None = Field(
+        default=None, description="Default canary; ab for an experiment decided by an eval."
+    )
     model: str | None = Field(default=None, examples=["credit-risk"])
     prompt: str | None = None
     route: str | None = None
@@ -49,6 +61,9 @@ class ExperimentCreate(BaseModel):
     guardrails: list[str] = Field(default=[], examples=[["error_rate:0.01", "p99_ms:+20%"]])
     min_samples: int = Field(default=200, ge=1, description="Requests per variant before a step or decision.")
     require_approval: bool = False
+    eval: ExperimentEval | None = Field(
+        default=None, description="A prompt ab test decided by an eval per variant (primary eval:METRIC)."
+    )
 
     def plan(self) -> ExperimentPlan:
         """The service's plan.
@@ -64,7 +79,7 @@ class ExperimentCreate(BaseModel):
         kind, target = targets[0]
         return ExperimentPlan(
             name=self.name,
-            kind=self.kind,
+            kind=self.kind or ("ab" if self.eval else "canary"),
             target_kind=kind,  # type: ignore[arg-type]
             target=target,
             challenger=self.challenger,
@@ -74,6 +89,7 @@ class ExperimentCreate(BaseModel):
             guardrails=self.guardrails,
             min_samples=self.min_samples,
             require_approval=self.require_approval,
+            evaluation=None if self.eval is None else self.eval.model_dump(),
         )
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from opsloop.errors import InvalidInputError
 from workflows.experiments.canary import JudgeResult, judge_latency
+from workflows.experiments.evaluation import EvalState, VariantEval
 from workflows.experiments.policy import (
     DEFAULT_STEPS,
     CanaryState,
@@ -17,6 +18,7 @@ from workflows.experiments.policy import (
     Policy,
     decide_ab,
     decide_canary,
+    decide_eval,
     higher_is_better,
 )
 from workflows.experiments.summaries import Moments, VariantSummary
@@ -299,3 +301,107 @@ def test_decisions_serialise_to_plain_json() -> None:
     assert data["action"] == "continue" and data["judge"] is None
     assert [g["status"] for g in data["guardrails"]] == ["pass", "nodata"]
     assert isinstance(Decision("continue", "x", 5.0).state, CanaryState)
+
+
+# ----- eval-decided prompt experiments -------------------------------------------------------
+
+EVAL_POLICY = Policy(primary="eval:semantic_similarity")
+
+
+def evaluated(
+    champion: list[float],
+    challenger: list[float],
+    *,
+    status: str = "finished",
+    failed: int = 0,
+    error: str | None = None,
+) -> EvalState:
+    """Both variants' finished runs over the same questions; the challenger's first ``failed`` failed."""
+
+    def run(version: str, scores: list[float], failing: int) -> VariantEval:
+        ids = [f"q{i}" for i in range(len(scores))]
+        return VariantEval(
+            version,
+            run_id=f"run-{version}",
+            done=len(ids),
+            total=len(ids),
+            scores={q: s for i, (q, s) in enumerate(zip(ids, scores, strict=True)) if i >= failing},
+            ok={q: i >= failing for i, q in enumerate(ids)},
+            latency_ms=dict.fromkeys(ids, 800.0),
+        )
+
+    return EvalState(
+        status, "semantic_similarity", run("1", champion, 0), run("2", challenger, failed), error
+    )  # type: ignore[arg-type]
+
+
+def scores(n: int, shift: float, seed: int) -> tuple[list[float], list[float]]:
+    rng = np.random.default_rng(seed)
+    difficulty = rng.uniform(0.2, 0.8, n)
+    return list(difficulty + rng.normal(0, 0.03, n)), list(difficulty + shift + rng.normal(0, 0.03, n))
+
+
+def test_an_eval_promotes_a_significantly_better_prompt_with_the_numbers() -> None:
+    a, b = scores(30, 0.1, seed=1)
+    decision = decide_eval(EVAL_POLICY, summary(0), summary(0), evaluated(a, b))
+    assert decision.action == "promote" and decision.weight == 100.0
+    assert decision.reason.startswith(
+        "challenger significantly better on 30 questions: eval:semantic_similarity +0."
+    )
+    assert decision.primary is not None and decision.primary.method == "paired_t"
+    data = json.loads(json.dumps(decision.to_dict(), allow_nan=False))
+    assert data["eval"]["challenger"] == {
+        "version": "2", "run_id": "run-2", "done": 30, "total": 30, "scored": 30, "failed": 0,
+        "mean": pytest.approx(np.mean(b)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("shift", "verdict"), [(-0.1, "significantly worse"), (0.0, "not significantly better")]
+)
+def test_an_eval_keeps_the_champion_unless_the_challenger_wins(shift: float, verdict: str) -> None:
+    a, b = scores(30, shift, seed=2)
+    decision = decide_eval(EVAL_POLICY, summary(0), summary(0), evaluated(a, b))
+    assert decision.action == "rollback" and decision.weight == 0.0
+    assert f"challenger {verdict} on 30 questions" in decision.reason
+    assert decision.reason.endswith("; the champion stays")
+
+
+def test_an_eval_waits_for_its_runs_and_rolls_back_when_they_fail() -> None:
+    running = EvalState(
+        "running",
+        "semantic_similarity",
+        VariantEval("1", done=12, total=40),
+        VariantEval("2", done=9, total=40),
+    )
+    decision = decide_eval(EVAL_POLICY, summary(0), summary(0), running)
+    assert decision.action == "continue" and decision.weight == EVAL_POLICY.weight
+    assert decision.reason == (
+        "evaluating semantic_similarity: champion v1 12/40, challenger v2 9/40 questions"
+    )
+    failed = evaluated(
+        [0.5, 0.6], [0.5, 0.6], status="failed", error="the challenger's run: no collection 'x'"
+    )
+    decision = decide_eval(EVAL_POLICY, summary(0), summary(0), failed)
+    assert decision.action == "rollback"
+    assert "could not finish (the challenger's run: no collection 'x'); the champion stays" in decision.reason
+
+
+def test_an_eval_rolls_back_on_a_guardrail_live_or_in_its_own_answers() -> None:
+    a, b = scores(40, 0.1, seed=3)
+    live = decide_eval(EVAL_POLICY, summary(300), summary(300, errors=60, seed=1), evaluated(a, b))
+    assert live.action == "rollback" and live.reason.startswith("guardrail breached: error_rate")
+    offline = decide_eval(EVAL_POLICY, summary(0), summary(0), evaluated(a, b, failed=20))
+    assert offline.action == "rollback"
+    assert offline.reason.startswith("on the eval data set, guardrail breached: error_rate")
+
+
+def test_an_eval_with_too_few_common_questions_keeps_the_champion() -> None:
+    decision = decide_eval(EVAL_POLICY, summary(0), summary(0), evaluated([0.5], [0.9]))
+    assert decision.action == "rollback"
+    assert decision.reason.startswith("both runs scored only 1 of the same questions, too few")
+
+
+def test_eval_metrics_keep_their_direction() -> None:
+    assert higher_is_better("eval:rouge_score") and not higher_is_better("eval:latency_ms")
+    assert not higher_is_better("eval:cost_usd")

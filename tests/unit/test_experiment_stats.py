@@ -13,6 +13,7 @@ from opsloop.errors import InvalidInputError
 from workflows.experiments.stats import (
     hodges_lehmann,
     mann_whitney,
+    paired_t,
     sample_size_means,
     sample_size_proportions,
     two_proportions,
@@ -115,6 +116,47 @@ def test_welch_matches_scipy_on_the_raw_samples() -> None:
     assert (constant.p_value, constant.ci_low, constant.ci_high) == (0.0, 1.0, 1.0)
     with pytest.raises(InvalidInputError, match="two values per variant"):
         welch(Moments.from_samples([1.0]), Moments.from_samples([1.0, 2.0]))
+
+
+def test_paired_t_is_the_t_interval_of_the_differences() -> None:
+    rng = np.random.default_rng(8)
+    a = rng.uniform(0.2, 0.9, 25)
+    b = a + rng.normal(0.04, 0.05, 25)
+    result = paired_t(a, b, metric="eval:semantic_similarity", alpha=0.1)
+    d = b - a
+    half = stats.t.ppf(0.95, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
+    assert result.method == "paired_t" and (result.n_a, result.n_b) == (25, 25)
+    assert result.estimate == pytest.approx(d.mean())
+    assert (result.ci_low, result.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert result.p_value == pytest.approx(2 * stats.t.sf(abs(t), d.size - 1))
+    assert result.baseline == pytest.approx(a.mean())
+    same = paired_t([0.1, 0.5, 0.9], [0.2, 0.6, 1.0])  # every pair moved by the same amount
+    assert (same.estimate, same.ci_low, same.p_value) == (pytest.approx(0.1), pytest.approx(0.1), 0.0)
+    with pytest.raises(InvalidInputError, match="two or more pairs"):
+        paired_t([0.5], [0.6])
+    with pytest.raises(InvalidInputError, match="two or more pairs"):
+        paired_t([0.5, 0.6], [0.6, 0.7, 0.8])
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        paired_t([0.5, float("nan")], [0.6, 0.7])
+
+
+def test_paired_t_holds_its_level_and_finds_what_two_samples_miss() -> None:
+    """Questions differ far more than prompts do: pairing takes the questions' spread out."""
+    rng = np.random.default_rng(9)
+    runs, n = 2000, 40
+    false_positives = paired_hits = welch_hits = 0
+    for _ in range(runs):
+        difficulty = rng.uniform(0.1, 0.9, n)
+        a = difficulty + rng.normal(0, 0.05, n)
+        null_b = difficulty + rng.normal(0, 0.05, n)
+        better_b = difficulty + 0.045 + rng.normal(0, 0.05, n)
+        false_positives += paired_t(a, null_b).significant
+        paired_hits += paired_t(a, better_b).significant
+        welch_hits += welch(Moments.from_samples(a), Moments.from_samples(better_b)).significant
+    assert false_positives / runs <= 0.06
+    assert paired_hits / runs >= 0.9
+    assert welch_hits / runs <= 0.25
 
 
 @pytest.mark.parametrize(("n", "m"), [(7, 9), (30, 25), (60, 80)])

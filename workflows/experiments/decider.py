@@ -19,8 +19,16 @@ from datetime import datetime
 from opsloop.auth import system_principal
 from opsloop.tables import utcnow
 from opsloop.traffic import CHALLENGER, CHAMPION
+from workflows.experiments.evaluation import Evaluator, eval_metric
 from workflows.experiments.metrics import summary
-from workflows.experiments.policy import CanaryState, Decision, Policy, decide_ab, decide_canary
+from workflows.experiments.policy import (
+    CanaryState,
+    Decision,
+    Policy,
+    decide_ab,
+    decide_canary,
+    decide_eval,
+)
 from workflows.experiments.service import ExperimentService
 from workflows.experiments.store import Experiment, VariantSamples
 
@@ -36,6 +44,8 @@ class Decider:
         service: The experiment service it acts through.
         lease_seconds: How long one tick's lease lasts; another process takes over after that.
         on_decision: Called with each experiment and the action taken (metrics).
+        evaluator: Runs the eval-decided experiments' evals; attached by the server that runs
+            them (until then such an experiment waits).
     """
 
     def __init__(
@@ -44,8 +54,10 @@ class Decider:
         *,
         lease_seconds: float = 10.0,
         on_decision: Callable[[Experiment, str], None] = lambda experiment, action: None,
+        evaluator: Evaluator | None = None,
     ) -> None:
         self.service = service
+        self.evaluator = evaluator
         self.lease_seconds = lease_seconds
         self.on_decision = on_decision
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
@@ -56,7 +68,10 @@ class Decider:
         if not store.take_lease(self.holder, self.lease_seconds):
             return []
         done = []
-        for experiment in store.list(running=True):
+        running = store.list(running=True)
+        if self.evaluator is not None:  # runs of experiments that have ended since are cancelled
+            self.evaluator.keep_only({e.name for e in running if eval_metric(e.config["primary"])})
+        for experiment in running:
             if experiment.status != "running" or experiment.kind == "shadow":
                 continue  # a pending approval waits for an operator; a shadow is only compared
             try:
@@ -81,6 +96,11 @@ class Decider:
             summary(policy.primary, samples.get(v, VariantSamples()), feedback.get(v))
             for v in (CHAMPION, CHALLENGER)
         )
+        if eval_metric(policy.primary) is not None:
+            if self.evaluator is None:
+                why = "waiting for a server that runs eval runs to hold the decider's lease"
+                return Decision("continue", why, policy.weight)
+            return decide_eval(policy, champion, challenger, self.evaluator.evaluate(experiment))
         if experiment.kind == "ab":
             return decide_ab(policy, champion, challenger)
         from workflows.experiments.canary import judge_latency  # scipy, only for canaries

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from opsloop.errors import InvalidInputError
+from workflows.experiments.evaluation import EvalState, VariantEval, eval_metric
 from workflows.experiments.guardrails import (
     Guardrail,
     GuardrailCheck,
@@ -55,6 +56,7 @@ __all__ = [
     "Policy",
     "decide_ab",
     "decide_canary",
+    "decide_eval",
     "higher_is_better",
     "parse_guardrail",
 ]
@@ -64,11 +66,15 @@ Action = Literal["promote", "rollback", "continue", "advance"]
 DEFAULT_STEPS: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
 """The canary's weights for the challenger, in percent."""
 
-_LOWER_IS_BETTER = ("error_rate", "cost_per_request", "latency")
+_LOWER_IS_BETTER = ("error_rate", "cost_per_request", "cost_usd", "latency")
 
 
 def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of ``metric`` is an improvement (errors, cost and ``*_ms`` are not)."""
+    """Whether a larger value of ``metric`` is an improvement (errors, cost and ``*_ms`` are not).
+
+    An eval metric (``eval:rouge_score``) goes by its own name.
+    """
+    metric = eval_metric(metric) or metric
     return not (metric.endswith("_ms") or metric in _LOWER_IS_BETTER)
 
 
@@ -176,6 +182,8 @@ class Decision:
     primary: Comparison | None = None
     guardrails: tuple[GuardrailCheck, ...] = ()
     judge: JudgeResult | None = None
+    evaluation: EvalState | None = None
+    """The eval runs per variant, for an eval-decided experiment."""
 
     @property
     def state(self) -> CanaryState:
@@ -193,6 +201,7 @@ class Decision:
             "primary": None if self.primary is None else self.primary.to_dict(),
             "guardrails": [c.to_dict() for c in self.guardrails],
             "judge": None if self.judge is None else self.judge.to_dict(),
+            "eval": None if self.evaluation is None else self.evaluation.to_dict(),
         }
 
 
@@ -337,3 +346,55 @@ def decide_canary(
         return decide("promote", passed, 100.0, state.step, 0)
     nxt = steps[state.step + 1]
     return decide("advance", f"{passed}; challenger weight {weight:g}% -> {nxt:g}%", nxt, state.step + 1, 0)
+
+
+def decide_eval(
+    policy: Policy, champion: VariantSummary, challenger: VariantSummary, evaluation: EvalState
+) -> Decision:
+    """The decision of an eval-decided experiment (see the module docstring for the rules).
+
+    Args:
+        policy: The experiment's rules; ``primary`` is ``eval:METRIC``.
+        champion: The champion's live traffic so far.
+        challenger: The challenger's live traffic so far.
+        evaluation: Both variants' eval runs.
+    """
+    from workflows.experiments.stats import paired_t  # SciPy, only once the runs have finished
+
+    live = _check(policy, champion, challenger)
+    if any(c.breached for c in live):
+        return Decision("rollback", _breaches(live), 0.0, guardrails=live, evaluation=evaluation)
+    if evaluation.status == "failed":
+        why = f"the eval runs could not finish ({evaluation.error}); the champion stays"
+        return Decision("rollback", why, 0.0, guardrails=live, evaluation=evaluation)
+    if evaluation.status == "running":
+        why = f"evaluating {evaluation.metric}: {evaluation.describe()}"
+        return Decision("continue", why, policy.weight, guardrails=live, evaluation=evaluation)
+    offline = _check(policy, *(_eval_summary(v) for v in (evaluation.champion, evaluation.challenger)))
+    if any(c.breached for c in offline):
+        why = "on the eval data set, " + _breaches(offline)
+        return Decision("rollback", why, 0.0, guardrails=live + offline, evaluation=evaluation)
+    a, b = evaluation.pairs()
+    checks = live + offline
+
+    def decide(action: Action, reason: str, primary: Comparison | None = None) -> Decision:
+        weight = 100.0 if action == "promote" else 0.0
+        return Decision(action, reason, weight, primary=primary, guardrails=checks, evaluation=evaluation)
+
+    if a.size < 2:
+        why = f"both runs scored only {a.size} of the same questions, too few to compare; the champion stays"
+        return decide("rollback", why)
+    primary = paired_t(a, b, metric=policy.primary, alpha=policy.alpha)
+    on = f"on {a.size} questions: {primary.describe()}"
+    if primary.significant and not _worse(policy, primary):
+        return decide("promote", f"challenger significantly better {on}", primary)
+    verdict = "significantly worse" if primary.significant else "not significantly better"
+    return decide("rollback", f"challenger {verdict} {on}; the champion stays", primary)
+
+
+def _eval_summary(run: VariantEval) -> VariantSummary:
+    """An eval run's answers as a variant's requests: the guardrails judge them as they do live ones."""
+    questions = sorted(run.ok)
+    return VariantSummary.from_samples(
+        [int(run.ok[q]) for q in questions], [run.latency_ms[q] for q in questions if q in run.latency_ms]
+    )

@@ -8,8 +8,9 @@ see it. Each action is audited with the numbers that justified it. The decider
 Targets: a classical model's ``champion`` against a challenger version (its A/B tests decide
 on labelled ``accuracy``), and a prompt's ``production`` version against a candidate version:
 ``/query`` answers the routed share with the candidate, A/B tests decide on ``answer_score``
-(``/feedback/query``), and a promotion moves ``production``. Shadows of a prompt and LLM-route
-experiments are refused with a clear error.
+(``/feedback/query``), and a promotion moves ``production``. A prompt A/B test may instead be
+decided by an eval on a data set (primary ``eval:METRIC``, :mod:`~workflows.experiments.evaluation`).
+Shadows of a prompt and LLM-route experiments are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from opsloop.registry import Registry
 from opsloop.tables import utcnow
 from opsloop.traffic import CHALLENGER, CHAMPION, TargetKind
 from workflows import prompts
+from workflows.experiments.evaluation import eval_metric
 from workflows.experiments.labels import LabelSource
 from workflows.experiments.metrics import PRIMARY_METRICS
 from workflows.experiments.policy import DEFAULT_STEPS, Policy
@@ -37,6 +39,8 @@ __all__ = ["ExperimentPlan", "ExperimentReport", "ExperimentService", "VariantRe
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 PRODUCTION = "production"
 """The prompt alias that is served; a prompt experiment's champion."""
+DEFAULT_EVAL_PRIMARY = "eval:semantic_similarity"
+"""What an experiment with an eval data set decides on when it names no primary metric."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class ExperimentPlan:
     min_samples: int = 200
     """Requests per variant before a step or a decision may be taken."""
     require_approval: bool = False
+    evaluation: Mapping[str, Any] | None = None
+    """For a primary ``eval:METRIC``: ``dataset`` (a path), ``collection``, and optionally
+    ``limit`` (first N questions), ``route`` (answers) and ``judge`` (judge metrics)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,9 @@ class ExperimentService:
         loadable: Raises when a model version cannot be served (the serving runtime's loader).
         prompt_checks: For a prompt that is served, what its templates must satisfy (raises
             ``InvalidInputError`` otherwise): the RAG answerer's own check for ``rag-answer``.
+        eval_check: Checks an eval-decided experiment's metric and eval settings and returns
+            them as stored (the data set's path made absolute); raises ``InvalidInputError``.
+            None: this process cannot plan evals, and such experiments are refused.
     """
 
     def __init__(
@@ -154,6 +164,7 @@ class ExperimentService:
         labels: LabelSource,
         loadable: Any,
         prompt_checks: Mapping[str, Callable[[str], None]] | None = None,
+        eval_check: Callable[[str, Mapping[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -161,6 +172,7 @@ class ExperimentService:
         self.labels = labels
         self.loadable = loadable
         self.prompt_checks = prompt_checks or {}
+        self.eval_check = eval_check
 
     def create(self, caller: Principal, plan: ExperimentPlan) -> Experiment:
         """Start an experiment; its challenger takes traffic within the servers' poll interval.
@@ -268,13 +280,15 @@ class ExperimentService:
         feedback_metric, other = (
             ("answer_score", "accuracy") if plan.target_kind == "prompt" else ("accuracy", "answer_score")
         )
-        primary = plan.primary or feedback_metric
-        if primary not in PRIMARY_METRICS or primary == other:
+        primary = plan.primary or (DEFAULT_EVAL_PRIMARY if plan.evaluation else feedback_metric)
+        if eval_metric(primary) is None and (primary not in PRIMARY_METRICS or primary == other):
             usable = ", ".join(m for m in PRIMARY_METRICS if m != other)
+            if plan.target_kind == "prompt":
+                usable += ", or eval:METRIC with --eval-dataset"
             raise InvalidInputError(
                 f"primary metric {primary!r} for a {plan.target_kind}: use one of {usable}", field="primary"
             )
-        config = {
+        config: dict[str, Any] = {
             "steps": [float(s) for s in plan.steps],
             "weight": 50.0 if plan.weight is None else float(plan.weight),
             "primary": primary,
@@ -284,7 +298,34 @@ class ExperimentService:
         }
         policy = Policy.from_config(config)
         config["guardrails"] = [g.spec for g in policy.guardrails]
+        metric = eval_metric(primary)
+        if metric is not None or plan.evaluation:
+            config["eval"] = self._eval_config(plan, metric)
         return config
+
+    def _eval_config(self, plan: ExperimentPlan, metric: str | None) -> dict[str, Any]:
+        """The checked eval settings of an eval-decided experiment."""
+        if metric is None:
+            raise InvalidInputError(
+                f"an eval data set decides only with an eval primary metric, not {plan.primary!r};"
+                f" use --primary eval:METRIC (default {DEFAULT_EVAL_PRIMARY})",
+                field="primary",
+            )
+        if plan.target_kind != "prompt" or plan.kind != "ab":
+            raise InvalidInputError(
+                f"an eval decides a prompt's ab test (one run per variant on a data set), not a"
+                f" {plan.kind} on a {plan.target_kind}",
+                field="primary",
+            )
+        if not plan.evaluation:
+            raise InvalidInputError(
+                f"primary {plan.primary!r} needs an eval data set and collection (--eval-dataset,"
+                " --eval-collection)",
+                field="eval",
+            )
+        if self.eval_check is None:
+            raise InvalidInputError("this process cannot plan eval runs", field="eval")
+        return self.eval_check(metric, plan.evaluation)
 
     def experiments(self, caller: Principal) -> list[Experiment]:
         """The caller's tenant's experiments, newest first."""
@@ -480,4 +521,22 @@ def _tests(last: dict[str, Any] | None) -> list[dict[str, Any]]:
     judge = last.get("judge")
     if judge:
         tests.append({"kind": "latency_judge", "summary": judge["reason"], **judge})
+    evaluation = last.get("eval")
+    if evaluation:
+        tests.append({"kind": "eval", "summary": _eval_line(evaluation), **evaluation})
     return tests
+
+
+def _eval_line(evaluation: dict[str, Any]) -> str:
+    """``eval semantic_similarity (finished): champion v1 mean 0.41 of 40, run ...; challenger ...``."""
+
+    def variant(name: str) -> str:
+        v = evaluation[name]
+        if v["run_id"] is None:
+            return f"{name} v{v['version']} {v['done']}/{v['total']} questions"
+        mean = "no score" if v["mean"] is None else f"mean {v['mean']:.4g}"
+        return f"{name} v{v['version']} {mean} over {v['scored']} questions, run {v['run_id']}"
+
+    both = f"{variant('champion')}; {variant('challenger')}"
+    line = f"eval {evaluation['metric']} ({evaluation['status']}): {both}"
+    return line + (f"; {evaluation['error']}" if evaluation.get("error") else "")

@@ -7,6 +7,8 @@ Library-backed where a library computes the test:
   at 0 and 100%, where the Wald interval collapses);
 - means: Welch's t test (scipy ``ttest_ind_from_stats``, from moments, so a decider needs no
   raw values) with the Welch-Satterthwaite interval of the difference;
+- paired values (an eval's score per question for both variants): the paired t test (scipy
+  ``ttest_rel``) with the t interval of the mean difference;
 - distributions: the Mann-Whitney U test (scipy ``mannwhitneyu``) with the Hodges-Lehmann
   shift and its distribution-free (Moses) interval, which scipy lacks: the same estimate and
   interval Kayenta's canary judge takes from R's ``wilcox.test``;
@@ -42,6 +44,7 @@ __all__ = [
     "SampleSize",
     "hodges_lehmann",
     "mann_whitney",
+    "paired_t",
     "sample_size_means",
     "sample_size_proportions",
     "two_proportions",
@@ -123,6 +126,46 @@ def welch(a: Moments, b: Moments, *, metric: str = "mean", alpha: float = 0.05) 
         n_a=a.n,
         n_b=b.n,
         baseline=a.mean,
+        significant=p_value < alpha,
+    )
+
+
+def paired_t(a: ArrayLike, b: ArrayLike, *, metric: str = "mean", alpha: float = 0.05) -> Comparison:
+    """The paired t test of ``b - a`` over pairs (the challenger's and champion's value of one item).
+
+    Pairing takes out what the items share (a hard question is hard for both prompts), so a
+    difference shows on far fewer items than two independent samples would need.
+
+    Raises:
+        InvalidInputError: The samples differ in length, hold a non-finite value, or have
+            fewer than two pairs.
+    """
+    _check_alpha(alpha)
+    x, y = finite_sample(a, "champion"), finite_sample(b, "challenger")
+    if x.size != y.size or x.size < 2:
+        raise InvalidInputError(
+            f"{metric}: the paired t test needs two or more pairs, got {x.size} and {y.size} values",
+            field=metric,
+        )
+    diff = y - x
+    estimate = float(diff.mean())
+    if np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):  # one difference: known exactly
+        p_value, low, high = (1.0 if estimate == 0 else 0.0), estimate, estimate
+    else:
+        result = stats.ttest_rel(y, x)
+        interval = result.confidence_interval(confidence_level=1 - alpha)
+        p_value, low, high = float(result.pvalue), float(interval.low), float(interval.high)
+    return Comparison(
+        metric=metric,
+        method="paired_t",
+        estimate=estimate,
+        ci_low=low,
+        ci_high=high,
+        p_value=p_value,
+        alpha=alpha,
+        n_a=int(x.size),
+        n_b=int(y.size),
+        baseline=float(x.mean()),
         significant=p_value < alpha,
     )
 

@@ -26,7 +26,7 @@ from opsloop.errors import InvalidInputError
 
 __all__ = ["Comparison", "Method", "Moments", "VariantSummary", "finite_sample"]
 
-Method = Literal["two_proportion_z", "welch_t", "mann_whitney", "msprt"]
+Method = Literal["two_proportion_z", "welch_t", "paired_t", "mann_whitney", "msprt"]
 
 
 def finite_sample(values: ArrayLike, name: str) -> np.ndarray:
