@@ -393,7 +393,7 @@ def test_an_eval_rolls_back_on_a_guardrail_live_or_in_its_own_answers() -> None:
     assert live.action == "rollback" and live.reason.startswith("guardrail breached: error_rate")
     offline = decide_eval(EVAL_POLICY, summary(0), summary(0), evaluated(a, b, failed=20))
     assert offline.action == "rollback"
-    assert offline.reason.startswith("on the eval data set, guardrail breached: error_rate")
+    assert offline.reason.startswith("guardrail breached: eval runs' answers: error_rate")
 
 
 def test_an_eval_with_too_few_common_questions_keeps_the_champion() -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from opsloop.errors import InvalidInputError
@@ -370,10 +370,12 @@ def decide_eval(
     if evaluation.status == "running":
         why = f"evaluating {evaluation.metric}: {evaluation.describe()}"
         return Decision("continue", why, policy.weight, guardrails=live, evaluation=evaluation)
-    offline = _check(policy, *(_eval_summary(v) for v in (evaluation.champion, evaluation.challenger)))
+    offline = tuple(
+        replace(c, reason=f"eval runs' answers: {c.reason}")
+        for c in _check(policy, *(_eval_summary(v) for v in (evaluation.champion, evaluation.challenger)))
+    )
     if any(c.breached for c in offline):
-        why = "on the eval data set, " + _breaches(offline)
-        return Decision("rollback", why, 0.0, guardrails=live + offline, evaluation=evaluation)
+        return Decision("rollback", _breaches(offline), 0.0, guardrails=live + offline, evaluation=evaluation)
     a, b = evaluation.pairs()
     checks = live + offline
 

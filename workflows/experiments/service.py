@@ -511,9 +511,9 @@ def _tests(last: dict[str, Any] | None) -> list[dict[str, Any]]:
     tests = []
     primary = last.get("primary")
     if primary:
-        ci = primary["ci"]
+        low, high = ("unbounded" if end is None else f"{end:.4g}" for end in primary["ci"])
         summary = (
-            f"{primary['metric']}: challenger - champion {primary['estimate']:+.4g}, CI [{ci[0]}, {ci[1]}],"
+            f"{primary['metric']}: challenger - champion {primary['estimate']:+.4g}, CI [{low}, {high}],"
             f" p={primary['p_value']:.3g} ({primary['method']}, n={primary['n'][0]}/{primary['n'][1]})"
         )
         tests.append({"kind": "primary", "summary": summary, **primary})
