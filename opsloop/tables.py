@@ -206,6 +206,8 @@ class LLMCallRow(Base):
     streamed: Mapped[bool] = mapped_column(Boolean)
     outcome: Mapped[str] = mapped_column(String(16))
     error_type: Mapped[str | None] = mapped_column(String(64), default=None)
+    experiment: Mapped[str | None] = mapped_column(String(64), default=None)
+    variant: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class BudgetRow(Base):

@@ -14,11 +14,22 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["CHALLENGER", "CHAMPION", "Assignment", "Outcome", "TargetKind", "TrafficSplit"]
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "Assignment",
+    "ExperimentVariant",
+    "Outcome",
+    "TargetKind",
+    "TrafficSplit",
+]
 
 TargetKind = Literal["model", "prompt", "route"]
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+
+ExperimentVariant = tuple[str, str]
+"""An experiment's name and one of its variants: what made a request, on the rows it leaves."""
 
 
 @dataclass(frozen=True)

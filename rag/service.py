@@ -62,7 +62,7 @@ from opsloop.llm.gateway import EmbeddingMeter
 from opsloop.llm.protocol import LLMClient
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
-from opsloop.traffic import CHALLENGER, CHAMPION, Assignment, Outcome, TrafficSplit
+from opsloop.traffic import CHALLENGER, CHAMPION, Assignment, ExperimentVariant, Outcome, TrafficSplit
 from rag.answer import (
     ANSWER_PROMPT,
     Answer,
@@ -99,8 +99,8 @@ __all__ = [
 COLLECTION_PATTERN = r"[a-z0-9][a-z0-9_-]{0,43}"
 """A tenant's collection name: lowercase (so case-insensitive file systems cannot merge two)."""
 
-AnswerLLM = Callable[[Principal, str], LLMClient]
-"""The LLM answering one query, given who asked and the request id."""
+AnswerLLM = Callable[[Principal, str, ExperimentVariant | None], LLMClient]
+"""The LLM answering one query, given who asked, the request id, and the experiment variant answering."""
 
 EmbeddingMeterFactory = Callable[..., AbstractContextManager[EmbeddingMeter]]
 """``Gateway.meter_embedding``: admits an embedding by the caller's budgets and records it."""
@@ -667,16 +667,20 @@ class RagService:
         assignment: Assignment | None = None
         variant: str | None = None
         if generate:
-            answerer = Answerer(
-                llm or self.answer_llm(caller, request_id),
-                self.tokenizer,
-                context_tokens=self.settings.rag_context_tokens,
-                max_answer_tokens=max_answer_tokens or self.settings.rag_max_answer_tokens,
-                temperature=self.settings.rag_answer_temperature,
-                frequency_penalty=self.settings.rag_answer_frequency_penalty,
-                fallback=self.settings.rag_answer_fallback if fallback is None else fallback,
-                embedder=self.embedder,
-            )
+
+            def answerer(variant: ExperimentVariant | None) -> Answerer:
+                """An answerer whose LLM calls are ``variant``'s in the ledger."""
+                return Answerer(
+                    llm or self.answer_llm(caller, request_id, variant),
+                    self.tokenizer,
+                    context_tokens=self.settings.rag_context_tokens,
+                    max_answer_tokens=max_answer_tokens or self.settings.rag_max_answer_tokens,
+                    temperature=self.settings.rag_answer_temperature,
+                    frequency_penalty=self.settings.rag_answer_frequency_penalty,
+                    fallback=self.settings.rag_answer_fallback if fallback is None else fallback,
+                    embedder=self.embedder,
+                )
+
             if prompt is None and self.traffic is not None:
                 assignment = self.traffic.assign("prompt", ANSWER_PROMPT, unit or caller.key_id or request_id)
             answer, prompted, variant = await self._answer(
@@ -728,7 +732,7 @@ class RagService:
 
     async def _answer(
         self,
-        answerer: Answerer,
+        answerer: Callable[[ExperimentVariant | None], Answerer],
         question: str,
         chunks: list[RetrievedChunk],
         prompt: str | int | None,
@@ -741,21 +745,22 @@ class RagService:
         """
         started = time.perf_counter()
 
-        async def answer_with(version: str | int | None) -> tuple[Answer, float]:
+        async def answer_with(version: str | int | None, variant: str) -> tuple[Answer, float]:
             template = await asyncio.to_thread(self._prompt, version)
             prompted = time.perf_counter()
-            return await answerer.answer(question, chunks, template.template, template.version), prompted
+            tagged = answerer(None if assignment is None else (assignment.experiment, variant))
+            return await tagged.answer(question, chunks, template.template, template.version), prompted
 
         if assignment is not None and assignment.variant == CHALLENGER:
             try:
-                answer, prompted = await answer_with(int(assignment.target))
+                answer, prompted = await answer_with(int(assignment.target), CHALLENGER)
             except Exception as exc:  # the caller still gets an answer: production's, below
                 self._outcome(assignment, CHALLENGER, request_id, started, error=exc)
             else:
                 self._outcome(assignment, CHALLENGER, request_id, started)
                 return answer, prompted, CHALLENGER
         try:
-            answer, prompted = await answer_with(prompt)
+            answer, prompted = await answer_with(prompt, CHAMPION)
         except Exception as exc:
             if assignment is not None and assignment.variant == CHAMPION:
                 self._outcome(assignment, CHAMPION, request_id, started, error=exc)

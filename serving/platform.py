@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from opsloop.llm.gateway import Gateway
     from opsloop.llm.protocol import LLMClient
     from opsloop.scheduler import Scheduler
+    from opsloop.traffic import ExperimentVariant
     from rag.service import RagService
 
 __all__ = [
@@ -358,12 +359,18 @@ class Platform:
                 )
             return self._rag
 
-    def _answer_llm(self, caller: Principal, request_id: str) -> LLMClient:
+    def _answer_llm(self, caller: Principal, request_id: str, variant: ExperimentVariant | None) -> LLMClient:
         """RAG's answers: ``rag_llm_route`` through the gateway, so they are budgeted and costed."""
         from opsloop.llm.gateway import GatewayClient
 
-        route = self.settings.rag_route
-        return GatewayClient(self.gateway, route, caller.tenant, key_id=caller.key_id, request_id=request_id)
+        return GatewayClient(
+            self.gateway,
+            self.settings.rag_route,
+            caller.tenant,
+            key_id=caller.key_id,
+            request_id=request_id,
+            variant=variant,
+        )
 
     @property
     def gateway(self) -> Gateway:

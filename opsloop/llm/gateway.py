@@ -76,6 +76,7 @@ from opsloop.llm.router import (
 )
 from opsloop.llm.routes import BackendSpec, ClientFactory, RouteConfig, create_client
 from opsloop.telemetry import LLMMetrics
+from opsloop.traffic import ExperimentVariant
 
 __all__ = [
     "EMBEDDING_MODEL",
@@ -124,6 +125,7 @@ class _Call:
 
     caller: Principal
     request_id: str
+    variant: ExperimentVariant | None = None
 
 
 @dataclass(frozen=True)
@@ -223,12 +225,18 @@ class Gateway:
         return request
 
     async def chat(
-        self, caller: Principal, route: str, request: ChatRequest, *, request_id: str
+        self,
+        caller: Principal,
+        route: str,
+        request: ChatRequest,
+        *,
+        request_id: str,
+        variant: ExperimentVariant | None = None,
     ) -> RoutedResult:
         """Complete ``request`` on ``route`` for ``caller`` and record it (also when it fails).
 
         The call is admitted by the budgets of the caller's tenant and key, and its ledger row
-        carries them and ``request_id``.
+        carries them, ``request_id`` and the experiment ``variant`` that made it, if any.
 
         Raises:
             RateLimitedError: a budget or rate limit of the tenant or key is used up.
@@ -237,7 +245,7 @@ class Gateway:
             OpsloopError: what the router raised (every backend failed, bad input, overloaded).
         """
         started = time.perf_counter()
-        call = _Call(caller, request_id)
+        call = _Call(caller, request_id, variant)
         request, reservation = self._admit(call, route, request, started, streamed=False)
         try:
             routed = await self.router.chat(route, request)
@@ -555,9 +563,12 @@ class Gateway:
         if reservation is not None:
             self.enforcer.settle(reservation, usage.total_tokens, cost)
         route = routed.route[:_MAX_LABEL]
+        experiment, variant = call.variant or (None, None)
         self.ledger.record(
             LLMCall(
                 request_id=call.request_id,
+                experiment=experiment,
+                variant=variant,
                 tenant=call.caller.tenant,
                 key_id=call.caller.key_id,
                 route=route,
@@ -739,18 +750,29 @@ class GatewayClient:
     """
 
     def __init__(
-        self, gateway: Gateway, route: str, tenant: str, *, key_id: str, request_id: str | None = None
+        self,
+        gateway: Gateway,
+        route: str,
+        tenant: str,
+        *,
+        key_id: str,
+        request_id: str | None = None,
+        variant: ExperimentVariant | None = None,
     ) -> None:
         gateway.router.route(route)
         self.name = route
         self._gateway = gateway
         self._caller = Principal(key_id, tenant, Role.USER)
         self._request_id = request_id
+        self._variant = variant
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """Complete ``request`` on the route; ``result.backend`` names the backend that served it."""
         request_id = self._request_id or f"{self._caller.key_id}-{uuid.uuid4().hex}"
-        return (await self._gateway.chat(self._caller, self.name, request, request_id=request_id)).result
+        routed = await self._gateway.chat(
+            self._caller, self.name, request, request_id=request_id, variant=self._variant
+        )
+        return routed.result
 
     def stream(self, request: ChatRequest) -> NoReturn:
         """Not offered: opsloop's own callers read whole answers."""

@@ -23,6 +23,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import case, func, select
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.elements import ColumnElement
 
 from opsloop.auth import Principal
 from opsloop.batch_writer import BatchedLog
@@ -34,14 +36,16 @@ from opsloop.tables import LLMCallRow, utcnow
 __all__ = ["GROUPS", "CostRow", "GroupBy", "LLMCall", "Ledger", "Outcome", "cost_usd"]
 
 Outcome = Literal["ok", "error", "disconnected"]
-GroupBy = Literal["tenant", "key", "route", "model", "backend"]
-GROUPS: tuple[str, ...] = ("tenant", "key", "route", "model", "backend")
-_COLUMNS = {
+GroupBy = Literal["tenant", "key", "route", "model", "backend", "variant"]
+GROUPS: tuple[str, ...] = ("tenant", "key", "route", "model", "backend", "variant")
+_COLUMNS: dict[str, ColumnElement[str] | InstrumentedAttribute[str]] = {
     "tenant": LLMCallRow.tenant,
     "key": LLMCallRow.key_id,
     "route": LLMCallRow.route,
     "model": LLMCallRow.model,
     "backend": LLMCallRow.backend,
+    # ``experiment:variant``; "" for the calls no experiment made.
+    "variant": func.coalesce(LLMCallRow.experiment + ":" + LLMCallRow.variant, ""),
 }
 _MILLION = 1_000_000
 _MS_PER_HOUR = 3_600_000
@@ -109,6 +113,9 @@ class LLMCall:
     streamed: bool
     outcome: Outcome
     error_type: str | None = None
+    experiment: str | None = None
+    """The experiment whose variant made the call (a prompt experiment's answer), if any."""
+    variant: str | None = None
     at: datetime = field(default_factory=utcnow)
     id: int | None = None
     """Set on calls read back from the store."""
@@ -195,7 +202,8 @@ class Ledger(BatchedLog[LLMCall]):
 
         Args:
             caller: Who asks: an admin reads any tenant's calls, anyone else their own tenant's.
-            by: Group by tenant, key (id), route (public model name), model (the backend's) or backend.
+            by: Group by tenant, key (id), route (public model name), model (the backend's),
+                backend, or experiment variant (``experiment:variant``, "" for calls outside one).
             since: How far back from ``now``.
             tenant: Only this tenant's calls; all tenants when None (admins).
             now: The end of the window (default: now).
@@ -280,6 +288,8 @@ def _call(row: LLMCallRow) -> LLMCall:
         streamed=row.streamed,
         outcome=outcome,
         error_type=row.error_type,
+        experiment=row.experiment,
+        variant=row.variant,
         at=row.at,
         id=row.id,
     )

@@ -42,7 +42,7 @@ class CostReport(BaseModel):
     rows: list[CostRowPublic]
 
 
-@router.get("/costs", summary="LLM usage and cost by tenant, key, route, model or backend")
+@router.get("/costs", summary="LLM usage and cost by tenant, key, route, model, backend or variant")
 async def costs(
     platform: PlatformDep,
     principal: OperatorKey,

@@ -77,6 +77,25 @@ def test_report_groups_windows_and_filters(database: Database) -> None:
         ledger.close()
 
 
+def test_calls_an_experiment_made_are_reported_by_variant(database: Database) -> None:
+    ledger = Ledger(database).start()
+    try:
+        ledger.record(_call("acme", "chat", 100, experiment="brief", variant="champion"))
+        ledger.record(_call("acme", "chat", 300, experiment="brief", variant="challenger", cost_usd=1.5))
+        ledger.record(_call("acme", "chat", 200, experiment="brief", variant="challenger", cost_usd=1.5))
+        ledger.record(_call("acme", "chat", 50))  # no experiment routed it
+        rows = ledger.report(ADMIN, "variant", timedelta(hours=1))
+        assert [(r.group, r.calls, r.cost_usd, r.p95_latency_ms) for r in rows] == [
+            ("brief:challenger", 2, 3.0, 300),
+            ("", 1, pytest.approx(0.5), 50),
+            ("brief:champion", 1, pytest.approx(0.5), 100),
+        ]
+        newest = ledger.calls(tenant="acme", limit=2)
+        assert [(c.experiment, c.variant) for c in newest] == [(None, None), ("brief", "challenger")]
+    finally:
+        ledger.close()
+
+
 def test_spent_counts_what_budgets_count(database: Database) -> None:
     ledger = Ledger(database).start()
     try:

@@ -165,6 +165,14 @@ def test_a_prompt_canary_splits_queries_by_unit_and_promotes_production(
         assert (entry["experiment"], entry["variant"]) == ("briefly", body["variant"])
         assert entry["prompt_version"] == str(body["prompt_version"])
 
+    ledger = {call.request_id: call for call in platform.ledger.calls(limit=200)}  # the answers' LLM calls
+    for body in answers.values():
+        call = ledger[body["request_id"]]
+        assert (call.experiment, call.variant, call.outcome) == ("briefly", body["variant"], "ok")
+    report = client.get("/admin/costs", params={"by": "variant"}, headers=auth).json()
+    calls = {row["group"]: row["calls"] for row in report["rows"]}
+    assert calls["briefly:champion"] + calls["briefly:challenger"] >= len(answers), calls
+
     platform.experiments.outcomes.flush()
     shown = client.get("/admin/experiments/briefly", headers=auth).json()
     assert shown["target"] == {"kind": "prompt", "name": ANSWER_PROMPT}
