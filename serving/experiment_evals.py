@@ -137,6 +137,10 @@ class ExperimentEvals:
             else _variant(runs.challenger, experiment.challenger, metric)
         )
         for name, task in (("champion", runs.champion), ("challenger", runs.challenger)):
+            if task is not None and isinstance(task.error, asyncio.CancelledError):
+                # The server is stopping (nothing else cancels a run that is still wanted):
+                # no verdict; the next server runs it again.
+                return EvalState("running", metric, champion, challenger)
             if task is not None and task.state == "failed":
                 error = task.error.message if isinstance(task.error, OpsloopError) else repr(task.error)
                 return EvalState("failed", metric, champion, challenger, error=f"the {name}'s run: {error}")
