@@ -138,7 +138,11 @@ class RagQuery(Base):
     """One RAG query: what was retrieved (ids and scores), the answer, tokens and timings."""
 
     __tablename__ = "rag_queries"
-    __table_args__ = (Index("ix_rag_queries_tenant_collection_at", "tenant", "collection", "at"),)
+    __table_args__ = (
+        Index("ix_rag_queries_tenant_collection_at", "tenant", "collection", "at"),
+        Index("ix_rag_queries_request", "tenant", "request_id"),  # /feedback/query finds answers by id
+        Index("ix_rag_queries_experiment", "experiment", "variant"),  # the decider reads their scores
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
