@@ -91,7 +91,6 @@ class _Runs:
 
     start: Callable[[str], EvalTask]
     """Starts the run of a variant (``champion`` or ``challenger``) on the server's loop."""
-    questions: int
     champion: EvalTask
     challenger: EvalTask | None = None
 
@@ -132,7 +131,7 @@ class ExperimentEvals:
             return EvalState("failed", metric, *versions, error=exc.message)
         champion = _variant(runs.champion, experiment.champion, metric)
         challenger = (
-            VariantEval(experiment.challenger, total=runs.questions)
+            VariantEval(experiment.challenger, total=runs.champion.samples)
             if runs.challenger is None
             else _variant(runs.challenger, experiment.challenger, metric)
         )
@@ -185,7 +184,7 @@ class ExperimentEvals:
 
             return asyncio.run_coroutine_threadsafe(on_loop(), self.loop).result(timeout=60)
 
-        return _Runs(start, len(dataset.items), start("champion"))
+        return _Runs(start, start("champion"))
 
 
 def _variant(task: EvalTask, version: str, metric: str) -> VariantEval:

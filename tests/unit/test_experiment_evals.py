@@ -1,20 +1,26 @@
 """An eval-decided experiment's runs as the decider reads them: in turn; a cut-short run is no verdict.
 
-The runs are real asyncio tasks of :class:`evals.tasks.EvalTasks`; what they run is a stand-in
-for an eval run (which needs the whole platform: ``tests/integration/test_prompt_experiments.py``).
+The runs are real asyncio tasks of :class:`evals.tasks.EvalTasks` that return a finished run's
+result; scoring a real one needs the whole platform (``tests/integration/test_prompt_experiments.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from evals.dataset import parse_dataset
+from evals.results import SampleResult
+from evals.runner import EvalConfig, EvalOutcome
+from evals.runs import EvalRunResult
+from evals.service import TrackedRun
 from evals.tasks import EvalTask, EvalTasks
 from opsloop.auth import system_principal
 from opsloop.tables import utcnow
@@ -64,17 +70,40 @@ def _on(loop: asyncio.AbstractEventLoop, work: Any) -> Any:
     return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=5)
 
 
-def _finished_run(scores: list[float]) -> SimpleNamespace:
-    """What the decider reads of an ``EvalRunResult``: the run's id and its samples."""
-    samples = [
-        SimpleNamespace(id=f"q{i}", scores={"semantic_similarity": v}, error=None, latency_ms=900.0)
-        for i, v in enumerate(scores)
+def _finished_run(tmp_path: Path, scores: list[float]) -> EvalRunResult:
+    """A finished eval run of three questions, as the evals runner returns one."""
+    lines = [
+        json.dumps(
+            {"question": f"question {i}?", "reference": f"answer {i}", "reference_sources": ["doc.md"]}
+        )
+        for i in range(3)
     ]
-    return SimpleNamespace(run=SimpleNamespace(run_id="run-1", outcome=SimpleNamespace(samples=samples)))
+    dataset = parse_dataset(lines, name="qs")
+    samples = [
+        SampleResult(
+            id=item.id,
+            question=item.question,
+            reference=item.reference,
+            answer="an answer [1]",
+            sources=["doc.md"],
+            contexts=["a chunk"],
+            prompt_version="1",
+            latency_ms=900.0,
+            retrieval_ms=10.0,
+            generation_ms=880.0,
+            answer_tokens={"prompt": 100, "completion": 8},
+            judge={},
+            cost_usd=0.0,
+            scores={"semantic_similarity": value},
+        )
+        for item, value in zip(dataset.items, scores, strict=True)
+    ]
+    outcome = EvalOutcome(samples, {}, ("semantic_similarity",), resumed=0, seconds=3.0)
+    return EvalRunResult(dataset, TrackedRun("run-1", tmp_path, EvalConfig("docs"), outcome, False))
 
 
 def test_the_challenger_runs_after_the_champion_and_a_cancelled_run_is_no_verdict(
-    loop: asyncio.AbstractEventLoop,
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
 ) -> None:
     tasks = EvalTasks()
     champion_done = threading.Event()
@@ -84,7 +113,7 @@ def test_the_challenger_runs_after_the_champion_and_a_cancelled_run_is_no_verdic
         async def run(stage: Any, notice: Any) -> Any:
             while variant == "challenger" or not champion_done.is_set():
                 await asyncio.sleep(0.01)
-            return _finished_run([0.25, 0.5, 0.75])
+            return _finished_run(tmp_path, [0.25, 0.5, 0.75])
 
         def begin() -> EvalTask:
             started.append(variant)
@@ -94,7 +123,7 @@ def test_the_challenger_runs_after_the_champion_and_a_cancelled_run_is_no_verdic
 
     evals = ExperimentEvals(host=None, tasks=tasks, loop=loop)  # type: ignore[arg-type]
     experiment = _experiment()
-    evals._runs[experiment.name] = _Runs(start, 3, start("champion"))
+    evals._runs[experiment.name] = _Runs(start, start("champion"))
 
     state = evals.evaluate(experiment)
     assert state.status == "running" and started == ["champion"]

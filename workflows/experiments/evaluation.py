@@ -16,7 +16,6 @@ the pairs the test takes. The evaluator itself is wired in ``serving`` (it runs 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -49,7 +48,7 @@ class VariantEval:
     done: int = 0
     total: int = 0
     scores: Mapping[str, float] = field(default_factory=dict)
-    """Question id -> the metric's value, for the questions it was defined on."""
+    """Question id -> the metric's value (finite), for the questions it was defined on."""
     ok: Mapping[str, bool] = field(default_factory=dict)
     """Question id -> whether the pipeline answered (False: it failed on the question)."""
     latency_ms: Mapping[str, float] = field(default_factory=dict)
@@ -84,11 +83,7 @@ class EvalState:
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """The metric's values of the questions both runs scored, champion's then challenger's, aligned."""
-        common = sorted(
-            q
-            for q in self.champion.scores.keys() & self.challenger.scores.keys()
-            if math.isfinite(self.champion.scores[q]) and math.isfinite(self.challenger.scores[q])
-        )
+        common = sorted(self.champion.scores.keys() & self.challenger.scores.keys())
         a = np.array([self.champion.scores[q] for q in common], dtype=float)
         b = np.array([self.challenger.scores[q] for q in common], dtype=float)
         return a, b
