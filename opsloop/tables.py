@@ -26,6 +26,7 @@ __all__ = [
     "Prediction",
     "RagCollection",
     "RagQuery",
+    "RouteAlias",
     "UTCDateTime",
     "utcnow",
 ]
@@ -292,3 +293,14 @@ class ExperimentLease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class RouteAlias(Base):
+    """Which configured route serves a gateway route's name, after an experiment promoted it."""
+
+    __tablename__ = "route_aliases"
+
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(64))

@@ -43,6 +43,8 @@ class Assignment:
     """What that variant runs: a model version, a prompt version or a route name."""
     shadow_target: str | None = None
     """A shadow experiment's challenger, sent a copy of the request; its answer is never returned."""
+    tenant: str | None = None
+    """The experiment's tenant, which pays for a shadow's copies (the caller did not ask for them)."""
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ prompt experiments (``serving.experiment_evals``). The CLI uses the service alon
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opsloop.audit import AuditLog
 from opsloop.db import Database
+from opsloop.llm.aliases import RouteAliases
 from opsloop.models.runtime import ModelRuntime, load_version
 from opsloop.models.shadow import ShadowQueue
 from opsloop.registry import Registry
@@ -48,6 +49,8 @@ class Experiments:
     outcomes: OutcomeLog
     decider: Decider
     shadows: ShadowQueue
+    pollers: list[Callable[[], None]] = field(default_factory=list)
+    """Called after every re-read of the running experiments, in the watcher thread."""
     started: bool = False
 
     @classmethod
@@ -61,6 +64,7 @@ class Experiments:
         *,
         poll_seconds: float,
         max_instances: int,
+        routes: Mapping[str, Sequence[str]] | None = None,
     ) -> Experiments:
         """Construct the components; nothing runs until :meth:`start`."""
         store = ExperimentStore(db)
@@ -71,13 +75,27 @@ class Experiments:
                 {(e.target, int(e.challenger)) for e in running if e.target_kind == "model"}
             )
 
+        pollers: list[Callable[[], None]] = []
+
+        def poll() -> None:
+            for poller in pollers:
+                poller()
+
         router = TrafficRouter(
-            store, outcomes, metrics, poll_seconds=poll_seconds, on_change=load_challengers
+            store, outcomes, metrics, poll_seconds=poll_seconds, on_change=load_challengers, on_poll=poll
         )
         # The prompts opsloop serves, each with its answerer's check of a template.
         prompt_checks = {ANSWER_PROMPT: check_answer_template}
         service = ExperimentService(
-            store, registry, audit, LabelSource(db), load_version, prompt_checks, _check_eval_plan
+            store,
+            registry,
+            audit,
+            LabelSource(db),
+            load_version,
+            prompt_checks,
+            _check_eval_plan,
+            routes=RouteAliases(db),
+            route_backends=routes,
         )
         decider = Decider(
             service, on_decision=lambda e, action: metrics.decisions.labels(e.name, action).inc()
@@ -88,7 +106,7 @@ class Experiments:
             max_instances=max_instances,
             on_dropped=lambda experiment: metrics.shadow_dropped.labels(experiment).inc(),
         )
-        return cls(service, router, outcomes, decider, shadows)
+        return cls(service, router, outcomes, decider, shadows, pollers)
 
     def run_evals(self, host: EvalHost, tasks: EvalTasks, loop: asyncio.AbstractEventLoop) -> None:
         """Let the decider run eval-decided experiments' evals on ``host`` (the server, on its loop)."""

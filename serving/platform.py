@@ -145,6 +145,7 @@ class Platform:
             metrics.experiments,
             poll_seconds=settings.experiment_poll_seconds,
             max_instances=settings.max_instances,
+            routes={name: [b.name for b in route.backends] for name, route in settings.llm_routes.items()},
         )
         models = ModelService(
             runtime,
@@ -381,6 +382,7 @@ class Platform:
         """
         with self._gateway_lock:
             if self._gateway is None:
+                from opsloop.llm.aliases import RouteAliases
                 from opsloop.llm.gateway import Gateway, TextEmbedder, TokenCounter
 
                 def minilm() -> tuple[TextEmbedder, TokenCounter]:
@@ -400,7 +402,11 @@ class Platform:
                     embedding_max_inputs=self.settings.embedding_max_inputs,
                     embedding_max_chars=self.settings.embedding_max_chars,
                     embedding_per_mtok=self.settings.embedding_per_mtok,
+                    traffic=self.experiments.router,
+                    aliases=RouteAliases(self.db).all,
+                    on_shadow_dropped=lambda name: self.metrics.experiments.shadow_dropped.labels(name).inc(),
                 )
+                self.experiments.pollers.append(self._gateway.reload_aliases)
             return self._gateway
 
     @property
@@ -425,6 +431,7 @@ class Platform:
         with self._gateway_lock:
             gateway, self._gateway = self._gateway, None
         if gateway is not None:
+            self.experiments.pollers.remove(gateway.reload_aliases)
             await gateway.aclose()
 
     def ensure_admin_key(self) -> Path | None:

@@ -44,25 +44,37 @@ The embedder and its tokenizer live above the kernel (``rag``): the composition 
 factory of them (:data:`EmbeddingParts`), called on the first embeddings request, so
 processes that never serve one (the CLI) load no model. Building the backends from settings
 is the composition root's too (``factory``).
+
+A route's name may be served by another route (:mod:`opsloop.llm.aliases`): once an
+experiment promoted ``chat-big`` on ``chat``, requests for ``chat`` go to ``chat-big``'s
+backends. While a route experiment runs, a chat call that names its ``unit`` (the HTTP
+route's callers) is answered by the unit's variant; a call the challenger route fails is
+answered by the champion route, and the failure counts against the challenger. Each such
+call reports its variant's outcome (latency, cost, error) to the ``traffic`` split; its ledger
+row carries the experiment and variant. A shadow experiment's challenger route gets a copy of
+each call as a task of its own (at most ``shadow_max_pending`` at a time; more are dropped and
+counted), charged to the experiment's tenant under key ``shadow``; its answer goes nowhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
-from typing import NoReturn, Protocol
+from typing import NoReturn, Protocol, TypeVar
 
 import numpy as np
 
 from opsloop.auth import Principal, Role
 from opsloop.budgets import BudgetEnforcer, Reservation
-from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError
+from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError, RateLimitedError
+from opsloop.llm.aliases import applicable
 from opsloop.llm.ledger import Ledger, LLMCall, Outcome, cost_usd
 from opsloop.llm.protocol import ChatChunk, ChatRequest, ChatResult, Usage
 from opsloop.llm.router import (
@@ -76,7 +88,8 @@ from opsloop.llm.router import (
 )
 from opsloop.llm.routes import BackendSpec, ClientFactory, RouteConfig, create_client
 from opsloop.telemetry import LLMMetrics
-from opsloop.traffic import ExperimentVariant
+from opsloop.traffic import CHALLENGER, CHAMPION, Assignment, ExperimentVariant, TrafficSplit
+from opsloop.traffic import Outcome as VariantOutcome
 
 __all__ = [
     "EMBEDDING_MODEL",
@@ -97,6 +110,10 @@ EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _UNKNOWN_ROUTE = "<unknown>"  # metrics label for model names that are no route (bounded cardinality)
 _MAX_LABEL = 128
 _MILLION = 1_000_000
+T = TypeVar("T")
+SHADOW_KEY = "shadow"
+"""The key id a shadow copy's ledger row carries, under the experiment's tenant."""
+log = logging.getLogger(__name__)
 
 
 class TextEmbedder(Protocol):
@@ -126,6 +143,9 @@ class _Call:
     caller: Principal
     request_id: str
     variant: ExperimentVariant | None = None
+    assignment: Assignment | None = None
+    """Set when the call's outcome counts for its variant: not for a champion answering in
+    place of a failed challenger."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +191,11 @@ class Gateway:
         embedding_max_inputs: most texts one :meth:`embed` call takes.
         embedding_max_chars: most characters of each of them.
         embedding_per_mtok: USD per million embedding tokens; None: embeddings are free.
+        traffic: the running experiments' split; None: no route experiment answers a call.
+        aliases: reads the stored route aliases (route name -> the route serving it); read now
+            and again on every :meth:`reload_aliases`. None: every route serves itself.
+        shadow_max_pending: shadow copies in flight before new ones are dropped.
+        on_shadow_dropped: called with the experiment of each dropped shadow copy (a metric).
     """
 
     def __init__(
@@ -186,6 +211,10 @@ class Gateway:
         embedding_max_inputs: int = 128,
         embedding_max_chars: int = 8192,
         embedding_per_mtok: float | None = None,
+        traffic: TrafficSplit | None = None,
+        aliases: Callable[[], Mapping[str, str]] | None = None,
+        shadow_max_pending: int = 256,
+        on_shadow_dropped: Callable[[str], None] = lambda experiment: None,
     ) -> None:
         self.ledger = ledger.start()
         self.metrics = metrics
@@ -199,10 +228,26 @@ class Gateway:
         self._embedding = embedding
         self._embedding_parts: tuple[TextEmbedder, TokenCounter] | None = None
         self._embed_lock = threading.Lock()
+        self.traffic = traffic
+        self._read_aliases = aliases
+        self._aliases: Mapping[str, str] = {}
+        self.reload_aliases()
+        self.shadow_max_pending = shadow_max_pending
+        self._on_shadow_dropped = on_shadow_dropped
+        self._shadows: set[asyncio.Task[None]] = set()
 
     def routes(self) -> list[str]:
         """The public model names, in configuration order."""
         return self.router.routes()
+
+    def serving(self, route: str) -> str:
+        """The route whose backends answer requests for ``route``: its alias, else itself."""
+        return self._aliases.get(route, route)
+
+    def reload_aliases(self) -> None:
+        """Read the stored route aliases again (an experiment promoted a route)."""
+        if self._read_aliases is not None:
+            self._aliases = applicable(self._read_aliases(), self.router.routes())
 
     def prepare(self, route: str, config: RouteConfig, request: ChatRequest) -> ChatRequest:
         """``request`` with its completion limit checked against ``route`` (``config``), or the default one.
@@ -231,12 +276,15 @@ class Gateway:
         request: ChatRequest,
         *,
         request_id: str,
+        unit: str | None = None,
         variant: ExperimentVariant | None = None,
     ) -> RoutedResult:
         """Complete ``request`` on ``route`` for ``caller`` and record it (also when it fails).
 
         The call is admitted by the budgets of the caller's tenant and key, and its ledger row
-        carries them, ``request_id`` and the experiment ``variant`` that made it, if any.
+        carries them, ``request_id`` and the experiment ``variant`` that made it, if any. With
+        a ``unit``, a route experiment running on ``route`` answers with the unit's variant
+        (``result.variant``).
 
         Raises:
             RateLimitedError: a budget or rate limit of the tenant or key is used up.
@@ -244,8 +292,15 @@ class Gateway:
             InvalidInputError: ``max_tokens`` is above the route's context window.
             OpsloopError: what the router raised (every backend failed, bad input, overloaded).
         """
+
+        async def routed(call: _Call, served: str) -> RoutedResult:
+            return await self._chat(call, served, request)
+
+        result, answered = await self._split(_Call(caller, request_id, variant), route, request, unit, routed)
+        return result if answered is None else replace(result, variant=answered)
+
+    async def _chat(self, call: _Call, route: str, request: ChatRequest) -> RoutedResult:
         started = time.perf_counter()
-        call = _Call(caller, request_id, variant)
         request, reservation = self._admit(call, route, request, started, streamed=False)
         try:
             routed = await self.router.chat(route, request)
@@ -267,14 +322,15 @@ class Gateway:
         return routed
 
     async def open_stream(
-        self, caller: Principal, route: str, request: ChatRequest, *, request_id: str
+        self, caller: Principal, route: str, request: ChatRequest, *, request_id: str, unit: str | None = None
     ) -> GatewayStream:
         """Start streaming ``request`` on ``route`` for ``caller`` and wait for its first chunk.
 
         Waiting here, before any byte of the response is sent, lets a request whose every
         backend fails get a proper HTTP error, and the response headers name the backend.
-        Admission and the ledger row are as for :meth:`chat`; the stream is recorded when it
-        is settled (:meth:`GatewayStream.settle`).
+        Admission, the ledger row and ``unit`` are as for :meth:`chat`; the stream is recorded
+        when it is settled (:meth:`GatewayStream.settle`), and a challenger's stream that fails
+        before its first chunk is replaced by the champion's.
 
         Raises:
             RateLimitedError: a budget or rate limit of the tenant or key is used up.
@@ -282,17 +338,84 @@ class Gateway:
             InvalidInputError: ``max_tokens`` is above the route's context window.
             OpsloopError: every backend failed before its first chunk.
         """
-        started = time.perf_counter()
-        call = _Call(caller, request_id)
-        request, reservation = self._admit(call, route, request, started, streamed=True)
-        try:
-            routed = self.router.stream(route, request)
-        except OpsloopError as exc:
-            self._record_failure(call, route, None, exc, started, streamed=True, reservation=reservation)
-            raise
-        stream = GatewayStream(self, call, routed, started, reservation)
-        await stream.open()
-        return stream
+
+        async def opened(call: _Call, served: str) -> GatewayStream:
+            started = time.perf_counter()
+            prepared, reservation = self._admit(call, served, request, started, streamed=True)
+            try:
+                routed = self.router.stream(served, prepared)
+            except OpsloopError as exc:
+                self._record_failure(call, served, None, exc, started, streamed=True, reservation=reservation)
+                raise
+            stream = GatewayStream(self, call, routed, started, reservation)
+            await stream.open()
+            return stream
+
+        opened_stream, variant = await self._split(_Call(caller, request_id), route, request, unit, opened)
+        opened_stream.variant = variant
+        return opened_stream
+
+    async def _split(
+        self,
+        call: _Call,
+        route: str,
+        request: ChatRequest,
+        unit: str | None,
+        run: Callable[[_Call, str], Awaitable[T]],
+    ) -> tuple[T, str | None]:
+        """``run`` the call on the route that answers it, and the experiment variant that did.
+
+        With no ``unit`` or no experiment on ``route``: the route's alias or the route itself.
+        Else the unit's variant; a challenger's failure (not a rate limit, which is the
+        caller's) is recorded against it, and the champion answers. A shadow experiment's
+        challenger gets a copy of ``request``.
+        """
+        assignment = None
+        if unit is not None and self.traffic is not None:
+            assignment = self.traffic.assign("route", route, unit)
+        if assignment is None:
+            return await run(call, self.serving(route)), None
+        name = assignment.experiment
+        if assignment.shadow_target is not None:
+            self._shadow(call, assignment, assignment.shadow_target, request)
+        if assignment.variant == CHALLENGER:
+            challenger = replace(call, variant=(name, CHALLENGER), assignment=assignment)
+            try:
+                return await run(challenger, assignment.target), CHALLENGER
+            except RateLimitedError:
+                raise
+            except OpsloopError as exc:  # recorded against the challenger; the caller still gets an answer
+                log.info(
+                    "experiment %s: route %s failed (%s), the champion answers",
+                    name,
+                    assignment.target,
+                    exc.type,
+                )
+        # Only the champion's own requests count for it, not those it answers for a failed challenger.
+        champion = replace(
+            call, variant=(name, CHAMPION), assignment=assignment if assignment.variant == CHAMPION else None
+        )
+        return await run(champion, self.serving(route)), CHAMPION
+
+    def _shadow(self, call: _Call, assignment: Assignment, route: str, request: ChatRequest) -> None:
+        """Copy ``call``'s ``request`` to the shadow ``route``; drop it when too many copies are in flight.
+
+        The copy is the experiment's: charged to its tenant (the caller's when the split names
+        none), under key :data:`SHADOW_KEY`.
+        """
+        name = assignment.experiment
+        if len(self._shadows) >= self.shadow_max_pending:
+            self._on_shadow_dropped(name)
+            return
+        payer = Principal(SHADOW_KEY, assignment.tenant or call.caller.tenant, Role.USER)
+        copy = _Call(payer, call.request_id, (name, CHALLENGER), Assignment(name, CHALLENGER, route))
+        task = asyncio.create_task(self._shadow_copy(copy, route, request), name=f"shadow-{name}")
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow_copy(self, call: _Call, route: str, request: ChatRequest) -> None:
+        with suppress(OpsloopError):  # recorded against the shadow, like any failed call
+            await self._chat(call, route, request)
 
     def _admit(
         self, call: _Call, route: str, request: ChatRequest, started: float, *, streamed: bool
@@ -417,7 +540,10 @@ class Gateway:
         record("ok", meter.charged)
 
     async def aclose(self) -> None:
-        """Close the backends (waiting for abandoned streams), then write what the ledger holds."""
+        """Cancel the shadow copies, close the backends (waiting for abandoned streams), write the ledger."""
+        for task in list(self._shadows):
+            task.cancel()
+        await asyncio.gather(*self._shadows, return_exceptions=True)
         try:
             await self.router.aclose()
         finally:
@@ -563,6 +689,18 @@ class Gateway:
         if reservation is not None:
             self.enforcer.settle(reservation, usage.total_tokens, cost)
         route = routed.route[:_MAX_LABEL]
+        if call.assignment is not None and self.traffic is not None and error_type != RateLimitedError.type:
+            self.traffic.record(
+                VariantOutcome(
+                    call.assignment.experiment,
+                    call.assignment.variant,
+                    call.request_id,
+                    outcome != "error",  # a client that went away is no variant's failure
+                    latency_ms,
+                    cost_usd=cost,
+                    error_type=error_type,
+                )
+            )
         experiment, variant = call.variant or (None, None)
         self.ledger.record(
             LLMCall(
@@ -620,6 +758,8 @@ class GatewayStream:
         self.first: ChatChunk | None = None
         self.ttft_ms: float | None = None
         self.settled = False
+        self.variant: str | None = None
+        """The variant of the route experiment whose route streams (None: none runs)."""
         self._call = call
         self._started = started
 

@@ -202,7 +202,8 @@ class Ledger(BatchedLog[LLMCall]):
 
         Args:
             caller: Who asks: an admin reads any tenant's calls, anyone else their own tenant's.
-            by: Group by tenant, key (id), route (public model name), model (the backend's),
+            by: Group by tenant, key (id), route (the route that served: a name's alias or an
+                experiment's challenger route takes the name's place), model (the backend's),
                 backend, or experiment variant (``experiment:variant``, "" for calls outside one).
             since: How far back from ``now``.
             tenant: Only this tenant's calls; all tenants when None (admins).

@@ -159,6 +159,8 @@ class RoutedResult:
 
     result: ChatResult
     outcome: RouteOutcome
+    variant: str | None = None
+    """The variant of the route experiment that answered (set by the gateway; None: none runs)."""
 
 
 @dataclass(frozen=True)

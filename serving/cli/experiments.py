@@ -58,7 +58,10 @@ def _print(report: ExperimentReport, fmt: Format) -> None:
     target = f"{report.target['kind']} {report.target['name']}"
     step = f", step {report.step + 1}/{len(report.steps)}" if report.steps else ""
     out.print(f"[bold]{report.name}[/]: {report.kind} on {target}, {report.status}{step}")
-    columns = ("variant", "version", "weight%", "requests", "errors", "p50 ms", "p99 ms", "feedback")
+    columns = ["variant", "version", "weight%", "requests", "errors", "p50 ms", "p99 ms", "feedback"]
+    costed = any(v.cost_per_request for v in report.variants)  # routes and priced backends
+    if costed:
+        columns.insert(-1, "USD/request")
     table = Table(*columns, **_compact())
     for v in report.variants:
         accuracy = "" if v.accuracy is None else f"{v.accuracy:.3f} (n={v.labelled})"
@@ -66,7 +69,9 @@ def _print(report: ExperimentReport, fmt: Format) -> None:
             accuracy = f"score {v.answer_score:.3f} (n={v.labelled})"
         if v.agreement is not None:
             accuracy = f"agrees {v.agreement:.1%}"
-        numbers = (v.requests, v.errors, _ms(v.p50_ms), _ms(v.p99_ms))
+        numbers = [v.requests, v.errors, _ms(v.p50_ms), _ms(v.p99_ms)]
+        if costed:
+            numbers.append(f"{v.cost_per_request:.3g}")
         table.add_row(v.name, v.version, f"{v.weight:g}", *map(str, numbers), accuracy)
     out.print(table)
     for test in report.tests:

@@ -4,7 +4,9 @@ Point any OpenAI client at ``http://host:8000/v1`` with an opsloop key as its AP
 ``model`` of a request is a public route name (``Settings.llm_routes``); the router picks the
 backend, falling back in order. Each chat response says who served it in
 ``X-Opsloop-Backend``, and how many times the router moved on to another backend before, in
-``X-Opsloop-Fallbacks``. Chat and embedding calls alike are admitted by the caller's budgets
+``X-Opsloop-Fallbacks``. While a route experiment runs on the model, the caller's unit
+(``X-Opsloop-Unit``, default the API key) decides which route answers, named in
+``X-Opsloop-Variant``. Chat and embedding calls alike are admitted by the caller's budgets
 and rate limits and recorded in the ledger (:class:`opsloop.llm.gateway.Gateway`).
 
 Streams are server-sent events as OpenAI sends them: ``data: {chunk}`` lines of
@@ -33,7 +35,7 @@ from opsloop.errors import InvalidInputError, OpsloopError
 from opsloop.llm.gateway import GatewayStream
 from opsloop.llm.protocol import ChatChunk
 from opsloop.llm.router import RouteOutcome
-from serving.deps import PlatformDep, UserKey, request_id
+from serving.deps import VARIANT_HEADER, PlatformDep, Unit, UserKey, request_id
 from serving.openai_schemas import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -50,8 +52,11 @@ FALLBACKS_HEADER = "X-Opsloop-Fallbacks"
 _EMBEDDING_DIMENSION = 384
 
 
-def _routing_headers(outcome: RouteOutcome) -> dict[str, str]:
-    return {BACKEND_HEADER: outcome.backend or "", FALLBACKS_HEADER: str(outcome.fallbacks)}
+def _routing_headers(outcome: RouteOutcome, variant: str | None) -> dict[str, str]:
+    headers = {BACKEND_HEADER: outcome.backend or "", FALLBACKS_HEADER: str(outcome.fallbacks)}
+    if variant is not None:
+        headers[VARIANT_HEADER] = variant
+    return headers
 
 
 def _event(data: dict[str, Any] | str) -> str:
@@ -152,16 +157,19 @@ async def chat_completions(
     principal: UserKey,
     request: Request,
     response: Response,
+    unit: Unit = None,
 ) -> Any:
     """Complete the conversation on the route named by ``model``; 404 for an unknown model."""
     gateway = platform.gateway  # built at start: no thread-pool hop on the hot path
     rid = request_id(request) or uuid.uuid4().hex
     completion_id = f"chatcmpl-{rid}"
+    unit = unit or principal.key_id or rid
+    asked = body.to_request()
     if body.stream:
-        stream = await gateway.open_stream(principal, body.model, body.to_request(), request_id=rid)
-        return _EventStream(stream, body, completion_id, _routing_headers(stream.outcome))
-    routed = await gateway.chat(principal, body.model, body.to_request(), request_id=rid)
-    response.headers.update(_routing_headers(routed.outcome))
+        stream = await gateway.open_stream(principal, body.model, asked, request_id=rid, unit=unit)
+        return _EventStream(stream, body, completion_id, _routing_headers(stream.outcome, stream.variant))
+    routed = await gateway.chat(principal, body.model, asked, request_id=rid, unit=unit)
+    response.headers.update(_routing_headers(routed.outcome, routed.variant))
     return completion_body(completion_id, body.model, routed.result)
 
 

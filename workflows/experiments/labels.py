@@ -36,8 +36,13 @@ class LabelSource:
         self._db = db
 
     def values(self, target_kind: TargetKind, experiment: str) -> dict[str, np.ndarray]:
-        """Per variant, what the experiment's feedback says: :meth:`correct` or :meth:`scores`."""
-        return self.scores(experiment) if target_kind == "prompt" else self.correct(experiment)
+        """Per variant, the experiment's feedback: :meth:`correct`, :meth:`scores`, or none (a route)."""
+        match target_kind:
+            case "model":
+                return self.correct(experiment)
+            case "prompt":
+                return self.scores(experiment)
+        return {}
 
     def scores(self, experiment: str) -> dict[str, np.ndarray]:
         """Per variant, the scores in [0, 1] that ``/feedback/query`` gave its answers."""

@@ -10,7 +10,12 @@ on labelled ``accuracy``), and a prompt's ``production`` version against a candi
 ``/query`` answers the routed share with the candidate, A/B tests decide on ``answer_score``
 (``/feedback/query``), and a promotion moves ``production``. A prompt A/B test may instead be
 decided by an eval on a data set (primary ``eval:METRIC``, :mod:`~workflows.experiments.evaluation`).
-Shadows of a prompt and LLM-route experiments are refused with a clear error.
+And a gateway route (``/v1/chat/completions``' ``model``) against another configured route:
+the challenger route's backends answer the routed share, A/B tests decide on ``latency_ms``
+by default (or ``error_rate``, ``cost_per_request``), and a promotion makes the challenger
+serve the route's name (:mod:`opsloop.llm.aliases`); a shadow copies every call to the
+challenger route (which must share no backend with the champion, or the copies would slow the
+callers). Shadows of a prompt are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import numpy as np
 
 from opsloop.audit import AuditLog
 from opsloop.auth import Principal, Role
-from opsloop.errors import ConflictError, InvalidInputError
+from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
+from opsloop.llm.aliases import RouteAliases, applicable
 from opsloop.registry import Registry
 from opsloop.tables import utcnow
 from opsloop.traffic import CHALLENGER, CHAMPION, TargetKind
@@ -41,6 +47,9 @@ PRODUCTION = "production"
 """The prompt alias that is served; a prompt experiment's champion."""
 DEFAULT_EVAL_PRIMARY = "eval:semantic_similarity"
 """What an experiment with an eval data set decides on when it names no primary metric."""
+_FEEDBACK_METRIC = {"model": "accuracy", "prompt": "answer_score"}
+"""The primary each target kind decides on by default, read from its feedback; a route has none."""
+DEFAULT_ROUTE_PRIMARY = "latency_ms"
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,8 @@ class ExperimentPlan:
     steps: Sequence[float] = DEFAULT_STEPS
     """The canary's weights in percent, rising to 100."""
     primary: str | None = None
-    """The metric an A/B test decides on; None: ``accuracy`` for a model, ``answer_score`` for a prompt."""
+    """The metric an A/B test decides on; None: ``accuracy`` for a model, ``answer_score`` for a
+    prompt, ``latency_ms`` for a route."""
     guardrails: Sequence[str] = ()
     """Specs such as ``error_rate:0.01`` or ``p99_ms:+20%``; defaults fill the rest."""
     min_samples: int = 200
@@ -154,6 +164,9 @@ class ExperimentService:
         eval_check: Checks an eval-decided experiment's metric and eval settings and returns
             them as stored (the data set's path made absolute); raises ``InvalidInputError``.
             None: this process cannot plan evals, and such experiments are refused.
+        routes: The stored route aliases, which a route experiment's promotion moves; None:
+            route experiments are refused.
+        route_backends: The gateway's configured routes, each with its backends' names.
     """
 
     def __init__(
@@ -165,6 +178,9 @@ class ExperimentService:
         loadable: Any,
         prompt_checks: Mapping[str, Callable[[str], None]] | None = None,
         eval_check: Callable[[str, Mapping[str, Any]], dict[str, Any]] | None = None,
+        *,
+        routes: RouteAliases | None = None,
+        route_backends: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -173,6 +189,8 @@ class ExperimentService:
         self.loadable = loadable
         self.prompt_checks = prompt_checks or {}
         self.eval_check = eval_check
+        self.routes = routes
+        self.route_backends = dict(route_backends or {})
 
     def create(self, caller: Principal, plan: ExperimentPlan) -> Experiment:
         """Start an experiment; its challenger takes traffic within the servers' poll interval.
@@ -180,8 +198,9 @@ class ExperimentService:
         Raises:
             ForbiddenError: The caller is below operator.
             InvalidInputError: A bad name, kind, weight, step, guardrail or target kind, a
-                prompt opsloop does not serve, or a candidate template its answerer refuses.
-            NotFoundError: No such model, prompt or version, or no champion (production) version.
+                prompt opsloop does not serve, a candidate template its answerer refuses, a
+                shadow of a prompt, or one of a route on backends the champion route uses.
+            NotFoundError: No such model, prompt, version or route, or no champion (production) version.
             ConflictError: The name is taken, an experiment already runs on the target, the
                 challenger is the champion, or it cannot be served.
         """
@@ -192,14 +211,17 @@ class ExperimentService:
                 field="name",
             )
         config = self._config(plan)
+        champion: int | str
+        challenger: int | str
         if plan.target_kind == "model":
             champion, challenger = self._model_versions(plan)
         elif plan.target_kind == "prompt":
             champion, challenger = self._prompt_versions(plan)
+        elif plan.target_kind == "route":
+            champion, challenger = self._routes(plan)
         else:
             raise InvalidInputError(
-                "experiments on LLM routes are not available yet; experiment on a model or a prompt",
-                field="target",
+                f"target kind {plan.target_kind!r}: use model, prompt or route", field="target"
             )
         weight = {"ab": config["weight"], "canary": config["steps"][0], "shadow": 0.0}[plan.kind]
         now = utcnow()
@@ -273,16 +295,41 @@ class ExperimentService:
         check(candidate.template)  # a template the answerer would refuse never takes traffic
         return champion.version, candidate.version
 
+    def _routes(self, plan: ExperimentPlan) -> tuple[str, str]:
+        """The route serving ``plan.target`` now (its alias, else itself) and the challenger route."""
+        routes = self.route_backends
+        for field, route in (("route", plan.target), ("challenger_route", plan.challenger)):
+            if self.routes is None or route not in routes:
+                known = ", ".join(routes) or "none"
+                raise NotFoundError(f"no route {route!r}; the gateway's routes: {known}", field=field)
+        assert self.routes is not None  # noqa: S101 - checked above
+        champion = applicable(self.routes.all(), routes).get(plan.target, plan.target)
+        if plan.challenger == champion:
+            raise ConflictError(
+                f"route {champion!r} already serves {plan.target!r}; pick another challenger route",
+                route=plan.target,
+            )
+        shared = [b for b in routes[plan.challenger] if b in routes[champion]]
+        if plan.kind == "shadow" and shared:
+            # A backend serves a bounded number of calls at a time: the copies would queue with
+            # the calls they copy, and the callers would wait for the shadow.
+            raise InvalidInputError(
+                f"a shadow of route {plan.challenger!r} would share backend {shared[0]!r} with"
+                f" {champion!r} and slow its callers; shadow a route with backends of its own,"
+                " or run an ab test or a canary",
+                field="kind",
+            )
+        return champion, plan.challenger
+
     def _config(self, plan: ExperimentPlan) -> dict[str, Any]:
         """The stored plan, checked by the policy that will read it (a bad value is named)."""
         if plan.kind not in ("ab", "canary", "shadow"):
             raise InvalidInputError(f"kind {plan.kind!r}: use ab, canary or shadow", field="kind")
-        feedback_metric, other = (
-            ("answer_score", "accuracy") if plan.target_kind == "prompt" else ("accuracy", "answer_score")
-        )
+        feedback_metric = _FEEDBACK_METRIC.get(plan.target_kind, DEFAULT_ROUTE_PRIMARY)
+        others = {m for m in _FEEDBACK_METRIC.values() if m != feedback_metric}
         primary = plan.primary or (DEFAULT_EVAL_PRIMARY if plan.evaluation else feedback_metric)
-        if eval_metric(primary) is None and (primary not in PRIMARY_METRICS or primary == other):
-            usable = ", ".join(m for m in PRIMARY_METRICS if m != other)
+        if eval_metric(primary) is None and (primary not in PRIMARY_METRICS or primary in others):
+            usable = ", ".join(m for m in PRIMARY_METRICS if m not in others)
             if plan.target_kind == "prompt":
                 usable += ", or eval:METRIC with --eval-dataset"
             raise InvalidInputError(
@@ -399,7 +446,8 @@ class ExperimentService:
     def promote(self, caller: Principal, name: str, reason: str | None = None) -> Experiment:
         """Make the challenger the champion and end the experiment as promoted.
 
-        The model's ``champion`` alias moves, or the prompt's ``production`` alias.
+        The model's ``champion`` alias moves, the prompt's ``production`` alias, or the route's
+        alias: the challenger route serves the route's name from then on (audited as ``route.alias``).
 
         Raises:
             ConflictError: The experiment has ended, or the challenger cannot be served.
@@ -416,6 +464,8 @@ class ExperimentService:
                 int(experiment.challenger),
                 check=self.prompt_checks.get(experiment.target),
             )
+        elif experiment.target_kind == "route":
+            self._move_route(caller, experiment)
         else:
             from workflows import promotion
 
@@ -423,6 +473,23 @@ class ExperimentService:
                 caller, self.registry, self.audit, experiment.target, int(experiment.challenger)
             )
         return self._end(caller, experiment, "promoted", "promote", reason or f"promoted by {caller.actor}")
+
+    def _move_route(self, caller: Principal, experiment: Experiment) -> None:
+        if self.routes is None or experiment.challenger not in self.route_backends:
+            raise ConflictError(
+                f"route {experiment.challenger!r} is not configured in this process, so it cannot"
+                f" serve {experiment.target!r}",
+                route=experiment.target,
+            )
+        before = self.routes.set(experiment.target, experiment.challenger, actor=caller.actor)
+        self.audit.append(
+            actor=caller.actor,
+            tenant=caller.tenant,
+            action="route.alias",
+            target=f"route:{experiment.target}",
+            before={"served_by": before},
+            after={"served_by": experiment.challenger, "experiment": experiment.name},
+        )
 
     def approve(self, caller: Principal, name: str) -> Experiment:
         """Carry out a promotion that waits for approval.

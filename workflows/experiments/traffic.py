@@ -32,6 +32,9 @@ class TrafficRouter:
         poll_seconds: How often the running experiments are re-read.
         on_change: Called (in the watcher thread) with the running experiments whenever they
             change, before requests are routed by them: serving loads challenger versions there.
+        on_poll: Called (in the watcher thread) after every re-read: the gateway re-reads the
+            route aliases a promotion moves there, so a process that never saw the experiment
+            running still follows it.
     """
 
     def __init__(
@@ -42,12 +45,14 @@ class TrafficRouter:
         *,
         poll_seconds: float = 0.5,
         on_change: Callable[[list[Experiment]], None] = lambda running: None,
+        on_poll: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._outcomes = outcomes
         self._metrics = metrics
         self._poll_seconds = poll_seconds
         self._on_change = on_change
+        self._on_poll = on_poll
         self._running: dict[tuple[TargetKind, str], Experiment] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,12 +64,16 @@ class TrafficRouter:
             return None
         if experiment.kind == "shadow":
             return Assignment(
-                experiment.name, CHAMPION, experiment.champion, shadow_target=experiment.challenger
+                experiment.name,
+                CHAMPION,
+                experiment.champion,
+                shadow_target=experiment.challenger,
+                tenant=experiment.tenant,
             )
         weights = {CHAMPION: 100.0 - experiment.weight, CHALLENGER: experiment.weight}
         variant = assign(experiment.salt, unit, weights)
         target_of = experiment.challenger if variant == CHALLENGER else experiment.champion
-        return Assignment(experiment.name, variant, target_of)
+        return Assignment(experiment.name, variant, target_of, tenant=experiment.tenant)
 
     def record(self, outcome: Outcome) -> None:
         """Count an outcome and queue it for the store; never blocks."""
@@ -99,6 +108,7 @@ class TrafficRouter:
         while not self._stop.wait(self._poll_seconds):
             try:
                 self.refresh()
+                self._on_poll()
             except Exception:  # keep watching: a missed poll only delays a change by one interval
                 log.exception("could not read the running experiments")
 
