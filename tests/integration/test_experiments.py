@@ -19,12 +19,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from opsloop.audit import AuditFilter
-from opsloop.auth import Role
 from opsloop.settings import load_settings
 from serving.app import create_app
 from serving.platform import Platform, cli_principal
 from tests.integration.challengers import save_wrapper
-from tests.integration.ready import wait_ready
 from workflows.demo import FEATURE_NAMES, LABEL, generate_credit_data
 from workflows.promotion import promote
 from workflows.registration import register
@@ -43,25 +41,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
         experiment_poll_seconds=0.1,
     )
     return create_app(settings)
-
-
-@pytest.fixture(scope="module")
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as client:
-        wait_ready(client)
-        yield client
-
-
-@pytest.fixture(scope="module")
-def platform(app: FastAPI, client: TestClient) -> Platform:
-    platform: Platform = app.state.platform
-    return platform
-
-
-@pytest.fixture(scope="module")
-def operator(platform: Platform) -> dict[str, str]:
-    key = platform.keys.create("default", Role.OPERATOR, actor="test")
-    return {"Authorization": f"Bearer {key.secret.get_secret_value()}"}
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from opsloop.audit import AuditFilter
-from opsloop.auth import Role
 from opsloop.llm.aliases import RouteAliases
 from opsloop.settings import load_settings
 from serving.app import create_app
 from serving.platform import Platform, cli_principal
 from tests.integration.llama_server import MODEL, free_port
-from tests.integration.ready import wait_ready
 
 LOCAL = {"name": "local", "kind": "llamacpp", "max_concurrency": 1, "cost_per_token": 0.0}
 
@@ -57,25 +55,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, llama_server_url: str) -> Fast
         rag_llm_route="direct",
     )
     return create_app(settings)
-
-
-@pytest.fixture(scope="module")
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as client:
-        wait_ready(client)
-        yield client
-
-
-@pytest.fixture(scope="module")
-def platform(app: FastAPI, client: TestClient) -> Platform:
-    platform: Platform = app.state.platform
-    return platform
-
-
-@pytest.fixture(scope="module")
-def operator(platform: Platform) -> dict[str, str]:
-    key = platform.keys.create("default", Role.OPERATOR, actor="test")
-    return {"Authorization": f"Bearer {key.secret.get_secret_value()}"}
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from serving.eval_wiring import eval_runs
 from serving.platform import Platform
 from serving.routers.evals import EvalRunPublic
 from tests.integration.demo_inputs import APPLICANT
-from tests.integration.ready import wait_ready
 
 GUIDE = b"# Rotating keys\n\nCreate a new key, move clients to it, then revoke the old key.\n"
 
@@ -36,19 +34,6 @@ GUIDE = b"# Rotating keys\n\nCreate a new key, move clients to it, then revoke t
 def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
     home = tmp_path_factory.mktemp("services") / "home"
     return create_app(load_settings(home=home, bootstrap_docs=False, drift_check_seconds=0))
-
-
-@pytest.fixture(scope="module")
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as client:
-        wait_ready(client)
-        yield client
-
-
-@pytest.fixture(scope="module")
-def platform(app: FastAPI, client: TestClient) -> Platform:
-    platform: Platform = app.state.platform
-    return platform
 
 
 def _key(platform: Platform, tenant: str, role: Role) -> tuple[Principal, dict[str, str]]:

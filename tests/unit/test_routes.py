@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from opsloop.errors import ConfigError, InvalidInputError
+from opsloop.llm.aliases import applicable
 from opsloop.llm.llamacpp import LlamaCppClient
 from opsloop.llm.openai_compat import OpenAICompatClient
 from opsloop.llm.protocol import LLMClient
@@ -168,3 +169,8 @@ def test_default_factory_makes_an_anthropic_client() -> None:
     assert (client.model, client.timeout) == ("claude-sonnet-4-5", 61.0)  # type: ignore[attr-defined]
     proxied = create_client(spec.model_copy(update={"base_url": "https://llm-proxy.test"}))
     assert proxied.base_url == "https://llm-proxy.test"  # type: ignore[attr-defined]
+
+
+def test_an_alias_takes_effect_only_while_its_target_is_a_configured_route() -> None:
+    stored = {"chat": "chat-big", "small": "removed-since"}
+    assert applicable(stored, ["chat", "chat-big", "small"]) == {"chat": "chat-big"}
