@@ -69,11 +69,19 @@ class Outcome:
         request_id: str,
         started: float,
         error_type: str | None = None,
+        cost_usd: float = 0.0,
     ) -> Outcome:
         """A request ``variant`` handled from ``started`` (perf_counter) to now; failed if ``error_type``."""
         latency_ms = (time.perf_counter() - started) * 1000
+        ok = error_type is None
         return cls(
-            assignment.experiment, variant, request_id, error_type is None, latency_ms, error_type=error_type
+            assignment.experiment,
+            variant,
+            request_id,
+            ok,
+            latency_ms,
+            cost_usd=cost_usd,
+            error_type=error_type,
         )
 
 

@@ -163,6 +163,8 @@ class Answer:
     """Why the answer is not the model's (None when it is)."""
     generated: str | None = None
     """What the model wrote (citations cleaned); None when the LLM was not called."""
+    cost_usd: float = 0.0
+    """What its LLM call cost, as the gateway charged it (0 when unpriced or not called)."""
 
 
 # -- prompt registry ---------------------------------------------------------------------------
@@ -456,6 +458,7 @@ class Answerer:
             result.model,
             result.backend,
             generated=text,
+            cost_usd=result.cost_usd or 0.0,
         )
         note = _fallback_note(text, citations)
         if not self.fallback or note is None:

@@ -757,7 +757,7 @@ class RagService:
             except Exception as exc:  # the caller still gets an answer: production's, below
                 self._outcome(assignment, CHALLENGER, request_id, started, error=exc)
             else:
-                self._outcome(assignment, CHALLENGER, request_id, started)
+                self._outcome(assignment, CHALLENGER, request_id, started, cost_usd=answer.cost_usd)
                 return answer, prompted, CHALLENGER
         try:
             answer, prompted = await answer_with(prompt, CHAMPION)
@@ -766,7 +766,7 @@ class RagService:
                 self._outcome(assignment, CHAMPION, request_id, started, error=exc)
             raise
         if assignment is not None and assignment.variant == CHAMPION:
-            self._outcome(assignment, CHAMPION, request_id, started)
+            self._outcome(assignment, CHAMPION, request_id, started, cost_usd=answer.cost_usd)
         return answer, prompted, None if assignment is None else CHAMPION
 
     def _outcome(
@@ -777,10 +777,11 @@ class RagService:
         started: float,
         *,
         error: Exception | None = None,
+        cost_usd: float = 0.0,
     ) -> None:
         if self.traffic is not None:
             error_type = None if error is None else getattr(error, "type", type(error).__name__)
-            self.traffic.record(Outcome.since(assignment, variant, request_id, started, error_type))
+            self.traffic.record(Outcome.since(assignment, variant, request_id, started, error_type, cost_usd))
 
     def _retrieve(
         self, tenant: str, collection: str, question: str, top_k: int | None

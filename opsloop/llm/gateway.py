@@ -308,7 +308,7 @@ class Gateway:
             self._record_failure(call, route, None, exc, started, streamed=False, reservation=reservation)
             raise
         result = routed.result
-        self._record(
+        cost = self._record(
             call,
             routed.outcome,
             result.usage,
@@ -319,7 +319,7 @@ class Gateway:
             model=result.model,
             reservation=reservation,
         )
-        return routed
+        return replace(routed, result=replace(result, cost_usd=cost))
 
     async def open_stream(
         self, caller: Principal, route: str, request: ChatRequest, *, request_id: str, unit: str | None = None
@@ -675,10 +675,11 @@ class Gateway:
         metrics_route: str | None = None,
         reservation: Reservation | None = None,
         cost: float | None = None,
-    ) -> None:
+    ) -> float:
         """Settle the reservation, write the ledger row and update the metrics of one call.
 
-        ``cost`` None: priced at the serving backend's prices (0 when none served).
+        ``cost`` None: priced at the serving backend's prices (0 when none served). Returns
+        the cost recorded.
         """
         latency_ms = (time.perf_counter() - started) * 1000
         backend = routed.backend or (routed.attempts[-1].backend if routed.attempts else "")
@@ -727,7 +728,7 @@ class Gateway:
         metrics = self.metrics
         metrics.requests.labels(label, outcome).inc()
         if not served:
-            return
+            return cost
         for direction, count in (
             ("prompt", usage.prompt_tokens),
             ("completion", usage.completion_tokens),
@@ -740,6 +741,7 @@ class Gateway:
         if ttft_ms is not None:
             metrics.ttft.labels(label, backend).observe(ttft_ms / 1000)
         metrics.latency.labels(label, backend, str(streamed).lower()).observe(latency_ms / 1000)
+        return cost
 
 
 class GatewayStream:

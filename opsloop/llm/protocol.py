@@ -150,6 +150,8 @@ class ChatResult:
     backend: str
     ttft_ms: float | None = None
     tool_calls: Sequence[ToolCall] = ()
+    cost_usd: float | None = None
+    """What the call cost as the gateway recorded it; None from a backend, which knows no prices."""
 
 
 @dataclass(frozen=True)

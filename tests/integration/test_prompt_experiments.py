@@ -34,6 +34,7 @@ from workflows.experiments.policy import Decision
 from workflows.prompts import register
 
 QUESTION = "How do I revoke an API key?"
+LOCAL = {"name": "local", "kind": "llamacpp", "max_concurrency": 1}
 CANDIDATE = DEFAULT_PROMPT.replace("Answer", "Answer briefly", 1)
 
 
@@ -50,6 +51,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
         experiment_decide_seconds=0,  # the test ticks the decider itself
         experiment_poll_seconds=0.1,
         rag_max_answer_tokens=4,  # the variant is what is checked, not the answer's quality
+        # Priced, so that each variant's cost per request can be checked against the ledger.
+        llm_routes={"smollm2": {"backends": [{**LOCAL, "cost_per_token": 1e-6}], "queue_timeout_s": 30}},
     )
     app: FastAPI = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -178,6 +181,11 @@ def test_a_prompt_canary_splits_queries_by_unit_and_promotes_production(
     assert shown["target"] == {"kind": "prompt", "name": ANSWER_PROMPT}
     assert [v["version"] for v in shown["variants"]] == ["1", str(candidate.version)]
     assert all(v["requests"] >= 1 and v["errors"] == 0 for v in shown["variants"]), shown["variants"]
+    for v in shown["variants"]:  # each answer's LLM call, as the ledger priced it
+        charged = sum(
+            c.cost_usd for c in ledger.values() if (c.experiment, c.variant) == ("briefly", v["name"])
+        )
+        assert v["cost_per_request"] == pytest.approx(charged / v["requests"]) and charged > 0
     (name, decision), *_ = platform.experiments.decider.tick()
     assert name == "briefly" and decision.action in {"continue", "advance"}, decision.reason
 
