@@ -123,7 +123,7 @@ def test_prompt_experiments_that_cannot_run_are_refused_with_the_reason(
         ({"prompt": ANSWER_PROMPT, "challenger": "1"}, 409, "already is the production version"),
         ({"prompt": ANSWER_PROMPT, "challenger": "99"}, 404, "99"),
         ({"prompt": "summarise", "challenger": "1"}, 422, "not served by opsloop"),
-        ({"prompt": ANSWER_PROMPT, "challenger": "1", "kind": "shadow"}, 422, "run an ab test or a canary"),
+        ({"prompt": ANSWER_PROMPT, "challenger": "1", "kind": "shadow"}, 422, "slow the callers"),
         ({"prompt": ANSWER_PROMPT, "challenger": "1", "primary": "accuracy"}, 422, "use one of answer_score"),
     ]
     for body, status, message in cases:

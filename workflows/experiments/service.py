@@ -271,10 +271,12 @@ class ExperimentService:
 
     def _prompt_versions(self, plan: ExperimentPlan) -> tuple[int, int]:
         if plan.kind == "shadow":
-            # A shadow answer would cost a second generation per query, for nothing to compare
-            # it with automatically; an A/B test on answer feedback, or a canary, decides instead.
+            # Both prompts answer on the same LLM backends, which serve a bounded number of calls
+            # at once: the copies would queue with the queries they copy (as for a route).
             raise InvalidInputError(
-                "a shadow experiment on a prompt is not available; run an ab test or a canary",
+                "a shadow experiment on a prompt is not available: its copies would generate on the"
+                " same LLM backends as the answers they copy and slow the callers; run an ab test"
+                " (on feedback or an eval) or a canary",
                 field="kind",
             )
         check = self.prompt_checks.get(plan.target)
