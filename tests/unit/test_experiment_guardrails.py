@@ -78,6 +78,11 @@ def test_declared_guardrails_replace_the_default_of_their_metric_only() -> None:
         "error_rate:0.01",
     ]
     assert with_defaults(()) == DEFAULT_GUARDRAILS
+    # Any latency percentile takes the p99 default's place (p90 has a verdict 10 times sooner).
+    assert [g.spec for g in with_defaults([parse_guardrail("p90_ms:+20%")])] == [
+        "p90_ms:+20%",
+        "error_rate:0.01",
+    ]
     with pytest.raises(InvalidInputError, match="one guardrail per metric"):
         with_defaults([parse_guardrail("p99_ms:+10%"), parse_guardrail("p99_ms:+50")])
 

@@ -9,8 +9,9 @@ A guardrail is a non-inferiority margin on one metric, written ``METRIC:MARGIN``
 
 A number ending in ``%`` is relative to the champion's value; a bare number is absolute, in
 the metric's unit (a fraction for ``error_rate``, milliseconds for ``pNN_ms``, USD for
-``cost_per_request``). An experiment that declares none of a metric gets the defaults:
-``error_rate:0.01`` and ``p99_ms:+20%`` (cost has no default: prices differ too much).
+``cost_per_request``). An experiment gets the defaults it declares nothing in place of:
+``error_rate:0.01``, and ``p99_ms:+20%`` unless it declares any latency percentile (cost
+has no default: prices differ too much).
 
 A guardrail is *breached* only on evidence, so a noisy minute does not roll a challenger back:
 
@@ -159,14 +160,23 @@ def parse_guardrail(spec: str) -> Guardrail:
 
 
 def with_defaults(declared: Iterable[Guardrail]) -> tuple[Guardrail, ...]:
-    """The declared guardrails, plus each default whose metric none of them covers."""
+    """The declared guardrails, plus each default whose metric none of them covers.
+
+    Any latency percentile covers the ``p99_ms`` default: an experiment that declares
+    ``p90_ms`` has its tail checked after 100 champion requests instead of 1,000.
+    """
     declared = tuple(declared)
     metrics = {g.metric for g in declared}
     if len(metrics) < len(declared):
         raise InvalidInputError(
             f"guardrails {[g.spec for g in declared]}: one guardrail per metric", field="guardrail"
         )
-    return declared + tuple(g for g in DEFAULT_GUARDRAILS if g.metric not in metrics)
+    covered = {_family(m) for m in metrics}
+    return declared + tuple(g for g in DEFAULT_GUARDRAILS if _family(g.metric) not in covered)
+
+
+def _family(metric: str) -> str:
+    return "latency_quantile" if _quantile(metric) is not None else metric
 
 
 @dataclass(frozen=True)
