@@ -9,13 +9,14 @@ prompt experiments (``serving.experiment_evals``). The CLI uses the service alon
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opsloop.audit import AuditLog
 from opsloop.db import Database
 from opsloop.llm.aliases import RouteAliases
+from opsloop.llm.routes import RouteConfig
 from opsloop.models.runtime import ModelRuntime, load_version
 from opsloop.models.shadow import ShadowQueue
 from opsloop.registry import Registry
@@ -64,7 +65,7 @@ class Experiments:
         *,
         poll_seconds: float,
         max_instances: int,
-        routes: Mapping[str, Sequence[str]] | None = None,
+        routes: Mapping[str, RouteConfig] | None = None,
     ) -> Experiments:
         """Construct the components; nothing runs until :meth:`start`."""
         store = ExperimentStore(db)
@@ -95,7 +96,7 @@ class Experiments:
             prompt_checks,
             _check_eval_plan,
             routes=RouteAliases(db),
-            route_backends=routes,
+            llm_routes=routes,
         )
         decider = Decider(
             service, on_decision=lambda e, action: metrics.decisions.labels(e.name, action).inc()

@@ -145,7 +145,7 @@ class Platform:
             metrics.experiments,
             poll_seconds=settings.experiment_poll_seconds,
             max_instances=settings.max_instances,
-            routes={name: [b.name for b in route.backends] for name, route in settings.llm_routes.items()},
+            routes=settings.llm_routes,
         )
         models = ModelService(
             runtime,

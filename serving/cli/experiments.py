@@ -36,8 +36,13 @@ def _service(ctx: typer.Context) -> ExperimentService:
     return platform.experiments.service
 
 
-def _reader(ctx: typer.Context) -> ExperimentService:
-    """The service over the store alone, for ``list`` and ``show``: they read no registry or model."""
+def _store_service(ctx: typer.Context) -> ExperimentService:
+    """The service over the store alone: MLflow (seconds to import) stays unloaded.
+
+    Enough to read, stop and roll back any experiment, and to start and promote one on a
+    route; a model's or prompt's registry is needed only to start or promote theirs.
+    """
+    from opsloop.llm.aliases import RouteAliases
     from opsloop.registry import Registry
     from workflows.experiments.labels import LabelSource
     from workflows.experiments.service import ExperimentService
@@ -45,8 +50,16 @@ def _reader(ctx: typer.Context) -> ExperimentService:
 
     store = ctx.obj.store()
     settings = store.settings
-    unstarted = Registry(settings.tracking_uri, settings.artifact_root)  # reads never start it
-    return ExperimentService(ExperimentStore(store.db), unstarted, store.audit, LabelSource(store.db), None)
+    unstarted = Registry(settings.tracking_uri, settings.artifact_root)  # none of this starts it
+    return ExperimentService(
+        ExperimentStore(store.db),
+        unstarted,
+        store.audit,
+        LabelSource(store.db),
+        None,
+        routes=RouteAliases(store.db),
+        llm_routes=settings.llm_routes,
+    )
 
 
 def _print(report: ExperimentReport, fmt: Format) -> None:
@@ -92,11 +105,13 @@ def _ms(value: float | None) -> str:
 
 
 def _act(ctx: typer.Context, action: str, name: str, fmt: Format) -> None:
-    from serving.platform import cli_principal
+    from serving.local import cli_principal
 
-    service = _service(ctx)
+    service = _store_service(ctx)
     caller = cli_principal()
     try:
+        if action in ("promote", "approve") and service.get(caller, name).target_kind != "route":
+            service = _service(ctx)  # it moves a registry alias
         getattr(service, action)(caller, name)
         report = service.show(caller, name)
     except OpsloopError as exc:
@@ -194,7 +209,7 @@ def create(
     except ValueError:
         err.print(f"--steps {steps!r}: comma-separated percentages, e.g. 5,25,50,100")
         raise typer.Exit(code=2) from None
-    service = _service(ctx)
+    service = _store_service(ctx) if target_kind == "route" else _service(ctx)
     caller = cli_principal()
     evaluation = None
     if eval_dataset is not None or eval_collection is not None:
@@ -234,7 +249,7 @@ def list_(ctx: typer.Context, fmt: FormatOption = "table") -> None:
 
     from serving.local import cli_principal
 
-    service = _reader(ctx)
+    service = _store_service(ctx)
     caller = cli_principal()
     experiments = service.experiments(caller)
     if fmt == "json":
@@ -267,7 +282,7 @@ def show(ctx: typer.Context, name: NameArg, fmt: FormatOption = "table") -> None
     """An experiment's variants, latest tests and decision."""
     from serving.local import cli_principal
 
-    service = _reader(ctx)
+    service = _store_service(ctx)
     try:
         report = service.show(cli_principal(), name)
     except OpsloopError as exc:

@@ -1,9 +1,9 @@
-"""A canary as a user runs one: register a challenger, start it with the CLI, and let `serve` decide.
+"""Canaries as a user runs them: start one with the CLI, and let `serve` decide.
 
-The challenger wraps the champion and fails for renters (an MLflow pyfunc model in a folder,
-registered with ``opsloop models register``). Under steady traffic the server's own decider
-rolls it back: no caller sees a failed request, the champion alias never moves, and
-``experiments show`` says why.
+A model's challenger wraps the champion and fails for renters (an MLflow pyfunc model in a
+folder, registered with ``opsloop models register``); an LLM route's challenger is a route
+whose backend is a dead loopback port. Under steady traffic the server's own decider rolls
+each back: no caller sees a failed request, nothing moves, and ``experiments show`` says why.
 """
 
 from __future__ import annotations
@@ -20,12 +20,27 @@ import pytest
 
 from tests.e2e.server import Server, cli
 from tests.integration.challengers import save_wrapper
+from tests.integration.llama_server import free_port
 from workflows.demo import FEATURE_NAMES, generate_credit_data
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("experiments") / "home", env={"OPSLOOP_DRIFT_CHECK_SECONDS": "0"})
+def config(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Settings with the default route and ``broken``, a route no backend of which answers."""
+    path = tmp_path_factory.mktemp("config") / "opsloop.yaml"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    path.write_text(
+        "llm_routes:\n"
+        "  smollm2: [{name: local, kind: llamacpp, max_concurrency: 1}]\n"
+        f"  broken: [{{name: gone, kind: openai, base_url: '{dead}', model: x, max_retries: 0}}]\n"
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, config: str) -> Iterator[Server]:
+    env = {"OPSLOOP_DRIFT_CHECK_SECONDS": "0", "OPSLOOP_CONFIG": config}
+    server = Server(tmp_path_factory.mktemp("experiments") / "home", env=env)
     server.wait_for("/readyz", 200, seconds=180)
     yield server
     server.stop()
@@ -105,3 +120,33 @@ def test_a_failing_canary_is_rolled_back_by_the_server(server: Server, tmp_path:
     assert server.metric('opsloop_experiment_decisions_total{action="rollback",experiment="renters"}') == 1
     audit = cli(server.home, "audit", "tail", "-n", "20")
     assert "experiment.rollback" in audit.stdout and "decider" in audit.stdout
+
+
+def test_a_route_canary_started_from_the_cli_is_rolled_back_and_every_call_is_answered(
+    server: Server, config: str
+) -> None:
+    created = _json(
+        server, "--config", config, "experiments", "create", "dead-route", "--route", "smollm2",
+        "--challenger-route", "broken", "--steps", "50,100",
+    )  # fmt: skip
+    assert isinstance(created, dict) and created["target"] == {"kind": "route", "name": "smollm2"}
+    admin = {"Authorization": f"Bearer {(server.home / 'admin.key').read_text().strip()}"}
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + 120
+    for i in range(2000):  # steady calls, one unit each, until the server's decider acts
+        response = server.http.post(
+            "/v1/chat/completions",
+            json={"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+            headers={**admin, "X-Opsloop-Unit": f"user-{i}"},
+        )
+        statuses[response.status_code] += 1
+        if i % 20 == 19:
+            shown = server.http.get("/admin/experiments/dead-route", headers=admin).json()
+            if shown["status"] != "running" or time.monotonic() > deadline:
+                break
+    assert shown["status"] == "rolled_back", shown
+    assert set(statuses) == {200}, statuses  # the champion route answered what the challenger failed
+    report = _json(server, "--config", config, "experiments", "show", "dead-route")
+    assert isinstance(report, dict) and "error_rate" in report["decision"]["reason"]
+    champion, challenger = report["variants"]
+    assert challenger["requests"] == challenger["errors"] > 0 and champion["errors"] == 0

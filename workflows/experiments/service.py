@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from workflows.experiments.labels import LabelSource
 from workflows.experiments.metrics import PRIMARY_METRICS
 from workflows.experiments.policy import DEFAULT_STEPS, Policy
 from workflows.experiments.store import ENDED, Experiment, ExperimentStore, Kind, VariantSamples, new_salt
+
+if TYPE_CHECKING:
+    from opsloop.llm.routes import RouteConfig
 
 __all__ = ["ExperimentPlan", "ExperimentReport", "ExperimentService", "VariantReport"]
 
@@ -166,7 +169,7 @@ class ExperimentService:
             None: this process cannot plan evals, and such experiments are refused.
         routes: The stored route aliases, which a route experiment's promotion moves; None:
             route experiments are refused.
-        route_backends: The gateway's configured routes, each with its backends' names.
+        llm_routes: The gateway's configured routes (``Settings.llm_routes``).
     """
 
     def __init__(
@@ -180,7 +183,7 @@ class ExperimentService:
         eval_check: Callable[[str, Mapping[str, Any]], dict[str, Any]] | None = None,
         *,
         routes: RouteAliases | None = None,
-        route_backends: Mapping[str, Sequence[str]] | None = None,
+        llm_routes: Mapping[str, RouteConfig] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -190,7 +193,8 @@ class ExperimentService:
         self.prompt_checks = prompt_checks or {}
         self.eval_check = eval_check
         self.routes = routes
-        self.route_backends = dict(route_backends or {})
+        self.route_backends = {n: [b.name for b in r.backends] for n, r in (llm_routes or {}).items()}
+        """Each configured route's backends, by name."""
 
     def create(self, caller: Principal, plan: ExperimentPlan) -> Experiment:
         """Start an experiment; its challenger takes traffic within the servers' poll interval.
