@@ -21,12 +21,13 @@ __all__ = ["RouteAliases", "applicable"]
 
 
 def applicable(aliases: Mapping[str, str], routes: Collection[str]) -> dict[str, str]:
-    """The aliases that take effect: those to a configured route.
+    """The aliases that take effect: those of a configured route to a configured route.
 
     An alias to a route the settings no longer have is ignored, so removing a route from the
-    configuration never leaves a name without backends.
+    configuration never leaves a name without backends; nor does an alias keep a removed
+    name served.
     """
-    return {route: target for route, target in aliases.items() if target in routes}
+    return {route: target for route, target in aliases.items() if route in routes and target in routes}
 
 
 class RouteAliases:

@@ -307,6 +307,12 @@ class Gateway:
         except OpsloopError as exc:
             self._record_failure(call, route, None, exc, started, streamed=False, reservation=reservation)
             raise
+        except asyncio.CancelledError:  # the server is stopping: settle what was reserved
+            self._record(
+                call, RouteOutcome(route=route), Usage(), ttft_ms=None, started=started, streamed=False,
+                outcome="disconnected", reservation=reservation,
+            )  # fmt: skip
+            raise
         result = routed.result
         cost = self._record(
             call,
@@ -366,9 +372,10 @@ class Gateway:
         """``run`` the call on the route that answers it, and the experiment variant that did.
 
         With no ``unit`` or no experiment on ``route``: the route's alias or the route itself.
-        Else the unit's variant; a challenger's failure (not a rate limit, which is the
-        caller's) is recorded against it, and the champion answers. A shadow experiment's
-        challenger gets a copy of ``request``.
+        Else the unit's variant; a challenger's failure is recorded against it (unless the
+        call was refused before it was routed: a bad request or a budget is the caller's),
+        and the champion answers. A shadow experiment's challenger gets a copy of each call
+        the champion answered.
         """
         assignment = None
         if unit is not None and self.traffic is not None:
@@ -376,15 +383,13 @@ class Gateway:
         if assignment is None:
             return await run(call, self.serving(route)), None
         name = assignment.experiment
-        if assignment.shadow_target is not None:
-            self._shadow(call, assignment, assignment.shadow_target, request)
         if assignment.variant == CHALLENGER:
             challenger = replace(call, variant=(name, CHALLENGER), assignment=assignment)
             try:
                 return await run(challenger, assignment.target), CHALLENGER
-            except RateLimitedError:
+            except RateLimitedError:  # the caller's budget: the champion would be refused as well
                 raise
-            except OpsloopError as exc:  # recorded against the challenger; the caller still gets an answer
+            except OpsloopError as exc:  # the caller still gets an answer
                 log.info(
                     "experiment %s: route %s failed (%s), the champion answers",
                     name,
@@ -395,7 +400,10 @@ class Gateway:
         champion = replace(
             call, variant=(name, CHAMPION), assignment=assignment if assignment.variant == CHAMPION else None
         )
-        return await run(champion, self.serving(route)), CHAMPION
+        answered = await run(champion, self.serving(route))
+        if assignment.shadow_target is not None:  # only a call admitted and answered is copied
+            self._shadow(call, assignment, assignment.shadow_target, request)
+        return answered, CHAMPION
 
     def _shadow(self, call: _Call, assignment: Assignment, route: str, request: ChatRequest) -> None:
         """Copy ``call``'s ``request`` to the shadow ``route``; drop it when too many copies are in flight.
@@ -645,6 +653,7 @@ class Gateway:
         label = metrics_route or (route if route in self.router.routes() else _UNKNOWN_ROUTE)
         if unrouted:  # the router's hook, which counts the errors of routed calls, never ran
             self.metrics.errors.labels(label, error.type).inc()
+            call = replace(call, assignment=None)  # a refusal is the request's, not its variant's
         self._record(
             call,
             outcome,
@@ -690,13 +699,14 @@ class Gateway:
         if reservation is not None:
             self.enforcer.settle(reservation, usage.total_tokens, cost)
         route = routed.route[:_MAX_LABEL]
-        if call.assignment is not None and self.traffic is not None and error_type != RateLimitedError.type:
+        # A client that went away (or a stopping server) says nothing of the variant.
+        if call.assignment is not None and self.traffic is not None and outcome != "disconnected":
             self.traffic.record(
                 VariantOutcome(
                     call.assignment.experiment,
                     call.assignment.variant,
                     call.request_id,
-                    outcome != "error",  # a client that went away is no variant's failure
+                    outcome == "ok",
                     latency_ms,
                     cost_usd=cost,
                     error_type=error_type,

@@ -24,7 +24,7 @@ from serving.app import create_app
 from serving.platform import Platform, cli_principal
 from tests.integration.llama_server import MODEL, free_port
 
-LOCAL = {"name": "local", "kind": "llamacpp", "max_concurrency": 1, "cost_per_token": 0.0}
+LOCAL = {"name": "local", "kind": "llamacpp", "max_concurrency": 1, "cost_per_token": 1e-6}
 
 
 def _dead(name: str, **retries: Any) -> dict[str, Any]:
@@ -68,11 +68,16 @@ def _leaves_chat_as_it_was(platform: Platform) -> Iterator[None]:
     time.sleep(0.3)  # a poll: the gateway reads the alias again
 
 
-def _chat(client: TestClient, auth: dict[str, str], unit: str, **extra: Any) -> Any:
+def _chat(client: TestClient, auth: dict[str, str], unit: str, status: int = 200, **extra: Any) -> Any:
     body = {"model": "chat", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1, **extra}
     response = client.post("/v1/chat/completions", json=body, headers={**auth, "X-Opsloop-Unit": unit})
-    assert response.status_code == 200, response.text
+    assert response.status_code == status, response.text
     return response
+
+
+def _variants(client: TestClient, auth: dict[str, str], name: str) -> list[dict[str, Any]]:
+    variants: list[dict[str, Any]] = client.get(f"/admin/experiments/{name}", headers=auth).json()["variants"]
+    return variants
 
 
 def _create(client: TestClient, auth: dict[str, str], **plan: Any) -> dict[str, Any]:
@@ -90,6 +95,12 @@ def _wait_routed(platform: Platform, name: str) -> None:
             return
         assert time.monotonic() < deadline, "the experiment was not picked up"
         time.sleep(0.05)
+
+
+def _assigned(platform: Platform, unit: str) -> str:
+    assignment = platform.experiments.router.assign("route", "chat", unit)
+    assert assignment is not None
+    return assignment.variant
 
 
 def test_without_an_experiment_the_route_answers_with_no_variant(
@@ -113,8 +124,12 @@ def test_a_broken_challenger_route_is_rolled_back_and_no_caller_sees_it(
     ]
     _wait_routed(platform, "broken-route")
 
-    answers = [_chat(client, operator, f"user-{i}") for i in range(100)]  # 30 a variant for a check
-    # The challenger's calls all fail; the champion answers each of them.
+    answers = [_chat(client, operator, f"user-{i}") for i in range(99)]  # 30 a variant for a check
+    # The challenger's calls all fail; the champion answers each of them, a stream too.
+    unit = next(f"user-{i}" for i in range(99) if _assigned(platform, f"user-{i}") == "challenger")
+    streamed = _chat(client, operator, unit, stream=True)
+    assert "data: [DONE]" in streamed.text
+    answers.append(streamed)
     assert {a.headers["X-Opsloop-Variant"] for a in answers} == {"champion"}
     assert {a.headers["X-Opsloop-Backend"] for a in answers} == {"local"}
 
@@ -148,12 +163,25 @@ def test_a_promoted_route_serves_the_name_until_another_experiment_moves_it_back
     streamed = _chat(client, operator, "user-0", stream=True)
     assert streamed.headers["X-Opsloop-Variant"] == first and "data: [DONE]" in streamed.text
 
+    # A request no route can take is the caller's: refused, and counted for neither variant.
+    _chat(client, operator, "user-0", status=422, max_tokens=10**6)
+
     platform.experiments.outcomes.flush()
     shown = client.get("/admin/experiments/direct-ab", headers=operator).json()
     champion, challenger = shown["variants"]
-    assert champion["requests"] + challenger["requests"] == 41
+    assert (
+        champion["requests"] + challenger["requests"] == 41
+        and champion["errors"] == challenger["errors"] == 0
+    )
     assert challenger["p50_ms"] < champion["p50_ms"]  # the champion waits out a retry on every call
     assert shown["config"]["primary"] == "latency_ms"
+    calls = [c for c in platform.ledger.calls(limit=500) if c.experiment == "direct-ab" and c.outcome == "ok"]
+    for v in (champion, challenger):  # what each variant's calls cost, as the ledger priced them
+        charged = [c.cost_usd for c in calls if c.variant == v["name"]]
+        assert len(charged) == v["requests"] and v["cost_per_request"] == pytest.approx(
+            sum(charged) / len(charged)
+        )
+        assert v["cost_per_request"] > 0
 
     promoted = client.post("/admin/experiments/direct-ab/promote", headers=operator)
     assert promoted.status_code == 200, promoted.text
@@ -188,6 +216,7 @@ def test_a_shadow_route_gets_a_copy_of_every_call_and_its_answers_go_nowhere(
     _wait_routed(platform, "mirror-shadow")
     answers = [_chat(client, operator, f"user-{i}") for i in range(10)]
     answers.append(_chat(client, operator, "user-0", stream=True))
+    _chat(client, operator, "user-0", status=422, max_tokens=10**6)  # refused: nothing to copy
     assert {(a.headers["X-Opsloop-Variant"], a.headers["X-Opsloop-Backend"]) for a in answers} == {
         ("champion", "local")
     }
@@ -195,9 +224,7 @@ def test_a_shadow_route_gets_a_copy_of_every_call_and_its_answers_go_nowhere(
     deadline = time.monotonic() + 60  # the copies run off the request path
     while True:
         platform.experiments.outcomes.flush()
-        champion, challenger = client.get("/admin/experiments/mirror-shadow", headers=operator).json()[
-            "variants"
-        ]
+        champion, challenger = _variants(client, operator, "mirror-shadow")
         if challenger["requests"] == 11 or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -171,6 +171,6 @@ def test_default_factory_makes_an_anthropic_client() -> None:
     assert proxied.base_url == "https://llm-proxy.test"  # type: ignore[attr-defined]
 
 
-def test_an_alias_takes_effect_only_while_its_target_is_a_configured_route() -> None:
-    stored = {"chat": "chat-big", "small": "removed-since"}
+def test_an_alias_takes_effect_only_between_configured_routes() -> None:
+    stored = {"chat": "chat-big", "small": "removed-since", "removed": "chat"}
     assert applicable(stored, ["chat", "chat-big", "small"]) == {"chat": "chat-big"}

@@ -303,12 +303,13 @@ class ExperimentService:
 
     def _routes(self, plan: ExperimentPlan) -> tuple[str, str]:
         """The route serving ``plan.target`` now (its alias, else itself) and the challenger route."""
+        if self.routes is None:
+            raise InvalidInputError("this process cannot run experiments on routes", field="route")
         routes = self.route_backends
         for field, route in (("route", plan.target), ("challenger_route", plan.challenger)):
-            if self.routes is None or route not in routes:
+            if route not in routes:
                 known = ", ".join(routes) or "none"
                 raise NotFoundError(f"no route {route!r}; the gateway's routes: {known}", field=field)
-        assert self.routes is not None  # noqa: S101 - checked above
         champion = applicable(self.routes.all(), routes).get(plan.target, plan.target)
         if plan.challenger == champion:
             raise ConflictError(

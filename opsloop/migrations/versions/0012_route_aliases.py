@@ -17,8 +17,8 @@ def upgrade() -> None:
     """Create ``route_aliases`` (empty: every route serves its own backends)."""
     op.create_table(
         "route_aliases",
-        sa.Column("route", sa.String(64), primary_key=True),
-        sa.Column("target", sa.String(64), nullable=False),
+        sa.Column("route", sa.String(256), primary_key=True),
+        sa.Column("target", sa.String(256), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_by", sa.String(64), nullable=False),
     )
