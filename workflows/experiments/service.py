@@ -13,9 +13,9 @@ decided by an eval on a data set (primary ``eval:METRIC``, :mod:`~workflows.expe
 And a gateway route (``/v1/chat/completions``' ``model``) against another configured route:
 the challenger route's backends answer the routed share, A/B tests decide on ``latency_ms``
 by default (or ``error_rate``, ``cost_per_request``), and a promotion makes the challenger
-serve the route's name (:mod:`opsloop.llm.aliases`); a shadow copies every call to the
-challenger route (which must share no backend with the champion, or the copies would slow the
-callers). Shadows of a prompt are refused with a clear error.
+serve the route's name (:mod:`opsloop.llm.aliases`); a shadow copies each call the champion
+answered to the challenger route (which must share no backend with the champion, or the copies
+would slow the callers). Shadows of a prompt are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ class ExperimentService:
         if self.routes is None:
             raise InvalidInputError("this process cannot run experiments on routes", field="route")
         routes = self.route_backends
-        for field, route in (("route", plan.target), ("challenger_route", plan.challenger)):
+        for field, route in (("route", plan.target), ("challenger", plan.challenger)):
             if route not in routes:
                 known = ", ".join(routes) or "none"
                 raise NotFoundError(f"no route {route!r}; the gateway's routes: {known}", field=field)
