@@ -234,6 +234,38 @@ def test_a_better_challenger_wins_an_ab_test_on_labelled_feedback(
     assert platform.registry.get_alias(MODEL, "champion").version == strong
 
 
+def test_a_canary_on_light_traffic_gathers_latencies_across_checks(
+    client: TestClient,
+    platform: Platform,
+    operator: dict[str, str],
+    applicants: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    # Eight requests a check: about four latencies per variant, a fifth of what the latency judge
+    # needs. Judged check by check alone, the canary would hold for ever; gathered until there
+    # are enough, they show the wrapper challenger (a pyfunc) many times slower: rolled back.
+    version = _challenger(platform, tmp_path)
+    champion = platform.registry.get_alias(MODEL, "champion").version
+    created = client.post(
+        "/admin/experiments",
+        json={"name": "light", "model": MODEL, "challenger": version, "steps": [50, 100], "min_samples": 40},
+        headers=operator,
+    )
+    assert created.status_code == 201, created.text
+    _wait_routed(platform, "light")
+    judged = []
+    for batch in range(60):
+        _traffic(client, operator, applicants, 5000 + 8 * batch, 8)
+        platform.experiments.outcomes.flush()
+        (_, decision), *_ = platform.experiments.decider.tick()
+        judged.append(decision.judge.verdict if decision.judge else None)
+        if decision.action != "continue":
+            break
+    assert decision.action == "rollback" and "latency check failed" in decision.reason, decision.reason
+    assert judged.count("fail") == 3 and judged.count("nodata") > 3 * judged.count("fail")
+    assert platform.registry.get_alias(MODEL, "champion").version == champion
+
+
 def test_a_shadow_gets_copies_and_never_answers(
     client: TestClient,
     platform: Platform,

@@ -79,6 +79,10 @@ class Decider:
                 samples = store.samples(experiment.name)
                 decision = self.judge(experiment, samples)
                 seen = max((int(s.ids.max()) for s in samples.values() if s.ids.size), default=0)
+                if decision.judge is not None and decision.judge.verdict == "nodata":
+                    # Too few latencies for a verdict: keep them for the next check rather than
+                    # drop them, or a canary on light traffic (a few requests a tick) never advances.
+                    seen = int(experiment.checks.get("seen", 0))
                 self.act(experiment, decision, checked_at, seen=seen)
             except Exception:  # one broken experiment must not stop the others' decisions
                 log.exception("could not decide experiment %s", experiment.name)
