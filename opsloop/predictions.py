@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from opsloop.batch_writer import BatchedLog, BatchWriter
@@ -39,6 +39,8 @@ class PredictionRecord:
     labels: list[Any] | None = None
     experiment: str | None = None
     """The experiment that routed the request, if one did."""
+    id: int | None = None
+    """The row's id, once written (what a retraining data set's manifest lists)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class PredictionLog(BatchedLog[PredictionRecord]):
         self._writer = BatchWriter[PredictionRecord](
             db,
             Prediction,
-            vars,  # not asdict(): it deep-copies every input
+            _row,
             name="prediction-log",
             batch_size=batch_size,
             flush_seconds=flush_seconds,
@@ -116,20 +118,20 @@ class PredictionLog(BatchedLog[PredictionRecord]):
     def labelled(
         self,
         model: str,
-        version: int,
+        version: int | None,
         *,
         tenant: str | None = None,
         since: datetime | None = None,
         limit: int = 100_000,
     ) -> list[PredictionRecord]:
-        """The newest ``limit`` labelled predictions of a version, oldest first.
+        """The newest ``limit`` labelled predictions of a version (None: of every version), oldest first.
 
         Only ``tenant``'s when given; None: every tenant's.
         """
         self.flush()
-        query = select(Prediction).where(
-            Prediction.model == model, Prediction.version == version, Prediction.feedback_at.is_not(None)
-        )
+        query = select(Prediction).where(Prediction.model == model, Prediction.feedback_at.is_not(None))
+        if version is not None:
+            query = query.where(Prediction.version == version)
         if tenant is not None:
             query = query.where(Prediction.tenant == tenant)
         if since is not None:
@@ -137,6 +139,26 @@ class PredictionLog(BatchedLog[PredictionRecord]):
         with self._db.read() as session:
             rows = session.scalars(query.order_by(Prediction.id.desc()).limit(limit)).all()
         return [_record(r) for r in reversed(rows)]
+
+    def count_labelled(self, model: str, *, since: datetime | None = None) -> int:
+        """Labelled predictions of ``model`` (every version and tenant) made since ``since``."""
+        self.flush()
+        query = select(func.count()).where(Prediction.model == model, Prediction.feedback_at.is_not(None))
+        if since is not None:
+            query = query.where(Prediction.at >= since)
+        with self._db.read() as session:
+            return int(session.scalar(query) or 0)
+
+    def by_ids(self, ids: list[int]) -> list[PredictionRecord]:
+        """The predictions with these row ids, in the order given (unknown ids left out)."""
+        self.flush()
+        found: dict[int, PredictionRecord] = {}
+        with self._db.read() as session:
+            for start in range(0, len(ids), 1000):  # bounded IN lists
+                chunk = ids[start : start + 1000]
+                for row in session.scalars(select(Prediction).where(Prediction.id.in_(chunk))).all():
+                    found[row.id] = _record(row)
+        return [found[i] for i in ids if i in found]
 
     def recent(
         self,
@@ -158,8 +180,14 @@ class PredictionLog(BatchedLog[PredictionRecord]):
         return [_record(r) for r in rows]
 
 
+def _row(record: PredictionRecord) -> dict[str, Any]:
+    row = dict(vars(record))  # not asdict(): it deep-copies every input
+    del row["id"]  # the database numbers rows (PostgreSQL refuses an explicit NULL id)
+    return row
+
+
 def _record(row: Prediction) -> PredictionRecord:
     return PredictionRecord(
         row.request_id, row.tenant, row.model, row.version, row.variant, row.inputs, row.outputs,
-        row.latency_ms, row.at, row.labels, row.experiment,
+        row.latency_ms, row.at, row.labels, row.experiment, row.id,
     )  # fmt: skip

@@ -25,6 +25,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -307,7 +309,13 @@ class Registry:
     # -- models ----------------------------------------------------------------------------
 
     def register_model(
-        self, name: str, model_uri: str, lineage: Lineage, *, description: str | None = None
+        self,
+        name: str,
+        model_uri: str,
+        lineage: Lineage,
+        *,
+        description: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ModelVersionInfo:
         """Register a logged model as the next version of ``name``, creating ``name`` if needed.
 
@@ -316,6 +324,7 @@ class Registry:
             model_uri: The logged model, ``models:/<model_id>`` or ``runs:/<run_id>/<path>``.
             lineage: Stored as ``opsloop.*`` version tags.
             description: Free text for the version.
+            tags: More version tags, created with the version (not one by one afterwards).
 
         Raises:
             ConflictError: ``name`` is taken by a prompt.
@@ -323,7 +332,7 @@ class Registry:
             InvalidInputError: A bad name or URI.
         """
         client = self._started()
-        tags = lineage.to_tags()
+        version_tags = {**lineage.to_tags(), **dict(tags or {})}
         what = f"registering {model_uri!r} as model {name!r}"
         with _translated(what, model=name, model_uri=model_uri):
             # MLflow would otherwise file the model version under the prompt.
@@ -333,7 +342,7 @@ class Registry:
             # ``runs:/`` URIs to the logged model (the run holds no MLmodel any more) and
             # links the logged model to the version; it reads the global registry URI.
             self._bind_globals()
-            mv = _import_mlflow().register_model(model_uri, name, tags=tags)
+            mv = _import_mlflow().register_model(model_uri, name, tags=version_tags)
             if description is not None:
                 mv = client.update_model_version(name, str(mv.version), description=description)
         return _model_version_info(mv, aliases=())
@@ -344,6 +353,26 @@ class Registry:
         with _translated("listing models"):
             found = _all_pages(lambda token: client.search_registered_models(page_token=token))
         return sorted(rm.name for rm in found)
+
+    def model_tags(self, name: str) -> dict[str, str]:
+        """The tags of a registered model (not of its versions).
+
+        Raises:
+            NotFoundError: No model has this name.
+        """
+        client = self._started()
+        with _translated(f"model {name!r}", model=name):
+            return dict(client.get_registered_model(name).tags or {})
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        """Set a tag of a registered model, e.g. the trainer retraining calls.
+
+        Raises:
+            NotFoundError: No model has this name.
+        """
+        client = self._started()
+        with _translated(f"tagging model {name!r}", model=name, tag=key):
+            client.set_registered_model_tag(name, key, value)
 
     def alias_versions(self, alias: str) -> dict[str, int]:
         """Every model that has ``alias``, with the version it points at (one store query)."""
@@ -546,6 +575,7 @@ class Registry:
         requirements: Sequence[str] | None = None,
         predict_fn: str = "predict",
         trusted_types: Sequence[str] = (),
+        run_id: str | None = None,
     ) -> LoggedModel:
         """Log a fitted scikit-learn model under a new run of the ``opsloop`` experiment.
 
@@ -562,6 +592,7 @@ class Registry:
                 the model in a subprocess).
             predict_fn: The estimator method behind the pyfunc flavour's ``predict``.
             trusted_types: Callables that skops may load besides its defaults.
+            run_id: Log into this open run (:meth:`open_run`) instead of a new one; it stays open.
 
         Raises:
             BackendError: MLflow failed to log the run.
@@ -572,12 +603,17 @@ class Registry:
         import mlflow.sklearn
         from mlflow.models import infer_signature
 
-        signature = infer_signature(inputs, outputs)
         example = inputs.iloc[:1] if hasattr(inputs, "iloc") else inputs[:1]
-        with _translated(f"logging the model run {run_name!r}", run=run_name):
+        with _translated(f"logging the model run {run_name!r}", run=run_name), _no_schema_hints():
+            signature = infer_signature(inputs, outputs)
             # Another Registry may have pointed MLflow's process-global URIs elsewhere since start().
             self._bind_globals()
-            with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
+            opened = (
+                mlflow.start_run(run_id=run_id, log_system_metrics=False)
+                if run_id is not None
+                else mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name)
+            )
+            with opened as run:
                 mlflow.log_params(dict(params or {}))
                 mlflow.log_metrics(dict(metrics or {}))
                 mlflow.set_tags(dict(tags or {}))
@@ -590,7 +626,97 @@ class Registry:
                     pyfunc_predict_fn=predict_fn,
                     skops_trusted_types=list(trusted_types) or None,
                 )
+            if run_id is not None:  # leaving the block ended it; the caller ends it, with its status
+                self._started().update_run(run_id, status="RUNNING")
         return LoggedModel(run_id=run.info.run_id, model_uri=logged.model_uri)
+
+    # -- runs that several steps log into ----------------------------------------------------
+
+    def open_run(self, run_name: str, *, tags: Mapping[str, str] | None = None) -> str:
+        """Start a run in the ``opsloop`` experiment and return its id; end it with :meth:`end_run`."""
+        client = self._started()
+        with _translated(f"starting run {run_name!r}", run=run_name):
+            return str(
+                client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+            )
+
+    def log_run(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        artifacts: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Log into an open run: params, metrics, tags, and artifacts by path.
+
+        An artifact is a dict or list (written as JSON), a str (text), or a pandas DataFrame
+        (Parquet).
+
+        Raises:
+            InvalidInputError: MLflow refused a value (e.g. a param logged twice with another value).
+            BackendError: The store failed.
+        """
+        client = self._started()
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        with _translated(f"logging into run {run_id}", run=run_id):
+            client.log_batch(
+                run_id,
+                metrics=[Metric(key, float(value), now, 0) for key, value in (metrics or {}).items()],
+                params=[Param(key, str(value)[:6000]) for key, value in (params or {}).items()],
+                tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
+            )
+            for path, content in (artifacts or {}).items():
+                if isinstance(content, dict | list):
+                    client.log_dict(run_id, content, path)  # type: ignore[arg-type]  # lists are JSON too
+                elif isinstance(content, str):
+                    client.log_text(run_id, content, path)
+                else:  # a DataFrame
+                    with tempfile.TemporaryDirectory() as tmp:
+                        local = Path(tmp) / Path(path).name
+                        content.to_parquet(local, index=False)
+                        parent = str(Path(path).parent)
+                        client.log_artifact(run_id, str(local), None if parent == "." else parent)
+
+    def log_run_dataset(
+        self, run_id: str, frame: Any, *, name: str, digest: str, context: str, label: str
+    ) -> None:
+        """Record a DataFrame as an input of an open run (MLflow's dataset tracking), under ``digest``."""
+        client = self._started()
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.entities import DatasetInput, InputTag
+
+        with _translated(f"logging data set {name!r} into run {run_id}", run=run_id), _no_schema_hints():
+            dataset = from_pandas(frame, name=name, digest=digest[:36], targets=label)
+            tag = InputTag(key="mlflow.data.context", value=context)
+            client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
+
+    def end_run(self, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED") -> None:
+        """End a run opened with :meth:`open_run` (or left running by a process that died)."""
+        client = self._started()
+        with _translated(f"ending run {run_id}", run=run_id):
+            client.set_terminated(run_id, status)
+
+    def run_frame(self, run_id: str, path: str) -> Any:
+        """A Parquet artifact of a run as a DataFrame.
+
+        Raises:
+            NotFoundError: The run has no such artifact.
+        """
+        client = self._started()
+        import pandas as pd
+
+        try:
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                _translated(f"artifact {path!r} of run {run_id}", run=run_id),
+            ):
+                return pd.read_parquet(client.download_artifacts(run_id, path, tmp))
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"run {run_id} has no artifact {path!r}", run=run_id, path=path) from exc
 
     def log_reference(self, name: str, version: int | str, profile: Mapping[str, Any]) -> str:
         """Keep ``profile`` as the reference of a model version, replacing any earlier one.
@@ -843,6 +969,15 @@ def _translated(what: str, *, invalid_means_missing: bool = False, **details: An
         if invalid_means_missing and code == "INVALID_PARAMETER_VALUE":
             error = NotFoundError
         raise error(f"{what}: {exc.message}", **details, mlflow_error=code) from exc
+
+
+@contextmanager
+def _no_schema_hints() -> Iterator[None]:
+    # MLflow hints, whenever it infers a schema, that integer columns cannot hold missing
+    # values: serving refuses missing values anyway, so the hint only alarms.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        yield
 
 
 def _local(model_uri: str) -> str:

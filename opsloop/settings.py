@@ -100,6 +100,56 @@ class Settings(BaseSettings):
         description="Fewest rows (and non-missing values per feature) each side of a drift check needs "
         "for a verdict; below it the result is insufficient_data and nothing alerts.",
     )
+    retrain_triggers: list[Literal["drift", "concept_drift", "accuracy"]] = Field(
+        default=["drift", "concept_drift", "accuracy"],
+        description="What starts a retraining on its own in serve: dataset drift of a scheduled check, "
+        "a worse error rate found by ADWIN, accuracy below retrain_accuracy_floor; [] for none.",
+    )
+    retrain_schedule: str = Field(
+        default="", description="Cron expression (UTC) that retrains every served model; empty: none."
+    )
+    retrain_cooldown_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="After a retraining of a model starts, its automatic triggers wait this long "
+        "(one drift episode, one retraining).",
+    )
+    retrain_accuracy_floor: float | None = Field(
+        default=None, ge=0, le=1, description="Retrain when the labelled accuracy of a champion falls below."
+    )
+    retrain_min_labels: int = Field(
+        default=500,
+        ge=1,
+        description="Labelled predictions that must arrive after a drift or accuracy signal before it "
+        "starts a retraining (the challenger learns from them and is compared on them).",
+    )
+    retrain_window: str = Field(default="7d", description="Labelled production rows from this long back.")
+    retrain_trials: int = Field(default=20, ge=1, description="Most hyperparameter trials of a retraining.")
+    retrain_time_budget_seconds: float = Field(
+        default=60.0, gt=0, description="Seconds the hyperparameter search may take."
+    )
+    retrain_metric: Literal["log_loss", "roc_auc", "accuracy"] = Field(
+        default="log_loss", description="The holdout metric a challenger must beat the champion on."
+    )
+    retrain_quality_threshold: float = Field(
+        default=0.95, ge=0, le=1, description="Data-quality score the new rows need, or the run is refused."
+    )
+    retrain_min_rows: int = Field(
+        default=100, ge=10, description="Fewest new labelled rows a retraining trains on."
+    )
+    retrain_reference_weight: float = Field(
+        default=0.2, ge=0, description="Sample weight of the champion's own training rows (new rows: 1)."
+    )
+    retrain_handoff: Literal["canary", "promote", "none"] = Field(
+        default="canary",
+        description="What happens to a registered challenger: a canary experiment, a direct promotion, "
+        "or nothing.",
+    )
+    retrain_require_approval: bool = Field(
+        default=False,
+        description="A retrained challenger reaches champion only with a person's approval "
+        "(the canary holds for it; a direct promotion waits for 'opsloop models promote').",
+    )
     key_cache_seconds: float = Field(
         default=2.0,
         ge=0,
@@ -262,6 +312,27 @@ class Settings(BaseSettings):
             raise ValueError(f"must be below rag_chunk_tokens ({chunk})")
         return overlap
 
+    @field_validator("retrain_window")
+    @classmethod
+    def _window(cls, window: str) -> str:
+        from opsloop.durations import parse_duration
+        from opsloop.errors import InvalidInputError
+
+        try:
+            parse_duration(window, field="retrain_window")
+        except InvalidInputError as exc:
+            raise ValueError(exc.message) from exc
+        return window
+
+    @field_validator("retrain_schedule")
+    @classmethod
+    def _cron(cls, schedule: str) -> str:
+        if schedule:
+            from opsloop.scheduler import cron_trigger
+
+            cron_trigger(schedule)
+        return schedule
+
     @property
     def rag_route(self) -> str:
         """The gateway route that writes RAG answers: ``rag_llm_route``, else the first route."""
@@ -296,6 +367,8 @@ class Settings(BaseSettings):
         env = {
             f"{ENV_PREFIX}{name.upper()}": value.get_secret_value()
             if isinstance(value, SecretStr)
+            else json.dumps(value)
+            if isinstance(value, list)  # pydantic-settings reads lists back as JSON
             else str(value)
             for name, value in self.model_dump(exclude={"llm_routes", "eval_jobs"}).items()
             if value is not None

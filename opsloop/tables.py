@@ -26,6 +26,8 @@ __all__ = [
     "Prediction",
     "RagCollection",
     "RagQuery",
+    "RetrainingLease",
+    "RetrainingRun",
     "RouteAlias",
     "UTCDateTime",
     "utcnow",
@@ -304,3 +306,37 @@ class RouteAlias(Base):
     target: Mapped[str] = mapped_column(String(256))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class RetrainingRun(Base):
+    """One retraining of a model: what started it, how far it got, and how it ended."""
+
+    __tablename__ = "retraining_runs"
+    __table_args__ = (Index("ix_retraining_runs_model", "model", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))
+    step: Mapped[str] = mapped_column(String(32))
+    trigger: Mapped[str] = mapped_column(String(32))
+    cause: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tenant: Mapped[str] = mapped_column(String(64))
+    started_by: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    holder: Mapped[str] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    version: Mapped[int | None] = mapped_column(Integer, default=None)
+    experiment: Mapped[str | None] = mapped_column(String(64), default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class RetrainingLease(Base):
+    """Which process retrains a model until when: one retraining per model at a time."""
+
+    __tablename__ = "retraining_leases"
+
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "ExperimentMetrics",
     "Metrics",
     "ModelMetrics",
+    "RetrainingMetrics",
 ]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -76,6 +80,7 @@ class Metrics:
         self.budgets = BudgetMetrics(self.registry, hash_tenants=hash_tenants)
         self.evals = EvalMetrics(self.registry)
         self.experiments = ExperimentMetrics(self.registry)
+        self.retraining = RetrainingMetrics(self.registry)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric of this process (or all workers)."""
@@ -83,6 +88,7 @@ class Metrics:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(merged)
+        merged.register(self.retraining.runs)  # read from the store: the same in every worker
         return generate_latest(merged)
 
 
@@ -387,3 +393,58 @@ class ExperimentMetrics:
             ["experiment", "action"],
             registry=registry,
         )
+
+
+RunCounts = tuple[dict[tuple[str, str], int], dict[str, datetime]]
+
+
+class RetrainingMetrics:
+    """Retraining: runs by model and status, when each model's last run ended, what triggers did.
+
+    The runs are read from the store at each scrape (``runs.source``, set once the store is
+    open), so they count every process's runs, the CLI's included, and survive restarts.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.triggers = Counter(
+            "opsloop_retraining_triggers_total",
+            "Automatic retraining triggers by model, trigger and outcome "
+            "(started, waiting_for_labels, cooldown, busy, disabled, no_trainer).",
+            ["model", "trigger", "outcome"],
+            registry=registry,
+        )
+        self.runs = RetrainingRuns()
+        registry.register(self.runs)
+
+
+class RetrainingRuns:
+    """A collector over the store's retraining runs (see :class:`RetrainingMetrics`)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], RunCounts] | None = None
+
+    def describe(self) -> list[Metric]:
+        """Nothing to check for name clashes ahead of time (and no store read at registration)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The counts as they are in the store now."""
+        if self.source is None:
+            return
+        by_status, last_ended = self.source()
+        runs = CounterMetricFamily(
+            "opsloop_retraining_runs_total",
+            "Retraining runs by model and status (running, registered, not_better, refused, failed).",
+            labels=["model", "status"],
+        )
+        for (model, status), count in sorted(by_status.items()):
+            runs.add_metric([model, status], count)
+        yield runs
+        last = GaugeMetricFamily(
+            "opsloop_retraining_last_run_timestamp_seconds",
+            "When each model's most recent retraining run ended (Unix time).",
+            labels=["model"],
+        )
+        for model, at in sorted(last_ended.items()):
+            last.add_metric([model], at.timestamp())
+        yield last

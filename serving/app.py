@@ -13,7 +13,18 @@ from opsloop.settings import Settings, load_settings
 from serving.errors import install_error_handlers
 from serving.middleware import RequestMiddleware
 from serving.platform import Platform
-from serving.routers import admin, budgets, costs, evals, experiments, gateway, health, models, rag
+from serving.routers import (
+    admin,
+    budgets,
+    costs,
+    evals,
+    experiments,
+    gateway,
+    health,
+    models,
+    rag,
+    retraining,
+)
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -58,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(budgets.router)
     app.include_router(evals.router)
     app.include_router(experiments.router)
+    app.include_router(retraining.router)
     return app
 
 

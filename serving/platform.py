@@ -28,6 +28,7 @@ from rag.query_log import QueryLog
 from serving.experiment_wiring import Experiments
 from serving.local import cli_actor, cli_principal, prepare_home  # the CLI's caller: re-exported
 from serving.logs import quiet_mlflow
+from serving.retraining_wiring import Retraining
 from serving.startup import (
     ComponentState,
     FileProgress,
@@ -89,6 +90,7 @@ class Platform:
     budgets: BudgetStore
     enforcer: BudgetEnforcer
     experiments: Experiments
+    retraining: Retraining
     startup: Startup = field(default_factory=lambda: Startup(log))
     """Each component's state while it starts: what ``/readyz`` and the start-up log lines say."""
     _starting: list[threading.Thread] = field(default_factory=list)
@@ -167,9 +169,14 @@ class Platform:
         enforcer = BudgetEnforcer(
             budgets, counters, audit=audit, metrics=metrics.budgets, history=ledger.spent
         )
+        retraining = Retraining.build(
+            settings, db, registry, predictions, audit, experiments.service, metrics.retraining
+        )
+        drift.subscribe(retraining.triggers.on_drift)
+        drift.subscribe_concept(retraining.triggers.on_concept)
         return cls(
             settings, db, audit, keys, registry, runtime, predictions, models, drift, metrics, queries,
-            ledger, budgets, enforcer, experiments,
+            ledger, budgets, enforcer, experiments, retraining,
         )  # fmt: skip
 
     def start_store(self) -> Platform:
@@ -182,6 +189,7 @@ class Platform:
         prepare_home(self.settings)  # shared with serving.local, which the CLI's store commands open
         self.startup.begin("store", "migrating the database")
         self.db.start().upgrade()
+        self.metrics.retraining.runs.source = self.retraining.store.counts
         summary = None
         if log.isEnabledFor(logging.INFO):  # a count for the start-up line; the CLI's commands skip it
             keys = len(self.keys.list())
@@ -226,6 +234,13 @@ class Platform:
         self.experiments.run_evals(self, self.eval_tasks, asyncio.get_running_loop())
         if self.settings.experiment_decide_seconds > 0:
             self.scheduler.every("experiment-decider", self.settings.experiment_decide_seconds, self._decide)
+        if self.settings.retrain_schedule:
+            triggers = self.retraining.triggers
+
+            async def retrain_all() -> None:
+                triggers.on_schedule(list(self.runtime.loaded()))
+
+            self.scheduler.cron("retraining", self.settings.retrain_schedule, retrain_all)
         jobs = parse_jobs(self.settings.eval_jobs)
         if jobs:
             from serving.eval_wiring import job_executor

@@ -27,9 +27,11 @@ About 23% of the rows default, and a logistic regression reaches a holdout ROC A
 loans 30% larger (so ``debt_to_income`` rises too), late payments ~ Poisson(1.2), the
 non-retired are unemployed at 0.25 (salaried 0.60, self_employed 0.15), business loans
 double (purpose car / home / education / business / other at 0.20 / 0.15 / 0.10 / 0.30 /
-0.25), and the concept moves: the ``debt_to_income`` coefficient grows from 3.0 to 5.0.
-Six of the ten inputs change, so a drift check calls it dataset drift at the usual 0.5
-share. About 48% of those rows default.
+0.25), and the concept moves: the ``debt_to_income`` coefficient grows from 3.0 to 5.0 and
+the intercept from -2.2 to -1.7 (the same applicant is riskier). Six of the ten inputs
+change, so a drift check calls it dataset drift at the usual 0.5 share. About 56% of those
+rows default; a model trained before the shift loses about 0.05 of accuracy on them and a
+retrained one wins it back (``workflows.retraining``).
 
 :func:`log_demo_run` fits :func:`build_pipeline` on such data, logs the run (params,
 holdout metrics, the model) through the registry and profiles the training split
@@ -41,12 +43,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -62,9 +63,15 @@ from opsloop.auth import system_principal
 from opsloop.errors import InvalidInputError
 from opsloop.registry import Lineage, ModelVersionInfo, Registry
 from workflows.reference import Column, build_profile
+from workflows.retraining.data import TRAINING_DATA_ARTIFACT
+from workflows.retraining.training import LABEL_TAG, TRAINER_TAG
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = [
     "CLASSIFIER_PARAMS",
+    "DEMO_TRAINER",
     "FEATURES",
     "FEATURE_NAMES",
     "LABEL",
@@ -75,6 +82,7 @@ __all__ = [
     "generate_credit_data",
     "log_demo_run",
     "reference_profile",
+    "train_credit_risk",
     "train_demo",
 ]
 
@@ -176,7 +184,7 @@ def generate_credit_data(rows: int, *, seed: int = 0, shift: bool = False) -> pd
     late = rng.poisson(1.2 if shift else 0.6, rows)
     dti = np.round(np.minimum(rng.beta(2, 6, rows) + loan * 12 / term / income, 3.0), 4)
     z = (
-        -2.2
+        (-1.7 if shift else -2.2)
         + (5.0 if shift else 3.0) * (dti - 0.4)
         + 0.7 * late
         + 1.2 * (employment == "unemployed")
@@ -217,6 +225,24 @@ def build_pipeline() -> Pipeline:
             ("classifier", LogisticRegression(**CLASSIFIER_PARAMS)),
         ]
     )
+
+
+DEMO_TRAINER = "workflows.demo:train_credit_risk"
+"""The demo model's trainer, as its ``opsloop.trainer`` tag names it for retraining."""
+
+
+def train_credit_risk(features: pd.DataFrame, labels: Any, weights: Any, trial: optuna.Trial) -> Pipeline:
+    """The demo model's trainer for retraining (``workflows.retraining.training``).
+
+    Searches the classifier's regularisation and class weighting; fits :func:`build_pipeline`
+    on an object array, as :func:`log_demo_run` does, so serving keeps its fast path.
+    """
+    c = trial.suggest_float("C", 1e-3, 100.0, log=True)
+    balanced = trial.suggest_categorical("class_weight", ["none", "balanced"]) == "balanced"
+    pipeline = build_pipeline().set_params(
+        classifier__C=c, classifier__class_weight="balanced" if balanced else None
+    )
+    return pipeline.fit(features.to_numpy(dtype=object), labels, classifier__sample_weight=weights)
 
 
 def reference_profile(
@@ -311,24 +337,24 @@ def log_demo_run(
     params["classifier"] = "LogisticRegression"
     params.update({f"classifier.{key}": value for key, value in CLASSIFIER_PARAMS.items()})
     say(f"logging the run to experiment {registry.experiment_id}")
-    with warnings.catch_warnings():
-        # MLflow hints that integer columns cannot hold missing values; the demo's never do.
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-        logged = registry.log_sklearn_model(
-            pipeline,
-            run_name=f"{name}-demo",
-            inputs=x_train,
-            outputs=train_proba,
-            params=params,
-            metrics=metrics,
-            tags={"opsloop.data_hash": digest},
-            # Explicit, because inferring them imports the model in a subprocess (~10 s).
-            requirements=[
-                f"{dist}=={installed_version(dist)}" for dist in ("scikit-learn", "numpy", "pandas", "skops")
-            ],
-            predict_fn="predict_proba",  # pyfunc answers probabilities, like the estimator
-            trusted_types=_SKOPS_TRUSTED,
-        )
+    logged = registry.log_sklearn_model(
+        pipeline,
+        run_name=f"{name}-demo",
+        inputs=x_train,
+        outputs=train_proba,
+        params=params,
+        metrics=metrics,
+        tags={"opsloop.data_hash": digest},
+        # Explicit, because inferring them imports the model in a subprocess (~10 s).
+        requirements=[
+            f"{dist}=={installed_version(dist)}" for dist in ("scikit-learn", "numpy", "pandas", "skops")
+        ],
+        predict_fn="predict_proba",  # pyfunc answers probabilities, like the estimator
+        trusted_types=_SKOPS_TRUSTED,
+    )
+    # The rows it was fit on, with their labels: a retraining's reference (workflows.retraining.data).
+    fitted = x_train.assign(**{LABEL: y_train}).reset_index(drop=True)
+    registry.log_run(logged.run_id, artifacts={TRAINING_DATA_ARTIFACT: fitted})
     lineage = Lineage.capture(data_hash=digest, params=params, cwd=Path(__file__).resolve().parent)
     description = f"demo credit-risk model; holdout {summary}; data {digest}"
     return DemoRun(name, logged.model_uri, lineage, description, reference_profile(x_train, train_proba))
@@ -371,10 +397,17 @@ def train_demo(
     say(f"registering {name!r}")
     created = registry.register_model(name, run.model_uri, run.lineage, description=run.description)
     registry.log_reference(name, created.version, run.reference)
+    declare_trainer(registry, name)
     if alias is not None:
         registry.set_alias(name, alias, created.version)
         say(f"{name!r} version {created.version} is {alias!r}")
     return registry.get_version(name, created.version)
+
+
+def declare_trainer(registry: Registry, name: str) -> None:
+    """Tag a registered demo model with its trainer and label column, so it can be retrained."""
+    registry.set_model_tag(name, TRAINER_TAG, DEMO_TRAINER)
+    registry.set_model_tag(name, LABEL_TAG, LABEL)
 
 
 def bootstrap_demo(

@@ -4,7 +4,8 @@
 result, exports it to Prometheus and hands drifted checks to subscribers (retraining).
 
 Each check also runs ADWIN (:mod:`workflows.concept_drift`) over the champion's labelled
-feedback, when there is some, and exports its error rate.
+feedback, when there is some, exports its error rate and hands the report to concept
+subscribers (retraining's concept-drift and accuracy triggers).
 
 The reference is the sample kept in the version's reference profile (:mod:`workflows.reference`),
 which the registry stores with the version at training or registration time
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # the statistics pull in pandas, SciPy and MLflow; `opsloop -
     from opsloop.predictions import PredictionLog
     from opsloop.registry import Registry
     from opsloop.telemetry import DriftMetrics
+    from workflows.concept_drift import ConceptDriftReport
     from workflows.drift_report import DriftReport, DriftThresholds
 
 __all__ = ["DriftCheckResult", "DriftMonitor", "live_report", "parse_window", "window_start"]
@@ -168,10 +170,15 @@ class DriftMonitor:
         self._thresholds = thresholds
         self._min_rows = min_rows
         self._hooks: list[Callable[[DriftCheckResult], None]] = []
+        self._concept_hooks: list[Callable[[ConceptDriftReport], None]] = []
 
     def subscribe(self, hook: Callable[[DriftCheckResult], None]) -> None:
         """Call ``hook`` with every check that finds dataset drift."""
         self._hooks.append(hook)
+
+    def subscribe_concept(self, hook: Callable[[ConceptDriftReport], None]) -> None:
+        """Call ``hook`` with each check's concept-drift report of the champion (once it has labels)."""
+        self._concept_hooks.append(hook)
 
     def check(self, model: str) -> DriftCheckResult | None:
         """Check ``model``'s champion now; None when there is no traffic to compare yet."""
@@ -237,6 +244,8 @@ class DriftMonitor:
             return  # no labels yet
         self._metrics.concept.labels(model, str(version)).set(1.0 if concept.drifted else 0.0)
         self._metrics.error_rate.labels(model, str(version)).set(concept.current_error_rate)
+        for hook in self._concept_hooks:
+            hook(concept)
 
     def check_all(self, models: Iterable[str]) -> None:
         """Check each model; one failure is logged and does not stop the others."""

@@ -54,6 +54,8 @@ def register(
     signature_from: pd.DataFrame | None = None,
     lineage: Lineage | None = None,
     description: str | None = None,
+    trainer: str | None = None,
+    label: str | None = None,
 ) -> Registration:
     """Register ``source`` as the next version of ``name``, store its reference, audit it.
 
@@ -71,17 +73,24 @@ def register(
             the model with that signature.
         lineage: Version tags; default: the source and the git commit checked out here.
         description: Free text for the version.
+        trainer: The model's trainer, ``module:function`` (``workflows.retraining.training``):
+            imported first, then kept as the model's ``opsloop.trainer`` tag so it can be retrained.
+        label: The label column its training data has (the model's ``opsloop.label`` tag).
 
     Raises:
         ForbiddenError: The caller is below operator.
         InvalidInputError: ``source`` is not an MLflow model (a folder without MLmodel), its
             flavor fails to load it, or it has no column-based signature and no
             ``signature_from``; the reference lacks the model's input columns, has no rows
-            or holds text where the model takes numbers; a bad name.
+            or holds text where the model takes numbers; a bad name; a trainer that does not import.
         NotFoundError: Nothing at ``source``.
         ConflictError: ``name`` is a prompt.
     """
     caller.require(Role.OPERATOR, f"registering model {name!r}")
+    if trainer is not None:
+        from workflows.retraining.training import resolve_trainer
+
+        resolve_trainer(trainer)  # a typo is refused now, not at the first retraining
     uri = _checked_source(registry, source)
     if signature_from is not None:
         uri = registry.log_model_with_signature(uri, signature_from, run_name=f"{name}-signature").model_uri
@@ -106,6 +115,11 @@ def register(
     )
     stored: int | None = None
     try:
+        from workflows.retraining.training import LABEL_TAG, TRAINER_TAG
+
+        for tag, value in ((TRAINER_TAG, trainer), (LABEL_TAG, label)):
+            if value is not None:
+                registry.set_model_tag(name, tag, value)
         if profile is not None:
             registry.log_reference(name, info.version, profile)
             stored = profile.get("rows")
@@ -116,7 +130,12 @@ def register(
             tenant=caller.tenant,
             action="model.register",
             target=f"model:{name}",
-            after={"version": info.version, "source": info.source, "reference_rows": stored},
+            after={
+                "version": info.version,
+                "source": info.source,
+                "reference_rows": stored,
+                **({"trainer": trainer} if trainer else {}),
+            },
         )
     return Registration(registry.get_version(name, info.version), stored)
 

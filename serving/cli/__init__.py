@@ -17,7 +17,20 @@ from typing import Annotated
 import typer
 
 from opsloop.errors import OpsloopError
-from serving.cli import audit, budgets, costs, drift, evals, experiments, keys, models, prompts, rag
+from serving.cli import (
+    audit,
+    budgets,
+    costs,
+    demo,
+    drift,
+    evals,
+    experiments,
+    keys,
+    models,
+    prompts,
+    rag,
+    retrain,
+)
 from serving.cli.common import State, err, fail
 
 __all__ = ["app"]
@@ -36,8 +49,10 @@ app.add_typer(costs.app, name="costs")
 app.add_typer(evals.app, name="eval")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(demo.app, name="demo")
 app.command("ingest")(rag.ingest)
 app.command("query")(rag.query)
+app.command("retrain")(retrain.retrain)
 
 
 @app.callback()

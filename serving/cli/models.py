@@ -53,7 +53,7 @@ def models_train(
 
         step("opening the MLflow store")
         from serving.local import cli_principal
-        from workflows.demo import log_demo_run
+        from workflows.demo import DEMO_TRAINER, LABEL, log_demo_run
         from workflows.promotion import promote
         from workflows.registration import register
 
@@ -71,6 +71,8 @@ def models_train(
                 reference=run.reference,
                 lineage=run.lineage,
                 description=run.description,
+                trainer=DEMO_TRAINER,
+                label=LABEL,
             ).version
             if promote_:
                 step(f"making version {info.version} champion")
@@ -104,6 +106,17 @@ def models_register(
             "input signature from, for a model saved without one.",
         ),
     ] = None,
+    trainer: Annotated[
+        str | None,
+        typer.Option(
+            help="The function that retrains this model, module:function "
+            "(docs/retraining.md says what it is called with).",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(help="The label column of its training data, for retraining (default label)."),
+    ] = None,
 ) -> None:
     """Register an MLflow-format scikit-learn or XGBoost model as a new version.
 
@@ -121,7 +134,15 @@ def models_register(
         rows = None if reference is None else read_frame(reference)
         inputs = None if signature_from is None else read_frame(signature_from)
         done = register(
-            cli_principal(), registry, store.audit, name, source, reference=rows, signature_from=inputs
+            cli_principal(),
+            registry,
+            store.audit,
+            name,
+            source,
+            reference=rows,
+            signature_from=inputs,
+            trainer=trainer,
+            label=label,
         )
     except OpsloopError as exc:
         raise fail(exc) from exc

@@ -1,0 +1,755 @@
+"""One retraining, start to end: data, validation, search, comparison, card, registration, hand-off.
+
+:meth:`Retrainer.retrain` is the one implementation behind ``opsloop retrain``,
+``POST /admin/models/{model}/retrain`` and the automatic triggers. Its steps:
+
+1. **lease**: one retraining per model (:mod:`workflows.retraining.store`); runs a dead process
+   left behind are marked failed and their MLflow runs ``KILLED``;
+2. **data**: :mod:`workflows.retraining.data`, logged into one MLflow run (the data set as an
+   input with its hash, the Parquet, the manifest, the rows trained on);
+3. **validate**: the new rows against the champion's signature and reference profile
+   (:mod:`workflows.retraining.validation`); failing, the run ends ``refused`` with the report;
+4. **train**: the model's declared trainer under a bounded optuna search
+   (:mod:`workflows.retraining.training`);
+5. **evaluate**: challenger and champion on the same holdout, a paired bootstrap CI and slices
+   (:mod:`workflows.retraining.evaluation`); not better, the run ends ``not_better``;
+6. **register**: the model, its reference profile and its card are logged into the run first,
+   then one ``register_model`` call creates the version with every lineage tag, so a process
+   killed at any point leaves either no version or a complete one, never a promoted one;
+7. **hand-off**: by default a canary experiment (``handoff``, passed in by the composition
+   root), or a direct promotion, or nothing.
+
+Every step is audited (``retrain.*``) and recorded as the run's ``step``; a lost lease (the
+holder stalled past its expiry and another process took over) stops the run before it registers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from opsloop.auth import Principal, Role
+from opsloop.errors import ConflictError, InvalidInputError, NotFoundError, OpsloopError
+from opsloop.registry import REFERENCE_ARTIFACT, Lineage, current_git_sha
+from opsloop.tables import utcnow
+from workflows.retraining.data import (
+    DATASET_ARTIFACT,
+    MANIFEST_ARTIFACT,
+    TRAINING_DATA_ARTIFACT,
+    WEIGHT,
+    DataSpec,
+    TrainingData,
+    assemble,
+    read_user_data,
+    typed_features,
+    window_start,
+)
+from workflows.retraining.store import RetrainingRecord, RetrainingStore, Status, new_holder
+from workflows.retraining.training import LABEL_TAG, TRAINER_TAG, SearchSpec, resolve_trainer
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from opsloop.audit import AuditLog
+    from opsloop.predictions import PredictionLog
+    from opsloop.registry import ModelVersionInfo, Registry
+
+__all__ = ["Handoff", "RetrainRequest", "RetrainResult", "Retrainer", "Trigger"]
+
+log = logging.getLogger(__name__)
+
+Trigger = Literal["manual", "drift", "concept_drift", "accuracy", "schedule"]
+HandoffMode = Literal["canary", "promote", "none"]
+Handoff = Callable[[Principal, str, int, HandoffMode], dict[str, Any]]
+"""Hands a registered challenger to serving: ``(caller, model, version, mode) -> what it did``."""
+
+CARD_MARKDOWN = "model_card.md"
+CARD_JSON = "model_card.json"
+_REQUIREMENTS = ("scikit-learn", "numpy", "pandas", "skops")
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """What a retraining is asked to do."""
+
+    model: str
+    trigger: Trigger = "manual"
+    cause: dict[str, Any] = field(default_factory=dict)
+    data: DataSpec = field(default_factory=DataSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    quality_threshold: float = 0.95
+    min_rows: int = 100
+    """Fewest new (production and user) labelled rows to train on."""
+    user_data: Path | None = None
+    handoff: HandoffMode = "canary"
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """How a retraining ended; :meth:`to_dict` is ``opsloop retrain --format json``."""
+
+    status: Status
+    model: str
+    run: int
+    version: int | None = None
+    parent_version: int | None = None
+    reason: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    model_card: str | None = None
+    experiment: str | None = None
+    handoff: dict[str, Any] | None = None
+    mlflow_run_id: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "status": self.status,
+            "model": self.model,
+            "version": self.version,
+            "parent_version": self.parent_version,
+            "run": self.run,
+            "reason": self.reason,
+            "data": self.data,
+            "validation": self.validation,
+            "metrics": self.metrics,
+            "model_card": self.model_card,
+            "experiment": self.experiment,
+            "handoff": self.handoff,
+            "mlflow_run_id": self.mlflow_run_id,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+class _Ended(Exception):
+    """A step ended the run early (refused, not better) with this result."""
+
+    def __init__(self, result: RetrainResult) -> None:
+        super().__init__(result.status)
+        self.result = result
+
+
+class Retrainer:
+    """Runs retrainings for callers; see the module docs.
+
+    Args:
+        store: Runs and leases.
+        registry: A started registry.
+        predictions: The prediction log (labelled production rows).
+        audit: Where each step is recorded.
+        handoff: Hands a registered challenger to serving; None: nothing is handed off.
+        on_end: Called with every finished run (metrics, logs).
+    """
+
+    def __init__(
+        self,
+        store: RetrainingStore,
+        registry: Registry,
+        predictions: PredictionLog,
+        audit: AuditLog,
+        *,
+        handoff: Handoff | None = None,
+        on_end: Callable[[RetrainingRecord], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.predictions = predictions
+        self.audit = audit
+        self.handoff = handoff
+        self.on_end = on_end or (lambda record: None)
+
+    def retrain(
+        self,
+        caller: Principal,
+        request: RetrainRequest,
+        *,
+        progress: Callable[[str, str], None] | None = None,
+        on_begin: Callable[[RetrainingRecord], None] | None = None,
+    ) -> RetrainResult:
+        """Run one retraining of ``request.model`` to its end.
+
+        Args:
+            caller: Who asks; needs the operator role.
+            request: What to do.
+            progress: Called with ``(step, message)`` as the run goes.
+            on_begin: Called with the run once it holds the lease (an API answers then; the run
+                goes on).
+
+        Returns:
+            The result; ``failed`` when a step broke (the reason says which and why).
+
+        Raises:
+            ForbiddenError: The caller is below operator.
+            NotFoundError: No such model, no champion, or no data file.
+            InvalidInputError: The model declares no trainer, or the data file is unusable.
+            ConflictError: The model is being retrained.
+        """
+        caller.require(Role.OPERATOR, f"retraining model {request.model!r}")
+        say = progress or (lambda step, message: None)
+        champion = self.registry.get_alias(request.model, "champion")
+        tags = self.registry.model_tags(request.model)
+        trainer_name = tags.get(TRAINER_TAG)
+        if not trainer_name:
+            raise InvalidInputError(
+                f"model {request.model!r} declares no trainer: register it with "
+                "'opsloop models register ... --trainer module:function' (docs/retraining.md)",
+                model=request.model,
+            )
+        trainer = resolve_trainer(trainer_name)
+        label = tags.get(LABEL_TAG, "label")
+        signature = self.registry.input_columns(request.model, champion.version)
+        user = None
+        if request.user_data is not None:
+            user = read_user_data(request.user_data, [*(name for name, _ in signature), label])
+        holder = new_holder()
+        record, abandoned = self.store.begin(
+            request.model,
+            request.trigger,
+            request.cause,
+            tenant=caller.tenant,
+            actor=caller.actor,
+            holder=holder,
+        )
+        for stale in abandoned:
+            self._abandon(stale)
+        self._audit(caller, "retrain.start", record, {"trigger": request.trigger, "cause": request.cause})
+        if on_begin is not None:
+            on_begin(record)
+        say("lease", f"run {record.id}: retraining {request.model} (champion version {champion.version})")
+        started = time.monotonic()
+        lease = _Heartbeat(self.store, request.model, holder)
+        run = _Run(self, caller, request, record, champion, signature, label, lease, say)
+        try:
+            with lease:
+                result = run.execute(trainer, trainer_name, user)
+        except _Ended as early:
+            result = early.result
+        except Exception as exc:  # a failed run is a result to report, not a crash of the caller
+            reason = exc.message if isinstance(exc, OpsloopError) else f"{type(exc).__name__}: {exc}"
+            log.exception("retraining run %s of %s failed at %s", record.id, request.model, run.step)
+            result = run.result("failed", reason=f"{run.step}: {reason}")
+        result = replace(result, seconds=time.monotonic() - started)
+        if run.mlflow_run_id is not None:
+            try:
+                self.registry.log_run(run.mlflow_run_id, tags={"opsloop.retraining.status": result.status})
+                self.registry.end_run(
+                    run.mlflow_run_id, "FAILED" if result.status == "failed" else "FINISHED"
+                )
+            except OpsloopError:
+                log.exception("closing MLflow run %s failed", run.mlflow_run_id)
+        ended = self.store.finish(
+            record,
+            holder,
+            result.status,
+            result.to_dict(),
+            version=result.version,
+            experiment=result.experiment,
+        )
+        self._audit(caller, f"retrain.{result.status}", record, _audit_summary(result))
+        say("done", f"{result.status}" + (f": {result.reason}" if result.reason else ""))
+        self.on_end(ended)
+        return result
+
+    def _abandon(self, stale: RetrainingRecord) -> None:
+        if stale.mlflow_run_id is not None:
+            try:
+                self.registry.end_run(stale.mlflow_run_id, "KILLED")
+            except OpsloopError:
+                log.warning(
+                    "could not close MLflow run %s of abandoned run %s", stale.mlflow_run_id, stale.id
+                )
+        self.audit.append(
+            actor="system",
+            tenant=stale.tenant,
+            action="retrain.abandoned",
+            target=f"model:{stale.model}",
+            after={"run": stale.id, "step": stale.step, "mlflow_run_id": stale.mlflow_run_id},
+        )
+
+    def _audit(self, caller: Principal, action: str, record: RetrainingRecord, after: dict[str, Any]) -> None:
+        self.audit.append(
+            actor=caller.actor,
+            tenant=caller.tenant,
+            action=action,
+            target=f"model:{record.model}",
+            after={"run": record.id, **after},
+        )
+
+
+class _Heartbeat:
+    """Renews the model's lease in a thread while the run works; notes when it was lost."""
+
+    def __init__(self, store: RetrainingStore, model: str, holder: str) -> None:
+        self._store, self._model, self._holder = store, model, holder
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._beat, name=f"retrain-lease-{model}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._store.lease_seconds / 3):
+            try:
+                if not self._store.renew(self._model, self._holder):
+                    self.lost = True
+                    return
+            except Exception:  # a database hiccup: try again next beat; expiry is the backstop
+                log.warning("renewing the retraining lease of %s failed", self._model, exc_info=True)
+
+
+@dataclass
+class _Run:
+    """The state of one run as its steps go (the pipeline's body)."""
+
+    owner: Retrainer
+    caller: Principal
+    request: RetrainRequest
+    record: RetrainingRecord
+    champion: ModelVersionInfo
+    signature: list[tuple[str, str]]
+    label: str
+    lease: _Heartbeat
+    say: Callable[[str, str], None]
+    step: str = "starting"
+    mlflow_run_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run every step logs into."""
+        if self.mlflow_run_id is None:
+            raise RuntimeError("the MLflow run is not open yet")
+        return self.mlflow_run_id
+
+    def result(self, status: Status, **fields: Any) -> RetrainResult:
+        return RetrainResult(
+            status=status,
+            model=self.request.model,
+            run=self.record.id,
+            parent_version=self.champion.version,
+            data=self.data,
+            validation=self.validation,
+            metrics=self.metrics,
+            mlflow_run_id=self.mlflow_run_id,
+            **fields,
+        )
+
+    def enter(self, step: str, message: str) -> None:
+        self.step = step
+        self.owner.store.step(self.record.id, step, mlflow_run_id=self.mlflow_run_id)
+        self.say(step, message)
+
+    def execute(
+        self, trainer: Any, trainer_name: str, user: tuple[pd.DataFrame, str] | None
+    ) -> RetrainResult:
+        registry, model = self.owner.registry, self.request.model
+        self.mlflow_run_id = registry.open_run(
+            f"{model}-retrain-{self.record.id}",
+            tags={"opsloop.retraining.run": str(self.record.id), "opsloop.trigger": self.request.trigger},
+        )
+        self.enter("data", "collecting labelled production rows")
+        data = self._data(user)
+        self.enter("validate", f"validating {len(data.new_rows)} new rows")
+        self._validate(data)
+        self.enter("train", f"searching {trainer_name} ({self.request.search.trials} trials at most)")
+        from workflows.retraining.training import search
+
+        train = data.train.dropna(subset=[*data.features, data.label])
+        features = typed_features(train, self.signature)
+        labels = _labels(train[data.label])
+        found = search(
+            trainer,
+            features,
+            labels,
+            train[WEIGHT].to_numpy(dtype=float),
+            self.request.search,
+            progress=lambda line: self.say("train", line),
+        )
+        registry.log_run(
+            self.mlflow_run_id,
+            params={"trainer": trainer_name, **{f"best.{k}": v for k, v in found.params.items()}},
+            metrics={
+                f"validation_{self.request.search.metric}": found.validation_score,
+                "search_trials": found.completed,
+                "search_failed_trials": found.failed,
+                "search_seconds": found.seconds,
+            },
+            artifacts={"search_trials.json": found.history},
+        )
+        self.enter(
+            "evaluate", f"comparing with version {self.champion.version} on {len(data.holdout)} holdout rows"
+        )
+        comparison = self._evaluate(data, found.estimator)
+        card = self._card(data, found, comparison, trainer_name)
+        if not comparison.better:
+            registry.log_run(
+                self.mlflow_run_id, artifacts={CARD_MARKDOWN: card.to_markdown(), CARD_JSON: card.to_dict()}
+            )
+            raise _Ended(self.result("not_better", reason=comparison.summary(), model_card=self._card_uri()))
+        self.enter("register", "logging the challenger and registering it")
+        version = self._register(data, found, features, card)
+        self.enter("handoff", f"handing version {version.version} to serving ({self.request.handoff})")
+        handoff = self._handoff(version.version)
+        return self.result(
+            "registered",
+            version=version.version,
+            model_card=self._card_uri(),
+            experiment=handoff.get("experiment"),
+            handoff=handoff,
+        )
+
+    def _data(self, user: tuple[pd.DataFrame, str] | None) -> TrainingData:
+        registry, request = self.owner.registry, self.request
+        reference = None
+        reference_source: dict[str, Any] = {}
+        if self.champion.run_id is not None:
+            try:
+                reference = registry.run_frame(self.champion.run_id, TRAINING_DATA_ARTIFACT)
+                reference_source = {
+                    "model": request.model,
+                    "version": self.champion.version,
+                    "run_id": self.champion.run_id,
+                }
+            except NotFoundError:
+                self.say(
+                    "data", f"version {self.champion.version} kept no training rows: production rows only"
+                )
+        since = window_start(request.data.window, utcnow())
+        user_frame, user_source = None, None
+        if user is not None and request.user_data is not None:
+            # A user's rows stand in for the production window: they are what gets validated and
+            # compared on, and good production rows cannot mask a bad file.
+            user_frame, digest = user
+            user_source = {"path": str(request.user_data.resolve()), "digest": digest}
+            production = []
+        else:
+            production = self.owner.predictions.labelled(
+                request.model, None, since=since, limit=request.data.max_production_rows
+            )
+        data = assemble(
+            self.signature,
+            self.label,
+            request.data,
+            reference=reference,
+            reference_source=reference_source,
+            production=production,
+            production_source={
+                "model": request.model,
+                "since": since.isoformat() if since else None,
+                "until": utcnow().isoformat(),
+            },
+            user=user_frame,
+            user_source=user_source,
+        )
+        counts = data.counts()
+        self.data = {
+            "rows": counts["total"],
+            "counts": counts,
+            "hash": data.hash,
+            "window": _window_text(request.data),
+            "quality_score": None,
+            "failures": [],
+        }
+        self.say("data", f"{counts['total']} rows ({_counts_text(counts)}), {data.hash[:19]}")
+        fitted = data.train[[*data.features, data.label]].reset_index(drop=True)
+        self.owner.registry.log_run(
+            self.run_id,
+            params={
+                "data.hash": data.hash,
+                "data.rows": counts["total"],
+                "data.train_rows": counts["train"],
+                "data.holdout_rows": counts["holdout"],
+                "data.window": self.data["window"],
+                "data.reference_weight": request.data.reference_weight,
+                "parent_version": self.champion.version,
+                "trigger": request.trigger,
+            },
+            artifacts={
+                DATASET_ARTIFACT: data.frame,
+                MANIFEST_ARTIFACT: data.manifest,
+                TRAINING_DATA_ARTIFACT: fitted,
+            },
+        )
+        digest = data.hash.removeprefix("sha256:")
+        name = f"{request.model}-retrain"
+        registry.log_run_dataset(
+            self.run_id, data.frame, name=name, digest=digest, context="training", label=data.label
+        )
+        return data
+
+    def _validate(self, data: TrainingData) -> None:
+        from workflows.retraining.validation import validate
+
+        try:
+            profile = self.owner.registry.reference(self.request.model, self.champion.version)
+        except NotFoundError:
+            profile = {}  # no reference: types, missing values, duplicates and labels are still checked
+        new = data.new_rows[[*data.features, data.label]].reset_index(drop=True)
+        report = validate(
+            new,
+            self.signature,
+            profile,
+            data.label,
+            threshold=self.request.quality_threshold,
+            min_rows=self.request.min_rows,
+        )
+        self.validation = report.to_dict()
+        self.data["quality_score"] = report.score
+        self.data["failures"] = [check.message for check in report.failures]
+        self.owner.registry.log_run(
+            self.run_id,
+            metrics={"data_quality_score": report.score},
+            artifacts={"validation_report.json": self.validation},
+        )
+        self.say("validate", report.summary())
+        if not report.passed:
+            failed = "; ".join(check.message for check in report.failures)
+            raise _Ended(self.result("refused", reason=f"the new data failed validation: {failed}"))
+
+    def _evaluate(self, data: TrainingData, estimator: Any) -> Any:
+        from opsloop.models.runtime import LoadedModel, load_version
+        from workflows.retraining.evaluation import compare
+
+        holdout = data.holdout.dropna(subset=[*data.features, data.label])
+        if len(holdout) == 0:
+            raise InvalidInputError("no complete holdout rows to compare on", field="holdout")
+        champion = load_version(self.owner.registry, self.request.model, self.champion.version)
+        if champion.classes is None:
+            raise InvalidInputError(
+                f"model {self.request.model!r} is not a classifier (no predict_proba): "
+                "retraining compares classifiers only",
+                model=self.request.model,
+            )
+        classes = tuple(c.item() if hasattr(c, "item") else c for c in estimator.classes_)
+        if [str(c) for c in classes] != [str(c) for c in champion.classes]:
+            raise InvalidInputError(
+                f"the challenger predicts classes {list(classes)}, the champion {list(champion.classes)}",
+                field="classes",
+            )
+        challenger = LoadedModel(
+            self.request.model, 0, champion.schema, estimator, champion.classes,
+            accepts_arrays=not hasattr(estimator, "feature_names_in_"),
+        )  # fmt: skip
+        matrix = typed_features(holdout, self.signature).to_numpy(dtype=object)
+        keys = [str(c) for c in champion.classes]
+        probabilities = [
+            np.asarray([[row[k] for k in keys] for row in (model.predict(matrix)[1] or [])])
+            for model in (champion, challenger)
+        ]
+        comparison = compare(
+            _labels(holdout[data.label]),
+            probabilities[0],
+            probabilities[1],
+            champion.classes,
+            metric=self.request.search.metric,
+            slices=holdout[data.features].reset_index(drop=True),
+        )
+        self.metrics = {
+            "metric": comparison.metric,
+            "champion": comparison.champion,
+            "challenger": comparison.challenger,
+            "delta": comparison.delta,
+            "ci": list(comparison.ci),
+            "better": comparison.better,
+            "holdout_rows": comparison.holdout_rows,
+            "slices": [s.to_dict() for s in comparison.slices],
+        }
+        self.owner.registry.log_run(
+            self.run_id,
+            metrics={
+                f"champion_{comparison.metric}": comparison.champion,
+                f"challenger_{comparison.metric}": comparison.challenger,
+                f"delta_{comparison.metric}": comparison.delta,
+                "delta_ci_low": comparison.ci[0],
+                "delta_ci_high": comparison.ci[1],
+            },
+            artifacts={"evaluation.json": comparison.to_dict()},
+        )
+        self.say("evaluate", comparison.summary())
+        return comparison
+
+    def _card(self, data: TrainingData, found: Any, comparison: Any, trainer_name: str) -> Any:
+        from workflows.retraining.card import ModelCard, default_limits
+
+        return ModelCard(
+            model=self.request.model,
+            version=None,
+            parent_version=self.champion.version,
+            trigger=self.request.trigger,
+            cause=self.request.cause,
+            created_at=utcnow().isoformat(),
+            training_run_id=self.run_id,
+            code_version=code_version(),
+            data={
+                "window": self.data["window"],
+                "hash": data.hash,
+                "manifest": f"runs:/{self.mlflow_run_id}/{MANIFEST_ARTIFACT}",
+                "rows": data.counts(),
+                "weights": data.manifest["weights"],
+            },
+            validation=self.validation or {},
+            metrics=comparison.to_dict(),
+            params=found.params,
+            trainer=trainer_name,
+            known_limits=default_limits(
+                holdout_rows=comparison.holdout_rows,
+                window=self.data["window"],
+                user_supplied_rows=data.counts()["data"],
+            ),
+        )
+
+    def _card_uri(self) -> str:
+        return f"runs:/{self.mlflow_run_id}/{CARD_MARKDOWN}"
+
+    def _register(
+        self, data: TrainingData, found: Any, features: pd.DataFrame, card: Any
+    ) -> ModelVersionInfo:
+        from workflows.reference import build_profile, columns_from_signature
+
+        registry, model = self.owner.registry, self.request.model
+        run_id = self.run_id
+        estimator = found.estimator
+        proba = estimator.predict_proba(
+            features.to_numpy(dtype=object) if not hasattr(estimator, "feature_names_in_") else features
+        )
+        logged = registry.log_sklearn_model(
+            estimator,
+            run_name=f"{model}-retrain-{self.record.id}",
+            inputs=features,
+            outputs=proba,
+            requirements=[f"{dist}=={installed_version(dist)}" for dist in _REQUIREMENTS],
+            predict_fn="predict_proba",
+            trusted_types=_untrusted_types(estimator),
+            run_id=run_id,
+        )
+        if registry.signature_columns(logged.model_uri) != self.signature:
+            raise InvalidInputError(
+                "the challenger's input signature differs from the champion's: its trainer changed them",
+                field="signature",
+            )
+        profile = build_profile(features, columns_from_signature(self.signature), proba)
+        registry.log_run(
+            run_id,
+            artifacts={
+                REFERENCE_ARTIFACT: profile,
+                CARD_MARKDOWN: card.to_markdown(),
+                CARD_JSON: card.to_dict(),
+            },
+        )
+        if self.lease.lost:
+            raise ConflictError(
+                "the retraining lease was lost (another process took the model over): not registering"
+            )
+        lineage = Lineage(
+            data_hash=data.hash, git_sha=current_git_sha(Path(__file__).resolve().parent), params=found.params
+        )
+        comparison = self.metrics
+        version = registry.register_model(
+            model,
+            logged.model_uri,
+            lineage,
+            description=(
+                f"retrained from version {self.champion.version} ({self.request.trigger}); holdout "
+                f"{comparison['metric']} {comparison['champion']:.4f} -> {comparison['challenger']:.4f}"
+            ),
+            tags={
+                "data_hash": data.hash,
+                "parent_version": str(self.champion.version),
+                "code_version": code_version(),
+                "trigger": self.request.trigger,
+                "training_run_id": run_id,
+                "model_card": self._card_uri(),
+            },
+        )
+        # The card names its version now that it has one (the version exists, complete, either way).
+        registry.log_run(
+            run_id,
+            artifacts={
+                CARD_JSON: replace(card, version=version.version).to_dict(),
+                CARD_MARKDOWN: replace(card, version=version.version).to_markdown(),
+            },
+        )
+        self.say("register", f"registered {model} version {version.version}")
+        return version
+
+    def _handoff(self, version: int) -> dict[str, Any]:
+        mode = self.request.handoff
+        if mode == "none" or self.owner.handoff is None:
+            return {
+                "mode": "none",
+                "message": f"promote it with 'opsloop models promote {self.request.model} {version}'",
+            }
+        try:
+            return self.owner.handoff(self.caller, self.request.model, version, mode)
+        except OpsloopError as exc:  # the version stays registered; say why serving did not get it
+            return {"mode": mode, "error": exc.message}
+
+
+def code_version() -> str:
+    """The git commit of the code that trains, or the installed opsloop version outside a checkout."""
+    sha = current_git_sha(Path(__file__).resolve().parent)
+    return sha if sha else f"opsloop {installed_version('opsloop')}"
+
+
+def _labels(values: pd.Series) -> np.ndarray:
+    """Labels as the numbers or strings they are (JSON feedback gives ints; Parquet may give floats)."""
+    array = values.to_numpy()
+    if array.dtype.kind == "f" and np.all(np.mod(array, 1) == 0):
+        return array.astype(np.int64)
+    return array
+
+
+def _untrusted_types(estimator: Any) -> list[str]:
+    """The types skops would refuse to load from this estimator: the trainer built them, so trust them."""
+    import skops.io
+
+    return list(skops.io.get_untrusted_types(data=skops.io.dumps(estimator)))
+
+
+def _window_text(spec: DataSpec) -> str:
+    return "all labelled rows" if spec.window is None else f"last {_duration(spec.window.total_seconds())}"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return (
+        f"{counts['reference']} reference, {counts['production']} production, "
+        f"{counts['data']} from the data file; {counts['holdout']} held out"
+    )
+
+
+def _audit_summary(result: RetrainResult) -> dict[str, Any]:
+    return {
+        "status": result.status,
+        "version": result.version,
+        "reason": result.reason,
+        "data_hash": result.data.get("hash"),
+        "quality_score": result.data.get("quality_score"),
+        "metrics": {k: result.metrics.get(k) for k in ("metric", "champion", "challenger", "delta", "ci")},
+        "experiment": result.experiment,
+        "mlflow_run_id": result.mlflow_run_id,
+    }
