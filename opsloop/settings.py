@@ -123,7 +123,9 @@ class Settings(BaseSettings):
         description="Labelled predictions that must arrive after a drift or accuracy signal before it "
         "starts a retraining (the challenger learns from them and is compared on them).",
     )
-    retrain_window: str = Field(default="7d", description="Labelled production rows from this long back.")
+    retrain_window: str = Field(
+        default="7d", description="Labelled production rows from this long back (all: every one)."
+    )
     retrain_trials: int = Field(default=20, ge=1, description="Most hyperparameter trials of a retraining.")
     retrain_time_budget_seconds: float = Field(
         default=60.0, gt=0, description="Seconds the hyperparameter search may take."
@@ -136,6 +138,11 @@ class Settings(BaseSettings):
     )
     retrain_min_rows: int = Field(
         default=100, ge=10, description="Fewest new labelled rows a retraining trains on."
+    )
+    retrain_half_life: str = Field(
+        default="",
+        description="If set (e.g. 2d), a production row's weight halves with each half-life of age "
+        "behind the newest row; empty: every production row weighs 1.",
     )
     retrain_reference_weight: float = Field(
         default=0.2, ge=0, description="Sample weight of the champion's own training rows (new rows: 1)."
@@ -312,14 +319,20 @@ class Settings(BaseSettings):
             raise ValueError(f"must be below rag_chunk_tokens ({chunk})")
         return overlap
 
-    @field_validator("retrain_window")
+    @field_validator("retrain_window", "retrain_half_life")
     @classmethod
-    def _window(cls, window: str) -> str:
+    def _window(cls, window: str, info: ValidationInfo) -> str:
+        if not window:
+            if info.field_name == "retrain_window":
+                raise ValueError("must be a duration such as 7d, or all")
+            return window
+        if window == "all" and info.field_name == "retrain_window":
+            return window
         from opsloop.durations import parse_duration
         from opsloop.errors import InvalidInputError
 
         try:
-            parse_duration(window, field="retrain_window")
+            parse_duration(window, field=str(info.field_name))
         except InvalidInputError as exc:
             raise ValueError(exc.message) from exc
         return window

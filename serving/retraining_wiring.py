@@ -142,7 +142,11 @@ def retrain_request(
         model=model,
         trigger=trigger,
         cause=dict(cause or {}),
-        data=DataSpec(window=span, reference_weight=settings.retrain_reference_weight),
+        data=DataSpec(
+            window=span,
+            reference_weight=settings.retrain_reference_weight,
+            half_life=parse_duration(settings.retrain_half_life) if settings.retrain_half_life else None,
+        ),
         search=search,
         quality_threshold=settings.retrain_quality_threshold,
         min_rows=settings.retrain_min_rows,

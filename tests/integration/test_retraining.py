@@ -27,6 +27,7 @@ from opsloop.audit import AuditFilter
 from opsloop.auth import Principal, Role
 from opsloop.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from opsloop.settings import load_settings
+from opsloop.tables import utcnow
 from serving.app import create_app
 from serving.platform import Platform
 from workflows.demo import FEATURE_NAMES, LABEL, generate_credit_data, train_demo
@@ -318,3 +319,51 @@ def test_http_retrain_starts_a_run_and_history_follows_it(
 def _no_retraining_left(platform: Platform) -> Iterator[None]:
     yield
     platform.retraining.triggers.join(timeout=60)
+
+
+def test_triggers_wait_for_labels_start_once_then_cool_down(
+    client: TestClient, platform: Platform, operator: dict[str, str], model: str
+) -> None:
+    from datetime import timedelta
+
+    from opsloop.auth import system_principal
+    from serving.retraining_wiring import retrain_request
+    from workflows.concept_drift import concept_report
+    from workflows.drift_monitor import DriftCheckResult
+    from workflows.retraining.triggers import RetrainTriggers
+
+    retrainer = platform.retraining.retrainer
+    outcomes: list[tuple[str, str]] = []
+    triggers = RetrainTriggers(
+        retrainer,
+        system_principal("default"),
+        lambda name, trigger, cause: retrain_request(
+            platform.settings, name, trigger, cause, trials=4, handoff="none"
+        ),
+        enabled=["drift", "concept_drift"],
+        cooldown=timedelta(hours=1),
+        min_labels=20,
+        labelled_since=lambda name, since: platform.predictions.count_labelled(name, since=since),
+        on_outcome=lambda name, trigger, outcome: outcomes.append((trigger, outcome)),
+    )
+    drifted = DriftCheckResult(model, 1, utcnow(), True, 0.6, {"features": {"income": {"drifted": True}}})
+
+    assert triggers.fire("no-trainer-here", "drift", {}) == "no_trainer"
+    assert triggers.fire(model, "accuracy", {}) == "disabled"
+    triggers.on_drift(drifted)  # the first signal: no labels since it came
+    assert outcomes[-1] == ("drift", "waiting_for_labels")
+    send(client, operator, model, 3000, seed=61, shift=True)  # 60 labelled predictions
+    triggers.on_drift(drifted)
+    assert outcomes[-1] == ("drift", "started")
+    triggers.join(timeout=120)
+    run = platform.retraining.store.history(model)[0]
+    assert run.trigger == "drift" and run.cause["drifted"] == ["income"] and run.status == "registered"
+    audited = platform.audit.query(AuditFilter(target=f"model:{model}", action="retrain.start"))
+    assert audited[0].actor == "system" and audited[0].after["trigger"] == "drift"
+
+    # One episode, one retraining: the next signals meet the cool-down, concept drift included.
+    triggers.on_drift(drifted)
+    report = concept_report(platform.predictions, model, 1)
+    triggers.fire(model, "concept_drift", {"error_rate": report.current_error_rate})
+    assert outcomes[-2:] == [("drift", "cooldown"), ("concept_drift", "cooldown")]
+    assert len(platform.retraining.store.history(model)) == 1
