@@ -289,6 +289,10 @@ class Registry:
             # SQLite creates the file but not its directory.
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._bind_globals()
+        # MLflow hints, whenever it infers a schema, that integer columns cannot hold missing
+        # values: serving refuses missing values anyway, so the hint only alarms. Set once here,
+        # not per call: catch_warnings() is not thread-safe, and runs log from server threads.
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
         client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         self._experiment_id = self._ensure_experiment(client)
         self._client = client
@@ -604,7 +608,7 @@ class Registry:
         from mlflow.models import infer_signature
 
         example = inputs.iloc[:1] if hasattr(inputs, "iloc") else inputs[:1]
-        with _translated(f"logging the model run {run_name!r}", run=run_name), _no_schema_hints():
+        with _translated(f"logging the model run {run_name!r}", run=run_name):
             signature = infer_signature(inputs, outputs)
             # Another Registry may have pointed MLflow's process-global URIs elsewhere since start().
             self._bind_globals()
@@ -689,7 +693,7 @@ class Registry:
         from mlflow.data.pandas_dataset import from_pandas
         from mlflow.entities import DatasetInput, InputTag
 
-        with _translated(f"logging data set {name!r} into run {run_id}", run=run_id), _no_schema_hints():
+        with _translated(f"logging data set {name!r} into run {run_id}", run=run_id):
             dataset = from_pandas(frame, name=name, digest=digest[:36], targets=label)
             tag = InputTag(key="mlflow.data.context", value=context)
             client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
@@ -969,15 +973,6 @@ def _translated(what: str, *, invalid_means_missing: bool = False, **details: An
         if invalid_means_missing and code == "INVALID_PARAMETER_VALUE":
             error = NotFoundError
         raise error(f"{what}: {exc.message}", **details, mlflow_error=code) from exc
-
-
-@contextmanager
-def _no_schema_hints() -> Iterator[None]:
-    # MLflow hints, whenever it infers a schema, that integer columns cannot hold missing
-    # values: serving refuses missing values anyway, so the hint only alarms.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-        yield
 
 
 def _local(model_uri: str) -> str:

@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         default=0.95, ge=0, le=1, description="Data-quality score the new rows need, or the run is refused."
     )
     retrain_min_rows: int = Field(
-        default=100, ge=10, description="Fewest new labelled rows a retraining trains on."
+        default=100, ge=10, description="Fewest new labelled rows a retraining needs (holdout included)."
     )
     retrain_half_life: str = Field(
         default="",

@@ -8,6 +8,7 @@ apps). With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger(__name__)
 
 # Time to a first token: tens of milliseconds (a warm GPU) to tens of seconds (a queue on CPU).
 _TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
@@ -431,15 +434,26 @@ class RetrainingRuns:
         """The counts as they are in the store now."""
         if self.source is None:
             return
-        by_status, last_ended = self.source()
+        try:
+            by_status, last_ended = self.source()
+        except Exception:  # a database hiccup must not fail every other metric of the scrape
+            log.exception("reading the retraining runs for /metrics failed")
+            return
         runs = CounterMetricFamily(
             "opsloop_retraining_runs_total",
-            "Retraining runs by model and status (running, registered, not_better, refused, failed).",
+            "Ended retraining runs by model and status (registered, not_better, refused, failed).",
             labels=["model", "status"],
         )
+        running = GaugeMetricFamily(
+            "opsloop_retraining_running", "Retraining runs of the model in progress now.", labels=["model"]
+        )
         for (model, status), count in sorted(by_status.items()):
-            runs.add_metric([model, status], count)
+            if status == "running":  # it falls when the run ends: a gauge, not a counter
+                running.add_metric([model], count)
+            else:
+                runs.add_metric([model, status], count)
         yield runs
+        yield running
         last = GaugeMetricFamily(
             "opsloop_retraining_last_run_timestamp_seconds",
             "When each model's most recent retraining run ended (Unix time).",

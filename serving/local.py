@@ -21,7 +21,7 @@ from opsloop.auth import KeyStore, Principal, system_principal
 from opsloop.db import Database, create_private_file
 from opsloop.settings import Settings
 
-__all__ = ["Store", "cli_actor", "cli_principal", "prepare_home"]
+__all__ = ["Store", "cli_actor", "cli_principal", "local_url", "prepare_home"]
 
 
 def cli_actor() -> str:
@@ -30,6 +30,14 @@ def cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli"
+
+
+def local_url(settings: Settings) -> str:
+    """Where a process on this machine reaches the server these settings describe."""
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - bound to all; loopback is one of them
+        host = "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}"
 
 
 def cli_principal(tenant: str = "default") -> Principal:

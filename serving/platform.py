@@ -26,7 +26,7 @@ from opsloop.telemetry import Metrics
 from rag.catalog import CollectionCatalog
 from rag.query_log import QueryLog
 from serving.experiment_wiring import Experiments
-from serving.local import cli_actor, cli_principal, prepare_home  # the CLI's caller: re-exported
+from serving.local import cli_actor, cli_principal, local_url, prepare_home  # the CLI's caller: re-exported
 from serving.logs import quiet_mlflow
 from serving.retraining_wiring import Retraining
 from serving.startup import (
@@ -237,8 +237,8 @@ class Platform:
         if self.settings.retrain_schedule:
             triggers = self.retraining.triggers
 
-            async def retrain_all() -> None:
-                triggers.on_schedule(list(self.runtime.loaded()))
+            async def retrain_all() -> None:  # a coroutine for the cron trigger; the work blocks
+                await asyncio.to_thread(triggers.on_schedule, list(self.runtime.loaded()))
 
             self.scheduler.cron("retraining", self.settings.retrain_schedule, retrain_all)
         jobs = parse_jobs(self.settings.eval_jobs)
@@ -463,10 +463,7 @@ class Platform:
     @property
     def local_url(self) -> str:
         """Where a process on this machine reaches this server."""
-        host = self.settings.host
-        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - bound to all; loopback is one of them
-            host = "127.0.0.1"
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.settings.port}"
+        return local_url(self.settings)
 
     @property
     def components(self) -> dict[str, ComponentState]:
@@ -513,6 +510,8 @@ class Platform:
                 rag.close()
             except Exception:  # the rest must still close; the failure is logged, not lost
                 log.exception("closing the RAG runtime failed")
+        # A retraining still running is cut off with the process; the next run marks it abandoned.
+        self.retraining.triggers.join(timeout=5)
         if self._gateway is not None:  # no event loop served it (the CLI): close it on a new one
             asyncio.run(self.aclose_gateway())
         self.experiments.close()

@@ -60,11 +60,11 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from opsloop.audit import AuditLog
 from opsloop.auth import system_principal
-from opsloop.errors import InvalidInputError
+from opsloop.errors import InvalidInputError, NotFoundError
 from opsloop.registry import Lineage, ModelVersionInfo, Registry
 from workflows.reference import Column, build_profile
 from workflows.retraining.data import TRAINING_DATA_ARTIFACT
-from workflows.retraining.training import LABEL_TAG, TRAINER_TAG
+from workflows.retraining.training import LABEL_TAG, SKLEARN_REQUIREMENTS, TRAINER_TAG
 
 if TYPE_CHECKING:
     import optuna
@@ -345,10 +345,7 @@ def log_demo_run(
         params=params,
         metrics=metrics,
         tags={"opsloop.data_hash": digest},
-        # Explicit, because inferring them imports the model in a subprocess (~10 s).
-        requirements=[
-            f"{dist}=={installed_version(dist)}" for dist in ("scikit-learn", "numpy", "pandas", "skops")
-        ],
+        requirements=[f"{dist}=={installed_version(dist)}" for dist in SKLEARN_REQUIREMENTS],
         predict_fn="predict_proba",  # pyfunc answers probabilities, like the estimator
         trusted_types=_SKOPS_TRUSTED,
     )
@@ -410,6 +407,18 @@ def declare_trainer(registry: Registry, name: str) -> None:
     registry.set_model_tag(name, LABEL_TAG, LABEL)
 
 
+def _declare_older_demo(registry: Registry, name: str = "credit-risk") -> None:
+    """A demo model a release without retraining registered gets its trainer now, so it can be retrained."""
+    try:
+        if TRAINER_TAG in registry.model_tags(name):
+            return
+        if not (registry.get_alias(name, "champion").description or "").startswith("demo credit-risk model"):
+            return  # a model of the user's that happens to share the name: not ours to declare
+    except NotFoundError:
+        return
+    declare_trainer(registry, name)
+
+
 def bootstrap_demo(
     registry: Registry,
     audit: AuditLog,
@@ -431,6 +440,7 @@ def bootstrap_demo(
     with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
         if registry.models():
+            _declare_older_demo(registry)
             return None
         info = train_demo(registry, alias=None, progress=progress)
         promote(system_principal("default"), registry, audit, info.name, info.version)

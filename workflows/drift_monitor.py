@@ -49,6 +49,14 @@ __all__ = ["DriftCheckResult", "DriftMonitor", "live_report", "parse_window", "w
 log = logging.getLogger(__name__)
 
 
+def _call(hook: Callable[[Any], None], value: Any) -> None:
+    """A subscriber's failure is logged: it must not fail the check, nor keep other subscribers waiting."""
+    try:
+        hook(value)
+    except Exception:
+        log.exception("a drift subscriber (%s) failed", getattr(hook, "__qualname__", hook))
+
+
 def parse_window(window: str) -> timedelta:
     """``30m``, ``1h``, ``7d`` and the like as a timedelta."""
     return parse_duration(window, field="window")
@@ -231,7 +239,7 @@ class DriftMonitor:
         self._check_concept(model, version)
         if result.dataset_drift:
             for hook in self._hooks:
-                hook(result)
+                _call(hook, result)
         return result
 
     def _check_concept(self, model: str, version: int) -> None:
@@ -245,7 +253,7 @@ class DriftMonitor:
         self._metrics.concept.labels(model, str(version)).set(1.0 if concept.drifted else 0.0)
         self._metrics.error_rate.labels(model, str(version)).set(concept.current_error_rate)
         for hook in self._concept_hooks:
-            hook(concept)
+            _call(hook, concept)
 
     def check_all(self, models: Iterable[str]) -> None:
         """Check each model; one failure is logged and does not stop the others."""

@@ -56,21 +56,10 @@ from serving.demo_traffic import (
 if TYPE_CHECKING:
     import httpx
 
-    from opsloop.settings import Settings
 
 __all__ = ["app"]
 
 app = typer.Typer(help="Drive the built-in credit-risk demo: send it traffic.", no_args_is_help=True)
-
-
-def _local_url(settings: Settings) -> str:
-    """Where this machine reaches the server these settings describe."""
-    from serving.platform import Platform
-
-    # The rule (0.0.0.0 and :: mean loopback here) lives on Platform. Building one only
-    # constructs its parts (about 2 ms; no file, connection or thread opened), and what the
-    # import loads (pandas, SciPy...) the demo's data needs below anyway.
-    return Platform.build(settings).local_url
 
 
 def _read_key(path: Path) -> str:
@@ -221,7 +210,9 @@ def traffic(
     try:
         if url is not None and not url.startswith(("http://", "https://")):
             raise InvalidInputError(f"--url must start with http:// or https://, got {url!r}", field="url")
-        base = url.rstrip("/") if url is not None else _local_url(settings)
+        from serving.local import local_url
+
+        base = url.rstrip("/") if url is not None else local_url(settings)
         secret = key if key is not None else _read_key(settings.admin_key_path)
         key_from = "given with --key" if key is not None else f"read from {settings.admin_key_path}"
         pacer = Pacer(rate)

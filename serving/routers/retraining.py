@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from opsloop.auth import Principal
-from serving.deps import OperatorKey, PlatformDep
+from serving.deps import AdminKey, OperatorKey, PlatformDep
 from workflows.retraining.pipeline import RetrainResult
 from workflows.retraining.store import RetrainingRecord
 
@@ -80,12 +80,16 @@ async def retrain(
 
 @router.get("/retraining", summary="Retraining runs, newest first")
 async def history(
-    caller: OperatorKey,
+    caller: AdminKey,
     platform: PlatformDep,
     model: Annotated[str | None, Query(description="Only this model's runs.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
-    """Every retraining with its trigger and cause, its step or how it ended, and its result."""
+    """Every retraining with its trigger and cause, its step or how it ended, and its result.
+
+    Admins only, like the scheduled drift checks' history: a model's runs are about every
+    tenant's traffic and every operator's requests.
+    """
     records = await run_in_threadpool(platform.retraining.store.history, model, limit=limit)
     return [record.to_dict() for record in records]
 
@@ -93,7 +97,7 @@ async def history(
 @router.get("/retraining/{run}", summary="One retraining run")
 async def show(
     run: Annotated[int, Path(ge=1, le=2**31 - 1, description="The run's number.")],
-    caller: OperatorKey,
+    caller: AdminKey,
     platform: PlatformDep,
 ) -> dict[str, Any]:
     """The run as it is now: its step while it runs, its result once it has ended."""

@@ -211,7 +211,8 @@ def test_one_retraining_per_model_and_a_dead_holder_frees_it(platform: Platform,
     from opsloop.tables import RetrainingLease
 
     store = platform.retraining.store
-    first, _ = store.begin(model, "manual", {}, tenant="default", actor="a", holder=new_holder())
+    first_holder = new_holder()
+    first, _ = store.begin(model, "manual", {}, tenant="default", actor="a", holder=first_holder)
     with pytest.raises(ConflictError, match="is being retrained"):
         store.begin(model, "manual", {}, tenant="default", actor="b", holder=new_holder())
     # The holder was a process on this host that is gone: its lease is void before it expires.
@@ -227,6 +228,10 @@ def test_one_retraining_per_model_and_a_dead_holder_frees_it(platform: Platform,
     taken, abandoned = store.begin(model, "manual", {}, tenant="default", actor="c", holder=new_holder())
     assert [run.id for run in abandoned] == [first.id]
     assert store.get(first.id).status == "failed" and store.get(taken.id).status == "running"
+    # Were the first holder alive after all, its late "registered" could not undo the verdict.
+    store.finish(first, first_holder, "registered", {"status": "registered"}, version=7)
+    late = store.get(first.id)
+    assert late.status == "failed" and late.version == 7  # the version it made stays on record
     # A holder on another host is trusted until its lease expires.
     platform.db.write(lambda session: setattr(session.get(RetrainingLease, model), "holder", "elsewhere:1:x"))
     with pytest.raises(ConflictError):
@@ -279,6 +284,8 @@ def test_http_retrain_starts_a_run_and_history_follows_it(
 ) -> None:
     send(client, operator, model, 3000, seed=51, shift=True)
     viewer = platform.keys.create("default", Role.VIEWER, actor="test").secret.get_secret_value()
+    admin_key = platform.keys.create("default", Role.ADMIN, actor="test").secret.get_secret_value()
+    admin = {"Authorization": f"Bearer {admin_key}"}
     refused = client.post(
         f"/admin/models/{model}/retrain", json={}, headers={"Authorization": f"Bearer {viewer}"}
     )
@@ -296,13 +303,14 @@ def test_http_retrain_starts_a_run_and_history_follows_it(
     assert busy.status_code == 409
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        now = client.get(f"/admin/retraining/{run['id']}", headers=operator).json()
+        now = client.get(f"/admin/retraining/{run['id']}", headers=admin).json()
         if now["status"] != "running":
             break
         time.sleep(0.5)
     assert now["status"] == "registered", now
     assert now["result"]["version"] == now["version"] == 2
-    listed = client.get("/admin/retraining", params={"model": model}, headers=operator).json()
+    assert client.get("/admin/retraining", headers=operator).status_code == 403
+    listed = client.get("/admin/retraining", params={"model": model}, headers=admin).json()
     assert [r["id"] for r in listed] == [run["id"]]
     waited = client.post(
         f"/admin/models/{model}/retrain",
@@ -367,3 +375,26 @@ def test_triggers_wait_for_labels_start_once_then_cool_down(
     triggers.fire(model, "concept_drift", {"error_rate": report.current_error_rate})
     assert outcomes[-2:] == [("drift", "cooldown"), ("concept_drift", "cooldown")]
     assert len(platform.retraining.store.history(model)) == 1
+
+
+def test_labels_outside_the_models_classes_are_refused_and_text_labels_match_numbers(
+    client: TestClient, platform: Platform, operator: dict[str, str], model: str
+) -> None:
+    frame = generate_credit_data(300, seed=71, shift=True)
+    instances = [{name: _plain(r[name]) for name in FEATURE_NAMES} for r in frame.to_dict(orient="records")]
+    labels: list[Any] = [str(v) for v in frame[LABEL]]  # "0"/"1": the same classes, as text
+    labels[:20] = ["yes"] * 20  # not a class of the model
+    labels[20:25] = [None] * 5  # left out of the feedback: not labelled rows
+    answer = client.post(f"/predict/{model}", json={"instances": instances}, headers=operator).json()
+    client.post(
+        f"/feedback/{model}",
+        json={"feedback": [{"request_id": answer["request_id"], "labels": labels}]},
+        headers=operator,
+    )
+    result = platform.retraining.retrainer.retrain(OPERATOR, RetrainRequest(model, search=FAST))
+
+    assert result.status == "refused", result.reason
+    assert result.data["counts"]["production"] == 295
+    failed = " ".join(result.data["failures"])
+    assert "20 of 295 labels are not among the model's classes (0, 1): 'yes'" in failed
+    assert "label balance" not in failed  # "0" and "1" counted as the classes 0 and 1

@@ -79,7 +79,7 @@ class ModelCard:
         validation: The training data's :meth:`ValidationReport.to_dict`.
         metrics: The :meth:`Comparison.to_dict` against the champion.
         params: Training parameters.
-        trainer: Who or what trained it (a user, ``system``).
+        trainer: The trainer function, ``module:function``.
         known_limits: Sentences on what the card does not vouch for.
     """
 

@@ -160,6 +160,7 @@ def assemble(
     label: str,
     spec: DataSpec,
     *,
+    classes: Sequence[Any] = (),
     reference: pd.DataFrame | None,
     reference_source: dict[str, Any],
     production: Sequence[PredictionRecord],
@@ -173,6 +174,9 @@ def assemble(
         signature: The model's ``(column, MLflow type)`` input pairs, in order.
         label: Name of the label column.
         spec: Row choice and weights.
+        classes: The model's classes: labels that match one as text become that class (a CSV's
+            ``"1"`` and JSON's ``1`` are one label); others stay as they are, for validation to
+            name.
         reference: The parent's training rows (inputs and label), or None.
         reference_source: Where they came from (model, version, run), for the manifest.
         production: Labelled predictions, oldest first (``PredictionLog.labelled``).
@@ -202,6 +206,9 @@ def assemble(
     frame = pd.concat([part for part in parts if len(part)], ignore_index=True) if parts else pd.DataFrame()
     if frame.empty:
         frame = pd.DataFrame(columns=[*columns, WEIGHT, SOURCE])
+    if classes:
+        as_class = {str(c): c for c in classes}
+        frame[label] = frame[label].map(lambda value: as_class.get(str(value), value))
     new = (frame[SOURCE] != "reference").to_numpy()
     holdout = int(np.floor(new.sum() * spec.holdout_share))
     split = np.full(len(frame), "train", dtype=object)
@@ -215,6 +222,7 @@ def assemble(
         "half_life_seconds": spec.half_life.total_seconds() if spec.half_life else None,
     }
     manifest["spec"] = {"reference_rows": spec.reference_rows, "seed": spec.seed}
+    manifest["classes"] = list(classes)
     digest = frame_hash(frame)
     manifest["hash"] = digest
     manifest["rows"] = len(frame)
@@ -228,6 +236,8 @@ def _production_frame(
     times: list[float] = []
     for record in records:
         for instance, value in zip(record.inputs, record.labels or [], strict=False):
+            if value is None:  # feedback that left this instance out: not a labelled row
+                continue
             rows.append({**{name: instance.get(name) for name in features}, label: value})
             times.append(record.at.timestamp())
     frame = pd.DataFrame(rows, columns=[*features, label])
@@ -286,6 +296,7 @@ def rebuild(manifest: dict[str, Any], registry: Registry, predictions: Predictio
         signature,
         label,
         spec,
+        classes=manifest.get("classes", ()),
         reference=reference,
         reference_source=reference_source or {},
         production=records,

@@ -25,6 +25,7 @@ holder stalled past its expiry and another process took over) stops the run befo
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ import numpy as np
 
 from opsloop.auth import Principal, Role
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError, OpsloopError
+from opsloop.models.runtime import LoadedModel, load_version
 from opsloop.registry import REFERENCE_ARTIFACT, Lineage, current_git_sha
 from opsloop.tables import utcnow
 from workflows.retraining.data import (
@@ -53,7 +55,13 @@ from workflows.retraining.data import (
     window_start,
 )
 from workflows.retraining.store import RetrainingRecord, RetrainingStore, Status, new_holder
-from workflows.retraining.training import LABEL_TAG, TRAINER_TAG, SearchSpec, resolve_trainer
+from workflows.retraining.training import (
+    LABEL_TAG,
+    SKLEARN_REQUIREMENTS,
+    TRAINER_TAG,
+    SearchSpec,
+    resolve_trainer,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +69,7 @@ if TYPE_CHECKING:
     from opsloop.audit import AuditLog
     from opsloop.predictions import PredictionLog
     from opsloop.registry import ModelVersionInfo, Registry
+    from workflows.retraining.validation import Check
 
 __all__ = ["Handoff", "RetrainRequest", "RetrainResult", "Retrainer", "Trigger"]
 
@@ -73,7 +82,6 @@ Handoff = Callable[[Principal, str, int, HandoffMode], dict[str, Any]]
 
 CARD_MARKDOWN = "model_card.md"
 CARD_JSON = "model_card.json"
-_REQUIREMENTS = ("scikit-learn", "numpy", "pandas", "skops")
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,7 @@ class RetrainRequest:
     search: SearchSpec = field(default_factory=SearchSpec)
     quality_threshold: float = 0.95
     min_rows: int = 100
-    """Fewest new (production and user) labelled rows to train on."""
+    """Fewest new (production or user) labelled rows a run needs, its holdout included."""
     user_data: Path | None = None
     handoff: HandoffMode = "canary"
 
@@ -148,7 +156,6 @@ class Retrainer:
         predictions: The prediction log (labelled production rows).
         audit: Where each step is recorded.
         handoff: Hands a registered challenger to serving; None: nothing is handed off.
-        on_end: Called with every finished run (metrics, logs).
     """
 
     def __init__(
@@ -159,14 +166,12 @@ class Retrainer:
         audit: AuditLog,
         *,
         handoff: Handoff | None = None,
-        on_end: Callable[[RetrainingRecord], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.predictions = predictions
         self.audit = audit
         self.handoff = handoff
-        self.on_end = on_end or (lambda record: None)
 
     def retrain(
         self,
@@ -206,6 +211,13 @@ class Retrainer:
                 model=request.model,
             )
         trainer = resolve_trainer(trainer_name)
+        served = load_version(self.registry, request.model, champion.version)
+        if served.classes is None:
+            raise InvalidInputError(
+                f"model {request.model!r} is not a classifier (no predict_proba): retraining compares "
+                "classifiers only",
+                model=request.model,
+            )
         label = tags.get(LABEL_TAG, "label")
         signature = self.registry.input_columns(request.model, champion.version)
         user = None
@@ -220,16 +232,16 @@ class Retrainer:
             actor=caller.actor,
             holder=holder,
         )
-        for stale in abandoned:
-            self._abandon(stale)
-        self._audit(caller, "retrain.start", record, {"trigger": request.trigger, "cause": request.cause})
-        if on_begin is not None:
-            on_begin(record)
-        say("lease", f"run {record.id}: retraining {request.model} (champion version {champion.version})")
         started = time.monotonic()
         lease = _Heartbeat(self.store, request.model, holder)
-        run = _Run(self, caller, request, record, champion, signature, label, lease, say)
-        try:
+        run = _Run(self, caller, request, record, champion, served, signature, label, lease, say)
+        try:  # from here on the run ends recorded, whatever happens: the lease is given back
+            for stale in abandoned:
+                self._abandon(stale)
+            self._audit(caller, "retrain.start", record, {"trigger": request.trigger, "cause": request.cause})
+            if on_begin is not None:
+                on_begin(record)
+            say("lease", f"run {record.id}: retraining {request.model} (champion version {champion.version})")
             with lease:
                 result = run.execute(trainer, trainer_name, user)
         except _Ended as early:
@@ -239,6 +251,12 @@ class Retrainer:
             log.exception("retraining run %s of %s failed at %s", record.id, request.model, run.step)
             result = run.result("failed", reason=f"{run.step}: {reason}")
         result = replace(result, seconds=time.monotonic() - started)
+        self._close(caller, run, holder, result)
+        say("done", f"{result.status}" + (f": {result.reason}" if result.reason else ""))
+        return result
+
+    def _close(self, caller: Principal, run: _Run, holder: str, result: RetrainResult) -> None:
+        """End the MLflow run, record the result, give the lease back, audit the end."""
         if run.mlflow_run_id is not None:
             try:
                 self.registry.log_run(run.mlflow_run_id, tags={"opsloop.retraining.status": result.status})
@@ -247,18 +265,15 @@ class Retrainer:
                 )
             except OpsloopError:
                 log.exception("closing MLflow run %s failed", run.mlflow_run_id)
-        ended = self.store.finish(
-            record,
+        self.store.finish(
+            run.record,
             holder,
             result.status,
             result.to_dict(),
             version=result.version,
             experiment=result.experiment,
         )
-        self._audit(caller, f"retrain.{result.status}", record, _audit_summary(result))
-        say("done", f"{result.status}" + (f": {result.reason}" if result.reason else ""))
-        self.on_end(ended)
-        return result
+        self._audit(caller, f"retrain.{result.status}", run.record, _audit_summary(result))
 
     def _abandon(self, stale: RetrainingRecord) -> None:
         if stale.mlflow_run_id is not None:
@@ -304,13 +319,32 @@ class _Heartbeat:
         self._thread.join(timeout=10)
 
     def _beat(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(self._store.lease_seconds / 3):
             try:
                 if not self._store.renew(self._model, self._holder):
                     self.lost = True
                     return
-            except Exception:  # a database hiccup: try again next beat; expiry is the backstop
+                renewed = time.monotonic()
+            except Exception:  # a database hiccup: try again next beat, unless the lease ran out
                 log.warning("renewing the retraining lease of %s failed", self._model, exc_info=True)
+                if time.monotonic() - renewed > self._store.lease_seconds:
+                    self.lost = True
+                    return
+
+    def hold(self) -> None:
+        """Renew now and raise unless the lease is still ours: the last check before registering.
+
+        Raises:
+            ConflictError: The lease ran out and another process may have taken the model over.
+        """
+        if self.lost or not self._store.renew(self._model, self._holder):
+            self.lost = True
+            raise ConflictError(
+                f"the retraining lease of {self._model!r} was lost (another process may have taken it "
+                "over): not registering",
+                model=self._model,
+            )
 
 
 @dataclass
@@ -322,6 +356,8 @@ class _Run:
     request: RetrainRequest
     record: RetrainingRecord
     champion: ModelVersionInfo
+    served: LoadedModel
+    """The champion as servers load it: what the challenger is compared with."""
     signature: list[tuple[str, str]]
     label: str
     lease: _Heartbeat
@@ -353,8 +389,10 @@ class _Run:
         )
 
     def enter(self, step: str, message: str) -> None:
+        """Record, audit and show the step the run starts."""
         self.step = step
         self.owner.store.step(self.record.id, step, mlflow_run_id=self.mlflow_run_id)
+        self.owner._audit(self.caller, f"retrain.{step}", self.record, {"message": message})
         self.say(step, message)
 
     def execute(
@@ -369,6 +407,7 @@ class _Run:
         data = self._data(user)
         self.enter("validate", f"validating {len(data.new_rows)} new rows")
         self._validate(data)
+        self._log_data(data)  # Parquet only once the rows are known to be well typed
         self.enter("train", f"searching {trainer_name} ({self.request.search.trials} trials at most)")
         from workflows.retraining.training import search
 
@@ -406,8 +445,14 @@ class _Run:
             raise _Ended(self.result("not_better", reason=comparison.summary(), model_card=self._card_uri()))
         self.enter("register", "logging the challenger and registering it")
         version = self._register(data, found, features, card)
-        self.enter("handoff", f"handing version {version.version} to serving ({self.request.handoff})")
-        handoff = self._handoff(version.version)
+        try:  # the version exists, complete: whatever fails now is the hand-off's, not the run's
+            self.owner.store.step(self.record.id, "handoff", version=version.version)
+            self.enter("handoff", f"handing version {version.version} to serving ({self.request.handoff})")
+            handoff = self._handoff(version.version)
+        except Exception as exc:
+            log.exception("handing version %s of %s to serving failed", version.version, model)
+            reason = exc.message if isinstance(exc, OpsloopError) else f"{type(exc).__name__}: {exc}"
+            handoff = {"mode": self.request.handoff, "error": reason}
         return self.result(
             "registered",
             version=version.version,
@@ -448,6 +493,7 @@ class _Run:
             self.signature,
             self.label,
             request.data,
+            classes=self.served.classes or (),
             reference=reference,
             reference_source=reference_source,
             production=production,
@@ -469,7 +515,6 @@ class _Run:
             "failures": [],
         }
         self.say("data", f"{counts['total']} rows ({_counts_text(counts)}), {data.hash[:19]}")
-        fitted = data.train[[*data.features, data.label]].reset_index(drop=True)
         self.owner.registry.log_run(
             self.run_id,
             params={
@@ -482,18 +527,22 @@ class _Run:
                 "parent_version": self.champion.version,
                 "trigger": request.trigger,
             },
-            artifacts={
-                DATASET_ARTIFACT: data.frame,
-                MANIFEST_ARTIFACT: data.manifest,
-                TRAINING_DATA_ARTIFACT: fitted,
-            },
+            artifacts={MANIFEST_ARTIFACT: data.manifest},
+        )
+        return data
+
+    def _log_data(self, data: TrainingData) -> None:
+        """The data set, the rows trained on, and the data set as the run's input with its hash."""
+        registry = self.owner.registry
+        fitted = data.train[[*data.features, data.label]].reset_index(drop=True)
+        registry.log_run(
+            self.run_id, artifacts={DATASET_ARTIFACT: data.frame, TRAINING_DATA_ARTIFACT: fitted}
         )
         digest = data.hash.removeprefix("sha256:")
-        name = f"{request.model}-retrain"
+        name = f"{self.request.model}-retrain"
         registry.log_run_dataset(
             self.run_id, data.frame, name=name, digest=digest, context="training", label=data.label
         )
-        return data
 
     def _validate(self, data: TrainingData) -> None:
         from workflows.retraining.validation import validate
@@ -511,33 +560,37 @@ class _Run:
             threshold=self.request.quality_threshold,
             min_rows=self.request.min_rows,
         )
-        self.validation = report.to_dict()
-        self.data["quality_score"] = report.score
-        self.data["failures"] = [check.message for check in report.failures]
+        report = replace(
+            report, checks=(*report.checks, _classes_check(new[data.label], self.served.classes or ()))
+        )
+        full = report.to_dict()
         self.owner.registry.log_run(
             self.run_id,
             metrics={"data_quality_score": report.score},
-            artifacts={"validation_report.json": self.validation},
+            artifacts={"validation_report.json": full},
         )
+        # Example values stay in the MLflow run (platform-wide, like the data set): the result goes
+        # to whoever asked, and the rows are every tenant's traffic.
+        self.validation = {
+            **full,
+            "columns": [{k: v for k, v in c.items() if k != "examples"} for c in full["columns"]],
+        }
+        self.data["quality_score"] = report.score
+        self.data["failures"] = [check.message for check in report.failures]
         self.say("validate", report.summary())
         if not report.passed:
             failed = "; ".join(check.message for check in report.failures)
             raise _Ended(self.result("refused", reason=f"the new data failed validation: {failed}"))
 
     def _evaluate(self, data: TrainingData, estimator: Any) -> Any:
-        from opsloop.models.runtime import LoadedModel, load_version
         from workflows.retraining.evaluation import compare
 
         holdout = data.holdout.dropna(subset=[*data.features, data.label])
         if len(holdout) == 0:
             raise InvalidInputError("no complete holdout rows to compare on", field="holdout")
-        champion = load_version(self.owner.registry, self.request.model, self.champion.version)
-        if champion.classes is None:
-            raise InvalidInputError(
-                f"model {self.request.model!r} is not a classifier (no predict_proba): "
-                "retraining compares classifiers only",
-                model=self.request.model,
-            )
+        champion = self.served
+        if champion.classes is None:  # checked before the run began; for the type checker
+            raise InvalidInputError("the champion is not a classifier", field="classes")
         classes = tuple(c.item() if hasattr(c, "item") else c for c in estimator.classes_)
         if [str(c) for c in classes] != [str(c) for c in champion.classes]:
             raise InvalidInputError(
@@ -635,7 +688,7 @@ class _Run:
             run_name=f"{model}-retrain-{self.record.id}",
             inputs=features,
             outputs=proba,
-            requirements=[f"{dist}=={installed_version(dist)}" for dist in _REQUIREMENTS],
+            requirements=[f"{dist}=={installed_version(dist)}" for dist in SKLEARN_REQUIREMENTS],
             predict_fn="predict_proba",
             trusted_types=_untrusted_types(estimator),
             run_id=run_id,
@@ -654,13 +707,8 @@ class _Run:
                 CARD_JSON: card.to_dict(),
             },
         )
-        if self.lease.lost:
-            raise ConflictError(
-                "the retraining lease was lost (another process took the model over): not registering"
-            )
-        lineage = Lineage(
-            data_hash=data.hash, git_sha=current_git_sha(Path(__file__).resolve().parent), params=found.params
-        )
+        self.lease.hold()
+        lineage = Lineage(data_hash=data.hash, git_sha=_git_sha(), params=found.params)
         comparison = self.metrics
         version = registry.register_model(
             model,
@@ -703,10 +751,33 @@ class _Run:
             return {"mode": mode, "error": exc.message}
 
 
+def _classes_check(labels: pd.Series, classes: tuple[Any, ...]) -> Check:
+    """Every label is one of the classes the champion predicts (as text: JSON gives 1, a CSV "1")."""
+    from workflows.retraining.validation import Check
+
+    known = {str(c) for c in classes}
+    present = labels.dropna()
+    unknown = present[~present.astype(str).isin(known)]
+    allowed = ", ".join(sorted(known))
+    if unknown.empty:
+        message = f"label values: every label is one of the model's classes ({allowed})"
+    else:
+        seen = ", ".join(repr(v) for v in unknown.astype(str).unique()[:5])
+        message = (
+            f"label values: {len(unknown)} of {len(present)} labels are not among the model's "
+            f"classes ({allowed}): {seen}"
+        )
+    return Check("label_values", unknown.empty, len(unknown), "0 unknown", message, column=str(labels.name))
+
+
+@functools.cache  # the code a process runs does not change under it
+def _git_sha() -> str | None:
+    return current_git_sha(Path(__file__).resolve().parent)
+
+
 def code_version() -> str:
     """The git commit of the code that trains, or the installed opsloop version outside a checkout."""
-    sha = current_git_sha(Path(__file__).resolve().parent)
-    return sha if sha else f"opsloop {installed_version('opsloop')}"
+    return _git_sha() or f"opsloop {installed_version('opsloop')}"
 
 
 def _labels(values: pd.Series) -> np.ndarray:

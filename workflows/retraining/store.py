@@ -29,10 +29,9 @@ if TYPE_CHECKING:
 
     from opsloop.db import Database
 
-__all__ = ["ENDED", "RetrainingRecord", "RetrainingStore", "Status", "new_holder"]
+__all__ = ["RetrainingRecord", "RetrainingStore", "Status", "new_holder"]
 
 Status = Literal["running", "registered", "not_better", "refused", "failed"]
-ENDED: tuple[Status, ...] = ("registered", "not_better", "refused", "failed")
 ABANDONED = "abandoned: the process running it stopped before it ended (its lease expired)"
 
 
@@ -111,7 +110,7 @@ class RetrainingStore:
             ):
                 raise ConflictError(
                     f"model {model!r} is being retrained (run {lease.run_id}); one retraining per model "
-                    "at a time: wait for it, or see 'opsloop retrain --history'",
+                    f"at a time: wait for it, or see 'opsloop retrain {model} --history'",
                     model=model,
                     run=lease.run_id,
                 )
@@ -160,11 +159,15 @@ class RetrainingStore:
 
         return self._db.write(extend)
 
-    def step(self, run_id: int, step: str, *, mlflow_run_id: str | None = None) -> None:
-        """Record the step a run is at (and its MLflow run, once it has one)."""
+    def step(
+        self, run_id: int, step: str, *, mlflow_run_id: str | None = None, version: int | None = None
+    ) -> None:
+        """Record the step a run is at (its MLflow run once it has one, its version once registered)."""
         values: dict[str, Any] = {"step": step}
         if mlflow_run_id is not None:
             values["mlflow_run_id"] = mlflow_run_id
+        if version is not None:
+            values["version"] = version
         self._db.write(
             lambda session: session.execute(
                 update(RetrainingRun).where(RetrainingRun.id == run_id).values(**values)
@@ -181,13 +184,20 @@ class RetrainingStore:
         version: int | None = None,
         experiment: str | None = None,
     ) -> RetrainingRecord:
-        """End a run with its result and give the model's lease back."""
+        """End a run with its result and give the model's lease back.
+
+        A run another process has meanwhile marked abandoned keeps that verdict (its holder lost
+        the lease); only a version it registered is added.
+        """
         now = utcnow()
 
         def end(session: Session) -> RetrainingRecord:
             row = session.get(RetrainingRun, run.id)
             if row is None:
                 raise NotFoundError(f"no retraining run {run.id}", run=run.id)
+            if row.status != "running" or row.holder != holder:
+                row.version = row.version or version
+                return _record(row)
             row.status, row.step, row.ended_at, row.result = status, "done", now, result
             row.version, row.experiment = version, experiment
             session.execute(
@@ -242,16 +252,28 @@ class RetrainingStore:
         return {(m, s): int(n) for m, s, n in by_status}, {m: at for m, at in last if at is not None}
 
 
+def _machine() -> str:
+    """Where this process's pid means something: the host name and the pid namespace.
+
+    Containers that share a host name (host networking) each have their own pid namespace.
+    """
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "-"
+    return f"{socket.gethostname()[:32]}/{namespace}"
+
+
 def new_holder() -> str:
-    """A lease holder's name: ``host:pid:token``, so a process on the same host can tell it died."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """A lease holder's name: ``machine:pid:token``, so a process on the same machine can tell it died."""
+    return f"{_machine()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _alive(holder: str) -> bool:
-    """False only when ``holder`` ran on this host and its process is gone (then its lease is void)."""
-    host, _, rest = holder.partition(":")
+    """False only when ``holder`` ran where this process runs and is gone (then its lease is void)."""
+    machine, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if machine != _machine() or not pid.isdigit():
         return True  # another machine's process: only the expiry can tell
     try:
         os.kill(int(pid), 0)

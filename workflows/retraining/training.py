@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LABEL_TAG",
+    "SKLEARN_REQUIREMENTS",
     "TRAINER_TAG",
     "SearchResult",
     "SearchSpec",
@@ -42,6 +43,9 @@ __all__ = [
 
 TRAINER_TAG = "opsloop.trainer"
 """The registered model's tag that names its trainer, ``module:function``."""
+SKLEARN_REQUIREMENTS = ("scikit-learn", "numpy", "pandas", "skops")
+"""What a logged scikit-learn model needs installed, pinned to the versions here when logged
+(named, because letting MLflow infer them imports the model in a subprocess: ~10 s)."""
 LABEL_TAG = "opsloop.label"
 """The registered model's tag that names its label column (default ``label``)."""
 
