@@ -141,7 +141,9 @@ class Retrainer:
         try:  # from here on the run ends recorded, whatever happens: the lease is given back
             for stale in abandoned:
                 self._abandon(stale)
-            self._audit(caller, "retrain.start", record, {"trigger": request.trigger, "cause": request.cause})
+            self.log_action(
+                caller, "retrain.start", record, {"trigger": request.trigger, "cause": request.cause}
+            )
             if on_begin is not None:
                 on_begin(record)
             say("lease", f"run {record.id}: retraining {request.model} (champion version {champion.version})")
@@ -176,7 +178,7 @@ class Retrainer:
             version=result.version,
             experiment=result.experiment,
         )
-        self._audit(caller, f"retrain.{result.status}", run.record, _audit_summary(result))
+        self.log_action(caller, f"retrain.{result.status}", run.record, _audit_summary(result))
 
     def _abandon(self, stale: RetrainingRecord) -> None:
         if stale.mlflow_run_id is not None:
@@ -194,7 +196,10 @@ class Retrainer:
             after={"run": stale.id, "step": stale.step, "mlflow_run_id": stale.mlflow_run_id},
         )
 
-    def _audit(self, caller: Principal, action: str, record: RetrainingRecord, after: dict[str, Any]) -> None:
+    def log_action(
+        self, caller: Principal, action: str, record: RetrainingRecord, after: dict[str, Any]
+    ) -> None:
+        """Audit ``action`` on the run's model, with the run's number, as done by ``caller``."""
         self.audit.append(
             actor=caller.actor,
             tenant=caller.tenant,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -36,26 +36,40 @@ from workflows.retraining.data import (
     typed_features,
     window_start,
 )
-from workflows.retraining.results import Ended, RetrainRequest, RetrainResult
+from workflows.retraining.results import Ended, Handoff, RetrainRequest, RetrainResult
 from workflows.retraining.store import RetrainingRecord, RetrainingStore, Status
 from workflows.retraining.training import SKLEARN_REQUIREMENTS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from opsloop.registry import ModelVersionInfo
+    from opsloop.predictions import PredictionLog
+    from opsloop.registry import ModelVersionInfo, Registry
     from workflows.retraining.card import ModelCard
     from workflows.retraining.evaluation import Comparison
-    from workflows.retraining.pipeline import Retrainer
     from workflows.retraining.training import SearchResult, Trainer
     from workflows.retraining.validation import Check
 
-__all__ = ["CARD_JSON", "CARD_MARKDOWN", "Heartbeat", "RunSteps", "code_version"]
+__all__ = ["CARD_JSON", "CARD_MARKDOWN", "Heartbeat", "RunOwner", "RunSteps", "code_version"]
 
 log = logging.getLogger(__name__)
 
 CARD_MARKDOWN = "model_card.md"
 CARD_JSON = "model_card.json"
+
+
+class RunOwner(Protocol):
+    """What the steps use of the :class:`~workflows.retraining.pipeline.Retrainer` running them."""
+
+    store: RetrainingStore
+    registry: Registry
+    predictions: PredictionLog
+    handoff: Handoff | None
+
+    def log_action(
+        self, caller: Principal, action: str, record: RetrainingRecord, after: dict[str, Any]
+    ) -> None:
+        """Audit ``action`` on the run's model."""
 
 
 class Heartbeat:
@@ -108,7 +122,7 @@ class Heartbeat:
 class RunSteps:
     """The state of one run as its steps go (the pipeline's body)."""
 
-    owner: Retrainer
+    owner: RunOwner
     caller: Principal
     request: RetrainRequest
     record: RetrainingRecord
@@ -150,7 +164,7 @@ class RunSteps:
         """Record, audit and show the step the run starts."""
         self.step = step
         self.owner.store.step(self.record.id, step, mlflow_run_id=self.mlflow_run_id)
-        self.owner._audit(self.caller, f"retrain.{step}", self.record, {"message": message})
+        self.owner.log_action(self.caller, f"retrain.{step}", self.record, {"message": message})
         self.say(step, message)
 
     def execute(
