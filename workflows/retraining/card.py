@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from opsloop.errors import InvalidInputError
+from workflows.retraining.evaluation import LOWER_IS_BETTER
 
 __all__ = ["ModelCard", "default_limits"]
 
 # Validation checks whose observed value is a share, shown as a percentage like their limits.
 _SHARE_CHECKS = frozenset({"missing", "duplicates", "label_balance", "quality"})
-_LOWER_IS_BETTER = frozenset({"log_loss"})
 
 
 def default_limits(
@@ -238,7 +238,7 @@ class ModelCard:
         if not m.get("metric"):
             return "No comparison with the champion was recorded."
         low, high = _ci(m)
-        direction = "lower" if m["metric"] in _LOWER_IS_BETTER else "higher"
+        direction = "lower" if m["metric"] in LOWER_IS_BETTER else "higher"
         lines = [
             f"- Metric: {m['metric']} ({direction} is better)",
             f"- Holdout: {_value(m.get('holdout_rows'))} rows",

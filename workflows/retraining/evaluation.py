@@ -39,11 +39,12 @@ import pandas as pd
 
 from opsloop.errors import InvalidInputError
 
-__all__ = ["Comparison", "Metric", "SliceMetric", "compare"]
+__all__ = ["LOWER_IS_BETTER", "Comparison", "Metric", "SliceMetric", "compare"]
 
 Metric = Literal["roc_auc", "accuracy", "log_loss"]
 
-_LOWER_IS_BETTER = frozenset({"log_loss"})
+LOWER_IS_BETTER = frozenset({"log_loss"})
+"""Metrics whose smaller value is better; ``delta`` is flipped for them, so positive means better."""
 # sklearn's log_loss clipping (``eps="auto"``): a confident miss costs ~36, not infinity.
 _CLIP = float(np.finfo(float).eps)
 
@@ -126,7 +127,7 @@ class Comparison:
 
     def summary(self) -> str:
         """One line, e.g. ``roc_auc 0.7123 -> 0.7811 (+0.0688, 95% CI +0.041..+0.097): better``."""
-        direction = "lower is better: " if self.metric in _LOWER_IS_BETTER else ""
+        direction = "lower is better: " if self.metric in LOWER_IS_BETTER else ""
         low, high = self.ci
         return (
             f"{self.metric} {self.champion:.4f} -> {self.challenger:.4f} ({direction}{self.delta:+.4f}, "
@@ -209,7 +210,7 @@ def compare(
             f"{_class_text(classes[present[0]])}; compare on accuracy or log_loss instead",
             field="labels",
         )
-    sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     deltas = _bootstrap(scorers, rows, resamples, seed, sign)
     if deltas.size == 0:
         raise InvalidInputError(

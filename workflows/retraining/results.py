@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,22 +57,7 @@ class RetrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {
-            "status": self.status,
-            "model": self.model,
-            "version": self.version,
-            "parent_version": self.parent_version,
-            "run": self.run,
-            "reason": self.reason,
-            "data": self.data,
-            "validation": self.validation,
-            "metrics": self.metrics,
-            "model_card": self.model_card,
-            "experiment": self.experiment,
-            "handoff": self.handoff,
-            "mlflow_run_id": self.mlflow_run_id,
-            "seconds": round(self.seconds, 2),
-        }
+        return {**asdict(self), "seconds": round(self.seconds, 2)}
 
 
 class Ended(Exception):

@@ -29,6 +29,8 @@ from opsloop.errors import InvalidInputError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from workflows.retraining.evaluation import Metric
+
 __all__ = [
     "LABEL_TAG",
     "SKLEARN_REQUIREMENTS",
@@ -50,7 +52,6 @@ LABEL_TAG = "opsloop.label"
 """The registered model's tag that names its label column (default ``label``)."""
 
 Trainer = Callable[[Any, np.ndarray, np.ndarray, Any], Any]
-Metric = Literal["roc_auc", "accuracy", "log_loss"]
 
 
 @dataclass(frozen=True)
