@@ -168,12 +168,14 @@ def _print_history(records: list[RetrainingRecord], output: str) -> None:
         return
     from rich.table import Table
 
-    table = Table("run", "started", "trigger", "status", "step", "version", "why")
+    table = Table("run", "started (UTC)", "trigger", "status", "version", "why", box=None)
     for record in records:
-        reason = (record.result or {}).get("reason") or (record.result or {}).get("error") or ""
+        result = record.result or {}
+        failures = (result.get("data") or {}).get("failures") or []
+        reason = failures[0] if failures else result.get("reason") or result.get("error") or ""
         version = "" if record.version is None else str(record.version)
-        started = record.started_at.strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(
-            str(record.id), started, record.trigger, record.status, record.step, version, reason[:80]
-        )
+        status = record.status if record.status != "running" else f"running ({record.step})"
+        started = record.started_at.strftime("%m-%d %H:%M:%S")
+        # The first reason, shortened: the whole report is in --format json and the MLflow run.
+        table.add_row(str(record.id), started, record.trigger, status, version, reason[:70])
     out.print(table)

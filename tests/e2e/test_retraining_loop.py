@@ -67,6 +67,9 @@ def test_a_manual_retrain_registers_a_challenger_mlflow_can_read(server: Server)
     shown = cli(server.home, "experiments", "show", "retrain-credit-risk-v2", "--format", "json")
     assert json.loads(shown.stdout)["status"] == "running"
     assert server.metric('opsloop_retraining_runs_total{model="credit-risk",status="registered"}') == 1
+    history = _opsloop(server.home, "retrain", "credit-risk", "--history", "--format", "json")
+    runs = json.loads(history.stdout)
+    assert [(r["status"], r["version"], r["trigger"]) for r in runs] == [("registered", 2, "manual")]
 
 
 def test_drift_retrains_and_the_canary_promotes_with_no_failed_request(tmp_path: Path) -> None:
