@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,23 @@ def test_reference_profile_errors(registry: Registry, second: ModelVersionInfo) 
         registry.reference(NAME, "no-such-alias")
     with pytest.raises(NotFoundError):
         registry.reference("no-such-model", 1)
+
+
+def test_a_demo_model_from_before_retraining_gets_its_trainer_at_start(
+    registry: Registry, first: tuple[ModelVersionInfo, list[str], float], tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from opsloop.audit import AuditLog
+    from opsloop.db import Database
+    from workflows.demo import DEMO_TRAINER, bootstrap_demo
+    from workflows.retraining.training import TRAINER_TAG
+
+    MlflowClient(tracking_uri=registry.tracking_uri).delete_registered_model_tag(NAME, TRAINER_TAG)
+    assert TRAINER_TAG not in registry.model_tags(NAME)
+    db = Database(f"sqlite:///{tmp_path / 'store.db'}").start()
+    try:
+        assert bootstrap_demo(registry, AuditLog(db), tmp_path / "bootstrap.lock") is None  # not retrained
+    finally:
+        db.close()
+    assert registry.model_tags(NAME)[TRAINER_TAG] == DEMO_TRAINER
