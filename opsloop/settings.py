@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         default=None, ge=0, le=1, description="Retrain when the labelled accuracy of a champion falls below."
     )
     retrain_min_labels: int = Field(
-        default=500,
+        default=1000,
         ge=1,
         description="Labelled predictions that must arrive after a drift or accuracy signal before it "
         "starts a retraining (the challenger learns from them and is compared on them).",

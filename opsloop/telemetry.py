@@ -412,7 +412,7 @@ class RetrainingMetrics:
         self.triggers = Counter(
             "opsloop_retraining_triggers_total",
             "Automatic retraining triggers by model, trigger and outcome "
-            "(started, waiting_for_labels, cooldown, busy, disabled, no_trainer).",
+            "(started, waiting_for_labels, cooldown, busy, in_experiment, disabled, no_trainer).",
             ["model", "trigger", "outcome"],
             registry=registry,
         )

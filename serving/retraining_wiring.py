@@ -99,12 +99,16 @@ class Retraining:
         triggers = RetrainTriggers(
             retrainer,
             system_principal("default"),
-            lambda model, trigger, cause: retrain_request(settings, model, trigger, cause),
+            lambda model, trigger, cause, span: retrain_request(settings, model, trigger, cause, span=span),
             enabled=settings.retrain_triggers,
             cooldown=timedelta(seconds=settings.retrain_cooldown_seconds),
             accuracy_floor=settings.retrain_accuracy_floor,
             min_labels=settings.retrain_min_labels,
             labelled_since=lambda model, since: predictions.count_labelled(model, since=since),
+            lookback=timedelta(seconds=settings.drift_check_seconds),
+            in_experiment=lambda model: any(
+                e.target_kind == "model" and e.target == model for e in experiments.store.list(running=True)
+            ),
             on_outcome=lambda model, trigger, outcome: metrics.triggers.labels(model, trigger, outcome).inc(),
         )
         return cls(settings, store, retrainer, triggers)
@@ -121,6 +125,7 @@ def retrain_request(
     cause: dict[str, Any] | None = None,
     *,
     window: str | None = None,
+    span: timedelta | None = None,
     trials: int | None = None,
     time_budget: float | None = None,
     data: Path | None = None,
@@ -131,8 +136,9 @@ def retrain_request(
     Raises:
         InvalidInputError: A bad window (``all`` means every labelled row), trial count or budget.
     """
-    window = window or settings.retrain_window
-    span = None if window == "all" else parse_duration(window, field="window")
+    if span is None:  # a trigger's episode window wins over the text one
+        window = window or settings.retrain_window
+        span = None if window == "all" else parse_duration(window, field="window")
     search = SearchSpec(
         trials=trials if trials is not None else settings.retrain_trials,
         time_budget=time_budget if time_budget is not None else settings.retrain_time_budget_seconds,

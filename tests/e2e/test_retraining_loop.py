@@ -73,8 +73,9 @@ def test_a_manual_retrain_registers_a_challenger_mlflow_can_read(server: Server)
 
 
 def test_drift_retrains_and_the_canary_promotes_with_no_failed_request(tmp_path: Path) -> None:
-    # The demo configuration: drift checks every 15 seconds.
-    server = Server(tmp_path / "home", env={"OPSLOOP_DRIFT_CHECK_SECONDS": "15"})
+    # The demo configuration: drift checks every 15 seconds, a minute's cool-down.
+    env = {"OPSLOOP_DRIFT_CHECK_SECONDS": "15", "OPSLOOP_RETRAIN_COOLDOWN_SECONDS": "60"}
+    server = Server(tmp_path / "home", env=env)
     try:
         server.wait_for("/readyz", 200, seconds=180)
         _traffic(server, "--rows", "500", "--feedback")

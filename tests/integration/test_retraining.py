@@ -345,8 +345,8 @@ def test_triggers_wait_for_labels_start_once_then_cool_down(
     triggers = RetrainTriggers(
         retrainer,
         system_principal("default"),
-        lambda name, trigger, cause: retrain_request(
-            platform.settings, name, trigger, cause, trials=4, handoff="none"
+        lambda name, trigger, cause, span: retrain_request(
+            platform.settings, name, trigger, cause, span=span, trials=4, handoff="none"
         ),
         enabled=["drift", "concept_drift"],
         cooldown=timedelta(hours=1),
@@ -357,6 +357,15 @@ def test_triggers_wait_for_labels_start_once_then_cool_down(
     drifted = DriftCheckResult(model, 1, utcnow(), True, 0.6, {"features": {"income": {"drifted": True}}})
 
     assert triggers.fire("no-trainer-here", "drift", {}) == "no_trainer"
+    judging = RetrainTriggers(
+        retrainer,
+        system_principal("default"),
+        lambda name, trigger, cause, span: retrain_request(platform.settings, name, trigger, cause),
+        enabled=["drift"],
+        cooldown=timedelta(0),
+        in_experiment=lambda name: name == model,  # a canary of the model is being judged
+    )
+    assert judging.fire(model, "drift", {}) == "in_experiment"
     assert triggers.fire(model, "accuracy", {}) == "disabled"
     triggers.on_drift(drifted)  # the first signal: no labels since it came
     assert outcomes[-1] == ("drift", "waiting_for_labels")
@@ -366,6 +375,8 @@ def test_triggers_wait_for_labels_start_once_then_cool_down(
     triggers.join(timeout=120)
     run = platform.retraining.store.history(model)[0]
     assert run.trigger == "drift" and run.cause["drifted"] == ["income"] and run.status == "registered"
+    assert "episode_began" in run.cause and run.result is not None
+    assert run.result["data"]["counts"]["production"] == 3000  # the episode's rows only
     audited = platform.audit.query(AuditFilter(target=f"model:{model}", action="retrain.start"))
     assert audited[0].actor == "system" and audited[0].after["trigger"] == "drift"
 
