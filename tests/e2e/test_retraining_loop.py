@@ -56,7 +56,9 @@ def test_a_manual_retrain_registers_a_challenger_mlflow_can_read(server: Server)
     assert result["experiment"] == "retrain-credit-risk-v2"
     assert "validate" in done.stderr and "trial 8/8" in done.stderr  # the steps as they went
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{server.home / 'mlflow.db'}")
+    # The registry URI too: an earlier test in this process may have pointed MLflow's global one elsewhere.
+    store = f"sqlite:///{server.home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     version = client.get_model_version("credit-risk", "2")
     assert {"data_hash", "parent_version", "code_version", "trigger", "training_run_id"} <= set(version.tags)
     assert version.tags["data_hash"] == result["data"]["hash"] and version.tags["trigger"] == "manual"

@@ -137,7 +137,9 @@ def test_a_demo_model_from_before_retraining_gets_its_trainer_at_start(
     from workflows.demo import DEMO_TRAINER, bootstrap_demo
     from workflows.retraining.training import TRAINER_TAG
 
-    MlflowClient(tracking_uri=registry.tracking_uri).delete_registered_model_tag(NAME, TRAINER_TAG)
+    MlflowClient(
+        tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri
+    ).delete_registered_model_tag(NAME, TRAINER_TAG)
     assert TRAINER_TAG not in registry.model_tags(NAME)
     db = Database(f"sqlite:///{tmp_path / 'store.db'}").start()
     try:

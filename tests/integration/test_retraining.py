@@ -99,7 +99,9 @@ def test_shifted_labelled_traffic_gives_a_registered_challenger_with_card_and_li
     assert result.data["counts"]["production"] == 3000 and result.data["counts"]["holdout"] == 600
     assert result.data["quality_score"] == 1.0 and result.data["failures"] == []
     # MLflow's own client reads the lineage tags and the card.
-    client_ = MlflowClient(tracking_uri=platform.settings.tracking_uri)
+    client_ = MlflowClient(
+        tracking_uri=platform.settings.tracking_uri, registry_uri=platform.settings.tracking_uri
+    )
     version = client_.get_model_version(model, "2")
     assert version.tags["parent_version"] == "1" and version.tags["trigger"] == "manual"
     assert version.tags["data_hash"] == result.data["hash"]
@@ -275,7 +277,10 @@ def test_a_retraining_killed_halfway_leaves_the_champion_and_the_next_run_succee
     assert abandoned.status == "failed" and "abandoned" in (abandoned.result or {})["error"]
     assert killed.mlflow_run_id is not None
     assert (
-        MlflowClient(tracking_uri=settings.tracking_uri).get_run(killed.mlflow_run_id).info.status == "KILLED"
+        MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        .get_run(killed.mlflow_run_id)
+        .info.status
+        == "KILLED"
     )
 
 
