@@ -86,11 +86,13 @@ def test_drift_retrains_and_the_canary_promotes_with_no_failed_request(tmp_path:
         while time.monotonic() - started < LOOP_DEADLINE_S:
             report = _traffic(server, "--rows", "500", "--shift", "--feedback", "--rate", "100")
             sent, failed = sent + report["requests"], failed + report["failed"]
-            if server.metric('opsloop_model_champion_version{model="credit-risk"}') == 2:
+            # >= 2: a canary rolled back (a guardrail on a busy machine) is retrained after the
+            # cool-down, and any retrained version that reaches champion closes the loop.
+            if server.metric('opsloop_model_champion_version{model="credit-risk"}') >= 2:
                 break
         elapsed = time.monotonic() - started
         print(f"first shifted request to promotion: {elapsed:.0f} s, {sent} requests, {failed} failed")
-        assert server.metric('opsloop_model_champion_version{model="credit-risk"}') == 2, "".join(
+        assert server.metric('opsloop_model_champion_version{model="credit-risk"}') >= 2, "".join(
             server.output
         )
         assert failed == 0

@@ -124,7 +124,9 @@ def test_shifted_labelled_traffic_gives_a_registered_challenger_with_card_and_li
     from opsloop.models.runtime import load_version
 
     assert load_version(platform.registry, model, 2).classes == (0, 1)
-    assert platform.registry.reference(model, 2)["rows"] == result.data["counts"]["train"]
+    # Its drift reference is the new world it learned: the trained production rows, not the old ones.
+    counts = result.data["counts"]
+    assert platform.registry.reference(model, 2)["rows"] == counts["train"] - counts["reference"] == 2400
     # The exact rows come back from the manifest, hash and all.
     manifest = json.loads(
         Path(

@@ -28,6 +28,7 @@ from opsloop.tables import utcnow
 from workflows.retraining.data import (
     DATASET_ARTIFACT,
     MANIFEST_ARTIFACT,
+    SOURCE,
     TRAINING_DATA_ARTIFACT,
     WEIGHT,
     DataSpec,
@@ -473,7 +474,12 @@ class RunSteps:
                 "the challenger's input signature differs from the champion's: its trainer changed them",
                 field="signature",
             )
-        profile = build_profile(features, columns_from_signature(self.signature), proba)
+        # Drift checks compare live traffic with this profile: the new world's rows, not the old
+        # reference rows mixed in at a low weight, or traffic of the new world would read as drift.
+        train = data.train.dropna(subset=[*data.features, data.label])
+        new = (train[SOURCE] != "reference").to_numpy()
+        rows = new if new.any() else np.ones(len(train), dtype=bool)
+        profile = build_profile(features[rows], columns_from_signature(self.signature), proba[rows])
         registry.log_run(
             run_id,
             artifacts={
