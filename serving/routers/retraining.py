@@ -43,7 +43,11 @@ class RetrainCreate(BaseModel):
     responses={202: {"description": "Started; GET /admin/retraining/{run} follows it."}},
 )
 async def retrain(
-    model: str, body: RetrainCreate, caller: OperatorKey, platform: PlatformDep, response: Response
+    model: str,
+    caller: OperatorKey,
+    platform: PlatformDep,
+    response: Response,
+    body: RetrainCreate | None = None,
 ) -> dict[str, Any]:
     """Retrain ``model`` on its labelled production rows; refused (409) while one runs.
 
@@ -51,6 +55,7 @@ async def retrain(
     with the champion on the newest labels, and a hand-off of a better challenger.
     """
     retraining = platform.retraining
+    body = body or RetrainCreate()  # no body: the settings' defaults
     request = retraining.request(
         model,
         window=body.window,

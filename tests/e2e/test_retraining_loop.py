@@ -74,6 +74,7 @@ def test_a_manual_retrain_registers_a_challenger_mlflow_can_read(server: Server)
     assert [(r["status"], r["version"], r["trigger"]) for r in runs] == [("registered", 2, "manual")]
 
 
+@pytest.mark.timeout(LOOP_DEADLINE_S + 300)  # the loop's own deadline, and the server's start and stop
 def test_drift_retrains_and_the_canary_promotes_with_no_failed_request(tmp_path: Path) -> None:
     # The demo configuration: drift checks every 15 seconds, a minute's cool-down.
     env = {"OPSLOOP_DRIFT_CHECK_SECONDS": "15", "OPSLOOP_RETRAIN_COOLDOWN_SECONDS": "60"}

@@ -129,6 +129,9 @@ REQUESTS: dict[tuple[str, str], list[Call]] = {
         Call("own", json={"name": "bravo-canary", "model": MODEL, "challenger": "2"})
     ],
     ("GET", "/admin/experiments/{name}"): [Call("denied")],
+    # Models are shared: bravo's operator may retrain one (its run is audited in bravo's tenant;
+    # too few labels here, so it ends refused). The runs' history is for admins.
+    ("POST", "/admin/models/{model}/retrain"): [Call("own", json={"handoff": "none", "trials": 1})],
     ("POST", "/admin/experiments/{name}/{action}"): [Call("denied")],
 }
 
