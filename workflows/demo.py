@@ -42,7 +42,6 @@ with lineage and that reference under an alias.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -63,7 +62,7 @@ from opsloop.auth import system_principal
 from opsloop.errors import InvalidInputError, NotFoundError
 from opsloop.registry import Lineage, ModelVersionInfo, Registry
 from workflows.reference import Column, build_profile
-from workflows.retraining.data import TRAINING_DATA_ARTIFACT
+from workflows.retraining.data import TRAINING_DATA_ARTIFACT, frame_hash
 from workflows.retraining.training import LABEL_TAG, SKLEARN_REQUIREMENTS, TRAINER_TAG
 
 if TYPE_CHECKING:
@@ -266,7 +265,7 @@ def reference_profile(
 
 def data_hash(frame: pd.DataFrame) -> str:
     """Return ``sha256:<hex>`` of the frame's CSV bytes (no index): the lineage's data hash."""
-    return "sha256:" + hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
+    return frame_hash(frame)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +47,6 @@ __all__ = [
     "read_user_data",
     "rebuild",
     "typed_features",
-    "window_start",
 ]
 
 TRAINING_DATA_ARTIFACT = "data/train.parquet"
@@ -310,8 +309,3 @@ def rebuild(manifest: dict[str, Any], registry: Registry, predictions: Predictio
             field="manifest",
         )
     return TrainingData(rebuilt.frame, features, label, rebuilt.hash, manifest)
-
-
-def window_start(window: timedelta | None, now: datetime) -> datetime | None:
-    """The start of a window ending ``now``."""
-    return None if window is None else now - window

@@ -35,7 +35,6 @@ from workflows.retraining.data import (
     TrainingData,
     assemble,
     typed_features,
-    window_start,
 )
 from workflows.retraining.results import Ended, Handoff, RetrainRequest, RetrainResult
 from workflows.retraining.store import RetrainingRecord, RetrainingStore, Status
@@ -251,7 +250,7 @@ class RunSteps:
                 self.say(
                     "data", f"version {self.champion.version} kept no training rows: production rows only"
                 )
-        since = window_start(request.data.window, utcnow())
+        since = None if request.data.window is None else utcnow() - request.data.window
         user_frame, user_source = None, None
         if user is not None and request.user_data is not None:
             # A user's rows stand in for the production window: they are what gets validated and
