@@ -260,7 +260,9 @@ class EvalScheduler:
             statuses.append(status)
         return statuses
 
-    async def trigger(self, caller: Principal, name: str, *, request_id: str | None = None) -> JobStatus:
+    async def trigger(
+        self, caller: Principal, name: str, *, request_id: str | None = None, prompt: str | None = None
+    ) -> JobStatus:
         """Run job ``name`` now and wait for it; returns its status afterwards.
 
         The trigger is audited (``eval.trigger``, the caller as actor, in the job's tenant),
@@ -270,6 +272,7 @@ class EvalScheduler:
             caller: Who triggers it: an operator or admin; a non-admin only its own tenant's jobs.
             name: The job.
             request_id: The request that triggered it, for the audit entry.
+            prompt: Answer with this alias or version of the prompt instead of the job's, this once.
 
         Raises:
             ForbiddenError: The caller's role is below operator.
@@ -287,7 +290,11 @@ class EvalScheduler:
             )
         status = self._status[name]
         try:
-            await self._run(name, raise_errors=True)
+            await self._run(
+                name,
+                raise_errors=True,
+                job=job if prompt is None else job.model_copy(update={"prompt": prompt}),
+            )
         finally:
             if self._audit is not None:
                 self._audit.append(
@@ -299,6 +306,7 @@ class EvalScheduler:
                         "outcome": status.last_outcome,
                         "run_id": status.last_run_id,
                         "error": status.last_error,
+                        **({} if prompt is None else {"prompt": prompt}),
                     },
                     request_id=request_id,
                 )
@@ -307,12 +315,12 @@ class EvalScheduler:
     async def _fire(self, name: str) -> None:
         await self._run(name, raise_errors=False)
 
-    async def _run(self, name: str, *, raise_errors: bool) -> None:
+    async def _run(self, name: str, *, raise_errors: bool, job: EvalJob | None = None) -> None:
         status = self._status[name]
         status.running = True
         status.last_run = datetime.now(UTC)
         try:
-            outcome, result = await run_job(self._jobs[name], self._execute, self._metrics)
+            outcome, result = await run_job(job or self._jobs[name], self._execute, self._metrics)
         except Exception as exc:
             status.last_outcome = "failed"
             status.last_error = (

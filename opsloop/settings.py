@@ -157,6 +157,23 @@ class Settings(BaseSettings):
         description="A retrained challenger reaches champion only with a person's approval "
         "(the canary holds for it; a direct promotion waits for 'opsloop models promote').",
     )
+    chat_approver_must_differ: bool = Field(
+        default=False,
+        description="An action asked for in chat is approved by a key other than the one that asked.",
+    )
+    load_test_max_requests: int = Field(
+        default=2000, ge=1, description="Most requests one chat-driven load test sends."
+    )
+    load_test_max_concurrency: int = Field(
+        default=64, ge=1, description="Most requests a load test has in flight."
+    )
+    load_test_max_seconds: float = Field(default=60.0, gt=0, description="A load test stops after this long.")
+    slo_predict_p99_ms: float = Field(default=250.0, gt=0, description="SLO: p99 time of a /predict request.")
+    slo_query_p99_ms: float = Field(default=5000.0, gt=0, description="SLO: p99 time of an answered /query.")
+    slo_chat_p99_ms: float = Field(default=10000.0, gt=0, description="SLO: p99 time of a chat completion.")
+    slo_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="SLO: share of requests that may fail."
+    )
     key_cache_seconds: float = Field(
         default=2.0,
         ge=0,

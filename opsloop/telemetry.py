@@ -29,6 +29,7 @@ __all__ = [
     "CONTENT_TYPE_LATEST",
     "MULTIPROC_ENV",
     "BudgetMetrics",
+    "ChatMetrics",
     "DriftMetrics",
     "EvalMetrics",
     "ExperimentMetrics",
@@ -84,6 +85,7 @@ class Metrics:
         self.evals = EvalMetrics(self.registry)
         self.experiments = ExperimentMetrics(self.registry)
         self.retraining = RetrainingMetrics(self.registry)
+        self.chat = ChatMetrics(self.registry)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric of this process (or all workers)."""
@@ -399,6 +401,30 @@ class ExperimentMetrics:
 
 
 RunCounts = tuple[dict[tuple[str, str], int], dict[str, datetime]]
+
+
+class ChatMetrics:
+    """Chat-driven ops: requests by workflow and status, approvals by outcome, tool errors."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "opsloop_chat_requests_total",
+            "Chat requests by workflow (none: refused or unclear) and the status they ended in.",
+            ["workflow", "status"],
+            registry=registry,
+        )
+        self.approvals = Counter(
+            "opsloop_chat_approvals_total",
+            "Decisions on actions that waited for approval, by action and outcome (approved, rejected).",
+            ["action", "outcome"],
+            registry=registry,
+        )
+        self.tool_errors = Counter(
+            "opsloop_chat_tool_errors_total",
+            "Tool calls of the agents that failed with an error, by tool.",
+            ["tool"],
+            registry=registry,
+        )
 
 
 class RetrainingMetrics:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from opsloop.settings import Settings, load_settings
+from serving.agent_wiring import ChatHost
 from serving.errors import install_error_handlers
 from serving.middleware import RequestMiddleware
 from serving.platform import Platform
@@ -25,6 +26,7 @@ from serving.routers import (
     rag,
     retraining,
 )
+from serving.routers import chat as chat_router
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -34,6 +36,7 @@ log = logging.getLogger("opsloop")
 def create_app(settings: Settings) -> FastAPI:
     """Build the app; components open in the lifespan, so building is cheap."""
     platform = Platform.build(settings)
+    chat = ChatHost(platform)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("created the first admin key; it is in %s (mode 0600)", admin_key)
         platform.start_serving()
         yield
+        await chat.aclose()
         await platform.aclose_eval_tasks()  # before the gateway and RAG they use close
         await platform.aclose_gateway()
         platform.close()
@@ -58,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.platform = platform
+    app.state.chat = chat
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=platform.metrics, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
@@ -70,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(evals.router)
     app.include_router(experiments.router)
     app.include_router(retraining.router)
+    app.include_router(chat_router.router)
     return app
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import case, func, select
+from sqlalchemy import String, case, cast, func, select
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -36,8 +36,8 @@ from opsloop.tables import LLMCallRow, utcnow
 __all__ = ["GROUPS", "CostRow", "GroupBy", "LLMCall", "Ledger", "Outcome", "cost_usd"]
 
 Outcome = Literal["ok", "error", "disconnected"]
-GroupBy = Literal["tenant", "key", "route", "model", "backend", "variant"]
-GROUPS: tuple[str, ...] = ("tenant", "key", "route", "model", "backend", "variant")
+GroupBy = Literal["tenant", "key", "route", "model", "backend", "variant", "day"]
+GROUPS: tuple[str, ...] = ("tenant", "key", "route", "model", "backend", "variant", "day")
 _COLUMNS: dict[str, ColumnElement[str] | InstrumentedAttribute[str]] = {
     "tenant": LLMCallRow.tenant,
     "key": LLMCallRow.key_id,
@@ -46,6 +46,8 @@ _COLUMNS: dict[str, ColumnElement[str] | InstrumentedAttribute[str]] = {
     "backend": LLMCallRow.backend,
     # ``experiment:variant``; "" for the calls no experiment made.
     "variant": func.coalesce(LLMCallRow.experiment + ":" + LLMCallRow.variant, ""),
+    # ``YYYY-MM-DD`` (UTC): the first ten characters of the time as SQLite and PostgreSQL print it
+    "day": func.substr(cast(LLMCallRow.at, String), 1, 10),
 }
 _MILLION = 1_000_000
 _MS_PER_HOUR = 3_600_000
@@ -204,7 +206,8 @@ class Ledger(BatchedLog[LLMCall]):
             caller: Who asks: an admin reads any tenant's calls, anyone else their own tenant's.
             by: Group by tenant, key (id), route (the route that served: a name's alias or an
                 experiment's challenger route takes the name's place), model (the backend's),
-                backend, or experiment variant (``experiment:variant``, "" for calls outside one).
+                backend, experiment variant (``experiment:variant``, "" for calls outside one), or
+                UTC day (``YYYY-MM-DD``).
             since: How far back from ``now``.
             tenant: Only this tenant's calls; all tenants when None (admins).
             now: The end of the window (default: now).
@@ -220,8 +223,8 @@ class Ledger(BatchedLog[LLMCall]):
             )
         self.flush()
         column = _COLUMNS[by]
-        start = (now or utcnow()) - since
-        where = [LLMCallRow.at >= start]
+        end = now or utcnow()
+        where = [LLMCallRow.at >= end - since, LLMCallRow.at <= end]
         if tenant is not None:
             where.append(LLMCallRow.tenant == tenant)
         totals = (

@@ -106,6 +106,7 @@ class ModelService:
         *,
         request_id: str | None = None,
         unit: str | None = None,
+        log: bool = True,
     ) -> Prediction:
         """Validate ``instances`` against the serving version's signature and predict them.
 
@@ -113,6 +114,8 @@ class ModelService:
         millisecond, less than a hop to a worker thread would cost. When an experiment runs
         on the model, ``unit`` (default: the caller's key) decides the variant; a challenger
         that fails is answered for by the champion, and the failure counts against it.
+        ``log=False`` keeps the prediction out of the prediction log (a load test's repeated
+        instance would read as drift), as evals keep their questions out of the query log.
 
         Raises:
             ForbiddenError: The caller is a viewer.
@@ -168,19 +171,20 @@ class ModelService:
             latency_ms=elapsed * 1000,
             experiment=assignment.experiment if assignment else None,
         )
-        self.log.record(
-            PredictionRecord(
-                request_id=result.request_id,
-                tenant=caller.tenant,
-                model=model,
-                version=result.version,
-                variant=result.variant,
-                inputs=instances,
-                outputs=probabilities if probabilities is not None else predictions,
-                latency_ms=result.latency_ms,
-                experiment=result.experiment,
+        if log:
+            self.log.record(
+                PredictionRecord(
+                    request_id=result.request_id,
+                    tenant=caller.tenant,
+                    model=model,
+                    version=result.version,
+                    variant=result.variant,
+                    inputs=instances,
+                    outputs=probabilities if probabilities is not None else predictions,
+                    latency_ms=result.latency_ms,
+                    experiment=result.experiment,
+                )
             )
-        )
         return result
 
     def _shadow(

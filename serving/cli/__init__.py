@@ -20,6 +20,7 @@ from opsloop.errors import OpsloopError
 from serving.cli import (
     audit,
     budgets,
+    chat,
     costs,
     demo,
     drift,
@@ -53,6 +54,8 @@ app.add_typer(demo.app, name="demo")
 app.command("ingest")(rag.ingest)
 app.command("query")(rag.query)
 app.command("retrain")(retrain.retrain)
+app.command("chat")(chat.chat)
+app.add_typer(chat.agents_app, name="agents")
 
 
 @app.callback()

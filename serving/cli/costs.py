@@ -24,7 +24,7 @@ app = typer.Typer(help="LLM usage and cost from the gateway's ledger.", no_args_
 # ``opsloop.llm.ledger.GroupBy`` spelled out: typer needs the type when it builds the CLI (for
 # ``opsloop --help`` too), and importing the ledger would load SQLAlchemy then. mypy checks that
 # every value here is one the ledger takes; tests/unit/test_cli_imports.py that none is missing.
-GroupBy = Literal["tenant", "key", "route", "model", "backend", "variant"]
+GroupBy = Literal["tenant", "key", "route", "model", "backend", "variant", "day"]
 
 
 @app.command("report")
@@ -32,7 +32,7 @@ def report(
     ctx: typer.Context,
     by: Annotated[
         GroupBy,
-        typer.Option("--by", help="Group by tenant, key, route, model, backend or experiment variant."),
+        typer.Option("--by", help="Group by tenant, key, route, model, backend, experiment variant or day."),
     ] = "tenant",
     since: Annotated[str, typer.Option("--since", help="Window ending now: 30m, 24h, 7d.")] = "24h",
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's calls.")] = None,

@@ -297,6 +297,17 @@ class ServerRag:
         body = {"question": question, "collection": collection, "top_k": top_k, "generate": generate}
         return QueryResponse.model_validate(self._call("POST", "/query", json=body))
 
+    def chat(self, message: str, thread_id: str | None, *, dry_run: bool = False) -> dict[str, Any]:
+        """``POST /chat``'s answer."""
+        return self._call(
+            "POST", "/chat", json={"message": message, "thread_id": thread_id, "dry_run": dry_run}
+        )
+
+    def approve(self, thread_id: str, approve: bool, comment: str | None) -> dict[str, Any]:
+        """``POST /chat/{thread_id}/approve``'s answer."""
+        body = {"approve": approve, "comment": comment}
+        return self._call("POST", f"/chat/{_segment(thread_id)}/approve", json=body)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
             response = self.http.request(method, path, **kwargs)

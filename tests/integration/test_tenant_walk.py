@@ -124,6 +124,10 @@ REQUESTS: dict[tuple[str, str], list[Call]] = {
     ("GET", "/admin/evals/tasks/{task_id}"): [Call("denied")],
     # Experiments are their creator's tenant's. Models are shared, so bravo's operator may start
     # one on a model, but not while alpha's runs on it (a 409 that must not name alpha's).
+    # A chat thread is its opener's tenant's: bravo's own request runs; alpha's thread is a 404.
+    ("POST", "/chat"): [Call("own", json={"message": "is everything healthy?"})],
+    ("GET", "/chat/{thread_id}"): [Call("denied")],
+    ("POST", "/chat/{thread_id}/approve"): [Call("denied", json={"approve": True})],
     ("GET", "/admin/experiments"): [Call("own")],
     ("POST", "/admin/experiments"): [
         Call("own", json={"name": "bravo-canary", "model": MODEL, "challenger": "2"})
@@ -149,6 +153,8 @@ class World:
     """The request id of alpha's query."""
     a_task: str
     """An eval run alpha's operator started in the server."""
+    a_thread: str
+    """A chat thread of alpha's operator, waiting for approval of a promotion."""
     llm: str
     admin: dict[str, str]
     """A platform admin's headers (tenant ``default``), to read alpha's data as the operator would."""
@@ -238,7 +244,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         created = client.post("/admin/experiments", json=experiment, headers=operator)
         assert created.status_code == 201, created.text
         a_query = asked.json()["request_id"]
-        yield World(client, platform, a_keys, b_keys, a_request, a_query, a_task, llm, admin_headers)
+        waiting = client.post(
+            "/chat", json={"message": f"promote {MODEL} version {challenger}"}, headers=operator
+        )
+        assert waiting.json()["status"] == "pending_approval", waiting.text
+        a_thread = waiting.json()["thread_id"]
+        yield World(
+            client, platform, a_keys, b_keys, a_request, a_query, a_task, a_thread, llm, admin_headers
+        )
 
 
 def _snapshot(world: World) -> dict[str, Any]:
@@ -280,6 +293,7 @@ def _request(world: World, method: str, path: str, call: Call, headers: dict[str
         "{source:path}": "keys.md",
         "{key_id}": world.a_keys[Role.VIEWER][0],
         "{task_id}": world.a_task,
+        "{thread_id}": world.a_thread,
     }
     url = path
     for placeholder, value in filled.items():

@@ -1,0 +1,1 @@
+"""The cost agent: LLM spend by tenant, key, route, model, backend and day; what changed."""

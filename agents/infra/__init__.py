@@ -1,0 +1,1 @@
+"""The infra agent: readiness of every component, queues, stores, sizing."""

@@ -1,0 +1,1 @@
+"""The ml-ops agent: models, versions, promotion, rollback, experiments, retraining."""

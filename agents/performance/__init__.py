@@ -1,0 +1,1 @@
+"""The performance agent: bounded load tests against the SLO."""

@@ -1,0 +1,14 @@
+"""The performance agent's state: the thread's, of which it reads the plan and adds findings."""
+
+from __future__ import annotations
+
+from agents.plan import AgentName
+from agents.state import ChatState
+
+__all__ = ["AGENT", "State"]
+
+AGENT: AgentName = "performance"
+
+
+class State(ChatState, total=False):
+    """What the performance subgraph reads and writes."""

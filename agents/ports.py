@@ -1,0 +1,133 @@
+"""What the agents need from the platform: typed operations, wired by ``serving/``.
+
+Every tool calls one of these, in-process, with the caller's :class:`Principal`: the same
+service functions the HTTP routes and the CLI call, so the agent can do exactly what its caller
+could do through the API (each operation checks the role and the tenant itself). Results are
+the services' own typed objects; the tools turn them into JSON for the graph's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from agents.planning.slots import Catalog
+from opsloop.auth import Principal
+
+__all__ = ["Operations"]
+
+
+class Operations(Protocol):
+    """The platform's operations, as the agents' tools call them."""
+
+    # -- models (ml-ops) --------------------------------------------------------------
+    def models(self, caller: Principal) -> list[Any]:
+        """The served models with their champion versions (``ServedModel``)."""
+        ...
+
+    async def describe(self, caller: Principal, model: str) -> Any:
+        """A model's versions, champion and input schema (``ModelDescription``)."""
+        ...
+
+    def champion(self, caller: Principal, model: str) -> int:
+        """The version the registry's champion alias points at now."""
+        ...
+
+    def signature(self, caller: Principal, model: str, version: int) -> list[tuple[str, str]]:
+        """A version's input columns and their types, from its registered signature."""
+        ...
+
+    def promote(self, caller: Principal, model: str, version: int) -> Any:
+        """Point the champion alias at ``version`` (``AliasMove``); audited."""
+        ...
+
+    def rollback(self, caller: Principal, model: str) -> Any:
+        """Point the champion back at its version before (``AliasMove``); audited."""
+        ...
+
+    # -- experiments and retraining (ml-ops) ------------------------------------------
+    def start_experiment(self, caller: Principal, plan: Any) -> Any:
+        """Start an ``ExperimentPlan``; returns its ``ExperimentReport``."""
+        ...
+
+    def experiment(self, caller: Principal, name: str) -> Any:
+        """An experiment's ``ExperimentReport``."""
+        ...
+
+    def experiments(self, caller: Principal) -> list[Any]:
+        """The caller's tenant's experiments (``Experiment``), newest first."""
+        ...
+
+    def end_experiment(self, caller: Principal, name: str, action: str, reason: str) -> Any:
+        """``promote`` or ``rollback`` an experiment; returns the ``Experiment``."""
+        ...
+
+    def retrain(self, caller: Principal, model: str) -> Mapping[str, Any]:
+        """Start retraining ``model`` in the background; the run's record once it has begun."""
+        ...
+
+    # -- infra --------------------------------------------------------------------------
+    def components(self) -> Mapping[str, Any]:
+        """Each component's readiness (``ComponentState``) and whether the whole is ready."""
+        ...
+
+    def queues(self) -> Mapping[str, int]:
+        """Depth of each in-process queue and count of each running background job."""
+        ...
+
+    def stores(self) -> Mapping[str, Any]:
+        """The state store, registry and vector store: kind, location, schema revision."""
+        ...
+
+    # -- performance --------------------------------------------------------------------
+    async def predict_one(self, caller: Principal, model: str) -> None:
+        """One prediction of ``model``'s example instance, as ``POST /predict`` makes it."""
+        ...
+
+    async def query_one(self, caller: Principal, collection: str, question: str) -> None:
+        """One answered query of ``collection``, as ``POST /query`` makes it."""
+        ...
+
+    async def complete_one(self, caller: Principal, route: str, prompt: str) -> None:
+        """One chat completion through the gateway ``route``, as ``POST /v1/chat/completions``."""
+        ...
+
+    # -- quality ------------------------------------------------------------------------
+    def drift(self, caller: Principal, model: str, since: timedelta | None) -> Mapping[str, Any]:
+        """The data-drift report of the caller's tenant's traffic of ``model``."""
+        ...
+
+    def concept_drift(self, caller: Principal, model: str, since: timedelta | None) -> Mapping[str, Any]:
+        """ADWIN's change points of the champion's error rate."""
+        ...
+
+    def query_drift(self, caller: Principal, collection: str, since: timedelta | None) -> Mapping[str, Any]:
+        """Drift of the caller's tenant's queries of ``collection`` against its reference."""
+        ...
+
+    def eval_jobs(self, caller: Principal) -> list[Any]:
+        """The scheduled eval jobs the caller may see (``JobStatus``)."""
+        ...
+
+    async def run_eval(
+        self, caller: Principal, job: str | None, collection: str | None, prompt_version: int | None
+    ) -> Mapping[str, Any]:
+        """Run an eval job (or the first job of ``collection``), answering with its scores and gate."""
+        ...
+
+    async def ask(self, caller: Principal, question: str, collection: str) -> Any:
+        """A RAG answer with its sources (``QueryResult``)."""
+        ...
+
+    # -- cost ---------------------------------------------------------------------------
+    def costs(
+        self, caller: Principal, by: str, since: timedelta, tenant: str | None, until: datetime | None = None
+    ) -> list[Any]:
+        """The ledger's usage and cost per group (``CostRow``) over ``since`` up to ``until`` (now)."""
+        ...
+
+    # -- the catalog the planner reads ------------------------------------------------
+    def catalog(self, caller: Principal) -> Catalog:
+        """The names a request of ``caller`` may mention (models, collections, tenants, prompts, ...)."""
+        ...

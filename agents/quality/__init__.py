@@ -1,0 +1,1 @@
+"""The quality agent: drift, evals and answers from the docs."""

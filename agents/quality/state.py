@@ -1,0 +1,14 @@
+"""The quality agent's state: the thread's, of which it reads the plan and adds findings."""
+
+from __future__ import annotations
+
+from agents.plan import AgentName
+from agents.state import ChatState
+
+__all__ = ["AGENT", "State"]
+
+AGENT: AgentName = "quality"
+
+
+class State(ChatState, total=False):
+    """What the quality subgraph reads and writes."""

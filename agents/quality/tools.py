@@ -1,0 +1,86 @@
+"""The quality agent's tools: drift (data, concept, queries), eval runs, and answers from the docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.tools import Outcome, ToolCall, jsonable, tool
+from opsloop.auth import Role
+from opsloop.durations import parse_duration
+from opsloop.errors import NotFoundError
+
+__all__ = ["TOOLS", "ask_docs", "concept_drift", "data_drift", "query_drift", "run_eval"]
+
+
+def _since(window: str | None) -> Any:
+    return None if window is None else parse_duration(window, field="window")
+
+
+def _drifted(report: dict[str, Any]) -> list[str]:
+    return [name for name, feature in report.get("features", {}).items() if feature.get("drifted")]
+
+
+@tool("quality", role=Role.OPERATOR)
+async def data_drift(call: ToolCall, model: str, window: str | None = None) -> Outcome:
+    """Drift of a model's live inputs against its reference, feature by feature."""
+    report = jsonable(call.ops.drift(call.caller, model, _since(window)))
+    drifted = _drifted(report)
+    rows = report.get("current_rows")
+    if report.get("status") == "insufficient_data":
+        return Outcome(f"{model}: too few live rows to judge drift ({rows})", report)
+    summary = (
+        f"{model}: {len(drifted)} of {len(report.get('features', []))} features drifted over {rows} rows"
+    )
+    return Outcome(summary + (f": {', '.join(drifted)}" if drifted else ""), report)
+
+
+@tool("quality", role=Role.OPERATOR)
+async def concept_drift(call: ToolCall, model: str, window: str | None = None) -> Outcome:
+    """Change points of the champion's error rate on labelled predictions (ADWIN)."""
+    report = jsonable(call.ops.concept_drift(call.caller, model, _since(window)))
+    worse = [p for p in report["change_points"] if p["worse"]]
+    summary = (
+        f"{model} v{report['version']}: {len(worse)} change points to a worse error rate over"
+        f" {report['instances']} labelled instances (error {report['current_error_rate']:.3f} now,"
+        f" {report['error_rate']:.3f} overall)"
+    )
+    return Outcome(summary, report)
+
+
+@tool("quality", role=Role.OPERATOR)
+async def query_drift(call: ToolCall, collection: str, window: str | None = None) -> Outcome:
+    """Drift of the questions asked of a collection against its reference questions."""
+    report = jsonable(call.ops.query_drift(call.caller, collection, _since(window)))
+    return Outcome(f"{collection}: queries {'drifted' if report.get('drifted') else 'did not drift'}", report)
+
+
+@tool("quality", role=Role.OPERATOR)
+async def run_eval(
+    call: ToolCall, job: str | None = None, collection: str | None = None, prompt_version: int | None = None
+) -> Outcome:
+    """Run an eval job (or the job of a collection) and compare it with its baseline."""
+    result = jsonable(await call.ops.run_eval(call.caller, job, collection, prompt_version))
+    scores = ", ".join(
+        f"{k} {v:.3f}" for k, v in (result.get("scores") or {}).items() if isinstance(v, float)
+    )
+    passed = result.get("passed", True)
+    summary = f"eval {result.get('job')}: {scores or 'no scores'}" + ("" if passed else "; the gate failed")
+    return Outcome(summary, result, "ok" if passed else "failed")
+
+
+@tool("quality", role=Role.USER)
+async def ask_docs(call: ToolCall, question: str, collection: str = "docs") -> Outcome:
+    """Answer a how-to or runbook question from a collection, citing its sources."""
+    try:
+        answer = await call.ops.ask(call.caller, question, collection)
+    except NotFoundError as exc:
+        return Outcome(exc.message, {"error": exc.to_dict()["error"]}, "failed")
+    sources = [{"source": s.source, "chunk": s.chunk} for s in answer.sources]
+    cited = ", ".join(dict.fromkeys(s["source"] for s in sources))
+    return Outcome(
+        f"answered from {len(sources)} passages of {collection}: {cited}",
+        {"answer": answer.answer, "sources": sources, "collection": collection},
+    )
+
+
+TOOLS = (data_drift, concept_drift, query_drift, run_eval, ask_docs)

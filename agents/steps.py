@@ -1,0 +1,84 @@
+"""Running a plan's steps: each as the caller, its outcome recorded, failures reported as such.
+
+A tool that raises is an ``error`` step with the error's message; a check that does not pass is
+``failed``. Either stops a plan that has a mutating step after it (nothing risky runs on a
+failed premise, the rest is ``skipped``); an investigation goes on to its other steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from agents.context import Context
+from agents.plan import Step
+from agents.registry import REGISTRY
+from agents.tools import ToolCall
+from opsloop.auth import Principal, Role
+from opsloop.errors import OpsloopError
+
+__all__ = ["caller_of", "run_agent_steps", "run_step"]
+
+log = logging.getLogger("opsloop.agents")
+
+
+def caller_of(state: dict[str, Any]) -> Principal:
+    """The requester of the thread's current request, as the services take it."""
+    who = state["caller"]
+    return Principal(who["key_id"], who["tenant"], Role.parse(who["role"]))
+
+
+async def run_step(step: Step, caller: Principal, context: Context, agent: str) -> Step:
+    """``step`` run, with its status, summary and result filled in."""
+    tool = REGISTRY[step["tool"]]
+    call = ToolCall(caller, context.ops, context.limits.get(agent, {}))
+    done = copy.deepcopy(step)
+    try:
+        outcome = await tool.run(call, **step["args"])
+    except OpsloopError as exc:
+        error = exc.to_dict()["error"]
+        done |= {"status": "error", "summary": f"{tool.name} failed: {exc.message}", "result": error}
+        context.metrics.tool_errors.labels(tool.name).inc()
+    except Exception as exc:  # a tool's own bug must not lose the thread: reported, not papered over
+        log.exception("tool %s failed", tool.name)
+        failure = f"{type(exc).__name__}: {exc}"
+        done |= {
+            "status": "error",
+            "summary": f"{tool.name} failed: {failure}",
+            "result": {"message": failure},
+        }
+        context.metrics.tool_errors.labels(tool.name).inc()
+    else:
+        done |= {"status": outcome.status, "summary": outcome.summary, "result": outcome.result}
+    return done
+
+
+def stop_after_failure(plan: dict[str, Any], cursor: int) -> bool:
+    """Whether a failed step at ``cursor`` stops the plan: a mutating step follows it."""
+    return any(s["mutating"] for s in plan["steps"][cursor + 1 :])
+
+
+def skip_rest(plan: dict[str, Any], after: int, status: str, why: str) -> None:
+    """Mark every step after ``after`` ``status`` (skipped, cancelled) with ``why``."""
+    for later in plan["steps"][after + 1 :]:
+        later.update(status=status, summary=why)
+
+
+async def run_agent_steps(state: dict[str, Any], context: Context, agent: str) -> dict[str, Any]:
+    """Run the read-only steps from the cursor that belong to ``agent``; the state update."""
+    plan = copy.deepcopy(state["plan"])
+    cursor = state.get("cursor", 0)
+    caller = caller_of(state)
+    steps: list[Step] = plan["steps"]
+    while cursor < len(steps):
+        current = steps[cursor]
+        if current["mutating"] or REGISTRY[current["tool"]].agent != agent:
+            break
+        steps[cursor] = await run_step(current, caller, context, agent)
+        if steps[cursor]["status"] != "ok" and stop_after_failure(plan, cursor):
+            skip_rest(plan, cursor, "skipped", f"not run: step {cursor + 1} ({current['tool']}) did not pass")
+            cursor = len(steps)
+            break
+        cursor += 1
+    return {"plan": plan, "cursor": cursor}

@@ -1,0 +1,303 @@
+"""The agents' :class:`~agents.ports.Operations` over this process's services, and the chat service.
+
+Each operation is the call a route or the CLI makes, with the caller passed through (the
+services check roles and tenants themselves); nothing here goes over HTTP or runs SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from agents.planning.slots import Catalog
+from opsloop.auth import Principal, Role
+from opsloop.errors import InvalidInputError, NotFoundError
+from opsloop.llm.protocol import ChatMessage, ChatRequest
+
+if TYPE_CHECKING:
+    from agents.service import ChatService
+    from serving.platform import Platform
+
+__all__ = ["ChatHost", "PlatformOperations"]
+
+CHECKPOINTS_FILE = "checkpoints.sqlite"
+
+
+class PlatformOperations:
+    """The platform's services as the agents' tools call them (``agents.ports.Operations``)."""
+
+    def __init__(self, platform: Platform) -> None:
+        self._p = platform
+
+    # -- ml-ops -------------------------------------------------------------------------
+    def models(self, caller: Principal) -> list[Any]:
+        return self._p.models.served(caller)
+
+    async def describe(self, caller: Principal, model: str) -> Any:
+        return await self._p.models.describe(caller, model)
+
+    def champion(self, caller: Principal, model: str) -> int:
+        caller.require(Role.VIEWER, "reading a model's champion")
+        return self._p.start_registry().get_alias(model, "champion").version
+
+    def signature(self, caller: Principal, model: str, version: int) -> list[tuple[str, str]]:
+        caller.require(Role.VIEWER, "reading a model's signature")
+        return self._p.registry.input_columns(model, version)
+
+    def promote(self, caller: Principal, model: str, version: int) -> Any:
+        from workflows.promotion import promote
+
+        return promote(caller, self._p.registry, self._p.audit, model, version)
+
+    def rollback(self, caller: Principal, model: str) -> Any:
+        from workflows.promotion import rollback
+
+        return rollback(caller, self._p.registry, self._p.audit, model)
+
+    def start_experiment(self, caller: Principal, plan: Any) -> Any:
+        service = self._p.experiments.service
+        experiment = service.create(caller, plan)
+        return service.show(caller, experiment.name)
+
+    def experiment(self, caller: Principal, name: str) -> Any:
+        return self._p.experiments.service.show(caller, name)
+
+    def experiments(self, caller: Principal) -> list[Any]:
+        return self._p.experiments.service.experiments(caller)
+
+    def end_experiment(self, caller: Principal, name: str, action: str, reason: str) -> Any:
+        service = self._p.experiments.service
+        if action == "promote":
+            return service.promote(caller, name, reason)
+        return service.rollback(caller, name, reason)
+
+    def retrain(self, caller: Principal, model: str) -> Mapping[str, Any]:
+        retraining = self._p.retraining
+        request = retraining.request(model)
+        begun: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                retraining.retrainer.retrain(caller, request, on_begin=begun.set_result)
+            except Exception as exc:  # refused before it began (busy, no champion): the answer
+                if not begun.done():
+                    begun.set_exception(exc)
+                else:
+                    raise
+
+        threading.Thread(target=run, name=f"retrain-{model}", daemon=True).start()
+        return begun.result().to_dict()
+
+    # -- infra ----------------------------------------------------------------------------
+    def components(self) -> Mapping[str, Any]:
+        readiness = self._p.readiness()
+        return {
+            "ready": readiness.ready,
+            "components": dict(readiness.components),
+            "why": readiness.why,
+            "pending": readiness.pending,
+        }
+
+    def queues(self) -> Mapping[str, int]:
+        p = self._p
+        tasks = p._eval_tasks
+        return {
+            "prediction_log": p.predictions.pending,
+            "llm_ledger": p.ledger.pending,
+            "rag_query_log": p.queries.pending,
+            "eval_runs": 0
+            if tasks is None
+            else sum(t.state == "running" for t in tasks.visible(Principal("system", "default", Role.ADMIN))),
+            "retraining_runs": sum(r.status == "running" for r in p.retraining.store.history(limit=50)),
+        }
+
+    def stores(self) -> Mapping[str, Any]:
+        settings = self._p.settings
+        url = settings.db_url
+        return {
+            "state": {"kind": url.split(":", 1)[0].split("+", 1)[0]},
+            "registry": {
+                "kind": settings.tracking_uri.split(":", 1)[0],
+                "models": len(self._p.start_registry().models()),
+            },
+            "vectors": {"kind": "qdrant-edge" if settings.vector_store == "edge" else "qdrant"},
+        }
+
+    # -- performance ------------------------------------------------------------------------
+    async def predict_one(self, caller: Principal, model: str) -> None:
+        described = await self._p.models.describe(caller, model)
+        await self._p.models.predict(caller, model, [described.example], unit=uuid.uuid4().hex, log=False)
+
+    async def query_one(self, caller: Principal, collection: str, question: str) -> None:
+        await self._p.rag.query(caller, question, collection, log_query=False)
+
+    async def complete_one(self, caller: Principal, route: str, prompt: str) -> None:
+        request = ChatRequest(messages=[ChatMessage(role="user", content=prompt)], max_tokens=8)
+        await self._p.gateway.chat(caller, route, request, request_id=uuid.uuid4().hex)
+
+    # -- quality ------------------------------------------------------------------------------
+    def drift(self, caller: Principal, model: str, since: timedelta | None) -> Mapping[str, Any]:
+        from workflows.drift_monitor import live_report
+
+        caller.require(Role.OPERATOR, "reading a drift report")
+        report = live_report(
+            self._p.registry,
+            self._p.predictions,
+            model,
+            tenant=caller.scope(None, "predictions"),
+            since=None if since is None else datetime.now(UTC) - since,
+            min_rows=self._p.settings.drift_min_rows,
+        )
+        return report.to_dict()
+
+    def concept_drift(self, caller: Principal, model: str, since: timedelta | None) -> Mapping[str, Any]:
+        from workflows.concept_drift import concept_report
+
+        caller.require(Role.OPERATOR, "reading a concept-drift report")
+        version = self._p.registry.get_alias(model, "champion").version
+        report = concept_report(
+            self._p.predictions,
+            model,
+            version,
+            tenant=caller.scope(None, "predictions"),
+            since=None if since is None else datetime.now(UTC) - since,
+        )
+        return report.to_dict()
+
+    def query_drift(self, caller: Principal, collection: str, since: timedelta | None) -> Mapping[str, Any]:
+        """This window's questions against the window before it, of the caller's tenant."""
+        from workflows.query_drift import query_drift
+
+        caller.require(Role.OPERATOR, "reading query drift")
+        length = since or timedelta(days=7)
+        now = datetime.now(UTC)
+        logged = self._p.queries.recent(caller, collection=collection, since=now - 2 * length, limit=5000)
+        current = [q.question for q in logged if q.at >= now - length]
+        reference = [q.question for q in logged if q.at < now - length]
+        if min(len(current), len(reference)) < 20:
+            raise InvalidInputError(
+                f"query drift needs 20 questions in each window; {collection} has {len(reference)} in the"
+                f" {length} before and {len(current)} in the last {length}",
+                field="window",
+            )
+        embedder = self._p.rag.embedder
+        report = query_drift(embedder.embed(reference), embedder.embed(current))
+        return {
+            "collection": collection,
+            "reference": len(reference),
+            "current": len(current),
+            **report.to_dict(),
+        }
+
+    def eval_jobs(self, caller: Principal) -> list[Any]:
+        return [] if self._p.evals is None else self._p.evals.jobs(caller)
+
+    async def run_eval(
+        self, caller: Principal, job: str | None, collection: str | None, prompt_version: int | None
+    ) -> Mapping[str, Any]:
+        evals = self._p.evals
+        jobs = [] if evals is None else evals.jobs(caller)
+        by_collection = (j["name"] for j in self._p.settings.eval_jobs if j.get("collection") == collection)
+        chosen = job or next(by_collection, None)
+        if evals is None or chosen is None:
+            raise NotFoundError(
+                f"no eval job {repr(job) if job else 'for collection ' + repr(collection)}; configure one"
+                " in eval_jobs (known: " + (", ".join(j.name for j in jobs) or "none") + ")",
+                job=job,
+            )
+        status = await evals.trigger(
+            caller, chosen, prompt=None if prompt_version is None else str(prompt_version)
+        )
+        return {
+            "job": chosen,
+            "prompt": prompt_version,
+            "outcome": status.last_outcome,
+            "run_id": status.last_run_id,
+            "error": status.last_error,
+            "passed": status.last_outcome == "passed",
+        }
+
+    async def ask(self, caller: Principal, question: str, collection: str) -> Any:
+        return await self._p.rag.query(caller, question, collection)
+
+    # -- cost ---------------------------------------------------------------------------------
+    def costs(
+        self, caller: Principal, by: str, since: timedelta, tenant: str | None, until: datetime | None = None
+    ) -> list[Any]:
+        caller.require(Role.OPERATOR, "reading LLM costs")
+        return self._p.ledger.report(caller, by, since, tenant, now=until)  # type: ignore[arg-type]
+
+    # -- the planner's catalog -----------------------------------------------------------------
+    def catalog(self, caller: Principal) -> Catalog:
+        from rag.catalog import CollectionCatalog
+
+        p = self._p
+        registry = p.start_registry()
+        collections = tuple(c.name for c in CollectionCatalog(p.db).list(caller.tenant))
+        tenants = (
+            tuple(sorted({k.tenant for k in p.keys.list()}))
+            if caller.role >= Role.ADMIN
+            else (caller.tenant,)
+        )
+        jobs = tuple(j.name for j in self.eval_jobs(caller)) if caller.role >= Role.OPERATOR else ()
+        return Catalog(
+            models=tuple(registry.models()),
+            collections=collections,
+            tenants=tenants,
+            prompts=tuple(registry.prompts()),
+            jobs=jobs,
+            routes=tuple(p.settings.llm_routes),
+        )
+
+
+class ChatHost:
+    """The process's chat service, built on first use on the serving loop, and its checkpointer."""
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+        self._service: ChatService | None = None
+        self._connection: Any = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> ChatService:
+        """The chat service; the first call opens the checkpoints and trains the planner (seconds)."""
+        async with self._lock:
+            if self._service is None:
+                self._service = await self._build()
+            return self._service
+
+    async def _build(self) -> ChatService:
+        import aiosqlite
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        from agents.performance.context import limits
+        from agents.planning.offline import OfflinePlanner
+        from agents.service import ChatService
+        from rag.embedder import SentenceTransformerEmbedder
+
+        platform = self._platform
+        self._connection = await aiosqlite.connect(platform.settings.home / CHECKPOINTS_FILE)
+        saver = AsyncSqliteSaver(self._connection)
+        await saver.setup()
+        planner = OfflinePlanner(SentenceTransformerEmbedder())
+        await asyncio.to_thread(lambda: planner.classifier)  # trained off the loop
+        return ChatService(
+            PlatformOperations(platform),
+            planner,
+            saver,
+            limits={"performance": limits(platform.settings)},
+            audit=platform.audit.append,
+            metrics=platform.metrics.chat,
+            approver_must_differ=platform.settings.chat_approver_must_differ,
+        )
+
+    async def aclose(self) -> None:
+        """Close the checkpoints' connection (its thread would keep the process alive)."""
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection, self._service = None, None
