@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+
 from agents.context import Context
-from agents.plan import Step
+from agents.plan import AgentName, Step
 from agents.registry import REGISTRY
+from agents.state import AgentUpdate, ChatState
 from agents.tools import ToolCall
 from opsloop.auth import Principal, Role
 from opsloop.errors import OpsloopError
 
-__all__ = ["caller_of", "run_agent_steps", "run_step"]
+__all__ = ["caller_of", "role_graph", "run_agent_steps", "run_step", "skip_rest", "stop_after_failure"]
 
 log = logging.getLogger("opsloop.agents")
 
@@ -82,3 +88,24 @@ async def run_agent_steps(state: dict[str, Any], context: Context, agent: str) -
             break
         cursor += 1
     return {"plan": plan, "cursor": cursor}
+
+
+def role_graph(
+    agent: AgentName, schema: type[ChatState], findings: Callable[[dict[str, Any] | None], list[str]]
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """A role agent's subgraph: run its steps from the cursor, then add what they show (``findings``)."""
+
+    async def run(state: ChatState, runtime: Runtime[Context]) -> dict[str, Any]:
+        return await run_agent_steps(dict(state), runtime.context, agent)
+
+    def assess(state: ChatState) -> dict[str, Any]:
+        known = list(state.get("findings") or [])
+        return {"findings": list(dict.fromkeys(known + findings(state.get("plan"))))}
+
+    graph = StateGraph(schema, context_schema=Context, output_schema=AgentUpdate)
+    graph.add_node("run", run)
+    graph.add_node("assess", assess)
+    graph.add_edge(START, "run")
+    graph.add_edge("run", "assess")
+    graph.add_edge("assess", END)
+    return graph.compile()

@@ -7,15 +7,13 @@ services check roles and tenants themselves); nothing here goes over HTTP or run
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from agents.planning.slots import Catalog
-from opsloop.auth import Principal, Role
+from opsloop.auth import Principal, Role, system_principal
 from opsloop.errors import InvalidInputError, NotFoundError
 from opsloop.llm.protocol import ChatMessage, ChatRequest
 
@@ -78,20 +76,7 @@ class PlatformOperations:
 
     def retrain(self, caller: Principal, model: str) -> Mapping[str, Any]:
         retraining = self._p.retraining
-        request = retraining.request(model)
-        begun: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                retraining.retrainer.retrain(caller, request, on_begin=begun.set_result)
-            except Exception as exc:  # refused before it began (busy, no champion): the answer
-                if not begun.done():
-                    begun.set_exception(exc)
-                else:
-                    raise
-
-        threading.Thread(target=run, name=f"retrain-{model}", daemon=True).start()
-        return begun.result().to_dict()
+        return retraining.start(caller, retraining.request(model)).to_dict()
 
     # -- infra ----------------------------------------------------------------------------
     def components(self) -> Mapping[str, Any]:
@@ -105,14 +90,11 @@ class PlatformOperations:
 
     def queues(self) -> Mapping[str, int]:
         p = self._p
-        tasks = p._eval_tasks
         return {
             "prediction_log": p.predictions.pending,
             "llm_ledger": p.ledger.pending,
             "rag_query_log": p.queries.pending,
-            "eval_runs": 0
-            if tasks is None
-            else sum(t.state == "running" for t in tasks.visible(Principal("system", "default", Role.ADMIN))),
+            "eval_runs": sum(t.state == "running" for t in p.eval_tasks.visible(system_principal("default"))),
             "retraining_runs": sum(r.status == "running" for r in p.retraining.store.history(limit=50)),
         }
 

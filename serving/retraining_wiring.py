@@ -9,6 +9,8 @@ registered challenger becomes a canary of the experiments service (or a direct p
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +20,7 @@ from opsloop.auth import Principal, system_principal
 from opsloop.durations import parse_duration
 from workflows.retraining.data import DataSpec
 from workflows.retraining.pipeline import HandoffMode, Retrainer, RetrainRequest, Trigger
-from workflows.retraining.store import RetrainingStore
+from workflows.retraining.store import RetrainingRecord, RetrainingStore
 from workflows.retraining.training import SearchSpec
 from workflows.retraining.triggers import RetrainTriggers
 
@@ -116,6 +118,26 @@ class Retraining:
     def request(self, model: str, trigger: Trigger = "manual", **options: Any) -> RetrainRequest:
         """:func:`retrain_request` with this process's settings."""
         return retrain_request(self.settings, model, trigger, **options)
+
+    def start(self, caller: Principal, request: RetrainRequest) -> RetrainingRecord:
+        """Run ``request`` on a thread of its own; its record once it has begun (blocks until then).
+
+        Raises:
+            OpsloopError: What refused it before it began (no champion, no trainer, busy).
+        """
+        begun: Future[RetrainingRecord] = Future()
+
+        def run() -> None:
+            try:
+                self.retrainer.retrain(caller, request, on_begin=begun.set_result)
+            except Exception as exc:  # refused before it began: the answer; after, the run's own record
+                if not begun.done():
+                    begun.set_exception(exc)
+                else:
+                    raise
+
+        threading.Thread(target=run, name=f"retrain-{request.model}", daemon=True).start()
+        return begun.result()
 
 
 def retrain_request(

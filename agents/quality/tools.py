@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from agents.tools import Outcome, ToolCall, jsonable, tool
@@ -12,7 +13,7 @@ from opsloop.errors import NotFoundError
 __all__ = ["TOOLS", "ask_docs", "concept_drift", "data_drift", "query_drift", "run_eval"]
 
 
-def _since(window: str | None) -> Any:
+def _since(window: str | None) -> timedelta | None:
     return None if window is None else parse_duration(window, field="window")
 
 

@@ -44,9 +44,7 @@ def _server(ctx: typer.Context, url: str | None, key: str | None) -> ServerRag:
     if url is not None:
         if key is None:
             raise typer.BadParameter("--url needs --key (or OPSLOOP_API_KEY)", param_hint="--key")
-        client = ServerRag(url, key, tenant="default", actor=cli_actor())
-        client.http.headers.pop("X-Opsloop-Tenant", None)
-        return client
+        return ServerRag(url, key, tenant="default", actor=cli_actor())  # the key's tenant: headers unread
     found = ServerRag.find(ctx.obj.settings().home, tenant="default", actor=cli_actor())
     if found is None:
         raise fail(

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from opsloop.auth import Principal
 from serving.deps import AdminKey, OperatorKey, PlatformDep
 from workflows.retraining.pipeline import RetrainResult
-from workflows.retraining.store import RetrainingRecord
 
 router = APIRouter(prefix="/admin", tags=["retraining"])
 
@@ -66,19 +62,7 @@ async def retrain(
     if body.wait:
         result: RetrainResult = await run_in_threadpool(retraining.retrainer.retrain, caller, request)
         return result.to_dict()
-    begun: Future[RetrainingRecord] = Future()
-
-    def run(who: Principal) -> None:
-        try:
-            retraining.retrainer.retrain(who, request, on_begin=begun.set_result)
-        except Exception as exc:  # refused before it began (no champion, no trainer, busy): the answer
-            if not begun.done():
-                begun.set_exception(exc)
-            else:
-                raise
-
-    threading.Thread(target=run, args=(caller,), name=f"retrain-{model}", daemon=True).start()
-    record = await run_in_threadpool(begun.result)
+    record = await run_in_threadpool(retraining.start, caller, request)
     response.status_code = 202
     return record.to_dict()
 
