@@ -51,6 +51,10 @@ class Operations(Protocol):
         """Start an ``ExperimentPlan``; returns its ``ExperimentReport``."""
         ...
 
+    async def wait_routed(self, caller: Principal, name: str, timeout_s: float) -> bool:
+        """Until this process routes a model experiment's traffic and has its challenger loaded."""
+        ...
+
     def experiment(self, caller: Principal, name: str) -> Any:
         """An experiment's ``ExperimentReport``."""
         ...
@@ -81,8 +85,8 @@ class Operations(Protocol):
         ...
 
     # -- performance --------------------------------------------------------------------
-    async def predict_one(self, caller: Principal, model: str) -> None:
-        """One prediction of ``model``'s example instance, as ``POST /predict`` makes it."""
+    async def predict_one(self, caller: Principal, model: str, instance: Mapping[str, Any]) -> None:
+        """One prediction of ``instance``, as ``POST /predict`` makes it (kept out of the log)."""
         ...
 
     async def query_one(self, caller: Principal, collection: str, question: str) -> None:

@@ -24,7 +24,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -144,6 +144,8 @@ class JobStatus:
     last_run: datetime | None = None
     last_outcome: Outcome | None = None
     last_run_id: str | None = None
+    last_scores: dict[str, float] = field(default_factory=dict)
+    """The last successful run's mean score per metric."""
     last_error: str | None = None
     running: bool = False
 
@@ -333,4 +335,9 @@ class EvalScheduler:
             status.running = False
         status.last_outcome = outcome
         status.last_run_id = result.run_id if result is not None else None
+        status.last_scores = (
+            {}
+            if result is None
+            else {name: s.mean for name, s in result.summaries.items() if s.mean is not None}
+        )
         status.last_error = None

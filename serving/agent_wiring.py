@@ -62,6 +62,17 @@ class PlatformOperations:
         experiment = service.create(caller, plan)
         return service.show(caller, experiment.name)
 
+    async def wait_routed(self, caller: Principal, name: str, timeout_s: float) -> bool:
+        experiment = self._p.experiments.service.get(caller, name)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            assignment = self._p.experiments.router.assign("model", experiment.target, "probe")
+            loaded = self._p.runtime.challenger(experiment.target, int(experiment.challenger))
+            if assignment is not None and assignment.experiment == name and loaded is not None:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
     def experiment(self, caller: Principal, name: str) -> Any:
         return self._p.experiments.service.show(caller, name)
 
@@ -111,9 +122,8 @@ class PlatformOperations:
         }
 
     # -- performance ------------------------------------------------------------------------
-    async def predict_one(self, caller: Principal, model: str) -> None:
-        described = await self._p.models.describe(caller, model)
-        await self._p.models.predict(caller, model, [described.example], unit=uuid.uuid4().hex, log=False)
+    async def predict_one(self, caller: Principal, model: str, instance: Mapping[str, Any]) -> None:
+        await self._p.models.predict(caller, model, [dict(instance)], unit=uuid.uuid4().hex, log=False)
 
     async def query_one(self, caller: Principal, collection: str, question: str) -> None:
         await self._p.rag.query(caller, question, collection, log_query=False)
@@ -200,8 +210,8 @@ class PlatformOperations:
             "prompt": prompt_version,
             "outcome": status.last_outcome,
             "run_id": status.last_run_id,
-            "error": status.last_error,
-            "passed": status.last_outcome == "passed",
+            "scores": status.last_scores,
+            "passed": status.last_outcome == "ok",
         }
 
     async def ask(self, caller: Principal, question: str, collection: str) -> Any:

@@ -14,6 +14,9 @@ from sqlalchemy.exc import OperationalError
 from opsloop.db import Database
 from opsloop.settings import Settings, load_settings
 
+# LangGraph reads it when it is imported: chat checkpoints must hold plain JSON-able values only.
+os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
+
 POSTGRES_URL = os.environ.get("OPSLOOP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

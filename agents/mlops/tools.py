@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 CANARY_STEPS = (5.0, 10.0, 25.0, 50.0, 100.0)
+ROUTED_TIMEOUT_S = 60.0
 
 
 def canary_name(model: str, version: int, kind: str) -> str:
@@ -123,7 +124,11 @@ async def start_experiment(
         steps=rising if kind == "canary" else DEFAULT_STEPS,
     )
     report = call.ops.start_experiment(call.caller, plan)
-    return Outcome(f"{kind} {name} started: {target} v{challenger} at {percent}%", jsonable(report))
+    summary = f"{kind} {name} started: {target} v{challenger} at {percent}%"
+    if target_kind == "model":  # what follows (a load test, an SLO check) needs the challenger answering
+        routed = await call.ops.wait_routed(call.caller, name, ROUTED_TIMEOUT_S)
+        summary += ", routed" if routed else f"; not yet routed after {ROUTED_TIMEOUT_S:g} s"
+    return Outcome(summary, jsonable(report))
 
 
 @tool("ml-ops", role=Role.OPERATOR, mutating=True)

@@ -96,9 +96,10 @@ async def load_test(
     concurrency = max(1, min(concurrency, limits["max_concurrency"], requests))
     if model is not None:
         target, slo = f"/predict/{model}", limits["slo_predict_p99_ms"]
+        instance = (await call.ops.describe(call.caller, model)).example  # the model's own example
 
         async def fire() -> None:
-            await call.ops.predict_one(call.caller, model)
+            await call.ops.predict_one(call.caller, model, instance)
     elif collection is not None:
         target, slo = f"/query ({collection})", limits["slo_query_p99_ms"]
 

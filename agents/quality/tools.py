@@ -64,8 +64,9 @@ async def run_eval(
     scores = ", ".join(
         f"{k} {v:.3f}" for k, v in (result.get("scores") or {}).items() if isinstance(v, float)
     )
-    passed = result.get("passed", True)
-    summary = f"eval {result.get('job')}: {scores or 'no scores'}" + ("" if passed else "; the gate failed")
+    passed = result["passed"]
+    summary = f"eval {result['job']} (MLflow run {result['run_id']}): {scores or 'no scores'}"
+    summary += "" if passed else "; the gate failed"
     return Outcome(summary, result, "ok" if passed else "failed")
 
 

@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+import evals
 from opsloop.audit import AuditFilter
 from opsloop.auth import Role
 from opsloop.settings import load_settings
@@ -28,9 +29,26 @@ from workflows.registration import register
 MODEL = "credit-risk"
 
 
+DOCS_EVAL = {
+    "name": "docs",
+    "cron": "0 3 * * *",
+    "dataset": str(Path(evals.__file__).parent / "datasets" / "docs_golden.jsonl"),
+    "collection": "docs",
+    "generate": False,  # retrieval metrics: the run takes seconds
+    "limit": 5,
+}
+
+
 def _settings(home: Path) -> Any:
     return load_settings(
-        home=home, drift_check_seconds=0, experiment_decide_seconds=0, load_test_max_seconds=10
+        home=home,
+        drift_check_seconds=0,
+        experiment_decide_seconds=0,
+        load_test_max_seconds=10,
+        slo_predict_p99_ms=10_000,  # a loaded test machine must not decide whether the canary holds
+        eval_jobs=[DOCS_EVAL],
+        retrain_trials=2,
+        retrain_time_budget_seconds=5,
     )
 
 
@@ -220,6 +238,95 @@ def test_a_load_test_is_bounded_and_reports_percentiles(
     assert step["result"]["requests"] <= 300
     assert step["result"]["p99_ms"] is not None
     assert "p99" in body["reply"]
+
+
+def _approve(client: TestClient, headers: dict[str, str], answer: dict[str, Any]) -> dict[str, Any]:
+    response = client.post(f"/chat/{answer['thread_id']}/approve", json={"approve": True}, headers=headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_deploy_model_canaries_load_tests_checks_the_slo_and_promotes_after_two_approvals(
+    client: TestClient, keys: dict[str, dict[str, str]], platform: Platform, second_version: int
+) -> None:
+    message = f"canary credit-risk version {second_version} at 25% and promote it if it holds"
+    asked = _chat(client, keys["operator"], message)
+    assert asked["plan"]["workflow"] == "deploy_model"
+    assert asked["pending"]["action"] == "start_experiment"
+    assert asked["pending"]["args"]["percent"] == 25
+    canary = _approve(client, keys["approver"], asked)
+    tools = {s["tool"]: s for s in canary["plan"]["steps"]}
+    assert tools["start_experiment"]["status"] == "ok", tools["start_experiment"]
+    assert "routed" in tools["start_experiment"]["summary"]
+    assert tools["load_test"]["status"] == "ok", tools["load_test"]
+    assert tools["slo_check"]["status"] == "ok", tools["slo_check"]
+    assert canary["status"] == "pending_approval"
+    assert canary["pending"]["action"] == "promote_experiment"
+    done = _approve(client, keys["approver"], canary)
+    assert done["status"] == "done", done["reply"]
+    assert done["plan"]["steps"][-1]["status"] == "ok", done["plan"]["steps"][-1]
+    assert platform.registry.get_alias(MODEL, "champion").version == second_version
+
+
+def test_an_ab_test_of_a_prompt_version_starts_after_approval(
+    client: TestClient, keys: dict[str, dict[str, str]], platform: Platform
+) -> None:
+    from rag.answer import ANSWER_PROMPT, DEFAULT_PROMPT
+
+    platform.start_registry().register_prompt(ANSWER_PROMPT, DEFAULT_PROMPT + "\nBe brief.")
+    version = max(v.version for v in platform.registry.prompt_versions(ANSWER_PROMPT))
+    asked = _chat(
+        client, keys["operator"], f"A/B test prompt {ANSWER_PROMPT} version {version} with 20% of traffic"
+    )
+    assert asked["plan"]["workflow"] == "ab_test", asked["reply"]
+    assert asked["pending"]["args"] == {
+        "kind": "ab",
+        "prompt": ANSWER_PROMPT,
+        "prompt_version": version,
+        "percent": 20,
+    }
+    done = _approve(client, keys["approver"], asked)
+    assert done["plan"]["steps"][-1]["status"] == "ok", done["plan"]["steps"][-1]
+    running = [e.name for e in platform.experiments.service.store.list(running=True)]
+    assert f"{ANSWER_PROMPT}-v{version}-ab" in running
+
+
+def test_retrain_starts_a_run_after_approval(
+    client: TestClient, keys: dict[str, dict[str, str]], platform: Platform
+) -> None:
+    asked = _chat(client, keys["operator"], "kick off a retraining of credit risk")
+    assert asked["pending"]["action"] == "retrain_model"
+    done = _approve(client, keys["approver"], asked)
+    step = done["plan"]["steps"][-1]
+    assert step["status"] == "ok", step
+    run = platform.retraining.store.get(step["result"]["id"])
+    assert run.model == MODEL
+
+
+def test_investigations_run_every_step_and_report_numbers(
+    client: TestClient, keys: dict[str, dict[str, str]]
+) -> None:
+    for message, workflow in (
+        ("is credit-risk drifting this week?", "drift_investigation"),
+        ("why did LLM spend go up this week?", "cost_investigation"),
+        ("do we have enough capacity for 2 replicas?", "capacity_check"),
+        ("run the docs eval", "eval_run"),
+    ):
+        body = _chat(client, keys["operator"], message)
+        assert body["plan"]["workflow"] == workflow, (message, body["reply"])
+        assert body["status"] == "done"
+        for step in body["plan"]["steps"]:
+            # an investigation reports each step; an error names its cause instead of a number
+            assert step["status"] in ("ok", "failed", "error"), step
+            assert step["summary"], step
+        assert not [
+            s for s in body["plan"]["steps"] if s["status"] == "error" and "Error:" in s["summary"]
+        ], body
+    cost = _chat(client, keys["operator"], "show LLM cost by tenant this week")
+    assert "$" in cost["plan"]["steps"][0]["summary"]
+    evaluated = _chat(client, keys["operator"], "run the docs eval")
+    assert evaluated["plan"]["steps"][0]["result"]["scores"], evaluated["plan"]["steps"][0]
 
 
 def test_a_restart_between_request_and_approval_still_resumes(
