@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from sqlalchemy import make_url
 
 from agents.planning.slots import Catalog
 from opsloop.auth import Principal, Role, system_principal
@@ -19,9 +22,10 @@ from opsloop.llm.protocol import ChatMessage, ChatRequest
 
 if TYPE_CHECKING:
     from agents.service import ChatService
+    from opsloop.settings import Settings
     from serving.platform import Platform
 
-__all__ = ["ChatHost", "PlatformOperations"]
+__all__ = ["ChatHost", "PlatformOperations", "open_checkpoints"]
 
 CHECKPOINTS_FILE = "checkpoints.sqlite"
 
@@ -253,7 +257,7 @@ class ChatHost:
     def __init__(self, platform: Platform) -> None:
         self._platform = platform
         self._service: ChatService | None = None
-        self._connection: Any = None
+        self._close: Callable[[], Awaitable[None]] | None = None
         self._lock = asyncio.Lock()
 
     async def get(self) -> ChatService:
@@ -264,18 +268,13 @@ class ChatHost:
             return self._service
 
     async def _build(self) -> ChatService:
-        import aiosqlite
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
         from agents.performance.context import limits
         from agents.planning.offline import OfflinePlanner
         from agents.service import ChatService
         from rag.embedder import SentenceTransformerEmbedder
 
         platform = self._platform
-        self._connection = await aiosqlite.connect(platform.settings.home / CHECKPOINTS_FILE)
-        saver = AsyncSqliteSaver(self._connection)
-        await saver.setup()
+        saver, self._close = await open_checkpoints(platform.settings)
         planner = OfflinePlanner(SentenceTransformerEmbedder())
         await asyncio.to_thread(lambda: planner.classifier)  # trained off the loop
         return ChatService(
@@ -289,7 +288,41 @@ class ChatHost:
         )
 
     async def aclose(self) -> None:
-        """Close the checkpoints' connection (its thread would keep the process alive)."""
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection, self._service = None, None
+        """Close the checkpoints' connections (an open SQLite one's thread keeps the process alive)."""
+        if self._close is not None:
+            await self._close()
+            self._close, self._service = None, None
+
+
+async def open_checkpoints(
+    settings: Settings,
+) -> tuple[BaseCheckpointSaver[Any], Callable[[], Awaitable[None]]]:
+    """LangGraph's saver beside the state store, and how to close it.
+
+    SQLite (``$OPSLOOP_HOME/checkpoints.sqlite``) by default; the PostgreSQL saver, on a pool
+    of connections to the same database, when the state store is PostgreSQL.
+    """
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "postgresql":
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo,
+            open=False,
+            max_size=4,
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        )
+        await pool.open()
+        postgres = AsyncPostgresSaver(pool)
+        await postgres.setup()
+        return postgres, pool.close
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    connection = await aiosqlite.connect(settings.home / CHECKPOINTS_FILE)
+    sqlite = AsyncSqliteSaver(connection)
+    await sqlite.setup()
+    return sqlite, connection.close
