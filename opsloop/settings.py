@@ -157,6 +157,14 @@ class Settings(BaseSettings):
         description="A retrained challenger reaches champion only with a person's approval "
         "(the canary holds for it; a direct promotion waits for 'opsloop models promote').",
     )
+    chat_planner: Literal["offline", "llm"] = Field(
+        default="offline",
+        description="How chat requests become plans: offline (MiniLM and rules, no LLM) or llm (tool "
+        "calling through chat_planner_route, metered like any gateway call).",
+    )
+    chat_planner_route: str | None = Field(
+        default=None, description="The gateway route the llm planner calls (e.g. one on Anthropic or vLLM)."
+    )
     chat_approver_must_differ: bool = Field(
         default=False,
         description="An action asked for in chat is approved by a key other than the one that asked.",
@@ -302,6 +310,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _rag_route_exists(self) -> Settings:
+        if self.chat_planner == "llm" and self.chat_planner_route not in self.llm_routes:
+            known = ", ".join(self.llm_routes) or "none"
+            raise ValueError(f"chat_planner llm needs chat_planner_route, one of llm_routes ({known})")
         if self.rag_llm_route is not None and self.rag_llm_route not in self.llm_routes:
             known = ", ".join(self.llm_routes) or "none"
             raise ValueError(f"rag_llm_route {self.rag_llm_route!r} is no route of llm_routes ({known})")

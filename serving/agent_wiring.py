@@ -18,14 +18,14 @@ from sqlalchemy import make_url
 from agents.planning.slots import Catalog
 from opsloop.auth import Principal, Role, system_principal
 from opsloop.errors import InvalidInputError, NotFoundError
-from opsloop.llm.protocol import ChatMessage, ChatRequest
+from opsloop.llm.protocol import ChatMessage, ChatRequest, ChatResult
 
 if TYPE_CHECKING:
     from agents.service import ChatService
     from opsloop.settings import Settings
     from serving.platform import Platform
 
-__all__ = ["ChatHost", "PlatformOperations", "open_checkpoints"]
+__all__ = ["ChatHost", "GatewayCompleter", "PlatformOperations", "open_checkpoints"]
 
 CHECKPOINTS_FILE = "checkpoints.sqlite"
 
@@ -251,6 +251,19 @@ class PlatformOperations:
         )
 
 
+class GatewayCompleter:
+    """The LLM planner's calls, through the gateway route the settings name, as the caller."""
+
+    def __init__(self, platform: Platform, route: str) -> None:
+        self._platform = platform
+        self._route = route
+
+    async def complete(self, caller: Principal, request: ChatRequest) -> ChatResult:
+        """One completion: admitted by the caller's budgets, recorded in the ledger."""
+        routed = await self._platform.gateway.chat(caller, self._route, request, request_id=uuid.uuid4().hex)
+        return routed.result
+
+
 class ChatHost:
     """The process's chat service, built on first use on the serving loop, and its checkpointer."""
 
@@ -268,15 +281,21 @@ class ChatHost:
             return self._service
 
     async def _build(self) -> ChatService:
+        from agents.context import Planner
         from agents.performance.context import limits
+        from agents.planning.llm import LLMPlanner
         from agents.planning.offline import OfflinePlanner
         from agents.service import ChatService
         from rag.embedder import SentenceTransformerEmbedder
 
         platform = self._platform
-        saver, self._close = await open_checkpoints(platform.settings)
-        planner = OfflinePlanner(SentenceTransformerEmbedder())
-        await asyncio.to_thread(lambda: planner.classifier)  # trained off the loop
+        settings = platform.settings
+        saver, self._close = await open_checkpoints(settings)
+        rules = OfflinePlanner(SentenceTransformerEmbedder())
+        await asyncio.to_thread(lambda: rules.classifier)  # trained off the loop
+        planner: Planner = rules
+        if settings.chat_planner == "llm" and settings.chat_planner_route is not None:
+            planner = LLMPlanner(GatewayCompleter(platform, settings.chat_planner_route), rules)
         return ChatService(
             PlatformOperations(platform),
             planner,

@@ -20,7 +20,15 @@ from agents.workflows import build_plan, missing_slots
 from opsloop.auth import Principal
 from rag.embedder import Embedder
 
-__all__ = ["LABELLED_CATALOG", "OfflinePlanner", "Planned", "capabilities"]
+__all__ = [
+    "LABELLED_CATALOG",
+    "OfflinePlanner",
+    "Planned",
+    "answer_pending",
+    "capabilities",
+    "complete",
+    "refusal",
+]
 
 LABELLED_CATALOG = Catalog(
     models=("credit-risk", "churn", "fraud-detector"),
@@ -97,53 +105,54 @@ class OfflinePlanner:
 
     def plan_message(self, message: str, catalog: Catalog, pending: Planned | None = None) -> Planned:
         """Plan ``message``; ``pending`` is the thread's unanswered question, if any."""
-        if pending is not None and pending.workflow is not None:
-            answer = extract_slots(message, catalog, WORKFLOWS[pending.workflow].slots)
-            filled = set(answer.slots) & set(missing_slots(pending.workflow, pending.slots) or answer.slots)
-            if filled or answer.ambiguous:
-                return self._complete(
-                    pending.workflow, {**pending.slots, **answer.slots}, answer.ambiguous, catalog, message
-                )
+        answered = answer_pending(message, catalog, pending)
+        if answered is not None:
+            return answered
         intent = self.classifier.classify(mask_names(message, catalog))
         if intent.workflow == OUT_OF_SCOPE:
-            return Planned(
-                "refused",
-                None,
-                reply="Sorry, that is outside what I can do here. I can run these operations:\n"
-                + capabilities(),
-            )
+            return refusal("Sorry, that is outside what I can do here.")
         found = extract_slots(message, catalog, WORKFLOWS[intent.workflow].slots)
-        return self._complete(intent.workflow, found.slots, found.ambiguous, catalog, message)
+        return complete(intent.workflow, found.slots, found.ambiguous, catalog, message)
 
-    def _complete(
-        self,
-        workflow: str,
-        slots: dict[str, Any],
-        ambiguous: dict[str, list[Any]],
-        catalog: Catalog,
-        message: str,
-    ) -> Planned:
-        if ambiguous:
-            slot, values = next(iter(ambiguous.items()))
-            choices = " or ".join(str(v) for v in values)
-            return Planned(
-                "needs_input",
-                workflow,
-                slots,
-                reply=f"You named more than one {slot} ({choices}): which one?",
-            )
-        missing = missing_slots(workflow, slots)
-        if missing:
-            names = {
-                "models": _known(catalog.models),
-                "collections": _known(catalog.collections),
-                "routes": _known(catalog.routes),
-                "prompts": _known(catalog.prompts),
-                "jobs": _known(catalog.jobs + catalog.collections),
-                "model": slots.get("model", "the model"),
-                "prompt": slots.get("prompt", ""),
-            }
-            question = _ASK[missing[0]].format(**names)
-            lead = f"To run {workflow} ({WORKFLOWS[workflow].summary}) I need to know more. "
-            return Planned("needs_input", workflow, slots, reply=lead + question)
-        return Planned("planned", workflow, slots, plan=build_plan(workflow, slots, message))
+
+def refusal(lead: str) -> Planned:
+    """A polite refusal that names what the assistant can do."""
+    return Planned("refused", None, reply=f"{lead} I can run these operations:\n{capabilities()}")
+
+
+def answer_pending(message: str, catalog: Catalog, pending: Planned | None) -> Planned | None:
+    """``message`` read as the answer to the thread's question; None when it does not answer it."""
+    if pending is None or pending.workflow is None:
+        return None
+    answer = extract_slots(message, catalog, WORKFLOWS[pending.workflow].slots)
+    filled = set(answer.slots) & set(missing_slots(pending.workflow, pending.slots) or answer.slots)
+    if not filled and not answer.ambiguous:
+        return None
+    return complete(pending.workflow, {**pending.slots, **answer.slots}, answer.ambiguous, catalog, message)
+
+
+def complete(
+    workflow: str, slots: dict[str, Any], ambiguous: dict[str, list[Any]], catalog: Catalog, message: str
+) -> Planned:
+    """The plan of ``workflow`` with ``slots``, or the question an ambiguous or missing slot raises."""
+    if ambiguous:
+        slot, values = next(iter(ambiguous.items()))
+        choices = " or ".join(str(v) for v in values)
+        return Planned(
+            "needs_input", workflow, slots, reply=f"You named more than one {slot} ({choices}): which one?"
+        )
+    missing = missing_slots(workflow, slots)
+    if missing:
+        names = {
+            "models": _known(catalog.models),
+            "collections": _known(catalog.collections),
+            "routes": _known(catalog.routes),
+            "prompts": _known(catalog.prompts),
+            "jobs": _known(catalog.jobs + catalog.collections),
+            "model": slots.get("model", "the model"),
+            "prompt": slots.get("prompt", ""),
+        }
+        question = _ASK[missing[0]].format(**names)
+        lead = f"To run {workflow} ({WORKFLOWS[workflow].summary}) I need to know more. "
+        return Planned("needs_input", workflow, slots, reply=lead + question)
+    return Planned("planned", workflow, slots, plan=build_plan(workflow, slots, message))

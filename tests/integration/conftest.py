@@ -25,6 +25,13 @@ def llama_server_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def llama_tools_url() -> Iterator[str]:
+    """API root of a llama.cpp server that answers with tool calls (``chatml-function-calling``)."""
+    with llama_server(chat_format="chatml-function-calling") as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def client(app: FastAPI) -> Iterator[TestClient]:
     """The module's app, started and ready."""

@@ -34,8 +34,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def llama_server(startup_s: float = 60.0) -> Iterator[str]:
-    """Run the server on a free loopback port and yield its API root (``.../v1``)."""
+def llama_server(startup_s: float = 60.0, chat_format: str | None = None) -> Iterator[str]:
+    """Run the server on a free loopback port and yield its API root (``.../v1``).
+
+    ``chat_format="chatml-function-calling"`` makes it answer with tool calls (grammar-constrained).
+    """
     probe = subprocess.run(
         [sys.executable, "-c", "import llama_cpp.server.app"], capture_output=True, text=True, check=False
     )
@@ -50,7 +53,8 @@ def llama_server(startup_s: float = 60.0) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path())]
     command += ["--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "False"]
+    command += ["--n_ctx", "4096" if chat_format else "2048", "--n_threads", "1", "--n_threads_batch", "1"]
+    command += ["--verbose", "False"] + (["--chat_format", chat_format] if chat_format else [])
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
