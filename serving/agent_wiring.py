@@ -78,6 +78,7 @@ class PlatformOperations:
         return False
 
     def experiment(self, caller: Principal, name: str) -> Any:
+        self._p.experiments.outcomes.flush()  # the requests just sent (a load test's) count too
         return self._p.experiments.service.show(caller, name)
 
     def experiments(self, caller: Principal) -> list[Any]:

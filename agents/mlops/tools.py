@@ -91,7 +91,16 @@ async def promote_model(call: ToolCall, model: str, version: int) -> Outcome:
 
 @tool("ml-ops", role=Role.OPERATOR, mutating=True)
 async def rollback_model(call: ToolCall, model: str) -> Outcome:
-    """Move a model's champion back to the version it held before its last move."""
+    """Roll back a model: its running experiments if any (the champion keeps all traffic), else its alias."""
+    running = [e for e in call.ops.experiments(call.caller) if e.target == model and e.running]
+    if running:
+        ended = [
+            call.ops.end_experiment(call.caller, e.name, "rollback", "rolled back from chat") for e in running
+        ]
+        names = ", ".join(e.name for e in ended)
+        return Outcome(
+            f"{model}: rolled back {names}; the champion takes all traffic", {"experiments": jsonable(ended)}
+        )
     move = call.ops.rollback(call.caller, model)
     return Outcome(f"{model}: champion v{move.before} -> v{move.after} (rolled back)", jsonable(move))
 

@@ -304,6 +304,22 @@ def test_retrain_starts_a_run_after_approval(
     assert run.model == MODEL
 
 
+def test_rollback_during_a_canary_rolls_the_canary_back_not_the_alias(
+    client: TestClient, keys: dict[str, dict[str, str]], platform: Platform, second_version: int
+) -> None:
+    from workflows.experiments.service import ExperimentPlan
+
+    champion = platform.registry.get_alias(MODEL, "champion").version
+    plan = ExperimentPlan("chat-canary", "canary", "model", MODEL, str(second_version))
+    platform.experiments.service.create(cli_principal(), plan)
+    asked = _chat(client, keys["operator"], "roll credit-risk back")
+    assert asked["pending"]["action"] == "rollback_model"
+    done = _approve(client, keys["approver"], asked)
+    assert done["plan"]["steps"][-1]["status"] == "ok", done["plan"]["steps"][-1]
+    assert platform.experiments.service.store.get("chat-canary").status == "rolled_back"
+    assert platform.registry.get_alias(MODEL, "champion").version == champion
+
+
 def test_investigations_run_every_step_and_report_numbers(
     client: TestClient, keys: dict[str, dict[str, str]]
 ) -> None:
