@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agents.planning.slots import Catalog
 from opsloop.auth import Principal
+
+if TYPE_CHECKING:
+    from evals.schedule import JobStatus
+    from opsloop.llm.ledger import CostRow
+    from opsloop.models.service import ModelDescription, ServedModel
+    from rag.service import QueryResult
+    from workflows.experiments.service import ExperimentPlan, ExperimentReport
+    from workflows.experiments.store import Experiment
+    from workflows.promotion import AliasMove
 
 __all__ = ["Operations"]
 
@@ -22,11 +31,11 @@ class Operations(Protocol):
     """The platform's operations, as the agents' tools call them."""
 
     # -- models (ml-ops) --------------------------------------------------------------
-    def models(self, caller: Principal) -> list[Any]:
+    def models(self, caller: Principal) -> list[ServedModel]:
         """The served models with their champion versions (``ServedModel``)."""
         ...
 
-    async def describe(self, caller: Principal, model: str) -> Any:
+    async def describe(self, caller: Principal, model: str) -> ModelDescription:
         """A model's versions, champion and input schema (``ModelDescription``)."""
         ...
 
@@ -38,16 +47,16 @@ class Operations(Protocol):
         """A version's input columns and their types, from its registered signature."""
         ...
 
-    def promote(self, caller: Principal, model: str, version: int) -> Any:
+    def promote(self, caller: Principal, model: str, version: int) -> AliasMove:
         """Point the champion alias at ``version`` (``AliasMove``); audited."""
         ...
 
-    def rollback(self, caller: Principal, model: str) -> Any:
+    def rollback(self, caller: Principal, model: str) -> AliasMove:
         """Point the champion back at its version before (``AliasMove``); audited."""
         ...
 
     # -- experiments and retraining (ml-ops) ------------------------------------------
-    def start_experiment(self, caller: Principal, plan: Any) -> Any:
+    def start_experiment(self, caller: Principal, plan: ExperimentPlan) -> ExperimentReport:
         """Start an ``ExperimentPlan``; returns its ``ExperimentReport``."""
         ...
 
@@ -55,15 +64,15 @@ class Operations(Protocol):
         """Until this process routes a model experiment's traffic and has its challenger loaded."""
         ...
 
-    def experiment(self, caller: Principal, name: str) -> Any:
+    def experiment(self, caller: Principal, name: str) -> ExperimentReport:
         """An experiment's ``ExperimentReport``."""
         ...
 
-    def experiments(self, caller: Principal) -> list[Any]:
+    def experiments(self, caller: Principal) -> list[Experiment]:
         """The caller's tenant's experiments (``Experiment``), newest first."""
         ...
 
-    def end_experiment(self, caller: Principal, name: str, action: str, reason: str) -> Any:
+    def end_experiment(self, caller: Principal, name: str, action: str, reason: str) -> Experiment:
         """``promote`` or ``rollback`` an experiment; returns the ``Experiment``."""
         ...
 
@@ -110,7 +119,7 @@ class Operations(Protocol):
         """Drift of the caller's tenant's queries of ``collection`` against its reference."""
         ...
 
-    def eval_jobs(self, caller: Principal) -> list[Any]:
+    def eval_jobs(self, caller: Principal) -> list[JobStatus]:
         """The scheduled eval jobs the caller may see (``JobStatus``)."""
         ...
 
@@ -120,14 +129,14 @@ class Operations(Protocol):
         """Run an eval job (or the first job of ``collection``), answering with its scores and gate."""
         ...
 
-    async def ask(self, caller: Principal, question: str, collection: str) -> Any:
+    async def ask(self, caller: Principal, question: str, collection: str) -> QueryResult:
         """A RAG answer with its sources (``QueryResult``)."""
         ...
 
     # -- cost ---------------------------------------------------------------------------
     def costs(
         self, caller: Principal, by: str, since: timedelta, tenant: str | None, until: datetime | None = None
-    ) -> list[Any]:
+    ) -> list[CostRow]:
         """The ledger's usage and cost per group (``CostRow``) over ``since`` up to ``until`` (now)."""
         ...
 

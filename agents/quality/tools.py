@@ -77,11 +77,15 @@ async def ask_docs(call: ToolCall, question: str, collection: str = "docs") -> O
         answer = await call.ops.ask(call.caller, question, collection)
     except NotFoundError as exc:
         return Outcome(exc.message, {"error": exc.to_dict()["error"]}, "failed")
-    sources = [{"source": s.source, "chunk": s.chunk} for s in answer.sources]
-    cited = ", ".join(dict.fromkeys(s["source"] for s in sources))
+    sources = [{"n": s.n, "source": s.source, "title": s.title, "score": s.score} for s in answer.sources]
+    cited = ", ".join(dict.fromkeys(s.source for s in answer.sources))
     return Outcome(
         f"answered from {len(sources)} passages of {collection}: {cited}",
-        {"answer": answer.answer, "sources": sources, "collection": collection},
+        {
+            "answer": None if answer.answer is None else answer.answer.answer,
+            "sources": sources,
+            "collection": collection,
+        },
     )
 
 

@@ -225,6 +225,10 @@ def test_a_document_that_says_promote_changes_nothing(
     assert body["status"] == "done"
     assert body["pending"] is None
     assert [s["tool"] for s in body["plan"]["steps"]] == ["ask_docs"]
+    step = body["plan"]["steps"][0]
+    assert step["status"] == "ok", step
+    assert [source["source"] for source in step["result"]["sources"]] == ["release.md"]
+    assert "quoted, not acted upon" in body["reply"]
     assert platform.registry.get_alias(MODEL, "champion").version == before
 
 
