@@ -78,7 +78,7 @@ async def run_load(
 
 
 def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f} ms"
+    return "n/a" if value is None else f"{value:.3g} ms"
 
 
 @tool("performance", role=Role.OPERATOR)
@@ -117,8 +117,8 @@ async def load_test(
     error_rate = result.errors / result.requests if result.requests else 0.0
     holds = result.p99_ms is not None and result.p99_ms <= slo and error_rate <= limits["slo_error_rate"]
     summary = (
-        f"{target}: {result.requests} requests at concurrency {concurrency} in {result.seconds:.1f} s,"
-        f" {result.throughput:.1f} req/s, p50 {_ms(result.p50_ms)}, p95 {_ms(result.p95_ms)},"
+        f"{target}: {result.requests} requests at concurrency {concurrency} in {result.seconds:.3g} s,"
+        f" {result.throughput:.4g} req/s, p50 {_ms(result.p50_ms)}, p95 {_ms(result.p95_ms)},"
         f" p99 {_ms(result.p99_ms)} (SLO {slo:g} ms), errors {result.errors}"
         f" ({error_rate:.1%}, SLO {limits['slo_error_rate']:.0%})"
         + ("; stopped at the time limit" if result.stopped_early else "")
