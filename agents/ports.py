@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from workflows.experiments.service import ExperimentPlan, ExperimentReport
     from workflows.experiments.store import Experiment
     from workflows.promotion import AliasMove
+    from workflows.retraining.validation import ValidationReport
 
 __all__ = ["Operations"]
 
@@ -113,6 +114,10 @@ class Operations(Protocol):
 
     def concept_drift(self, caller: Principal, model: str, since: timedelta | None) -> Mapping[str, Any]:
         """ADWIN's change points of the champion's error rate."""
+        ...
+
+    def data_quality(self, caller: Principal, model: str, since: timedelta | None) -> ValidationReport:
+        """The caller's tenant's live inputs of ``model`` checked against its schema and reference."""
         ...
 
     def query_drift(self, caller: Principal, collection: str, since: timedelta | None) -> Mapping[str, Any]:

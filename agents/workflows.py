@@ -100,6 +100,7 @@ def _drift_investigation(a: dict[str, Any], _: str) -> list[Step]:
         return [
             step("data_drift", model=a["model"], window=window),
             step("concept_drift", model=a["model"], window=window),
+            step("data_quality", model=a["model"], window=window),
         ]
     return [step("query_drift", collection=a["collection"], window=window)]
 

@@ -166,6 +166,30 @@ class PlatformOperations:
         )
         return report.to_dict()
 
+    def data_quality(self, caller: Principal, model: str, since: timedelta | None) -> Any:
+        import pandas as pd
+
+        from workflows.retraining.validation import validate
+
+        caller.require(Role.OPERATOR, "checking the quality of a model's live inputs")
+        registry = self._p.start_registry()
+        version = registry.get_alias(model, "champion").version
+        tenant = caller.scope(None, "predictions")
+        start = None if since is None else datetime.now(UTC) - since
+        logged = self._p.predictions.recent(model, tenant=tenant, limit=5000, since=start)
+        rows = [instance for record in logged for instance in record.inputs]
+        if not rows:
+            raise NotFoundError(f"no logged predictions of {model!r} to check", model=model, tenant=tenant)
+        return validate(
+            pd.DataFrame(rows),
+            registry.input_columns(model, version),
+            registry.reference(model, version),
+            None,
+            threshold=self._p.settings.retrain_quality_threshold,
+            max_duplicates=1.0,  # live traffic repeats itself; a training set should not
+            min_rows=self._p.settings.drift_min_rows,
+        )
+
     def query_drift(self, caller: Principal, collection: str, since: timedelta | None) -> Mapping[str, Any]:
         """This window's questions against the window before it, of the caller's tenant."""
         from workflows.query_drift import query_drift

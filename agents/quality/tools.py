@@ -10,7 +10,7 @@ from opsloop.auth import Role
 from opsloop.durations import parse_duration
 from opsloop.errors import NotFoundError
 
-__all__ = ["TOOLS", "ask_docs", "concept_drift", "data_drift", "query_drift", "run_eval"]
+__all__ = ["TOOLS", "ask_docs", "concept_drift", "data_drift", "data_quality", "query_drift", "run_eval"]
 
 
 def _since(window: str | None) -> timedelta | None:
@@ -46,6 +46,18 @@ async def concept_drift(call: ToolCall, model: str, window: str | None = None) -
         f" {report['error_rate']:.3f} overall)"
     )
     return Outcome(summary, report)
+
+
+@tool("quality", role=Role.OPERATOR)
+async def data_quality(call: ToolCall, model: str, window: str | None = None) -> Outcome:
+    """A model's live inputs against its schema and reference: types, ranges, categories, missing values."""
+    report = call.ops.data_quality(call.caller, model, _since(window))
+    failures = "; ".join(check.message for check in report.failures)
+    summary = f"{model}: quality score {report.score:.3f} over {report.rows} live rows"
+    summary += f" (threshold {report.threshold:g})" + (
+        f"; {failures}" if failures else "; every check passed"
+    )
+    return Outcome(summary, report.to_dict(), "ok" if report.passed else "failed")
 
 
 @tool("quality", role=Role.OPERATOR)
@@ -89,4 +101,4 @@ async def ask_docs(call: ToolCall, question: str, collection: str = "docs") -> O
     )
 
 
-TOOLS = (data_drift, concept_drift, query_drift, run_eval, ask_docs)
+TOOLS = (data_drift, concept_drift, data_quality, query_drift, run_eval, ask_docs)

@@ -261,3 +261,17 @@ def test_bad_arguments_name_the_field(frame: pd.DataFrame, profile: dict) -> Non
     with pytest.raises(InvalidInputError) as caught:
         build_schema([], profile, LABEL)
     assert caught.value.details["field"] == "signature"
+
+
+def test_unlabelled_live_inputs_are_checked_without_label_checks(frame: pd.DataFrame, profile: dict) -> None:
+    inputs = frame.drop(columns=[LABEL])
+    assert {c.name for c in validate(inputs, SIGNATURE, profile, None).checks} == {
+        "rows",
+        "missing",
+        "duplicates",
+        "quality",
+    }
+    inputs.loc[:9, FEATURE_NAMES[0]] = -1e12  # impossible values are still caught
+    report = validate(inputs, SIGNATURE, profile, None)
+    assert report.score < 1.0
+    assert report.columns[0].invalid == 10

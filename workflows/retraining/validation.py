@@ -152,7 +152,7 @@ class ValidationReport:
 
 
 def build_schema(
-    signature: Sequence[tuple[str, str]], profile: Mapping[str, Any], label: str
+    signature: Sequence[tuple[str, str]], profile: Mapping[str, Any], label: str | None
 ) -> pa.DataFrameSchema:
     """A pandera schema of the model's inputs and label, from its signature and reference profile.
 
@@ -167,7 +167,8 @@ def build_schema(
     Args:
         signature: The model's ``(column, MLflow type)`` pairs.
         profile: The model version's reference profile (``{"features": {name: {...}}}``).
-        label: The label column: required, no missing values, any type.
+        label: The label column: required, no missing values, any type; None for unlabelled
+            rows (a model's live inputs).
 
     Returns:
         The schema; its column checks are named ``type``, ``range`` and ``category``.
@@ -193,7 +194,8 @@ def build_schema(
                 value=dtype,
             )
         columns[name] = pa.Column(checks=_checks(dtype, features.get(name)), nullable=True, required=True)
-    columns[label] = pa.Column(nullable=False, required=True)
+    if label is not None:
+        columns[label] = pa.Column(nullable=False, required=True)
     return pa.DataFrameSchema(columns, strict=False)
 
 
@@ -201,7 +203,7 @@ def validate(
     frame: pd.DataFrame,
     signature: Sequence[tuple[str, str]],
     profile: Mapping[str, Any],
-    label: str,
+    label: str | None,
     *,
     threshold: float = 0.95,
     max_missing: float = 0.05,
@@ -215,7 +217,7 @@ def validate(
         frame: Training rows: the signature's columns and the label (others are ignored).
         signature: The model's ``(column, MLflow type)`` pairs.
         profile: The model version's reference profile.
-        label: The label column.
+        label: The label column; None for unlabelled rows (no label or balance check).
         threshold: The quality score the data need, in [0, 1].
         max_missing: Most share of missing values a feature column may have.
         max_duplicates: Most share of rows that repeat an earlier row (features and label).
@@ -255,10 +257,12 @@ def validate(
     checks = [_rows_check(rows, min_rows)]
     checks += [_absent_check(name, types[name]) for name in types if name in absent]
     checks += _missing_checks([c for c in columns if c.name not in absent], rows, max_missing)
-    checks.append(_duplicates_check(data, [*(n for n in types if n not in absent), label], max_duplicates))
-    checks.append(_label_check(data, label, failures))
-    if label not in absent:
-        checks.append(_balance_check(data[label], min_minority_share))
+    labels = [] if label is None else [label]
+    checks.append(_duplicates_check(data, [*(n for n in types if n not in absent), *labels], max_duplicates))
+    if label is not None:
+        checks.append(_label_check(data, label, failures))
+        if label not in absent:
+            checks.append(_balance_check(data[label], min_minority_share))
     checks.append(_quality_check(score, threshold, cells, columns))
     return ValidationReport(
         rows=rows, score=score, threshold=threshold, checks=tuple(checks), columns=columns
