@@ -145,6 +145,10 @@ class Operations(Protocol):
         """The ledger's usage and cost per group (``CostRow``) over ``since`` up to ``until`` (now)."""
         ...
 
+    def route_scores(self, caller: Principal) -> Mapping[str, Mapping[str, float]]:
+        """Per LLM route, the mean scores of the last run of each eval job that answers with it."""
+        ...
+
     # -- the catalog the planner reads ------------------------------------------------
     def catalog(self, caller: Principal) -> Catalog:
         """The names a request of ``caller`` may mention (models, collections, tenants, prompts, ...)."""

@@ -122,7 +122,7 @@ def _eval_run(a: dict[str, Any], _: str) -> list[Step]:
 
 def _cost_investigation(a: dict[str, Any], _: str) -> list[Step]:
     scope = {"window": a["window"], "tenant": a.get("tenant"), "route": a.get("route")}
-    return [step("cost_report", **scope), step("cost_change", **scope)]
+    return [step("cost_report", **scope), step("cost_change", **scope), step("route_quality")]
 
 
 def _load_test(a: dict[str, Any], _: str) -> list[Step]:

@@ -253,6 +253,16 @@ class PlatformOperations:
         caller.require(Role.OPERATOR, "reading LLM costs")
         return self._p.ledger.report(caller, by, since, tenant, now=until)  # type: ignore[arg-type]
 
+    def route_scores(self, caller: Principal) -> Mapping[str, Mapping[str, float]]:
+        settings = self._p.settings
+        answering = settings.rag_llm_route or next(iter(settings.llm_routes), "")
+        routes = {job["name"]: job.get("route") or answering for job in settings.eval_jobs}
+        scores: dict[str, dict[str, float]] = {}
+        for status in self.eval_jobs(caller):
+            if status.last_scores:
+                scores.setdefault(routes[status.name], {}).update(status.last_scores)
+        return scores
+
     # -- the planner's catalog -----------------------------------------------------------------
     def catalog(self, caller: Principal) -> Catalog:
         from rag.catalog import CollectionCatalog

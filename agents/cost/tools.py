@@ -9,7 +9,7 @@ from agents.tools import Outcome, ToolCall, jsonable, tool
 from opsloop.auth import Role
 from opsloop.durations import parse_duration
 
-__all__ = ["TOOLS", "cost_change", "cost_report"]
+__all__ = ["TOOLS", "cost_change", "cost_report", "route_quality"]
 
 BREAKDOWNS = ("route", "model", "tenant")
 
@@ -109,4 +109,17 @@ async def cost_change(
     )
 
 
-TOOLS = (cost_report, cost_change)
+@tool("cost", role=Role.OPERATOR)
+async def route_quality(call: ToolCall) -> Outcome:
+    """The eval scores of each LLM route (the last run of each eval job that answers with it)."""
+    scores = {route: dict(metrics) for route, metrics in call.ops.route_scores(call.caller).items()}
+    if not scores:
+        return Outcome("no eval job has scored a route yet (eval_jobs in the settings)", {"routes": {}})
+    shown = "; ".join(
+        f"{route}: " + ", ".join(f"{m} {v:.3f}" for m, v in sorted(metrics.items()))
+        for route, metrics in scores.items()
+    )
+    return Outcome(shown, {"routes": scores})
+
+
+TOOLS = (cost_report, cost_change, route_quality)

@@ -79,3 +79,26 @@ def test_a_failed_step_stops_a_plan_only_when_something_risky_follows() -> None:
     assert [s["status"] for s in deploy["steps"][2:]] == ["skipped"] * 4
     capacity = build_plan("capacity_check", {}).to_dict()
     assert not stop_after_failure(capacity, 0)  # an investigation reports every step
+
+
+def _cost_plan(by_route: list[dict[str, object]], routes: dict[str, dict[str, float]]) -> dict[str, object]:
+    plan = build_plan("cost_investigation", {}).to_dict()
+    plan["steps"][0].update(status="ok", result={"by_route": by_route})
+    plan["steps"][2].update(status="ok", result={"routes": routes})
+    return plan
+
+
+def test_a_cheaper_route_is_suggested_only_when_its_eval_scores_hold() -> None:
+    from agents.cost.prompts import findings
+
+    by_route = [
+        {"group": "claude", "calls": 100, "cost_usd": 1.0},
+        {"group": "vllm", "calls": 100, "cost_usd": 0.1},
+    ]
+    as_good = findings(_cost_plan(by_route, {"claude": {"hit_rate": 0.90}, "vllm": {"hit_rate": 0.895}}))
+    assert len(as_good) == 1 and "candidate to switch" in as_good[0] and "$0.9000 less" in as_good[0]
+    worse = findings(_cost_plan(by_route, {"claude": {"hit_rate": 0.90}, "vllm": {"hit_rate": 0.70}}))
+    assert "keep claude" in worse[0]
+    unscored = findings(_cost_plan(by_route, {}))
+    assert "run one before switching" in unscored[0]
+    assert findings(_cost_plan(by_route[:1], {})) == []
