@@ -35,7 +35,7 @@ from evals.gate import GateReport, GateRule, parse_rule
 from evals.results import MetricSummary
 from opsloop.auth import Role
 from opsloop.errors import ConfigError, NotFoundError, OpsloopError
-from opsloop.scheduler import Scheduler, cron_trigger
+from opsloop.scheduler import Job, Scheduler, cron_trigger
 
 if TYPE_CHECKING:
     from opsloop.audit import AuditLog
@@ -233,10 +233,21 @@ class EvalScheduler:
         self._status = {job.name: JobStatus(job.name, job.cron, None, job.tenant) for job in jobs}
         self._scheduler: Scheduler | None = None
 
+    def periodic(self) -> dict[str, Job]:
+        """Every job as the scheduler runs it, by its scheduler id ``eval:NAME``."""
+        return {
+            f"eval:{name}": Job(functools.partial(self._fire, name), cron=job.cron)
+            for name, job in self._jobs.items()
+        }
+
     def schedule(self, scheduler: Scheduler) -> None:
         """Register every job on the process's scheduler, which fires them on its event loop."""
-        for name, job in self._jobs.items():
-            scheduler.cron(f"eval:{name}", job.cron, functools.partial(self._fire, name))
+        for job_id, job in self.periodic().items():
+            scheduler.add(job_id, job)
+        self.attach(scheduler)
+
+    def attach(self, scheduler: Scheduler | None) -> None:
+        """The scheduler that fires the jobs here, for their next fire times (None: they fire elsewhere)."""
         self._scheduler = scheduler
 
     def jobs(self, caller: Principal, *, tenant: str | None = None) -> list[JobStatus]:

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     experiment_decide_seconds: float = Field(
         default=2.0, ge=0, description="How often serve judges running experiments; 0 turns the decider off."
     )
+    scheduler_enabled: bool = Field(
+        default=True,
+        description="Run the periodic jobs (drift checks, eval jobs, retraining) in this process; "
+        "off where Kubernetes CronJobs run them with `opsloop jobs run`. Replicas sharing the store "
+        "run each fire once either way.",
+    )
     drift_check_seconds: float = Field(
         default=300.0, ge=0, description="How often serve checks each model for drift; 0 turns it off."
     )

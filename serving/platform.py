@@ -7,6 +7,7 @@ import gc
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from evals.tasks import EvalTasks
     from opsloop.llm.gateway import Gateway
     from opsloop.llm.protocol import LLMClient
-    from opsloop.scheduler import Scheduler
+    from opsloop.scheduler import Job, Scheduler
     from opsloop.traffic import ExperimentVariant
     from rag.service import RagService
 
@@ -218,37 +219,60 @@ class Platform:
         self._start_scheduler()
 
     def _start_scheduler(self) -> None:
-        """One scheduler for every periodic job: drift checks (``drift_check_seconds``; 0: none), evals."""
+        """One scheduler for every periodic job (:meth:`periodic_jobs`) and the experiment decider.
+
+        Replicas sharing the store run each fire of a periodic job once (``opsloop.job_runs``).
+        With ``scheduler_enabled`` off (Kubernetes CronJobs run ``opsloop jobs run`` instead) only
+        the decider runs here: it judges every few seconds under a lease of its own.
+        """
+        from opsloop.job_runs import JobRuns
         from opsloop.scheduler import Scheduler
 
-        self.scheduler = Scheduler()
-        if self.settings.drift_check_seconds > 0:
-            # Models load in the background; until they have, a check finds nothing to check.
-            self.scheduler.every(
-                "drift-checks",
-                self.settings.drift_check_seconds,
-                lambda: self.drift.check_all(list(self.runtime.loaded())),
-            )
-        from evals.schedule import EvalScheduler, parse_jobs
-
+        self.scheduler = Scheduler(JobRuns(self.db))
         self.experiments.run_evals(self, self.eval_tasks, asyncio.get_running_loop())
         if self.settings.experiment_decide_seconds > 0:
-            self.scheduler.every("experiment-decider", self.settings.experiment_decide_seconds, self._decide)
-        if self.settings.retrain_schedule:
-            triggers = self.retraining.triggers
-
-            async def retrain_all() -> None:  # a coroutine for the cron trigger; the work blocks
-                await asyncio.to_thread(triggers.on_schedule, list(self.runtime.loaded()))
-
-            self.scheduler.cron("retraining", self.settings.retrain_schedule, retrain_all)
-        jobs = parse_jobs(self.settings.eval_jobs)
-        if jobs:
-            from serving.eval_wiring import job_executor
-
-            self.evals = EvalScheduler(jobs, job_executor(self), self.metrics.evals, self.audit)
-            self.evals.schedule(self.scheduler)
+            decide_every = self.settings.experiment_decide_seconds
+            self.scheduler.every("experiment-decider", decide_every, self._decide, once=False)
+        # Models load in the background; until they have, a drift check finds nothing to check.
+        jobs = self.periodic_jobs(lambda: list(self.runtime.loaded()))
+        if self.settings.scheduler_enabled:
+            for job_id, job in jobs.items():
+                self.scheduler.add(job_id, job)
+        if self.evals is not None:
+            self.evals.attach(self.scheduler if self.settings.scheduler_enabled else None)
         self.scheduler.start()
         log.info("scheduler started (%s)", ", ".join(self.scheduler.jobs()) or "no periodic jobs")
+
+    def periodic_jobs(self, models: Callable[[], list[str]]) -> dict[str, Job]:
+        """The periodic jobs by id: what ``opsloop serve`` schedules and ``opsloop jobs run`` runs once.
+
+        ``drift-checks`` (every ``drift_check_seconds``; 0: none), ``retraining``
+        (``retrain_schedule``), and ``eval:NAME`` for each of ``eval_jobs``.
+
+        Args:
+            models: The models the drift checks and retraining go over (a server: the ones it
+                has loaded; a one-shot run: the registry's champions).
+        """
+        from evals.schedule import EvalScheduler, parse_jobs
+        from opsloop.scheduler import Job
+
+        jobs: dict[str, Job] = {}
+        if self.settings.drift_check_seconds > 0:
+            drift = self.drift
+            checks = self.settings.drift_check_seconds
+            jobs["drift-checks"] = Job.blocking(lambda: drift.check_all(models()), seconds=checks)
+        if self.settings.retrain_schedule:
+            triggers = self.retraining.triggers
+            schedule = self.settings.retrain_schedule
+            jobs["retraining"] = Job.blocking(lambda: triggers.on_schedule(models()), cron=schedule)
+        eval_jobs = parse_jobs(self.settings.eval_jobs)
+        if eval_jobs and self.evals is None:
+            from serving.eval_wiring import job_executor
+
+            self.evals = EvalScheduler(eval_jobs, job_executor(self), self.metrics.evals, self.audit)
+        if self.evals is not None:
+            jobs.update(self.evals.periodic())
+        return jobs
 
     def _decide(self) -> None:
         """Judge the running experiments, once the models (and the registry that moves aliases) are up."""
