@@ -12,16 +12,21 @@ audit log.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from opsloop.audit import AuditLog
 from opsloop.auth import KeyStore, Principal, system_principal
 from opsloop.db import Database, create_private_file
+from opsloop.errors import ConfigError
 from opsloop.settings import Settings
 
-__all__ = ["Store", "cli_actor", "cli_principal", "local_url", "prepare_home"]
+__all__ = ["Store", "claim_home", "cli_actor", "cli_principal", "local_url", "prepare_home"]
 
 
 def cli_actor() -> str:
@@ -62,6 +67,48 @@ def prepare_home(settings: Settings) -> None:
     tracking = settings.tracking_uri
     if tracking.startswith("sqlite:///"):
         create_private_file(Path(tracking.removeprefix("sqlite:///")))
+
+
+def claim_home(settings: Settings) -> IO[str] | None:
+    """Make this ``opsloop serve`` the only one on ``home`` while it serves an embedded vector store.
+
+    Qdrant Edge opens a collection in one process only, so a second server on the same home
+    would start and then answer every RAG request with 409. The claim is an exclusive ``flock``
+    on ``home/serve.lock``, held by the open file this returns for the life of the process (the
+    kernel drops it when the process dies, so a crash leaves nothing to clean up). None when the
+    vector store is a Qdrant server, which any number of servers share.
+
+    Raises:
+        ConfigError: Another server holds the home; the message names it and the settings to change.
+    """
+    if settings.vector_store != "edge":
+        return None
+    prepare_home(settings)
+    path = settings.home / "serve.lock"
+    lock = open(path, "a+")  # noqa: SIM115 - held open until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        try:
+            holder = json.loads(lock.read())
+        except json.JSONDecodeError:
+            holder = {}
+        lock.close()
+        raise ConfigError(
+            f"another opsloop serve (pid {holder.get('pid', 'unknown')}, {holder.get('url', 'url unknown')}) "
+            f"already serves {settings.home}, whose embedded vector store (Qdrant Edge) opens in one "
+            "process only. Give this server its own state directory (--home or OPSLOOP_HOME), or run "
+            "several servers on shared state: OPSLOOP_DATABASE_URL (PostgreSQL), "
+            "OPSLOOP_MLFLOW_TRACKING_URI (an MLflow server), OPSLOOP_VECTOR_STORE=qdrant with "
+            "OPSLOOP_QDRANT_URL; or one server with --workers N",
+            setting="vector_store",
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(json.dumps({"pid": os.getpid(), "url": local_url(settings)}))
+    lock.flush()
+    return lock
 
 
 @dataclass

@@ -21,11 +21,13 @@ from serving.cli import (
     audit,
     budgets,
     chat,
+    config,
     costs,
     demo,
     drift,
     evals,
     experiments,
+    jobs,
     keys,
     models,
     prompts,
@@ -51,6 +53,8 @@ app.add_typer(evals.app, name="eval")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(experiments.app, name="experiments")
 app.add_typer(demo.app, name="demo")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(config.app, name="config")
 app.command("ingest")(rag.ingest)
 app.command("query")(rag.query)
 app.command("retrain")(retrain.retrain)
@@ -101,12 +105,14 @@ def serve(
     from evals.schedule import parse_jobs
     from opsloop.telemetry import MULTIPROC_ENV
     from serving.app import create_app
+    from serving.local import claim_home
     from serving.logs import serve_log_config
     from serving.platform import Platform
 
     try:
         # Migrate and create the first admin key once, before any worker starts.
         parse_jobs(settings.eval_jobs)  # a bad entry stops start-up here, naming it
+        home_lock = claim_home(settings)  # noqa: F841 - held while this process serves
         platform = Platform.build(settings).start_store()
         admin_key = platform.ensure_admin_key()
         platform.close()

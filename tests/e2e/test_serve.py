@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.server import OPSLOOP, Server, cli, environment
+from tests.e2e.server import OPSLOOP, Server, cli, environment, free_port
 
 
 @pytest.fixture
@@ -104,6 +104,20 @@ def test_two_workers_share_metrics(tmp_path: Path) -> None:
         assert match is not None and float(match.group(1)) >= 20
     finally:
         assert server.stop() == 0
+
+
+def test_a_second_server_on_the_same_home_refuses_and_names_the_settings(server: Server) -> None:
+    second = cli(server.home, "serve", "--port", str(free_port()))
+    assert second.returncode == 1
+    message = " ".join(second.stderr.split())
+    assert f"pid {server.proc.pid}, {server.url}" in message
+    for setting in ("OPSLOOP_HOME", "OPSLOOP_DATABASE_URL", "OPSLOOP_VECTOR_STORE=qdrant", "--workers N"):
+        assert setting in message
+    assert server.http.get("/healthz").status_code == 200  # the first one serves on
+    assert server.stop() == 0
+    # Its claim ends with it: the same home serves again.
+    again = Server(server.home)
+    assert again.stop() == 0
 
 
 @pytest.mark.parametrize(
