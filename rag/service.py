@@ -91,6 +91,7 @@ __all__ = [
     "IngestRun",
     "QueryResult",
     "RagService",
+    "StoreLock",
     "check_source_name",
     "physical_name",
     "store_holder",
@@ -274,7 +275,7 @@ class QueryResult:
         return self.chunks[source.n - 1].id
 
 
-class _StoreLock:
+class StoreLock:
     """An exclusive ``flock`` on the embedded store's directory, held while the store is open."""
 
     def __init__(self, directory: Path, holder: dict[str, str]) -> None:
@@ -304,6 +305,7 @@ class _StoreLock:
         self._file.flush()
 
     def release(self) -> None:
+        """Give the store up (another process may take it now)."""
         if self._file is not None:
             self._file.close()  # closing drops the flock
             self._file = None
@@ -321,6 +323,8 @@ class RagService:
         start_registry: Starts ``registry`` (the Platform serialises this with its own start).
         holder: What the embedded store's lock file says besides the pid (a server's URL and
             token, see the module docs).
+        store: The vector store to use instead of opening the configured one: a
+            :class:`~rag.stores.shared.SocketStore` to the process holding the embedded store.
         answer_llm: The LLM that writes a query's answer, given who asked and the request id:
             the gateway's ``rag_llm_route``, so answers are routed, budgeted and costed like any
             gateway call (``opsloop.llm.gateway.GatewayClient``).
@@ -345,6 +349,7 @@ class RagService:
         holder: dict[str, str] | None = None,
         *,
         answer_llm: AnswerLLM,
+        store: VectorStore | None = None,
         meter: EmbeddingMeterFactory | None = None,
         traffic: TrafficSplit | None = None,
     ) -> None:
@@ -355,13 +360,16 @@ class RagService:
         self.queries = queries
         self.catalog = catalog
         self._start_registry = start_registry or registry.start
-        self._lock: _StoreLock | None = None
-        if settings.vector_store == "qdrant":
+        self._lock: StoreLock | None = None
+        self.store: VectorStore
+        if store is not None:  # the embedded store another process holds (rag.stores.shared)
+            self.store = store
+        elif settings.vector_store == "qdrant":
             from rag.stores import QdrantServerStore
 
-            self.store: VectorStore = QdrantServerStore(settings.qdrant_url, api_key=settings.qdrant_api_key)
+            self.store = QdrantServerStore(settings.qdrant_url, api_key=settings.qdrant_api_key)
         else:
-            self._lock = _StoreLock(settings.home / "qdrant", holder or {})
+            self._lock = StoreLock(settings.home / "qdrant", holder or {})
             self.store = EdgeStore(settings.home / "qdrant")
         self.embedder = SentenceTransformerEmbedder()
         self.tokenizer = HFTokenizer()

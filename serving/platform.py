@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import logging
-import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from serving.experiment_wiring import Experiments
 from serving.local import cli_actor, cli_principal, local_url, prepare_home  # the CLI's caller: re-exported
 from serving.logs import quiet_mlflow
 from serving.retraining_wiring import Retraining
+from serving.shared_store import server_token, worker_store
 from serving.startup import (
     ComponentState,
     FileProgress,
@@ -209,7 +210,7 @@ class Platform:
         if self.settings.bootstrap_docs:  # before the thread runs: /readyz waits for the docs
             self.startup.begin("rag", "opening the vector store")
         self.startup.all_begun()
-        self.local_token = secrets.token_urlsafe(32)
+        self.local_token = server_token()
         routes = self.gateway.routes()  # built now (SDK imports included), not by a first request
         log.info("gateway ready (%s: %s)", plural(len(routes), "route"), ", ".join(routes))
         for target, name in ((self._start_models, "models-start"), (self._start_rag, "rag-start")):
@@ -334,7 +335,11 @@ class Platform:
             return
         log.info("vector store open (%s, %s)", self.settings.vector_store, plural(collections, "collection"))
         if self.settings.bootstrap_docs:
-            self._ingest_docs(rag)
+            # Workers of one server share the store: they take turns, and those after the first
+            # find every file unchanged. The lock is released when the file closes.
+            with open(self.settings.home / "docs-ingest.lock", "a") as turn:
+                fcntl.flock(turn, fcntl.LOCK_EX)
+                self._ingest_docs(rag)
 
     def _ingest_docs(self, rag: RagService) -> None:
         """Bring the bundled docs' collection up to date, saying how far it got (``/readyz``, the log)."""
@@ -382,8 +387,9 @@ class Platform:
 
                 # The query log's writer runs only in processes that answer queries.
                 self.queries.start()
+                shared = worker_store()  # a worker of `serve --workers N`: the supervisor holds the store
                 holder = {}
-                if self.local_token is not None:
+                if self.local_token is not None and shared is None:
                     holder = {"url": self.local_url, "token": self.local_token}
                 self._rag = RagService(
                     self.settings,
@@ -396,6 +402,7 @@ class Platform:
                     answer_llm=self._answer_llm,
                     meter=lambda *args, **kwargs: self.gateway.meter_embedding(*args, **kwargs),
                     traffic=self.experiments.router,
+                    store=shared,
                 )
             return self._rag
 

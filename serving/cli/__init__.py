@@ -11,6 +11,7 @@ import atexit
 import gc
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -108,6 +109,7 @@ def serve(
     from serving.local import claim_home
     from serving.logs import serve_log_config
     from serving.platform import Platform
+    from serving.shared_store import serve_embedded_store
 
     try:
         # Migrate and create the first admin key once, before any worker starts.
@@ -115,6 +117,8 @@ def serve(
         home_lock = claim_home(settings)  # noqa: F841 - held while this process serves
         platform = Platform.build(settings).start_store()
         admin_key = platform.ensure_admin_key()
+        if settings.workers > 1:  # MLflow creates its tables on first use: once, not in a race
+            platform.start_registry()
         platform.close()
     except OpsloopError as exc:
         raise fail(exc) from exc
@@ -136,12 +140,18 @@ def serve(
     metrics_dir.mkdir(parents=True)
     os.environ.update(settings.env())
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
-    uvicorn.run(
-        "serving.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        log_config=serve_log_config(settings.log_level),
-    )
+    with ExitStack() as held:
+        if settings.vector_store == "edge":  # this process holds it; every worker uses it
+            try:
+                os.environ.update(held.enter_context(serve_embedded_store(settings)))
+            except OpsloopError as exc:
+                raise fail(exc) from exc
+        uvicorn.run(
+            "serving.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            log_config=serve_log_config(settings.log_level),
+        )

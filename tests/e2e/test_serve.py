@@ -8,8 +8,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.server import OPSLOOP, Server, cli, environment, free_port
@@ -104,6 +106,37 @@ def test_two_workers_share_metrics(tmp_path: Path) -> None:
         assert match is not None and float(match.group(1)) >= 20
     finally:
         assert server.stop() == 0
+
+
+def test_every_worker_answers_rag_on_the_embedded_store(tmp_path: Path) -> None:
+    """The supervisor holds Qdrant Edge and serves it to the workers: no worker answers 409."""
+    server = Server(tmp_path / "home", "--workers", "2")
+    try:
+        admin = _auth((server.home / "admin.key").read_text().strip())
+        note = ("zebra.md", b"Zebra maintenance happens on Tuesdays in the north paddock.\n")
+        upload = server.http.post(
+            "/collections/zoo/documents", files=[("files", note)], headers=admin, timeout=120
+        )
+        assert upload.status_code == 200, upload.text
+
+        def ask(_: int) -> httpx.Response:
+            # A connection of its own each: the kernel hands it to whichever worker accepts first.
+            with httpx.Client(base_url=server.url, timeout=60, headers=admin) as client:
+                question = {"question": "when is zebra maintenance?", "collection": "zoo", "generate": False}
+                return client.post("/query", json=question)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(ask, range(24)))
+        assert [a.status_code for a in answers] == [200] * 24, [
+            a.text for a in answers if a.status_code != 200
+        ]
+        assert {a.json()["sources"][0]["source"] for a in answers} == {"zebra.md"}
+        # The CLI finds the store held by the server and goes through it, whichever worker answers.
+        listed = cli(server.home, "query", "zebra maintenance", "--collection", "zoo", "--format", "json")
+        assert listed.returncode == 0, listed.stderr
+    finally:
+        assert server.stop() == 0
+    assert not (server.home / "qdrant" / "store.sock").exists()
 
 
 def test_a_second_server_on_the_same_home_refuses_and_names_the_settings(server: Server) -> None:
