@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from opsloop.auth import Role
 from serving.platform import Platform
+from tests.integration import twins
 from tests.integration.llama_server import llama_server
 from tests.integration.ready import wait_ready
 
@@ -52,3 +53,10 @@ def operator(platform: Platform) -> dict[str, str]:
     """Headers of an operator key of tenant ``default``."""
     key = platform.keys.create("default", Role.OPERATOR, actor="test")
     return {"Authorization": f"Bearer {key.secret.get_secret_value()}"}
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[twins.MlflowServer]:
+    """An ``mlflow server`` on a fresh PostgreSQL database, artifacts proxied; one per session."""
+    with twins.mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
