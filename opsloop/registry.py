@@ -531,38 +531,42 @@ class Registry:
             self._bind_globals()
             return load(_local(model_uri))
 
-    def log_model_with_signature(self, model_uri: str, inputs: Any, *, run_name: str) -> LoggedModel:
-        """Copy a model into a new run of the ``opsloop`` experiment, with a signature from ``inputs``.
+    def log_model_copy(self, model_uri: str, *, run_name: str, signature_from: Any = None) -> LoggedModel:
+        """Copy a model into a new run of the ``opsloop`` experiment; register the returned ``model_uri``.
 
-        For models saved without one: the copy's MLmodel gets the columns and types of
-        ``inputs`` (a DataFrame of input rows) as its input signature; the original is left
-        as it is. Register the returned ``model_uri``, which points at the copy's artifacts.
+        The copy lives in the tracking server's artifact store, so the version it becomes does
+        not depend on the folder it came from, and a remote MLflow server (which registers no
+        ``file://`` source of its clients) accepts it. With ``signature_from`` (a DataFrame of
+        input rows), the copy's MLmodel gets their columns and types as its input signature, for
+        models saved without one; the original is left as it is.
 
         Raises:
             NotFoundError: Nothing at ``model_uri``.
-            InvalidInputError: MLflow cannot infer a signature from ``inputs``.
+            InvalidInputError: MLflow cannot infer a signature from ``signature_from``.
             BackendError: MLflow failed to copy or log the model.
         """
         self._started()
         mlflow = _import_mlflow()
         from mlflow.models import Model, infer_signature
 
-        what = f"logging model {model_uri!r} with an inferred signature"
+        what = f"logging a copy of model {model_uri!r}"
         with _translated(what, model_uri=model_uri), tempfile.TemporaryDirectory() as tmp:
             self._bind_globals()
             local = Path(mlflow.artifacts.download_artifacts(_local(model_uri), dst_path=tmp))
-            model = Model.load(local)
-            try:
-                model.signature = infer_signature(inputs)
-            except Exception as exc:  # MLflow raises plain errors for frames it cannot type
-                raise InvalidInputError(f"no signature can be inferred from these rows: {exc}") from exc
-            model.save(local / "MLmodel")
+            if signature_from is not None:
+                model = Model.load(local)
+                try:
+                    model.signature = infer_signature(signature_from)
+                except Exception as exc:  # MLflow raises plain errors for frames it cannot type
+                    raise InvalidInputError(f"no signature can be inferred from these rows: {exc}") from exc
+                model.save(local / "MLmodel")
             with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
                 # Artifacts of a run, not a logged model: any flavor copies this way, and the
                 # registered version's source stays valid as long as the run's artifacts do.
                 mlflow.log_artifacts(str(local), artifact_path="model")
-                uri = mlflow.get_artifact_uri("model")
-        return LoggedModel(run_id=run.info.run_id, model_uri=uri)
+        # runs:/, not the artifact URI: a version registered from it names its run, which an
+        # MLflow server requires of a source in its artifact store.
+        return LoggedModel(run_id=run.info.run_id, model_uri=f"runs:/{run.info.run_id}/model")
 
     # -- training runs and reference profiles ------------------------------------------------
 

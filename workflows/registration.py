@@ -92,8 +92,10 @@ def register(
 
         resolve_trainer(trainer)  # a typo is refused now, not at the first retraining
     uri = _checked_source(registry, source)
-    if signature_from is not None:
-        uri = registry.log_model_with_signature(uri, signature_from, run_name=f"{name}-signature").model_uri
+    if signature_from is not None or uri.startswith("file://"):  # a folder: registered as a copy
+        uri = registry.log_model_copy(
+            uri, run_name=f"{name}-register", signature_from=signature_from
+        ).model_uri
     try:
         columns = registry.signature_columns(uri)
     except InvalidInputError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mlflow import MlflowClient
 
 from tests.e2e.server import Server, cli
 
@@ -205,6 +206,17 @@ def _save(path: Path, *, signed: bool = True, broken: bool = False) -> Path:
     return path
 
 
+def _mlflow(server: Server) -> MlflowClient:
+    store = f"sqlite:///{server.home / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=store, registry_uri=store)
+
+
+def _break_stored(server: Server, model: str, version: int) -> None:
+    """Break the registered copy of a version after registering it (a disk fault, a bad upload)."""
+    stored = _mlflow(server).get_model_version_download_uri(model, str(version))
+    (Path(stored.removeprefix("file://")) / "model.skops").write_bytes(b"not a model")
+
+
 def test_a_model_that_cannot_serve_is_refused_at_register_and_promote(
     server: Server, user: dict[str, str], tmp_path: Path
 ) -> None:
@@ -229,7 +241,7 @@ def test_a_model_that_cannot_serve_is_refused_at_register_and_promote(
     assert cli(server.home, "models", "promote", "fragile", "1").returncode == 0
     later = _save(tmp_path / "later")
     assert cli(server.home, *register, str(later)).returncode == 0  # version 2, fine when registered
-    (later / "model.skops").write_bytes(b"not a model")  # a folder's version reads the folder
+    _break_stored(server, "fragile", 2)
     promoted = cli(server.home, "models", "promote", "fragile", "2")
     assert promoted.returncode == 1 and "version 2 of model 'fragile' cannot be served" in _said(promoted)
     body = {"instances": [{"a": 1.0, "b": 2.0}]}
@@ -240,19 +252,14 @@ def test_a_model_that_cannot_serve_is_refused_at_register_and_promote(
 def test_a_champion_that_cannot_load_shows_in_readyz_and_metrics_until_unset(
     server: Server, user: dict[str, str], tmp_path: Path
 ) -> None:
-    from mlflow import MlflowClient
-
     register = ("models", "register", "unloadable", "--from")
     assert cli(server.home, *register, str(_save(tmp_path / "good"))).returncode == 0
     assert cli(server.home, "models", "promote", "unloadable", "1").returncode == 0
     second = _save(tmp_path / "second")
     assert cli(server.home, *register, str(second)).returncode == 0
-    (second / "model.skops").write_bytes(b"not a model")  # the folder breaks after registering
+    _break_stored(server, "unloadable", 2)
     # Promotion refuses it, so move the alias as another tool (or an older opsloop) would.
-    store = f"sqlite:///{server.home / 'mlflow.db'}"
-    MlflowClient(tracking_uri=store, registry_uri=store).set_registered_model_alias(
-        "unloadable", "champion", "2"
-    )
+    _mlflow(server).set_registered_model_alias("unloadable", "champion", "2")
 
     failing = 'opsloop_model_load_failing{model="unloadable"}'
     deadline = time.monotonic() + SWAP_SECONDS

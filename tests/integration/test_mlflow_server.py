@@ -79,13 +79,6 @@ def test_models_train_register_promote_and_roll_back_on_the_server(
     assert _champion(client) == trained
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: workflows/registration.py registers a folder as its file:// URI, which an "
-    "MLflow server refuses (INVALID_PARAMETER_VALUE: a local source needs a run_id whose artifacts "
-    "contain it); the folder should be uploaded into a run first, as log_model_with_signature does",
-)
 def test_a_model_folder_registers_on_the_server(
     tmp_path: Path, home: Path, mlflow_server: MlflowServer, client: MlflowClient
 ) -> None:
@@ -98,11 +91,13 @@ def test_a_model_folder_registers_on_the_server(
         dst_path=str(tmp_path / "model"),
         tracking_uri=mlflow_server.url,
     )
-    if not (Path(folder) / "MLmodel").is_file():  # not an AssertionError: the xfail is for the bug only
-        pytest.fail(f"no MLmodel in {folder}")
+    assert (Path(folder) / "MLmodel").is_file()
     done = opsloop(home, "models", "register", MODEL, "--from", folder, env=mlflow_server.env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert max(_versions(client)) == latest + 1
+    # The version is a copy the server holds (a run's artifacts), not a path on this machine.
+    registered = client.get_model_version(MODEL, str(latest + 1))
+    assert registered.run_id and not registered.source.startswith("file:")
 
 
 def test_prompts_register_and_alias_on_the_server(
