@@ -1,7 +1,8 @@
-"""A real Prometheus scrapes ``opsloop serve`` and fires the 5xx SLO alert of deploy/prometheus/alerts.yml.
+"""A real Prometheus scrapes two ``opsloop serve`` processes and fires the 5xx SLO alert of alerts.yml.
 
-The server runs on its embedded defaults in a temporary home, with one LLM route whose backend
-is a closed loopback port, so each chat completion is a real 502. Prometheus (from ``./dev
+Each server runs on its embedded defaults in a temporary home, with one LLM route whose backend
+is a closed loopback port, so each chat completion is a real 502. The errors are split between
+them, and the rule, which sums by route over replicas, fires one alert for the route. Prometheus (from ``./dev
 setup``, or PATH) scrapes /metrics every second and evaluates ``OpsloopErrorRateAboveSLO`` with
 its expression as deployed, only over a shorter range and without the ``for`` wait. Without the
 prometheus binary this skips locally and fails in CI.
@@ -46,7 +47,7 @@ def _fast_rule(source: Path) -> dict[str, Any]:
     return {**rule, "expr": rule["expr"].replace("[5m]", "[15s]"), "for": "0s"}
 
 
-def _configure(root: Path, target: str) -> Path:
+def _configure(root: Path, targets: list[str]) -> Path:
     rules = root / "rules.yml"
     rule = _fast_rule(REPO / "deploy" / "prometheus" / "alerts.yml")
     rules.write_text(yaml.safe_dump({"groups": [{"name": "opsloop-live", "rules": [rule]}]}))
@@ -56,25 +57,26 @@ def _configure(root: Path, target: str) -> Path:
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(rules)],
-                "scrape_configs": [{"job_name": "opsloop", "static_configs": [{"targets": [target]}]}],
+                "scrape_configs": [{"job_name": "opsloop", "static_configs": [{"targets": targets}]}],
             }
         )
     )
     return config
 
 
-def _errors_until_firing(server: OpsloopServer, api: httpx.Client, key: str) -> list[dict[str, Any]]:
+def _errors_until_firing(servers: list[OpsloopServer], api: httpx.Client) -> list[dict[str, Any]]:
     """Send failing chat completions until the alert fires (at most 60 s); the firing alerts.
 
     Errors keep coming until then: rate() needs the counter to grow between scrapes, and a
     series that appears with its first error has no increase yet.
     """
     hello = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-    headers = {"Authorization": f"Bearer {key}"}
+    keys = [(server.home / "admin.key").read_text().strip() for server in servers]
     deadline = time.monotonic() + 60
     alerts: list[dict[str, Any]] = []
     for sent in range(1, 601):
-        answer = server.http.post(ROUTE, json=hello, headers=headers)
+        server, key = servers[sent % 2], keys[sent % 2]
+        answer = server.http.post(ROUTE, json=hello, headers={"Authorization": f"Bearer {key}"})
         assert answer.status_code == 502, answer.text
         if sent % 4 == 0:
             alerts = api.get("/api/v1/alerts").json()["data"]["alerts"]
@@ -89,20 +91,23 @@ def _errors_until_firing(server: OpsloopServer, api: httpx.Client, key: str) -> 
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[OpsloopServer]:
-    """``opsloop serve`` on its embedded defaults, with route ``chat`` on a closed port; ready."""
-    server = OpsloopServer(tmp_path / "home", {"OPSLOOP_LLM_ROUTES": dead_route("chat")})
+def servers(tmp_path: Path) -> Iterator[list[OpsloopServer]]:
+    """Two ``opsloop serve`` on their embedded defaults, route ``chat`` on a closed port; ready."""
+    env = {"OPSLOOP_LLM_ROUTES": dead_route("chat")}
+    started = [OpsloopServer(tmp_path / f"home-{i}", env) for i in range(2)]
     try:
-        server.wait_ready()
-        yield server
+        for server in started:
+            server.wait_ready()
+        yield started
     finally:
-        server.stop()
+        for server in started:
+            server.stop()
 
 
-def test_a_burst_of_5xx_fires_the_error_rate_alert(
-    tmp_path: Path, server: OpsloopServer, prometheus: str
+def test_a_burst_of_5xx_over_two_replicas_fires_one_error_rate_alert(
+    tmp_path: Path, servers: list[OpsloopServer], prometheus: str
 ) -> None:
-    config = _configure(tmp_path, target=server.url.removeprefix("http://"))
+    config = _configure(tmp_path, [server.url.removeprefix("http://") for server in servers])
     address = f"127.0.0.1:{free_port()}"
     command = [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}"]
     scraper = Process(
@@ -113,15 +118,15 @@ def test_a_burst_of_5xx_fires_the_error_rate_alert(
             f"http://{address}/api/v1/targets",
             seconds=30,
             ok=lambda r: (
-                r.status_code == 200 and [t["health"] for t in r.json()["data"]["activeTargets"]] == ["up"]
+                r.status_code == 200
+                and [t["health"] for t in r.json()["data"]["activeTargets"]] == ["up", "up"]
             ),
         )
-        (target,) = targets.json()["data"]["activeTargets"]
-        assert target["scrapeUrl"] == f"{server.url}/metrics"  # scraped without a key, and up
+        scraped = {target["scrapeUrl"] for target in targets.json()["data"]["activeTargets"]}
+        assert scraped == {f"{server.url}/metrics" for server in servers}  # without a key, and up
 
-        key = (server.home / "admin.key").read_text().strip()
         with httpx.Client(base_url=f"http://{address}", timeout=5) as api:
-            firing = _errors_until_firing(server, api, key)
+            firing = _errors_until_firing(servers, api)
     finally:
         scraper.stop()
     (alert,) = [a for a in firing if a["labels"]["route"] == ROUTE]
