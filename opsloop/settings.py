@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         "off where Kubernetes CronJobs run them with `opsloop jobs run`. Replicas sharing the store "
         "run each fire once either way.",
     )
+    pushgateway_url: str | None = Field(
+        default=None,
+        description="A Prometheus Pushgateway that `opsloop jobs run` pushes its metrics to when it ends "
+        "(a CronJob's pod is gone before Prometheus would scrape it), e.g. http://pushgateway:9091.",
+    )
     drift_check_seconds: float = Field(
         default=300.0, ge=0, description="How often serve checks each model for drift; 0 turns it off."
     )

@@ -101,12 +101,15 @@ def run(
             known = ", ".join(jobs) or "none (see `opsloop jobs list`)"
             raise NotFoundError(f"no periodic job {name!r}; configured jobs: {known}", job=name)
         err.print(f"running {name} ...")
-        if force:
-            asyncio.run(_run(job))
-            ran = True
-        else:
-            ran = asyncio.run(job.run_once(name, JobRuns(platform.db)))
-        platform.retraining.triggers.join()  # drift or the schedule may have started retrainings
+        try:
+            if force:
+                asyncio.run(_run(job))
+                ran = True
+            else:
+                ran = asyncio.run(job.run_once(name, JobRuns(platform.db)))
+            platform.retraining.triggers.join()  # drift or the schedule may have started retrainings
+        finally:
+            _push(platform, name)  # what it measured, whether it ran, failed or found its fire taken
     except OpsloopError as exc:
         raise fail(exc) from exc
     except Exception as exc:  # the job's own failure: recorded in the store, shown here
@@ -116,6 +119,32 @@ def run(
         err.print(f"{name} done in {time.monotonic() - started:.1f} s")
     else:
         err.print(f"{name}: this slot's fire already ran in another process (see `opsloop jobs list`)")
+
+
+def _push(platform: Platform, name: str) -> None:
+    """Push this run's metrics to ``pushgateway_url``, grouped by the job (each run replaces the last).
+
+    A CronJob's pod ends before Prometheus scrapes it; the Pushgateway keeps the drift, eval and
+    retraining series its run exported (``honorLabels`` keeps their labels when scraped). A push
+    that fails is reported and does not fail the job: the job's results are in the store.
+    """
+    url = platform.settings.pushgateway_url
+    if not url:
+        return
+    from prometheus_client import push_to_gateway
+
+    try:
+        push_to_gateway(
+            url,
+            job="opsloop-jobs",
+            grouping_key={"periodic_job": name},
+            registry=platform.metrics.registry,
+            timeout=10,
+        )
+    except OSError as exc:
+        err.print(
+            f"[yellow]warning:[/yellow] could not push {name}'s metrics to {url}: {exc}", highlight=False
+        )
 
 
 def _schedule(job: Job) -> str:
