@@ -21,13 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from opsloop.errors import BackendError, ConfigError
 
-__all__ = ["Database", "create_private_file"]
+__all__ = ["Database", "create_private_file", "driver_reason"]
 
 T = TypeVar("T")
 
@@ -143,7 +143,25 @@ class Database:
         raise AssertionError("unreachable")
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest migration; safe to run from several processes."""
+        """Bring the schema to the newest migration; safe to run from several processes.
+
+        Raises:
+            BackendError: The database does not answer (the message names the URL, password hidden).
+        """
+        try:
+            self._upgrade()
+        except OperationalError as exc:
+            where = make_url(self.url).render_as_string(hide_password=True)
+            reason = (
+                str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+            )
+            raise BackendError(
+                f"the database at {where} does not answer: {reason}; check database_url "
+                "(OPSLOOP_DATABASE_URL; `opsloop config check` tells what answers)",
+                setting="database_url",
+            ) from exc
+
+    def _upgrade(self) -> None:
         if self._at_newest_migration():
             # Every CLI command starts here: importing Alembic and reading its scripts only to
             # find nothing to do took 0.13 s of CPU, a quarter of ``opsloop keys list``.
@@ -177,3 +195,9 @@ class Database:
         except SQLAlchemyError:  # no version table yet
             return False
         return current == [max(numbers)]
+
+
+def driver_reason(exc: OperationalError) -> str:
+    """The first line of what the database driver said (psycopg's messages run to several)."""
+    said = str(exc.orig).strip()
+    return said.splitlines()[0] if said else type(exc.orig).__name__

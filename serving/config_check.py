@@ -23,7 +23,7 @@ import httpx
 from opsloop.llm.routes import BackendSpec
 from opsloop.settings import Settings
 
-__all__ = ["Check", "check_all"]
+__all__ = ["Check", "check_all", "masked"]
 
 Status = Literal["ok", "down", "skipped"]
 
@@ -68,7 +68,7 @@ def _database(settings: Settings, timeout: float) -> Check:
     from sqlalchemy import create_engine, text
 
     url = settings.db_url
-    setting, target = "OPSLOOP_DATABASE_URL", _mask(url)
+    setting, target = "OPSLOOP_DATABASE_URL", masked(url)
     sqlite_file = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
     if sqlite_file is not None and not sqlite_file.exists():  # connecting would create it
         return _local_file("database", setting, sqlite_file, "SQLite")
@@ -94,7 +94,7 @@ def _mlflow(settings: Settings, timeout: float) -> Check:
     if uri.startswith("sqlite:///"):
         return _local_file("mlflow", setting, Path(uri.removeprefix("sqlite:///")), "MLflow on SQLite")
     if not uri.startswith(("http://", "https://")):
-        return Check("mlflow", setting, _mask(uri), "skipped", "only http(s) and sqlite URIs are checked")
+        return Check("mlflow", setting, masked(uri), "skipped", "only http(s) and sqlite URIs are checked")
     try:
         httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
         response = httpx.get(
@@ -104,8 +104,8 @@ def _mlflow(settings: Settings, timeout: float) -> Check:
         )
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        return Check("mlflow", setting, _mask(uri), "down", _reason(exc))
-    return Check("mlflow", setting, _mask(uri), "ok", "tracking server and model registry answer")
+        return Check("mlflow", setting, masked(uri), "down", _reason(exc))
+    return Check("mlflow", setting, masked(uri), "ok", "tracking server and model registry answer")
 
 
 def _artifacts(settings: Settings) -> Check:
@@ -155,10 +155,10 @@ def _redis(settings: Settings, timeout: float) -> Check:
         client.ping()
         version = client.info("server").get("redis_version", "?")
     except redis.RedisError as exc:
-        return Check("redis", "OPSLOOP_REDIS_URL", _mask(url), "down", _reason(exc))
+        return Check("redis", "OPSLOOP_REDIS_URL", masked(url), "down", _reason(exc))
     finally:
         client.close()
-    return Check("redis", "OPSLOOP_REDIS_URL", _mask(url), "ok", f"Redis {version}")
+    return Check("redis", "OPSLOOP_REDIS_URL", masked(url), "ok", f"Redis {version}")
 
 
 def _embedder() -> Check:
@@ -217,7 +217,7 @@ def _local_dir(component: str, setting: str, path: Path, detail: str = "writable
     return Check(component, setting, str(path), "ok", f"{detail}: not created yet, {existing} is writable")
 
 
-def _mask(url: str) -> str:
+def masked(url: str) -> str:
     """``url`` with its password, if any, replaced, for reports."""
     parts = urlsplit(url)
     if parts.password is None:

@@ -13,9 +13,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from opsloop.errors import BadRequestError, InvalidInputError, OpsloopError
+from opsloop.db import driver_reason
+from opsloop.errors import BackendError, BadRequestError, InvalidInputError, OpsloopError
 
 __all__ = ["install_error_handlers"]
 
@@ -67,6 +69,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+    """The relational store went away under a running server: a dead backend, not a bug."""
+    log.warning("the database does not answer (%s %s): %s", request.method, request.url.path, exc.orig)
+    return _response(BackendError(f"the database does not answer: {driver_reason(exc)}"))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
     log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
@@ -85,4 +93,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.exception_handler(OpsloopError)(_opsloop_error)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(OperationalError)(_database_down)
     app.exception_handler(Exception)(_unexpected)

@@ -53,5 +53,17 @@ def check(
 @app.command("show")
 def show(ctx: typer.Context) -> None:
     """Print the settings in effect as JSON (defaults, the YAML file and OPSLOOP_* merged; secrets masked)."""
+    from serving.config_check import masked
+
     state: State = ctx.obj
-    out.print_json(state.settings().model_dump_json())
+    shown = state.settings().model_dump(mode="json")  # SecretStr fields print as ********
+    for name in (
+        "database_url",
+        "mlflow_tracking_uri",
+        "mlflow_artifact_root",
+        "qdrant_url",
+        "pushgateway_url",
+    ):
+        if shown.get(name):
+            shown[name] = masked(shown[name])
+    out.print_json(data=shown)

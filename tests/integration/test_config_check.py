@@ -94,3 +94,22 @@ def test_the_cli_names_each_component_that_is_down_and_its_setting(tmp_path: Pat
     message = " ".join(table.stderr.split())
     assert f"redis is down: check OPSLOOP_REDIS_URL (redis://:***@{closed}/0)" in message
     assert f"mlflow is down: check OPSLOOP_MLFLOW_TRACKING_URI (http://{closed})" in message
+
+
+def test_config_show_hides_every_secret(tmp_path: Path) -> None:
+    env = {
+        **environment(tmp_path / "home"),
+        "OPSLOOP_DATABASE_URL": "postgresql+psycopg://opsloop:db-secret@127.0.0.1:5432/test",
+        "OPSLOOP_REDIS_URL": "redis://:redis-secret@127.0.0.1:6379/0",
+        "OPSLOOP_LLM_ROUTES": json.dumps(
+            {"chat": [{"name": "claude", "kind": "anthropic", "model": "m", "api_key": "sk-ant-secret"}]}
+        ),
+    }
+    done = subprocess.run(
+        [OPSLOOP, "config", "show"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "secret" not in done.stdout
+    shown = json.loads(done.stdout)
+    assert shown["database_url"] == "postgresql+psycopg://opsloop:***@127.0.0.1:5432/test"
+    assert shown["redis_url"] == "**********"
