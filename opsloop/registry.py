@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -61,6 +62,9 @@ __all__ = [
     "is_version",
     "version_number",
 ]
+
+_SERVER_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""How long a call waits for a tracking server that does not answer (see :meth:`Registry.start`)."""
 
 EXPERIMENT_NAME = "opsloop"
 """The MLflow experiment that holds opsloop's runs and logged models."""
@@ -284,6 +288,12 @@ class Registry:
         """
         if self._client is not None:
             return self
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # MLflow's client retries a server that does not answer 7 times with a backoff of 2:
+            # a request waited 4 minutes before it failed. Fail within about 15 s instead, unless
+            # the user set MLflow's own variables (read when MLflow opens its session).
+            for variable, value in _SERVER_PATIENCE.items():
+                os.environ.setdefault(variable, value)
         mlflow = _import_mlflow()
         if self.tracking_uri.startswith("sqlite:///"):
             # SQLite creates the file but not its directory.
