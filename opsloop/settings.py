@@ -207,6 +207,12 @@ class Settings(BaseSettings):
         default=None, validate_default=True, description="Qdrant server URL; needed by vector_store=qdrant."
     )
     qdrant_api_key: SecretStr | None = Field(default=None, description="API key of the Qdrant server.")
+    qdrant_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="Copies of each shard a new collection keeps on a distributed Qdrant cluster; "
+        "2 or more keeps RAG answering while one peer is down.",
+    )
     rag_top_k: int = Field(default=5, ge=1, le=50, description="Chunks a /query retrieves by default.")
     rag_chunk_tokens: int = Field(
         default=256,

@@ -367,7 +367,11 @@ class RagService:
         elif settings.vector_store == "qdrant":
             from rag.stores import QdrantServerStore
 
-            self.store = QdrantServerStore(settings.qdrant_url, api_key=settings.qdrant_api_key)
+            self.store = QdrantServerStore(
+                settings.qdrant_url,
+                api_key=settings.qdrant_api_key,
+                replication_factor=settings.qdrant_replication_factor,
+            )
         else:
             self._lock = StoreLock(settings.home / "qdrant", holder or {})
             self.store = EdgeStore(settings.home / "qdrant")

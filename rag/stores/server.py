@@ -48,6 +48,8 @@ class QdrantServerStore:
         api_key: API key sent with every request, if the server wants one.
         timeout: Seconds each request may take.
         client: An existing client to use instead of ``url``/``api_key``/``timeout``.
+        replication_factor: Copies of each shard a new collection keeps on a distributed
+            cluster; 2 or more keeps a collection whole while one peer is down.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class QdrantServerStore:
         api_key: SecretStr | str | None = None,
         timeout: int = 10,
         client: QdrantClient | None = None,
+        replication_factor: int = 1,
     ) -> None:
         if client is None and not url:
             raise InvalidInputError("QdrantServerStore needs a url or a client", field="url")
@@ -66,6 +69,7 @@ class QdrantServerStore:
             )
         self.url = url
         self.timeout = timeout
+        self.replication_factor = replication_factor
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self._client = client
         self._owns_client = client is None
@@ -105,6 +109,7 @@ class QdrantServerStore:
                         sparse_vectors_config=(
                             {SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)} if sparse else None
                         ),
+                        replication_factor=self.replication_factor,
                     )
                 self._shapes[name] = (dimension, sparse)
                 self._index_fields(name, fields)

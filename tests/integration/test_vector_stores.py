@@ -364,3 +364,18 @@ def test_edge_shard_open_in_another_store_is_a_backend_error(tmp_path: Path) -> 
         first.count("docs")
         with pytest.raises(BackendError, match="another process"):
             second.count("docs")
+
+
+def test_a_server_collection_asks_for_the_configured_replication_factor() -> None:
+    """In-process Qdrant keeps no replicas, so what is checked is the request a cluster would get."""
+    asked: list[object] = []
+
+    class Recording(QdrantClient):
+        def create_collection(self, collection_name: str, **kwargs: object) -> bool:  # type: ignore[override]
+            asked.append(kwargs.get("replication_factor"))
+            return super().create_collection(collection_name, **kwargs)  # type: ignore[arg-type]
+
+    with QdrantServerStore(client=Recording(location=":memory:"), replication_factor=2) as store:
+        store.create_collection("docs", 4)
+        store.create_collection("docs", 4)  # exists: not asked again
+    assert asked == [2]
