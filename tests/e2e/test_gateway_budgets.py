@@ -72,7 +72,17 @@ def test_a_token_budget_trips_with_a_429_naming_it(servers: list[Server]) -> Non
     assert int(refused.value.response.headers["retry-after"]) > 0
 
 
-@pytest.mark.parametrize("servers", [(2, {"OPSLOOP_REDIS_URL": "redis://127.0.0.1:6379/0"})], indirect=True)
+# Both share one home (its SQLite store holds the key and the budget). An embedded vector store
+# would make the second refuse that home; these gateways serve no RAG, so a Qdrant server is
+# named that they never call.
+TWO_GATEWAYS = {
+    "OPSLOOP_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "OPSLOOP_VECTOR_STORE": "qdrant",
+    "OPSLOOP_QDRANT_URL": "http://127.0.0.1:9",
+}
+
+
+@pytest.mark.parametrize("servers", [(2, TWO_GATEWAYS)], indirect=True)
 def test_two_gateways_on_one_redis_share_one_rate_limit(servers: list[Server]) -> None:
     tenant, key = _tenant_key(servers[0].home)
     _budget(servers[0].home, tenant, "--rpm", "3")
