@@ -83,12 +83,9 @@ class StoreServer:
         while not self._closed:
             try:
                 conn = self._listener.accept()
-            except OSError:
+            except Exception:  # closed, or a failed challenge (AuthenticationError) and the like
                 if self._closed:
                     return
-                log.warning("refused a connection to the shared vector store", exc_info=True)
-                continue
-            except Exception:  # a failed challenge (AuthenticationError) and the like
                 log.warning("refused a connection to the shared vector store", exc_info=True)
                 continue
             threading.Thread(target=self._serve, args=(conn,), name="store-call", daemon=True).start()

@@ -22,17 +22,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def environment(home: Path) -> dict[str, str]:
-    """This process's environment, pointed at ``home``, without other tests' MLflow store.
+def clean_environment() -> dict[str, str]:
+    """This process's environment without other tests' MLflow and opsloop settings.
 
     PYTEST_CURRENT_TEST goes too: MLflow turns on test-only checks when it sees it, and the
     processes under test should run as they do for a user.
     """
-    env = {
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("MLFLOW_", "OPSLOOP_")) and k != "PYTEST_CURRENT_TEST"
     }
+
+
+def environment(home: Path) -> dict[str, str]:
+    """:func:`clean_environment`, pointed at ``home``."""
+    env = clean_environment()
     # Ingesting the bundled docs at start loads the embedder: only the tests about it want that.
     return {**env, "OPSLOOP_HOME": str(home), "OPSLOOP_BOOTSTRAP_DOCS": "false"}
 

@@ -33,6 +33,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import POSTGRES_URL
+from tests.e2e.server import clean_environment
 from tests.integration.llama_server import free_port
 
 __all__ = [
@@ -182,21 +183,9 @@ def redis_client() -> Iterator[Any]:
         client.close()
 
 
-def _clean_env() -> dict[str, str]:
-    """This process's environment without other tests' MLflow and opsloop settings.
-
-    PYTEST_CURRENT_TEST goes too: MLflow turns on test-only checks when it sees it.
-    """
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MLFLOW_", "OPSLOOP_")) and k != "PYTEST_CURRENT_TEST"
-    }
-
-
 def opsloop_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of an opsloop process on ``home``: cheap settings (``CHEAP_ENV``), then ``extra``."""
-    return {**_clean_env(), **CHEAP_ENV, "OPSLOOP_HOME": str(home), **(extra or {})}
+    return {**clean_environment(), **CHEAP_ENV, "OPSLOOP_HOME": str(home), **(extra or {})}
 
 
 def opsloop(
@@ -271,7 +260,7 @@ def mlflow_server(root: Path, startup_s: float = 90.0) -> Iterator[MlflowServer]
         artifacts = root / "artifacts"
         command = [mlflow, "server", "--backend-store-uri", database, "--host", "127.0.0.1"]
         command += ["--port", str(port), "--workers", "1", "--artifacts-destination", str(artifacts)]
-        env = _clean_env()
+        env = clean_environment()
         # MLflow 3 starts a job runner with seven huey consumer processes (for its own GenAI jobs,
         # which opsloop does not use); without them the server starts in half the time.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
