@@ -303,8 +303,8 @@ def create_client(spec: BackendSpec, *, http_client: httpx.AsyncClient | None = 
 
     Args:
         spec: the backend.
-        http_client: ``httpx.AsyncClient`` for remote backends (a ``MockTransport`` in tests);
-            the caller keeps ownership.
+        http_client: ``httpx.AsyncClient`` for the Anthropic backend (a ``MockTransport`` in
+            tests); the caller keeps ownership. OpenAI-compatible backends keep a pool of their own.
 
     Returns:
         A :class:`~opsloop.llm.llamacpp.LlamaCppClient`,
@@ -333,7 +333,6 @@ def create_client(spec: BackendSpec, *, http_client: httpx.AsyncClient | None = 
             model=spec.model,
             name=spec.name,
             timeout=spec.timeout_s + _SDK_GRACE_S,
-            http_client=http_client,
             structured_output=spec.structured_output,
         )
     if spec.kind == "anthropic":

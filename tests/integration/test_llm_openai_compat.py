@@ -2,7 +2,8 @@
 
 The server (``llama_server_url``, from tests/integration/llama_server.py) needs
 llama-cpp-python's ``server`` extra; without it the server tests skip locally and fail in
-CI. Error mapping is tested through an injected ``httpx.MockTransport``.
+CI. Error mapping is tested against a scripted server on loopback
+(``tests/integration/scripted_server.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from opsloop.errors import BackendError, InvalidInputError
 from opsloop.llm.openai_compat import OpenAICompatClient
 from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, LLMClient, ToolCall
 from tests.integration.llama_server import MODEL, free_port
+from tests.integration.scripted_server import scripted_server
 
 
 def _request(question: str, max_tokens: int = 12) -> ChatRequest:
@@ -82,7 +84,7 @@ def test_early_stop_keeps_counted_usage(llama_server_url: str) -> None:
 def test_dead_backend_is_a_retryable_backend_error_quickly() -> None:
     client = OpenAICompatClient(f"http://127.0.0.1:{free_port()}/v1", model=MODEL, timeout=30.0)
     with pytest.raises(BackendError, match="unreachable") as info:
-        asyncio.run(client.chat(_request("hi")))  # the first call also imports the SDK
+        asyncio.run(client.chat(_request("hi")))
     assert info.value.details["retryable"] is True
     assert "127.0.0.1" not in str(info.value.to_dict())  # clients see the backend's name, not where it is
 
@@ -94,6 +96,7 @@ def test_dead_backend_is_a_retryable_backend_error_quickly() -> None:
     with pytest.raises(BackendError, match="unreachable"):
         asyncio.run(stream())
     assert time.monotonic() - started < 3.0  # refused at once: no SDK retries, no waiting for the timeout
+    asyncio.run(client.aclose())  # the pool of the second loop; the first went with its loop
 
 
 @pytest.mark.parametrize(
@@ -113,14 +116,11 @@ def test_status_errors_map_to_backend_errors(status: int, error: type[Exception]
         return httpx.Response(status, json={"error": {"message": f"upstream said {status}"}})
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
-            client = OpenAICompatClient(
-                "http://llm.test/v1", api_key="sk-secret", model=MODEL, http_client=http
-            )
+        async with scripted_server(reply) as root:
+            client = OpenAICompatClient(f"{root}/v1", api_key="sk-secret", model=MODEL)
             with pytest.raises(error) as info:
                 await client.chat(_request("hi"))
             await client.aclose()
-            assert not http.is_closed  # the caller owns the injected client
         assert isinstance(info.value, BackendError)
         assert info.value.details == {
             "backend": "openai",
@@ -140,13 +140,14 @@ def test_bad_request_maps_to_invalid_input() -> None:
         return httpx.Response(400, json={"error": {"message": "max_tokens is too large"}})
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
-            client = OpenAICompatClient("http://llm.test/v1", model=MODEL, http_client=http)
+        async with scripted_server(reply) as root:
+            client = OpenAICompatClient(f"{root}/v1", model=MODEL)
             with pytest.raises(InvalidInputError, match="max_tokens is too large") as info:
                 await client.chat(_request("hi"))
             with pytest.raises(InvalidInputError, match="max_tokens is too large"):
                 async for _ in client.stream(_request("hi")):
                     pass
+            await client.aclose()
         assert info.value.details["upstream_status"] == 400
         assert isinstance(info.value.__cause__, Exception)
 
@@ -169,10 +170,10 @@ def test_cached_tokens_and_usage_from_the_server() -> None:
     }
 
     async def run() -> None:
-        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
-        async with httpx.AsyncClient(transport=transport) as http:
-            client = OpenAICompatClient("http://llm.test/v1", model=MODEL, http_client=http)
+        async with scripted_server(lambda request: httpx.Response(200, json=body)) as root:
+            client = OpenAICompatClient(f"{root}/v1", model=MODEL)
             result = await client.chat(_request("hi"))
+            await client.aclose()
         assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.cached_tokens) == (
             10,
             1,
@@ -224,11 +225,12 @@ def test_tools_pass_through_both_ways() -> None:
     ]
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
-            client = OpenAICompatClient("http://llm.test/v1", model=MODEL, http_client=http)
+        async with scripted_server(reply) as root:
+            client = OpenAICompatClient(f"{root}/v1", model=MODEL)
             result = await client.chat(ChatRequest(conversation, tools=[tool]))
             assert result.tool_calls == (call,) and result.finish_reason == "tool_calls"
             chunks = [chunk async for chunk in client.stream(ChatRequest(conversation, tools=[tool]))]
+            await client.aclose()
         deltas = [d for chunk in chunks for d in chunk.tool_calls]
         assert (deltas[0].id, deltas[0].name) == ("call_1", "weather")
         assert "".join(d.arguments for d in deltas) == call.arguments
@@ -265,15 +267,15 @@ def test_a_json_schema_is_sent_as_the_server_expects(mode: str, expected: dict[s
         return httpx.Response(200, json=body)
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+        async with scripted_server(reply) as root:
             client = OpenAICompatClient(
-                "http://llm.test/v1",
+                f"{root}/v1",
                 model=MODEL,
-                http_client=http,
                 structured_output=mode,  # type: ignore[arg-type]
             )
             await client.chat(ChatRequest([ChatMessage("user", "hi")], json_schema=OBJECT))
             await client.chat(ChatRequest([ChatMessage("user", "hi")]))
+            await client.aclose()
 
     asyncio.run(run())
     assert sent[0]["response_format"] == expected and "response_format" not in sent[1]
@@ -291,10 +293,11 @@ def test_a_frequency_penalty_is_sent_only_when_set() -> None:
         return httpx.Response(200, json=body)
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
-            client = OpenAICompatClient("http://llm.test/v1", model=MODEL, http_client=http)
+        async with scripted_server(reply) as root:
+            client = OpenAICompatClient(f"{root}/v1", model=MODEL)
             await client.chat(ChatRequest([ChatMessage("user", "hi")], frequency_penalty=0.5))
             await client.chat(ChatRequest([ChatMessage("user", "hi")]))
+            await client.aclose()
 
     asyncio.run(run())
     assert sent[0]["frequency_penalty"] == 0.5 and "frequency_penalty" not in sent[1]

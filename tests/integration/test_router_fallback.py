@@ -3,8 +3,8 @@
 The backends: a dead port, a server that never answers, HTTP 500/429/401, and llama.cpp
 (its OpenAI-compatible server on loopback, and in-process).
 
-Clients come from the router's real factory (``create_client``); HTTP errors come from an
-``httpx.MockTransport`` injected into the real ``OpenAICompatClient``.
+Clients come from the router's real factory (``create_client``); HTTP errors come from a
+scripted server on loopback (``tests/integration/scripted_server.py``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import pytest
 from pydantic import TypeAdapter
 
 from opsloop.errors import BackendError, InvalidInputError, NotFoundError
-from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, LLMClient
+from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest
 from opsloop.llm.router import RoutedStream, Router, build_router
-from opsloop.llm.routes import BackendSpec, RouteConfig, RouteTable, create_client
+from opsloop.llm.routes import RouteConfig, RouteTable
 from tests.integration.llama_server import MODEL, free_port
+from tests.integration.scripted_server import scripted_server
 
 FAST_RETRY = {"max_retries": 1, "backoff_s": 0.01, "backoff_max_s": 0.02}
 
@@ -50,11 +51,6 @@ def _dead() -> dict[str, Any]:
 
 def _remote(name: str, url: str, **overrides: Any) -> dict[str, Any]:
     return {"name": name, "kind": "openai", "base_url": url, "model": MODEL, **overrides}
-
-
-def _with_mock(name: str, http: httpx.AsyncClient) -> Callable[[BackendSpec], LLMClient]:
-    """The real factory, with ``http`` under the backend called ``name``."""
-    return lambda spec: create_client(spec, http_client=http if spec.name == name else None)
 
 
 def _completion(model: str) -> dict[str, Any]:
@@ -147,12 +143,12 @@ def test_http_500_and_429_are_retried_then_fall_back(llama_server_url: str) -> N
         return await r.chat("chat", _request())
 
     async def run() -> Any:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+        async with scripted_server(reply) as root:
             routes = _routes(
-                _remote("flaky", "http://flaky.test/v1", model="flaky-model", **FAST_RETRY),
+                _remote("flaky", f"{root}/v1", model="flaky-model", **FAST_RETRY),
                 _remote("local", llama_server_url),
             )
-            router = build_router(routes, factory=_with_mock("flaky", http))
+            router = build_router(routes)
             try:
                 return await use(router)
             finally:
@@ -171,12 +167,12 @@ def test_a_retry_that_succeeds_stays_on_the_backend() -> None:
         return next(replies, None) or httpx.Response(200, json=_completion("flaky-model"))
 
     async def run() -> Any:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
-            router = build_router(
-                _routes(_remote("flaky", "http://flaky.test/v1", **FAST_RETRY), _dead()),
-                factory=_with_mock("flaky", http),
-            )
-            return await router.chat("chat", _request())
+        async with scripted_server(reply) as root:
+            router = build_router(_routes(_remote("flaky", f"{root}/v1", **FAST_RETRY), _dead()))
+            try:
+                return await router.chat("chat", _request())
+            finally:
+                await router.aclose()
 
     routed = asyncio.run(run())
     assert routed.result.text == "Paris" and routed.outcome.backend == "flaky"
@@ -190,24 +186,24 @@ def test_non_retryable_http_errors_do_not_fall_back(status: int, error: type[Exc
     calls: dict[str, int] = {"primary": 0, "secondary": 0}
 
     def reply(request: httpx.Request) -> httpx.Response:
-        host = request.url.host.split(".")[0]
+        host = request.url.path.split("/")[1]
         calls[host] += 1
         if host == "primary":
             return httpx.Response(status, json={"error": {"message": f"no ({status})"}})
         return httpx.Response(200, json=_completion(MODEL))
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+        async with scripted_server(reply) as root:
             router = build_router(
                 _routes(
-                    _remote("primary", "http://primary.test/v1", max_retries=3),
-                    _remote("secondary", "http://secondary.test/v1"),
-                ),
-                factory=lambda spec: create_client(spec, http_client=http),
+                    _remote("primary", f"{root}/primary/v1", max_retries=3),
+                    _remote("secondary", f"{root}/secondary/v1"),
+                )
             )
             with pytest.raises(error, match=rf"no \({status}\)"):
                 await router.chat("chat", _request())
             assert router.in_flight() == {"primary": 0, "secondary": 0}
+            await router.aclose()
 
     asyncio.run(run())
     assert calls == {"primary": 1, "secondary": 0}
@@ -249,16 +245,16 @@ def test_concurrency_limit_holds_against_a_real_client() -> None:
         return httpx.Response(200, json=_completion("m"))
 
     async def run() -> list[Any]:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as http:
+        async with scripted_server(reply) as root:
             route = {
-                "backends": [_remote("vllm", "http://vllm.test/v1", max_concurrency=2)],
+                "backends": [_remote("vllm", f"{root}/v1", max_concurrency=2)],
                 "queue_timeout_s": 10,
             }
-            router = build_router(
-                TypeAdapter(RouteTable).validate_python({"chat": route}),
-                factory=_with_mock("vllm", http),
-            )
-            return await asyncio.gather(*(router.chat("chat", _request()) for _ in range(8)))
+            router = build_router(TypeAdapter(RouteTable).validate_python({"chat": route}))
+            try:
+                return await asyncio.gather(*(router.chat("chat", _request()) for _ in range(8)))
+            finally:
+                await router.aclose()
 
     results = asyncio.run(run())
     assert len(results) == 8 and all(r.result.text == "Paris" for r in results)
