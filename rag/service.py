@@ -63,6 +63,7 @@ from opsloop.llm.protocol import LLMClient
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
 from opsloop.traffic import CHALLENGER, CHAMPION, Assignment, ExperimentVariant, Outcome, TrafficSplit
+from opsloop.watched import Watched
 from rag.answer import (
     ANSWER_PROMPT,
     Answer,
@@ -384,6 +385,11 @@ class RagService:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-writer")
         self._prompt_ready = False
         self._prompt_lock = threading.Lock()
+        # Read per query, the alias cost each query a registry round trip (12-26 ms here).
+        self._production_prompt = Watched(
+            lambda: load_answer_prompt(self.registry), settings.model_poll_seconds, name="prompt-watcher"
+        )
+        self._prompt_versions: dict[int, PromptVersionInfo] = {}  # a version never changes
 
     # -- ingest ----------------------------------------------------------------------
 
@@ -806,14 +812,21 @@ class RagService:
         )
 
     def _prompt(self, alias_or_version: str | int | None = None) -> PromptVersionInfo:
-        """The prompt asked for (default ``production``), read on every query so a moved alias counts."""
+        """The prompt asked for (default ``production``, re-read every ``model_poll_seconds``)."""
         with self._prompt_lock:
             if not self._prompt_ready:
                 self._start_registry()
                 ensure_answer_prompt(self.registry)
                 self._prompt_ready = True
         if alias_or_version is None:
-            return load_answer_prompt(self.registry)
+            return self._production_prompt.get()
+        if isinstance(alias_or_version, int):
+            found = self._prompt_versions.get(alias_or_version)
+            if found is None:
+                found = self._prompt_versions[alias_or_version] = load_answer_prompt(
+                    self.registry, alias_or_version
+                )
+            return found
         return load_answer_prompt(self.registry, alias_or_version)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -829,6 +842,7 @@ class RagService:
 
     def close(self) -> None:
         """Close the store and release the store lock (from any thread)."""
+        self._production_prompt.close()
         self._worker.shutdown(wait=True)
         try:
             self.store.close()

@@ -199,6 +199,10 @@ def test_a_prompt_canary_splits_queries_by_unit_and_promotes_production(
         assert time.monotonic() < deadline, "the ended experiment still routes"  # within one poll
         time.sleep(0.05)
     body = _ask(client, auth, "after")
+    while body["prompt_version"] != candidate.version:  # the moved alias is read within a poll
+        assert time.monotonic() < deadline, "queries still use the old production prompt"
+        time.sleep(0.1)
+        body = _ask(client, auth, "after")
     assert (body["variant"], body["prompt_version"]) == ("production", candidate.version)
 
 
