@@ -234,7 +234,8 @@ class EvalRunner:
             raise ConfigError(f"answer route {config.route!r} is set but no client for it was given")
         started = time.perf_counter()
         metrics = config.metric_names()
-        scorers = build_scorers(
+        scorers = await asyncio.to_thread(  # the first build imports ragas: a second or more
+            build_scorers,
             metrics,
             embedder=self.embedder,
             judge=self.judge,

@@ -17,6 +17,7 @@ What it needs from above is passed in (``serving`` wires the real ones):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -174,7 +175,7 @@ class EvalRuns:
         result = EvalRunResult(dataset, tracked)
         if baseline is not None:
             result = await self._gate(caller, result, baseline, rules, tags, stage, notice)
-        self._record(caller, result, tags, request_id)
+        await asyncio.to_thread(self._record, caller, result, tags, request_id)
         return result
 
     async def _gate(
@@ -188,8 +189,8 @@ class EvalRuns:
         notice: Callable[[str], None] | None,
     ) -> EvalRunResult:
         tracked, dataset = result.run, result.dataset
-        base_config, found = self.service.find_baseline(
-            dataset, tracked.config, baseline, exclude=tracked.run_id
+        base_config, found = await asyncio.to_thread(
+            self.service.find_baseline, dataset, tracked.config, baseline, exclude=tracked.run_id
         )
         if found is None:
             if notice is not None:
@@ -201,7 +202,7 @@ class EvalRuns:
             baseline_id = base_run.run_id
         else:
             baseline_id = found.run_id
-        report = self.service.compare(tracked.run_id, baseline_id, rules=rules)
+        report = await asyncio.to_thread(self.service.compare, tracked.run_id, baseline_id, rules=rules)
         return replace(result, gate=report, baseline_run=baseline_id, baseline_ran=found is None)
 
     def _record(
@@ -237,7 +238,7 @@ class EvalRuns:
         With a ``baseline``, the job's run is compared with the newest finished run of the
         baseline prompt (evaluated first when there is none) and the verdict is part of the result.
         """
-        dataset = load_dataset(job.dataset)
+        dataset = await asyncio.to_thread(load_dataset, job.dataset)
         if job.limit is not None:
             dataset = dataset.subset(limit=job.limit)
         result = await self.run(

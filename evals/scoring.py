@@ -16,6 +16,7 @@ prompt three times, which at temperature 0 gives three equal questions for three
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ class _SingleTurn:
         turn = self._sample(
             retrieved_contexts=list(sample.contexts), reference_contexts=list(sample.reference_contexts)
         )
-        return float(await self._metric.single_turn_ascore(turn))
+        # Computed here, not by a judge: on a thread of its own, off the server's loop.
+        return float(await asyncio.to_thread(lambda: asyncio.run(self._metric.single_turn_ascore(turn))))
 
 
 Arguments = Callable[[ScoringInput], "dict[str, Any] | float | None"]
@@ -137,19 +139,26 @@ Arguments = Callable[[ScoringInput], "dict[str, Any] | float | None"]
 class _Collection:
     """A ``ragas.metrics.collections`` metric; ``arguments`` maps a sample to its ``ascore`` kwargs.
 
-    ``arguments`` may instead return a number (the value without asking ragas) or None.
+    ``arguments`` may instead return a number (the value without asking ragas) or None. A
+    ``local`` metric (no judge) runs on a thread with a loop of its own: ragas computes it, and
+    imports its library on first use, inside ``ascore``, which would hold the server's loop.
+    A judge's metric stays on the caller's loop, where the gateway's client lives.
     """
 
-    def __init__(self, name: str, metric: Any, arguments: Arguments) -> None:
+    def __init__(self, name: str, metric: Any, arguments: Arguments, *, local: bool) -> None:
         self.name = name
         self._metric = metric
         self._arguments = arguments
+        self._local = local
 
     async def score(self, sample: ScoringInput) -> float | None:
         arguments = self._arguments(sample)
         if arguments is None or isinstance(arguments, float):
             return arguments
-        result = await self._metric.ascore(**arguments)
+        if self._local:
+            result = await asyncio.to_thread(lambda: asyncio.run(self._metric.ascore(**arguments)))
+        else:
+            result = await self._metric.ascore(**arguments)
         return float(result.value)
 
 
@@ -295,4 +304,4 @@ def _scorer(name: str, embeddings: Callable[[], Any], llm: Callable[[], JudgeLLM
     if name not in factories:
         raise ConfigError(f"no scorer for metric {name!r}", setting="metrics")
     metric, arguments = factories[name]()
-    return _Collection(name, metric, arguments)
+    return _Collection(name, metric, arguments, local=getattr(metric, "llm", None) is None)

@@ -16,6 +16,7 @@ the prompt is the version ``production`` points at now (the *base key* drops the
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -134,8 +135,9 @@ class EvalService:
                 when interrupted, and can be resumed).
         """
         asked = config.prompt
-        config = self.resolve(config)
-        tracker = self.tracker.start()
+        # MLflow's calls block; on a server this coroutine runs on the loop that answers requests.
+        config = await asyncio.to_thread(self.resolve, config)
+        tracker = await asyncio.to_thread(self.tracker.start)
         key = config_key(dataset, config)
         with self._claim(key, resume) as claimed:
             directory = claimed
@@ -143,7 +145,8 @@ class EvalService:
             lock: IO[str] | None = None
             if directory is None:
                 params = {"dataset": dataset.name, "dataset_sha256": dataset.sha256, "samples": len(dataset)}
-                run_id = tracker.create_run(
+                run_id = await asyncio.to_thread(
+                    tracker.create_run,
                     name or _run_name(dataset, config),
                     {**params, **config.params()},
                     {
@@ -164,12 +167,13 @@ class EvalService:
                                          "params": config.params(), "created": time.time()})  # fmt: skip
             else:
                 run_id = directory.name
-                tracker.reopen(run_id)
+                await asyncio.to_thread(tracker.reopen, run_id)
             try:
                 checkpoint = Checkpoint(directory)
                 outcome = await runner.run(dataset, config, checkpoint)
                 checkpoint.rewrite(outcome.samples)  # complete: now in data set order
-                tracker.finish(
+                await asyncio.to_thread(
+                    tracker.finish,
                     run_id,
                     outcome.summaries,
                     outcome.samples,
@@ -181,7 +185,7 @@ class EvalService:
                 )
             except BaseException as exc:
                 killed = not isinstance(exc, Exception)  # KeyboardInterrupt, cancellation
-                tracker.fail(run_id, killed=killed)
+                await asyncio.to_thread(tracker.fail, run_id, killed=killed)
                 raise
             finally:
                 if lock is not None:
