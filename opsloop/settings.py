@@ -214,6 +214,11 @@ class Settings(BaseSettings):
         "2 or more keeps RAG answering while one peer is down.",
     )
     rag_top_k: int = Field(default=5, ge=1, le=50, description="Chunks a /query retrieves by default.")
+    embedder_backend: Literal["auto", "torch", "onnx-int8"] = Field(
+        default="auto",
+        description="How RAG runs MiniLM: torch (fp32), onnx-int8 (ONNX Runtime, int8 weights, exported "
+        "once into home/embedders), or auto: torch on a GPU, onnx-int8 on a CPU.",
+    )
     rag_chunk_tokens: int = Field(
         default=256,
         ge=16,

@@ -23,7 +23,7 @@ from rag._imports import MODEL_IMPORT_LOCK
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["Embedder", "SentenceTransformerEmbedder"]
+__all__ = ["Embedder", "SentenceTransformerEmbedder", "make_embedder"]
 
 log = logging.getLogger("opsloop.rag")
 
@@ -114,3 +114,27 @@ class SentenceTransformerEmbedder:
             return SentenceTransformer(str(path), device=self.device, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot load the embedding model at {path}: {exc}", path=str(path)) from exc
+
+
+def make_embedder(backend: str, cache: Path) -> Embedder:
+    """The embedder setting ``embedder_backend`` names, not loaded yet.
+
+    ``auto`` is torch on the GPU when torch sees one, else ONNX Runtime with int8 weights
+    (:mod:`rag.onnx_embedder`, exported into ``cache`` on first use).
+    """
+    if backend == "auto":
+        with MODEL_IMPORT_LOCK:
+            import torch
+
+        backend = "torch" if torch.cuda.is_available() else "onnx-int8"
+        if backend == "torch":
+            return SentenceTransformerEmbedder(device="cuda")
+    if backend == "onnx-int8":
+        from rag.onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder(cache)
+    if backend == "torch":
+        return SentenceTransformerEmbedder()
+    raise InvalidInputError(
+        f"embedder_backend must be auto, torch or onnx-int8, got {backend!r}", field="embedder_backend"
+    )

@@ -76,7 +76,7 @@ from rag.answer import (
 )
 from rag.catalog import CollectionCatalog
 from rag.chunking import HFTokenizer
-from rag.embedder import SentenceTransformerEmbedder
+from rag.embedder import make_embedder
 from rag.ingest import Ingestor, IngestReport, ProgressCallback, StoredDocument
 from rag.loaders import Skipped, load_bytes
 from rag.query_log import QueryLog, QueryLogEntry
@@ -376,7 +376,7 @@ class RagService:
         else:
             self._lock = StoreLock(settings.home / "qdrant", holder or {})
             self.store = EdgeStore(settings.home / "qdrant")
-        self.embedder = SentenceTransformerEmbedder()
+        self.embedder = make_embedder(settings.embedder_backend, settings.home / "embedders")
         self.tokenizer = HFTokenizer()
         self.sparse = BM25Encoder()
         self.retriever = HybridRetriever(self.store, self.embedder, self.sparse, top_k=settings.rag_top_k)

@@ -36,8 +36,18 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ledger record (queue hand-off)", ("opsloop/llm/ledger.py", "opsloop/batch_writer.py")),
     ("budgets: reserve + settle", ("opsloop/budgets/",)),
     (
-        "backend HTTP (httpx, httpcore, socket)",
-        ("httpx2/", "httpcore2/", "httpx/", "httpcore/", "h11/", "anyio/streams"),
+        "backend HTTP (aiohttp, httpx, socket)",
+        (
+            "aiohttp/",
+            "yarl/",
+            "multidict/",
+            "httpx2/",
+            "httpcore2/",
+            "httpx/",
+            "httpcore/",
+            "h11/",
+            "anyio/streams",
+        ),
     ),
     ("openai SDK: build request, parse response", ("openai/",)),
     # Before the router's stage: its needle, opsloop/llm/, holds the gateway's file too.

@@ -27,7 +27,7 @@ import numpy as np
 from bench.rag import BenchError
 from bench.rag.corpus import write_corpus
 from rag.chunking import HFTokenizer
-from rag.embedder import SentenceTransformerEmbedder
+from rag.embedder import Embedder, SentenceTransformerEmbedder
 from rag.ingest import Ingestor, IngestReport
 from rag.sparse import BM25Encoder
 from rag.stores import EdgeStore, SparseVector
@@ -40,7 +40,7 @@ COLLECTION = "bench"
 class TimedEmbedder:
     """An ``Embedder`` that adds the seconds each ``embed`` call takes to ``seconds``."""
 
-    def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+    def __init__(self, inner: Embedder) -> None:
         self.inner = inner
         self.seconds = 0.0
         self.texts = 0
@@ -118,7 +118,7 @@ def load_model() -> tuple[SentenceTransformerEmbedder, HFTokenizer, float]:
 
 
 def measure_ingestion(
-    work: Path, embedder: SentenceTransformerEmbedder, tokenizer: HFTokenizer, *, files: int, seed: int
+    work: Path, embedder: Embedder, tokenizer: HFTokenizer, *, files: int, seed: int
 ) -> IngestionResult:
     """Write the corpus under ``work``, ingest it twice into an Edge store there, and time both."""
     corpus = work / "corpus"

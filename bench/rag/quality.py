@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.rag.latency import latency_stats
 from rag.chunking import HFTokenizer
-from rag.embedder import SentenceTransformerEmbedder
+from rag.embedder import Embedder
 from rag.ingest import Ingestor
 from rag.retriever import HybridRetriever
 from rag.sparse import BM25Encoder
@@ -101,7 +101,7 @@ def score(ranks: Sequence[int | None]) -> dict[str, float]:
 
 def measure_quality(
     work: Path,
-    embedder: SentenceTransformerEmbedder,
+    embedder: Embedder,
     tokenizer: HFTokenizer,
     *,
     docs: Path,
@@ -154,7 +154,7 @@ def measure_quality(
     }
 
 
-def time_embedding(embedder: SentenceTransformerEmbedder, questions: Sequence[str]) -> dict[str, float]:
+def time_embedding(embedder: Embedder, questions: Sequence[str]) -> dict[str, float]:
     """Latency of embedding one question at a time (the model is already loaded and warm)."""
     samples = []
     for question in questions:
