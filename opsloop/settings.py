@@ -217,7 +217,12 @@ class Settings(BaseSettings):
     embedder_backend: Literal["auto", "torch", "onnx-int8"] = Field(
         default="auto",
         description="How RAG runs MiniLM: torch (fp32), onnx-int8 (ONNX Runtime, int8 weights, exported "
-        "once into home/embedders), or auto: torch on a GPU, onnx-int8 on a CPU.",
+        "once into embedder_cache), or auto: torch on a GPU, onnx-int8 on a CPU.",
+    )
+    embedder_cache: Path | None = Field(
+        default=None,
+        description="Where the onnx-int8 embedder's export is kept, shared by every home of the "
+        "machine; default $XDG_CACHE_HOME/opsloop/embedders (~/.cache/opsloop/embedders).",
     )
     rag_chunk_tokens: int = Field(
         default=256,
@@ -415,6 +420,14 @@ class Settings(BaseSettings):
     def artifact_root(self) -> str:
         """Where MLflow stores model and run artifacts."""
         return self.mlflow_artifact_root or (self.home / "mlartifacts").as_uri()
+
+    @property
+    def embedder_cache_path(self) -> Path:
+        """``embedder_cache``, or the user's cache folder's ``opsloop/embedders``."""
+        if self.embedder_cache is not None:
+            return self.embedder_cache
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache) / "opsloop" / "embedders"
 
     @property
     def admin_key_path(self) -> Path:

@@ -205,7 +205,12 @@ def _export(model: Path, out: Path) -> None:
 
 
 def _fuse(source: Path, out: Path, hidden: int, heads: int) -> None:
-    from onnxruntime.transformers import optimizer
+    known = set(logging.root.manager.loggerDict)
+    from onnxruntime.transformers import onnx_model_bert, optimizer  # noqa: F401
+
+    # The optimizer narrates each pass at INFO, on loggers named like top-level modules.
+    for name in set(logging.root.manager.loggerDict) - known:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     try:
         fused = optimizer.optimize_model(
@@ -239,8 +244,14 @@ def _quantize(source: Path, out: Path) -> None:
 
 
 def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
-    """Drop ONNX Runtime's advice to pre-process (shape inference): the fused graph needs none."""
-    return not record.getMessage().startswith("Please consider to run pre-processing")
+    """Drop what the quantizer logs on the root logger below a warning, and its advice.
+
+    It logs a line per tensor, and advises pre-processing (shape inference), which the fused
+    graph does not need.
+    """
+    return record.levelno >= logging.WARNING and not record.getMessage().startswith(
+        "Please consider to run pre-processing"
+    )
 
 
 def _model_dir(path: Path | None) -> Path:
@@ -302,3 +313,20 @@ def _fingerprint(model: Path) -> str:
         if stat.st_size < 1 << 20:
             digest.update(file.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rag.onnx_embedder CACHE [MODEL]``: export ahead of time (a container build)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rag.onnx_embedder", description=main.__doc__)
+    parser.add_argument("cache", type=Path, help="The folder embedder_cache names.")
+    parser.add_argument("model", type=Path, nargs="?", help="Default: the packaged all-MiniLM-L6-v2.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(export_int8(_model_dir(args.model), args.cache))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

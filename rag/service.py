@@ -376,7 +376,7 @@ class RagService:
         else:
             self._lock = StoreLock(settings.home / "qdrant", holder or {})
             self.store = EdgeStore(settings.home / "qdrant")
-        self.embedder = make_embedder(settings.embedder_backend, settings.home / "embedders")
+        self.embedder = make_embedder(settings.embedder_backend, settings.embedder_cache_path)
         self.tokenizer = HFTokenizer()
         self.sparse = BM25Encoder()
         self.retriever = HybridRetriever(self.store, self.embedder, self.sparse, top_k=settings.rag_top_k)
