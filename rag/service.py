@@ -840,6 +840,15 @@ class RagService:
         """
         return await asyncio.get_running_loop().run_in_executor(self._worker, work)
 
+    def warm_up(self) -> None:
+        """Do now what the first query would: run the embedder once, read the answer prompt.
+
+        Reading the prompt registers version 1 when the registry has none, and starts the
+        watcher that keeps ``production`` current.
+        """
+        self.embedder.embed(["warm up"])
+        self._prompt()
+
     def close(self) -> None:
         """Close the store and release the store lock (from any thread)."""
         self._production_prompt.close()

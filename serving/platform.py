@@ -356,6 +356,7 @@ class Platform:
             log.exception("ingesting the bundled docs from %s failed", docs)
             self.startup.failed("rag", f"ingesting the bundled docs failed: {reason(exc)}")
             return
+        self._warm_up(rag)
         report = run.report
         files = len(report.added) + len(report.replaced) + len(report.unchanged)
         counts = [(len(report.added), "added"), (len(report.replaced), "replaced")]
@@ -366,6 +367,20 @@ class Platform:
             f"docs: {plural(files, 'file')}, {plural(progress.chunks, 'chunk')} in collection "
             f"{DOCS_COLLECTION!r}; " + ", ".join(f"{n} {what}" for n, what in counts),
         )
+
+    def _warm_up(self, rag: RagService) -> None:
+        """Load what the first query would otherwise wait for, before RAG says it is ready.
+
+        That is the embedder's first run, the answer prompt and the answer route's in-process model.
+        """
+        self.startup.doing("rag", "warming up the answer prompt and LLM")
+        try:
+            rag.warm_up()
+            loaded = self.gateway.router.warm_up(self.settings.rag_route)
+        except Exception as exc:  # the first query tries again, and says what fails
+            log.warning("warming up RAG failed; the first query will load what it needs: %s", reason(exc))
+        else:
+            log.info("RAG warmed up (in-process models loaded: %s)", ", ".join(loaded) or "none")
 
     def start_registry(self) -> Registry:
         """Start the registry once, whichever thread (model start-up or a first query) asks first."""

@@ -216,6 +216,11 @@ class LlamaCppClient:
         return (self.model_path or default_model_path()).stem
 
     @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (after :meth:`warm_up` or a first request)."""
+        return self._llm is not None
+
+    @property
     def waiting(self) -> int:
         """Requests queued behind the running one."""
         return max(self._in_flight - 1, 0)

@@ -268,6 +268,20 @@ class Router:
         """Requests each backend is serving now, by backend name."""
         return {name: backend.in_flight for name, backend in self._backends.items()}
 
+    def warm_up(self, route_name: str) -> list[str]:
+        """Load the in-process models of ``route_name``'s backends now (blocking); their names.
+
+        A remote backend has nothing to load here; an in-process one (llama.cpp) would otherwise
+        load its weights during the first request routed to it.
+        """
+        warmed = []
+        for spec in self.route(route_name).backends:
+            warm_up = getattr(self._backends[spec.name].client, "warm_up", None)
+            if warm_up is not None:
+                warm_up()
+                warmed.append(spec.name)
+        return warmed
+
     async def chat(self, route_name: str, request: ChatRequest) -> RoutedResult:
         """Complete ``request`` on the first backend of ``route_name`` that can.
 

@@ -21,6 +21,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from opsloop.errors import BackendError, InvalidInputError, NotFoundError
+from opsloop.llm.llamacpp import LlamaCppClient
 from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest
 from opsloop.llm.router import RoutedStream, Router, build_router
 from opsloop.llm.routes import RouteConfig, RouteTable
@@ -259,6 +260,19 @@ def test_concurrency_limit_holds_against_a_real_client() -> None:
     results = asyncio.run(run())
     assert len(results) == 8 and all(r.result.text == "Paris" for r in results)
     assert most == 2
+
+
+def test_warm_up_loads_a_routes_in_process_model_and_leaves_remote_ones_alone() -> None:
+    local = {"name": "local", "kind": "llamacpp", "threads": 1, "max_concurrency": 1}
+    far = {**_dead(), "name": "far"}
+    router = build_router(TypeAdapter(RouteTable).validate_python({"chat": [_dead(), local], "far": [far]}))
+    client = router._backends["local"].client
+    assert isinstance(client, LlamaCppClient) and not client.loaded
+    assert router.warm_up("far") == [] and not client.loaded
+    assert router.warm_up("chat") == ["local"] and client.loaded
+    with pytest.raises(NotFoundError):
+        router.warm_up("missing")
+    asyncio.run(router.aclose())
 
 
 def test_falls_back_to_llamacpp_in_process_and_early_close_settles_usage() -> None:
