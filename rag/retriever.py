@@ -13,7 +13,8 @@ few ranks.
 
 ``score_threshold`` is a floor on the *dense cosine similarity* of each fused chunk, never on the
 RRF score (whose values say nothing about relevance on their own). Chunks found only by sparse
-search get their cosine computed from their stored vectors, so the floor drops keyword-only hits
+search get their cosine from the store (a dense query restricted to their ids, which reads no
+vectors back), so the floor drops keyword-only hits
 that are semantically unrelated too; every result carries ``dense_score``.
 """
 
@@ -23,8 +24,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from opsloop.errors import InvalidInputError
 from rag.embedder import Embedder
@@ -162,8 +161,7 @@ class HybridRetriever:
         payloads = {h.id: h.payload for h in (*sparse, *dense)}
         only_sparse = [i for i in sparse_rank if i not in cosine]
         if only_sparse:
-            for point in self.store.get(collection, only_sparse):
-                cosine[point.id] = float(np.dot(np.asarray(point.vector, dtype=np.float32), vector))
+            cosine.update(self.store.dense_scores(collection, vector, only_sparse))
 
         floor = -math.inf if score_threshold is None else score_threshold
         results: list[RetrievedChunk] = []

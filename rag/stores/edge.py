@@ -203,6 +203,24 @@ class EdgeStore:
         by_id = {str(r.id): r for r in records}
         return [_from_edge(by_id[i]) for i in checked if i in by_id]
 
+    def dense_scores(
+        self, name: str, vector: np.ndarray | Sequence[float], ids: Sequence[str]
+    ) -> dict[str, float]:
+        """See :class:`~rag.stores.VectorStore`: a dense query restricted to ``ids``."""
+        coll = self._collection(name)
+        checked = _checks.check_ids(ids)
+        if not checked:
+            return {}
+        request = qe.QueryRequest(
+            limit=len(checked),
+            query=qe.Query.Nearest(_checks.dense_list(vector, coll.dimension, "vector"), using=DENSE),
+            filter=qe.Filter(must=[qe.HasIdCondition(set(checked))]),
+            with_payload=False,
+        )
+        with _engine(f"search {name!r}"):
+            scored = coll.shard.query(request)
+        return {str(p.id): float(p.score) for p in scored}
+
     # -- search ----------------------------------------------------------------------
 
     def search_dense(

@@ -179,6 +179,15 @@ class VectorStore(Protocol):
         """The points with these ids, in the order asked; unknown ids are left out."""
         ...
 
+    def dense_scores(
+        self, name: str, vector: np.ndarray | Sequence[float], ids: Sequence[str]
+    ) -> dict[str, float]:
+        """The cosine similarity of ``vector`` to each of these points, by id; unknown ids are left out.
+
+        What a dense search would score them, without reading their vectors and payloads back.
+        """
+        ...
+
     def optimize(self, name: str) -> None:
         """Build search indexes now, after a bulk load (a no-op where the engine does it by itself)."""
         ...

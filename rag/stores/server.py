@@ -221,6 +221,27 @@ class QdrantServerStore:
         by_id = {str(r.id): r for r in records}
         return [_from_record(by_id[i]) for i in checked if i in by_id]
 
+    def dense_scores(
+        self, name: str, vector: np.ndarray | Sequence[float], ids: Sequence[str]
+    ) -> dict[str, float]:
+        """See :class:`~rag.stores.VectorStore`: a dense query restricted to ``ids``."""
+        dimension, _ = self._shape(name)
+        query = _checks.dense_list(vector, dimension, "vector")
+        checked = _checks.check_ids(ids)
+        if not checked:
+            return {}
+        restricted = qm.Filter(must=[qm.HasIdCondition(has_id=list(checked))])
+        with self._errors(f"search {name!r}", name):
+            response = self._connected().query_points(
+                name,
+                query=query,
+                using=DENSE,
+                limit=len(checked),
+                query_filter=restricted,
+                with_payload=False,
+            )
+        return {str(p.id): float(p.score) for p in response.points}
+
     # -- search ----------------------------------------------------------------------
 
     def search_dense(

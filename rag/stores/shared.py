@@ -50,6 +50,7 @@ _METHODS = frozenset(
         "search_dense",
         "search_sparse",
         "get",
+        "dense_scores",
         "optimize",
     }
 )
@@ -217,6 +218,12 @@ class SocketStore:
     def get(self, name: str, ids: Sequence[str]) -> list[Point]:
         """See :class:`~rag.stores.VectorStore`."""
         return list(self._call("get", name, list(ids)))
+
+    def dense_scores(
+        self, name: str, vector: np.ndarray | Sequence[float], ids: Sequence[str]
+    ) -> dict[str, float]:
+        """See :class:`~rag.stores.VectorStore`."""
+        return dict(self._call("dense_scores", name, vector, list(ids)))
 
     def optimize(self, name: str) -> None:
         """See :class:`~rag.stores.VectorStore`."""

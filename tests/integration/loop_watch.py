@@ -41,7 +41,7 @@ class Stall:
 def _where(frame: FrameType) -> str:
     """The project's own frames of a stack (who made the call), then its innermost frames."""
     frames = traceback.format_stack(frame)
-    ours = [f for f in frames[:-_INNERMOST] if any(f'/{package}/' in f for package in _PROJECT)]
+    ours = [f for f in frames[:-_INNERMOST] if any(f"/{package}/" in f for package in _PROJECT)]
     return "".join([*ours, "  ...\n", *frames[-_INNERMOST:]])
 
 

@@ -160,6 +160,20 @@ def test_get_returns_points_in_the_order_asked(docs: VectorStore) -> None:
     np.testing.assert_allclose(docs.get("docs", [_id(2)])[0].vector, [math.sqrt(0.5)] * 2 + [0, 0], atol=1e-6)
 
 
+def test_dense_scores_are_what_a_dense_search_scores(docs: VectorStore) -> None:
+    query = [1.0, 0.5, 0.0, 0.25]
+    searched = {h.id: h.score for h in docs.search_dense("docs", query, limit=10)}
+    scored = docs.dense_scores("docs", np.array(query), [_id(3), str(uuid.uuid4()), _id(0).upper()])
+    assert set(scored) == {_id(3), _id(0)}  # an unknown id is left out
+    for point_id, score in scored.items():
+        assert score == pytest.approx(searched[point_id], abs=1e-5)
+    assert docs.dense_scores("docs", query, []) == {}
+    with pytest.raises(InvalidInputError):
+        docs.dense_scores("docs", [1.0, 0.0], [_id(0)])  # wrong dimension
+    with pytest.raises(NotFoundError):
+        docs.dense_scores("missing", query, [_id(0)])
+
+
 def test_numpy_vectors_are_accepted(store: VectorStore) -> None:
     store.create_collection("docs", DIM)
     store.upsert("docs", [Point(_id(0), np.array([1, 2, 3, 4], dtype=np.float32))])
