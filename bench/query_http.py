@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 _ask(http, other, True)
             retrieval = [_ask(http, q, False) for _ in range(args.rounds) for q in questions]
     first, rest = generated[0], generated[1:]
-    report = {
+    report: dict[str, Any] = {
         "benchmark": "bench/query_http",
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "environment": _environment(),

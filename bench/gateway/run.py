@@ -197,9 +197,15 @@ def check_parity(targets: list[Target]) -> dict[str, Any]:
 
 
 def run_load(
-    group: ProcessGroup, target: Target, level: Level, args: argparse.Namespace, body: Path
+    group: ProcessGroup,
+    target: Target,
+    level: Level,
+    args: argparse.Namespace,
+    body: Path,
+    *,
+    expect: str = _EXPECT,
 ) -> dict[str, Any]:
-    """One loadgen process against ``target`` at ``level``; its summary.
+    """One loadgen process against ``target`` at ``level``; its summary (answers must hold ``expect``).
 
     Raises:
         BenchError: The load generator failed.
@@ -207,7 +213,7 @@ def run_load(
     command = [
         sys.executable, "-m", "bench.gateway.loadgen", "--url", target.url, "--key", target.key,
         "--body-file", str(body), "--connections", str(level.connections), "--duration", str(args.duration),
-        "--warmup", str(args.warmup), "--expect", _EXPECT,
+        "--warmup", str(args.warmup), "--expect", expect,
     ]  # fmt: skip
     if level.rate is not None:
         command += ["--rate", str(level.rate)]
