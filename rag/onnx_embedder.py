@@ -131,14 +131,22 @@ def export_int8(model: Path, cache: Path) -> Path:
 
     Raises:
         InvalidInputError: ``model`` is no sentence-transformers directory with mean pooling.
-        BackendError: The export failed (the message says which step).
+        BackendError: ``cache`` cannot be written, or the export failed (the message says which step).
     """
     _check_model(model)
     target = cache / f"{model.name}-{_fingerprint(model)}-int8.onnx"
     if target.is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".export.lock", "w") as lock:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = open(cache / ".export.lock", "w")  # noqa: SIM115 - held for the whole export below
+    except OSError as exc:
+        raise BackendError(
+            f"cannot write the ONNX export of {model.name} to {cache}: {exc.strerror}; point "
+            "embedder_cache at a writable folder, or set embedder_backend: torch",
+            path=str(cache),
+        ) from exc
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits, then finds the file made
         if target.is_file():
             return target

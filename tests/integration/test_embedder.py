@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opsloop.errors import InvalidInputError
+from opsloop.errors import BackendError, InvalidInputError
 from rag.embedder import Embedder, SentenceTransformerEmbedder, make_embedder
 from rag.onnx_embedder import OnnxEmbedder, export_int8
 
@@ -80,6 +80,13 @@ def test_onnx_refuses_what_it_cannot_export(tmp_path: Path) -> None:
         OnnxEmbedder(tmp_path, batch_size=0)
     with pytest.raises(InvalidInputError, match="embedder_backend: torch"):
         OnnxEmbedder(tmp_path / "cache", tmp_path).embed(["x"])
+
+
+def test_an_unwritable_cache_is_named_with_the_way_out(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(BackendError, match="embedder_cache at a writable folder"):
+        OnnxEmbedder(blocked / "embedders").embed(["x"])
 
 
 def test_the_setting_picks_the_backend(tmp_path: Path) -> None:
