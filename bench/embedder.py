@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +35,7 @@ import numpy as np
 
 from bench.rag.ingestion import measure_ingestion
 from bench.rag.quality import measure_quality
+from bench.rag.run import environment
 from rag.chunking import HFTokenizer
 from rag.embedder import Embedder, SentenceTransformerEmbedder
 from rag.onnx_embedder import OnnxEmbedder
@@ -108,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "finished_at": datetime.now(UTC).isoformat(),
         "config": vars(args)
         | {"out": str(args.out.relative_to(REPO)) if args.out.is_relative_to(REPO) else None},
-        "environment": _environment(),
+        "environment": environment(),
         "export_s": export_s,
         "speed": speed,
         "speedup": speed["onnx-int8"]["chunks_per_s"] / speed["torch"]["chunks_per_s"],
@@ -166,21 +164,6 @@ def _goal(report: dict[str, Any]) -> dict[str, Any]:
         "quality_drop_allowed": GOAL_QUALITY,
         "quality_drops": drops,
         "quality_met": all(drop <= GOAL_QUALITY for drop in drops.values()),
-    }
-
-
-def _environment() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "git_commit": commit,
-        "cpus": len(os.sched_getaffinity(0)),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {p: version(p) for p in ("torch", "sentence-transformers", "onnxruntime")},
     }
 
 

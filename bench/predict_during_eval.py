@@ -35,9 +35,9 @@ from typing import Any
 
 import httpx
 
-from bench.embedder import _environment
 from bench.gateway.run import Level, Target, run_load
 from bench.predict.processes import ProcessGroup, create_key, start_opsloop
+from bench.rag.run import environment
 from workflows.demo import FEATURE_NAMES, generate_credit_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_until("/readyz", timeout=600)
         operator = create_key(home, tenant="default", role="operator")
         body = Path(tmp) / "predict.json"
-        applicant = generate_credit_data(100, seed=3).iloc[0]
-        instance = {name: _plain(applicant[name]) for name in FEATURE_NAMES}
+        instance = generate_credit_data(100, seed=3)[list(FEATURE_NAMES)].to_dict(orient="records")[0]
         body.write_text(json.dumps({"instances": [instance]}))
         target = Target("opsloop", f"{server.url}/predict/credit-risk", operator, server)
         level = Level(args.connections, args.rate)
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "bench/predict_during_eval",
         "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "environment": _environment(),
+        "environment": environment(),
         "summary": summary,
         "p99_ratio": ratio,
         "goal": {"p99_ratio_at_most": GOAL_RATIO, "met": ratio <= GOAL_RATIO},
@@ -154,10 +153,6 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
         "p99_ms": statistics.median(r["latency_us"]["p99"] / 1000 for r in runs),
         "requests": float(sum(r["requests"] for r in runs)),
     }
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.embedder import _environment
 from bench.predict.processes import ProcessGroup, create_key, start_opsloop
+from bench.rag.run import environment
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "evals" / "datasets" / "docs_golden.jsonl"
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "bench/query_http",
         "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "environment": _environment(),
+        "environment": environment(),
         "ready_s": ready_s,
         "generate": {
             "first_ms": first,

@@ -126,9 +126,9 @@ def make_embedder(backend: str, cache: Path) -> Embedder:
         with MODEL_IMPORT_LOCK:
             import torch
 
-        backend = "torch" if torch.cuda.is_available() else "onnx-int8"
-        if backend == "torch":
+        if torch.cuda.is_available():
             return SentenceTransformerEmbedder(device="cuda")
+        backend = "onnx-int8"
     if backend == "onnx-int8":
         from rag.onnx_embedder import OnnxEmbedder
 

@@ -18,8 +18,8 @@ model or a changed recipe exports again; a lock file keeps two processes from ex
 Texts are tokenized with the model's own ``tokenizer.json`` (truncated at its
 ``max_seq_length``) and batched by length, as sentence-transformers does.
 
-Vectors differ from torch's by a cosine of about 0.006 on average; the retrieval quality on
-``evals/datasets/docs_golden.jsonl`` and the speed against torch are in ``bench/rag``.
+Vectors differ from torch's by a cosine of about 0.007 on average; the retrieval quality on
+``evals/datasets/docs_golden.jsonl`` and the speed against torch are in ``bench/embedder.py``.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ DEFAULT_SIZES = [10_000, GOAL_POINTS]
 QUICK_SIZES = [10_000]
 QUICK_FILES = 50
 DEFAULT_FILES = 200
-PACKAGES = ("qdrant-edge-py", "qdrant-client", "sentence-transformers", "torch", "numpy")
+PACKAGES = ("qdrant-edge-py", "qdrant-client", "sentence-transformers", "torch", "onnxruntime", "numpy")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
