@@ -1,10 +1,10 @@
 """Nothing blocks the server's event loop: an eval run, a drift check, a promotion, an ingestion.
 
 One real app (the demo model as champion, the bundled auth doc ingested, a scheduled eval job)
-under asyncio's debug mode (``tests/integration/loop_watch.py``): every callback its loop runs
-is timed, and one over 100 ms fails the test, naming the coroutine. A synchronous MLflow,
-database or model call made from an ``async def`` is what this catches: while it runs, no
-other request is answered.
+watched by ``tests/integration/loop_watch.py``: a heartbeat on its loop and a watchdog thread,
+so a stall over 100 ms fails the test with the stack of the call that held the loop. A
+synchronous MLflow, database or model call made from an ``async def`` is what this catches:
+while it runs, no other request is answered.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from opsloop.settings import load_settings
 from serving.app import create_app
 from serving.platform import Platform, bundled_docs, cli_principal
 from tests.integration.challengers import save_wrapper
-from tests.integration.loop_watch import Stall, slow_callbacks
+from tests.integration.loop_watch import Stall, loop_stalls
 from workflows.demo import FEATURE_NAMES, generate_credit_data
 from workflows.registration import register
 
@@ -65,17 +65,13 @@ def docs_ready(client: TestClient, platform: Platform) -> None:
 
 
 def _applicants(count: int) -> list[dict[str, Any]]:
-    frame = generate_credit_data(max(count, 100), seed=7).head(count)
-    return [{name: _plain(row[name]) for name in FEATURE_NAMES} for row in frame.to_dict(orient="records")]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+    frame = generate_credit_data(max(count, 100), seed=7)[list(FEATURE_NAMES)].head(count)
+    return frame.to_dict(orient="records")  # native int, float, str
 
 
 @pytest.fixture
 def loop(client: TestClient) -> Iterator[list[Stall]]:
-    with slow_callbacks(client, threshold_s=0.1) as stalls:
+    with loop_stalls(client, threshold_s=0.1) as stalls:
         yield stalls
     assert not stalls, "the event loop was blocked:\n" + "\n".join(map(str, stalls))
 
@@ -136,3 +132,15 @@ def test_a_promotion(
             break
         assert time.monotonic() < deadline, "the promoted version never answered"
         time.sleep(0.05)
+
+
+def _hold_the_loop() -> None:
+    time.sleep(0.25)  # what a synchronous MLflow or database call does to the loop it runs on
+
+
+def test_the_watch_names_a_call_that_holds_the_loop(client: TestClient) -> None:
+    assert client.portal is not None
+    with loop_stalls(client) as stalls:
+        client.portal.call(_hold_the_loop)  # a plain function: it runs on the loop's own thread
+    assert len(stalls) == 1, stalls
+    assert stalls[0].seconds >= 0.2 and "_hold_the_loop" in stalls[0].stack, stalls[0]
