@@ -504,7 +504,7 @@ class RagService:
 
         Qdrant Edge has no background optimizer: until this runs, new points are searched
         exactly (brute force), which at 100k chunks costs tens of milliseconds a query instead
-        of one or two. Queries of this collection wait while the index builds.
+        of one or two. The index is built beside the live collection; queries go on meanwhile.
 
         Raises:
             ForbiddenError: The caller is no operator.

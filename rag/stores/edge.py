@@ -2,13 +2,20 @@
 
 Layout under the store's directory (opsloop passes ``$OPSLOOP_HOME/qdrant``)::
 
-    <root>/<collection>/collection.json   {"format": 1, "dimension": 384, "sparse": true}
-    <root>/<collection>/shard/            the Edge shard: edge_config.json, segments/, wal/
+    <root>/<collection>/collection.json   {"format": 1, "dimension": 384, "sparse": true,
+                                           "shard": "shard-<hex>"}  (absent: "shard")
+    <root>/<collection>/shard-<hex>/      the Edge shard: edge_config.json, segments/, wal/
 
 A collection is built in a hidden temporary directory and renamed into place, so it either
 exists whole or not at all. Edge shards keep a write-ahead log, so an update is durable
 once ``upsert``/``delete`` returns, even if the process dies without ``close``. An open
 shard holds a lock on its WAL: one store instance (one process) per directory.
+
+Optimizing builds the new shard beside the live one: a copy is optimized by a child process
+(the engine holds the GIL for the whole build, which would stop every thread of this one,
+an event loop included), updates made meanwhile are replayed on it, and the manifest is
+pointed at it. Queries and updates keep going on the live shard and wait only for the
+replay and the swap.
 
 qdrant-edge 0.9.0 is beta and raises bare ``Exception`` for every engine error, and accepts
 some bad input silently (NaN vectors, repeated sparse indices); both stores therefore check
@@ -21,11 +28,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -42,7 +51,8 @@ __all__ = ["EdgeStore"]
 DENSE = "dense"
 SPARSE = "sparse"
 _MANIFEST = "collection.json"
-_SHARD = "shard"
+_SHARD = "shard"  # a collection's first shard; optimized ones are "shard-<hex>"
+_OPTIMIZER = Path(__file__).with_name("_edge_optimize.py")
 _FORMAT = 1
 _BATCH = 1024  # points per update operation: bounds the memory of one conversion
 _PAGE = 1024  # points per scroll page
@@ -53,6 +63,25 @@ class _Collection:
     shard: qe.EdgeShard
     dimension: int
     sparse: bool
+    directory: Path
+    shard_dir: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held by every call on ``shard``: the swap after an optimization replaces it."""
+    optimizing: threading.Lock = field(default_factory=threading.Lock)
+    journal: list[qe.UpdateOperation] | None = None
+    """Updates since an optimization copied the shard, replayed on the copy before the swap."""
+
+    @contextmanager
+    def use(self, action: str) -> Iterator[qe.EdgeShard]:
+        """The live shard, held for one engine call; engine errors become ``BackendError``."""
+        with self.lock, _engine(action):
+            yield self.shard
+
+    def update(self, operation: qe.UpdateOperation, action: str) -> None:
+        with self.use(action) as shard:
+            shard.update(operation)
+            if self.journal is not None:
+                self.journal.append(operation)
 
 
 class EdgeStore:
@@ -96,7 +125,8 @@ class EdgeStore:
             if (self.root / name / _MANIFEST).is_file():
                 existing = self._collection(name)
                 _check_same_shape(name, existing.dimension, existing.sparse, dimension, sparse)
-                _index_fields(existing.shard, name, fields)
+                for operation in _field_indexes(fields):
+                    existing.update(operation, f"index fields of {name!r}")
                 return
             self.root.mkdir(parents=True, exist_ok=True)
             staging = self.root / f".new-{name}-{uuid.uuid4().hex}"
@@ -104,12 +134,13 @@ class EdgeStore:
                 with _engine(f"create collection {name!r}"):
                     shard = qe.EdgeShard.create(str(staging / _SHARD), _config(dimension, sparse))
                 try:
-                    _index_fields(shard, name, fields)
+                    for operation in _field_indexes(fields):
+                        with _engine(f"index fields of {name!r}"):
+                            shard.update(operation)
                 finally:
                     with _engine(f"create collection {name!r}"):
                         shard.close()
-                manifest = {"format": _FORMAT, "dimension": dimension, "sparse": sparse}
-                (staging / _MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+                _write_manifest(staging, dimension, sparse, _SHARD)
                 os.rename(staging, self.root / name)
             except OSError as exc:
                 raise BackendError(f"cannot create collection {name!r} under {self.root}: {exc}") from exc
@@ -134,8 +165,8 @@ class EdgeStore:
                 raise NotFoundError(f"collection {name!r} not found", collection=name)
             opened = self._open.pop(name, None)
             if opened is not None:
-                with _engine(f"close collection {name!r}"):
-                    opened.shard.close()
+                with opened.use(f"close collection {name!r}") as shard:
+                    shard.close()
             # Rename first so that a crash half-way through the delete leaves no half collection.
             doomed = self.root / f".drop-{name}-{uuid.uuid4().hex}"
             try:
@@ -152,23 +183,20 @@ class EdgeStore:
         unique = _checks.dedupe_points(points)
         for start in range(0, len(unique), _BATCH):
             batch = [_to_edge(p, coll, start + i) for i, p in enumerate(unique[start : start + _BATCH])]
-            with _engine(f"upsert into {name!r}"):
-                coll.shard.update(qe.UpdateOperation.upsert_points(batch))
+            coll.update(qe.UpdateOperation.upsert_points(batch), f"upsert into {name!r}")
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete points by id; unknown ids are ignored."""
         coll = self._collection(name)
         checked = _checks.check_ids(ids)
         if checked:
-            with _engine(f"remove points from {name!r}"):
-                coll.shard.update(qe.UpdateOperation.delete_points(list(checked)))
+            coll.update(qe.UpdateOperation.delete_points(list(checked)), f"remove points from {name!r}")
 
     def delete_where(self, name: str, field: str, value: FilterValue) -> None:
         """Delete every point whose payload ``field`` matches ``value``."""
         coll = self._collection(name)
         flt = _match(*_checks.condition(field, value))
-        with _engine(f"remove points from {name!r}"):
-            coll.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+        coll.update(qe.UpdateOperation.delete_points_by_filter(flt), f"remove points from {name!r}")
 
     def ids_where(self, name: str, field: str, value: FilterValue) -> set[str]:
         """Ids of every point whose payload ``field`` matches ``value``."""
@@ -180,8 +208,8 @@ class EdgeStore:
             request = qe.ScrollRequest(
                 offset=offset, limit=_PAGE, filter=flt, with_payload=False, with_vector=False
             )
-            with _engine(f"scroll {name!r}"):
-                records, offset = coll.shard.scroll(request)
+            with coll.use(f"scroll {name!r}") as shard:
+                records, offset = shard.scroll(request)
             ids.update(str(r.id) for r in records)
             if offset is None:
                 return ids
@@ -189,8 +217,8 @@ class EdgeStore:
     def count(self, name: str) -> int:
         """Exact number of points in the collection."""
         coll = self._collection(name)
-        with _engine(f"count {name!r}"):
-            return coll.shard.count(qe.CountRequest(exact=True))
+        with coll.use(f"count {name!r}") as shard:
+            return shard.count(qe.CountRequest(exact=True))
 
     def get(self, name: str, ids: Sequence[str]) -> list[Point]:
         """The points with these ids, in the order asked; unknown ids are left out."""
@@ -198,8 +226,8 @@ class EdgeStore:
         checked = _checks.check_ids(ids)
         if not checked:
             return []
-        with _engine(f"retrieve from {name!r}"):
-            records = coll.shard.retrieve(list(checked), with_payload=True, with_vector=True)
+        with coll.use(f"retrieve from {name!r}") as shard:
+            records = shard.retrieve(list(checked), with_payload=True, with_vector=True)
         by_id = {str(r.id): r for r in records}
         return [_from_edge(by_id[i]) for i in checked if i in by_id]
 
@@ -217,8 +245,8 @@ class EdgeStore:
             filter=qe.Filter(must=[qe.HasIdCondition(set(checked))]),
             with_payload=False,
         )
-        with _engine(f"search {name!r}"):
-            scored = coll.shard.query(request)
+        with coll.use(f"search {name!r}") as shard:
+            scored = shard.query(request)
         return {str(p.id): float(p.score) for p in scored}
 
     # -- search ----------------------------------------------------------------------
@@ -242,8 +270,8 @@ class EdgeStore:
             score_threshold=_checks.check_threshold(score_threshold),
             with_payload=True,
         )
-        with _engine(f"search {name!r}"):
-            scored = coll.shard.query(request)
+        with coll.use(f"search {name!r}") as shard:
+            scored = shard.query(request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in scored]
 
     def search_sparse(
@@ -265,23 +293,57 @@ class EdgeStore:
         )
         if not sparse.indices:
             return []
-        with _engine(f"search {name!r}"):
-            scored = coll.shard.query(request)
+        with coll.use(f"search {name!r}") as shard:
+            scored = shard.query(request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in scored]
 
     # -- lifecycle -------------------------------------------------------------------
 
     def optimize(self, name: str) -> None:
-        """Merge segments and build the HNSW index now, blocking until done.
+        """Merge segments and build the HNSW index now, returning when the index serves.
 
         Edge runs no background optimizer: until this is called, points sit in appendable
         segments that every search scans exactly (brute force), which grows linearly
         with the collection. Call it after a bulk load, not after every upsert: it costs
-        seconds per ten thousand points.
+        seconds per ten thousand points. The index is built on a copy in a child process
+        (see the module's docstring), so searches and updates go on meanwhile; two calls
+        for one collection take turns.
         """
         coll = self._collection(name)
-        with _engine(f"optimize {name!r}"):
-            coll.shard.optimize()
+        with coll.optimizing:
+            _remove_unused_shards(coll)
+            staged = f"{_SHARD}-{uuid.uuid4().hex}"
+            try:
+                with coll.use(f"copy {name!r} to optimize it") as shard:
+                    shard.flush()
+                    shutil.copytree(coll.directory / coll.shard_dir, coll.directory / staged)
+                    coll.journal = []
+                _optimize_in_child(coll.directory / staged, name)
+                with _engine(f"open the optimized copy of {name!r}"):
+                    optimized = qe.EdgeShard.load(str(coll.directory / staged))
+                self._swap(name, coll, optimized, staged)
+            except BaseException:
+                coll.journal = None
+                shutil.rmtree(coll.directory / staged, ignore_errors=True)
+                raise
+
+    def _swap(self, name: str, coll: _Collection, optimized: qe.EdgeShard, staged: str) -> None:
+        """Replay the updates made during the build on ``optimized`` and serve it from now on."""
+        with coll.use(f"swap in the optimized {name!r}") as live:
+            try:
+                for operation in coll.journal or ():
+                    optimized.update(operation)
+                if self._open.get(name) is not coll:
+                    raise NotFoundError(
+                        f"collection {name!r} was dropped while it was optimized", collection=name
+                    )
+                _write_manifest(coll.directory, coll.dimension, coll.sparse, staged)
+            except BaseException:
+                optimized.close()
+                raise
+            coll.shard, coll.shard_dir, coll.journal = optimized, staged, None
+            live.close()
+        _remove_unused_shards(coll)
 
     def close(self) -> None:
         """Close every open shard; later calls raise. Calling it twice is harmless."""
@@ -291,8 +353,8 @@ class EdgeStore:
             failures = []
             for name, coll in opened.items():
                 try:
-                    with _engine(f"close collection {name!r}"):
-                        coll.shard.close()
+                    with coll.use(f"close collection {name!r}") as shard:
+                        shard.close()
                 except BackendError as exc:
                     failures.append(exc)
             if failures:
@@ -318,10 +380,12 @@ class EdgeStore:
                 raise BackendError(f"cannot read {directory / _MANIFEST}: {exc}") from exc
             if manifest.get("format") != _FORMAT:
                 raise BackendError(f"collection {name!r} has unknown format {manifest.get('format')!r}")
+            shard_dir = str(manifest.get("shard", _SHARD))
             # A lock on the WAL makes a second opener fail here ("WouldBlock").
             with _engine(f"open collection {name!r} (is another process using {directory}?)"):
-                shard = qe.EdgeShard.load(str(directory / _SHARD))
-            coll = _Collection(shard, int(manifest["dimension"]), bool(manifest["sparse"]))
+                shard = qe.EdgeShard.load(str(directory / shard_dir))
+            dimension, sparse = int(manifest["dimension"]), bool(manifest["sparse"])
+            coll = _Collection(shard, dimension, sparse, directory, shard_dir)
             self._open[name] = coll
             return coll
 
@@ -342,11 +406,38 @@ def _engine(action: str) -> Iterator[None]:
         raise BackendError(f"Qdrant Edge failed to {action}: {exc}") from exc
 
 
-def _index_fields(shard: qe.EdgeShard, name: str, fields: list[str]) -> None:
+def _field_indexes(fields: list[str]) -> list[qe.UpdateOperation]:
     # Creating an index that exists is a no-op in Edge, so no need to diff against info().
-    for field in fields:
-        with _engine(f"index field {field!r} of {name!r}"):
-            shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+    return [qe.UpdateOperation.create_field_index(f, qe.PayloadSchemaType.Keyword) for f in fields]
+
+
+def _write_manifest(directory: Path, dimension: int, sparse: bool, shard_dir: str) -> None:
+    """Write ``collection.json`` whole or not at all (it names the shard in use)."""
+    manifest = {"format": _FORMAT, "dimension": dimension, "sparse": sparse, "shard": shard_dir}
+    partial = directory / f".{_MANIFEST}.{uuid.uuid4().hex}"
+    try:
+        partial.write_text(json.dumps(manifest), encoding="utf-8")
+        os.replace(partial, directory / _MANIFEST)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise BackendError(f"cannot write {directory / _MANIFEST}: {exc}") from exc
+
+
+def _remove_unused_shards(coll: _Collection) -> None:
+    """Delete shards the manifest no longer names: swapped out, or left by a killed optimization."""
+    for path in coll.directory.glob(f"{_SHARD}*"):
+        if path.name != coll.shard_dir:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _optimize_in_child(shard_dir: Path, name: str) -> None:
+    """Build the index of the shard in ``shard_dir`` in a child process."""
+    done = subprocess.run(
+        [sys.executable, str(_OPTIMIZER), str(shard_dir)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise BackendError(f"Qdrant Edge failed to optimize {name!r}: {reason}", collection=name)
 
 
 def _config(dimension: int, sparse: bool) -> qe.EdgeConfig:

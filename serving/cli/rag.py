@@ -86,7 +86,7 @@ def ingest(
     optimize: Annotated[
         bool,
         typer.Option(
-            "--optimize", help="Then build the search index (after bulk loads; queries of it wait meanwhile)."
+            "--optimize", help="Then build the search index (after bulk loads; queries go on meanwhile)."
         ),
     ] = False,
 ) -> None:
