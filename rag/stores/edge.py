@@ -231,6 +231,16 @@ class EdgeStore:
         by_id = {str(r.id): r for r in records}
         return [_from_edge(by_id[i]) for i in checked if i in by_id]
 
+    def payloads(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The payloads of these points, by id, without their vectors; unknown ids are left out."""
+        coll = self._collection(name)
+        checked = _checks.check_ids(ids)
+        if not checked:
+            return {}
+        with coll.use(f"retrieve from {name!r}") as shard:
+            records = shard.retrieve(list(checked), with_payload=True, with_vector=False)
+        return {str(r.id): dict(r.payload or {}) for r in records}
+
     def dense_scores(
         self, name: str, vector: np.ndarray | Sequence[float], ids: Sequence[str]
     ) -> dict[str, float]:
@@ -259,6 +269,7 @@ class EdgeStore:
         limit: int = 10,
         filter: Mapping[str, FilterValue] | None = None,
         score_threshold: float | None = None,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """The ``limit`` points nearest by cosine similarity, best first, at least ``score_threshold``."""
         coll = self._collection(name)
@@ -268,7 +279,7 @@ class EdgeStore:
             query=query,
             filter=_filter(_checks.check_filter(filter)),
             score_threshold=_checks.check_threshold(score_threshold),
-            with_payload=True,
+            with_payload=bool(with_payload),
         )
         with coll.use(f"search {name!r}") as shard:
             scored = shard.query(request)
@@ -281,6 +292,7 @@ class EdgeStore:
         *,
         limit: int = 10,
         filter: Mapping[str, FilterValue] | None = None,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """The ``limit`` best points by IDF-weighted sparse dot product, best first."""
         coll = self._collection(name)
@@ -289,7 +301,7 @@ class EdgeStore:
             limit=_checks.check_limit(limit),
             query=qe.Query.Nearest(qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE),
             filter=_filter(_checks.check_filter(filter)),
-            with_payload=True,
+            with_payload=bool(with_payload),
         )
         if not sparse.indices:
             return []
@@ -381,10 +393,11 @@ class EdgeStore:
             if manifest.get("format") != _FORMAT:
                 raise BackendError(f"collection {name!r} has unknown format {manifest.get('format')!r}")
             shard_dir = str(manifest.get("shard", _SHARD))
-            # A lock on the WAL makes a second opener fail here ("WouldBlock").
-            with _engine(f"open collection {name!r} (is another process using {directory}?)"):
-                shard = qe.EdgeShard.load(str(directory / shard_dir))
             dimension, sparse = int(manifest["dimension"]), bool(manifest["sparse"])
+            # A lock on the WAL makes a second opener fail here ("WouldBlock"). The config is
+            # rewritten, so a collection made by an earlier version optimizes to today's.
+            with _engine(f"open collection {name!r} (is another process using {directory}?)"):
+                shard = qe.EdgeShard.load(str(directory / shard_dir), _config(dimension, sparse))
             coll = _Collection(shard, dimension, sparse, directory, shard_dir)
             self._open[name] = coll
             return coll
@@ -441,9 +454,14 @@ def _optimize_in_child(shard_dir: Path, name: str) -> None:
 
 
 def _config(dimension: int, sparse: bool) -> qe.EdgeConfig:
+    # Payloads of optimized segments are "cold" by default: read from disk and parsed on each
+    # search, 0.39 ms for five at 20k points against 0.03 ms cached (and 80% of a hybrid
+    # retrieval at 100k). Cached keeps them in the page cache; it applies to the segments the
+    # next optimization writes, so collections made before it catch up then.
     return qe.EdgeConfig(
         vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
         sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if sparse else None,
+        payload_memory=qe.Memory.Cached,
     )
 
 

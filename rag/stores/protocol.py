@@ -160,8 +160,14 @@ class VectorStore(Protocol):
         limit: int = 10,
         filter: Mapping[str, FilterValue] | None = None,
         score_threshold: float | None = None,
+        with_payload: bool = True,
     ) -> list[Hit]:
-        """The ``limit`` points nearest by cosine similarity, best first, at least ``score_threshold``."""
+        """The ``limit`` points nearest by cosine similarity, best first, at least ``score_threshold``.
+
+        ``with_payload=False`` leaves each hit's payload empty: reading payloads back is most of
+        a search's time in Qdrant Edge, so a caller that keeps a few hits reads theirs with
+        :meth:`payloads`.
+        """
         ...
 
     def search_sparse(
@@ -171,12 +177,20 @@ class VectorStore(Protocol):
         *,
         limit: int = 10,
         filter: Mapping[str, FilterValue] | None = None,
+        with_payload: bool = True,
     ) -> list[Hit]:
-        """The ``limit`` best points by IDF-weighted sparse dot product, best first (zero scores left out)."""
+        """The ``limit`` best points by IDF-weighted sparse dot product, best first (zero scores left out).
+
+        ``with_payload``: as for :meth:`search_dense`.
+        """
         ...
 
     def get(self, name: str, ids: Sequence[str]) -> list[Point]:
         """The points with these ids, in the order asked; unknown ids are left out."""
+        ...
+
+    def payloads(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The payloads of these points, by id, without their vectors; unknown ids are left out."""
         ...
 
     def dense_scores(

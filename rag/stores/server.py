@@ -221,6 +221,16 @@ class QdrantServerStore:
         by_id = {str(r.id): r for r in records}
         return [_from_record(by_id[i]) for i in checked if i in by_id]
 
+    def payloads(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The payloads of these points, by id, without their vectors; unknown ids are left out."""
+        self._shape(name)
+        checked = _checks.check_ids(ids)
+        if not checked:
+            return {}
+        with self._errors(f"retrieve from {name!r}", name):
+            records = self._connected().retrieve(name, list(checked), with_payload=True, with_vectors=False)
+        return {str(r.id): dict(r.payload or {}) for r in records}
+
     def dense_scores(
         self, name: str, vector: np.ndarray | Sequence[float], ids: Sequence[str]
     ) -> dict[str, float]:
@@ -252,6 +262,7 @@ class QdrantServerStore:
         limit: int = 10,
         filter: Mapping[str, FilterValue] | None = None,
         score_threshold: float | None = None,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """The ``limit`` points nearest by cosine similarity, best first, at least ``score_threshold``."""
         dimension, _ = self._shape(name)
@@ -267,7 +278,7 @@ class QdrantServerStore:
                 limit=limit,
                 query_filter=flt,
                 score_threshold=threshold,
-                with_payload=True,
+                with_payload=bool(with_payload),
             )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
@@ -278,6 +289,7 @@ class QdrantServerStore:
         *,
         limit: int = 10,
         filter: Mapping[str, FilterValue] | None = None,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """The ``limit`` best points by IDF-weighted sparse dot product, best first."""
         _, has_sparse = self._shape(name)
@@ -296,7 +308,12 @@ class QdrantServerStore:
         query = qm.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
         with self._errors(f"search {name!r}", name):
             response = self._connected().query_points(
-                name, query=query, using=SPARSE, limit=limit, query_filter=flt, with_payload=True
+                name,
+                query=query,
+                using=SPARSE,
+                limit=limit,
+                query_filter=flt,
+                with_payload=bool(with_payload),
             )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 

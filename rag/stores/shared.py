@@ -50,6 +50,7 @@ _METHODS = frozenset(
         "search_dense",
         "search_sparse",
         "get",
+        "payloads",
         "dense_scores",
         "optimize",
     }
@@ -194,12 +195,19 @@ class SocketStore:
         limit: int = 10,
         filter: Mapping[str, FilterValue] | None = None,
         score_threshold: float | None = None,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """See :class:`~rag.stores.VectorStore`."""
         filters = None if filter is None else dict(filter)
         return list(
             self._call(
-                "search_dense", name, vector, limit=limit, filter=filters, score_threshold=score_threshold
+                "search_dense",
+                name,
+                vector,
+                limit=limit,
+                filter=filters,
+                score_threshold=score_threshold,
+                with_payload=with_payload,
             )
         )
 
@@ -210,14 +218,21 @@ class SocketStore:
         *,
         limit: int = 10,
         filter: Mapping[str, FilterValue] | None = None,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """See :class:`~rag.stores.VectorStore`."""
         filters = None if filter is None else dict(filter)
-        return list(self._call("search_sparse", name, sparse, limit=limit, filter=filters))
+        return list(
+            self._call("search_sparse", name, sparse, limit=limit, filter=filters, with_payload=with_payload)
+        )
 
     def get(self, name: str, ids: Sequence[str]) -> list[Point]:
         """See :class:`~rag.stores.VectorStore`."""
         return list(self._call("get", name, list(ids)))
+
+    def payloads(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """See :class:`~rag.stores.VectorStore`."""
+        return dict(self._call("payloads", name, list(ids)))
 
     def dense_scores(
         self, name: str, vector: np.ndarray | Sequence[float], ids: Sequence[str]

@@ -17,6 +17,7 @@ from qdrant_client import QdrantClient
 
 from opsloop.errors import BackendError, ConflictError, InvalidInputError, NotFoundError, OpsloopError
 from rag.stores import EdgeStore, Hit, Point, QdrantServerStore, SparseVector, VectorStore
+from rag.stores.shared import SocketStore, StoreServer
 
 DIM = 4
 
@@ -30,14 +31,23 @@ def _point(n: int, vector: list[float], /, *, sparse: SparseVector | None = None
     return Point(_id(n), vector, sparse, dict(payload))
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=["edge", "server", "socket"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    """Each store; "socket" is Edge as ``serve --workers N`` reaches it, through its Unix socket."""
     made: VectorStore
-    if request.param == "edge":
-        made = EdgeStore(tmp_path / "qdrant")
-    else:
+    if request.param == "server":
         made = QdrantServerStore(client=QdrantClient(location=":memory:"))
-    yield made
+    else:
+        made = EdgeStore(tmp_path / "qdrant")
+    if request.param != "socket":
+        yield made
+        made.close()
+        return
+    holder = StoreServer(made, tmp_path / "store.sock", b"test-key")
+    socket = SocketStore(holder.path, b"test-key")
+    yield socket
+    socket.close()
+    holder.close()
     made.close()
 
 
@@ -158,6 +168,22 @@ def test_get_returns_points_in_the_order_asked(docs: VectorStore) -> None:
     assert got[1].sparse == SparseVector([1, 2], [1.0, 1.0])
     # Cosine collections store unit vectors.
     np.testing.assert_allclose(docs.get("docs", [_id(2)])[0].vector, [math.sqrt(0.5)] * 2 + [0, 0], atol=1e-6)
+
+
+def test_searches_without_payloads_then_the_payloads_of_some(docs: VectorStore) -> None:
+    dense = docs.search_dense("docs", [1, 0, 0, 0], limit=2, with_payload=False)
+    sparse = docs.search_sparse("docs", SparseVector([3], [1.0]), with_payload=False)
+    assert _ids(dense) == [_id(0), _id(1)] and _ids(sparse) == [_id(2)]
+    assert all(hit.payload == {} for hit in (*dense, *sparse))
+    assert dense == [Hit(h.id, h.score, {}) for h in docs.search_dense("docs", [1, 0, 0, 0], limit=2)]
+    unknown = str(uuid.uuid4())
+    assert docs.payloads("docs", [_id(2), unknown, _id(0)]) == {
+        _id(2): {"source": "b.md", "n": 2, "lang": "en"},
+        _id(0): {"source": "a.md", "n": 0, "lang": "en"},
+    }
+    assert docs.payloads("docs", []) == {}
+    with pytest.raises(InvalidInputError):
+        docs.payloads("docs", ["not-a-uuid"])
 
 
 def test_dense_scores_are_what_a_dense_search_scores(docs: VectorStore) -> None:
