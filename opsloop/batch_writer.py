@@ -118,10 +118,13 @@ class BatchWriter(Generic[T]):
                 continue
             # Linger a moment for more: at a steady trickle of requests one transaction per
             # record costs more GIL time than the requests themselves (measured on the gateway).
-            deadline = time.monotonic() + self._linger_seconds
+            # Sleeping, then taking what came, wakes this thread once a batch; waiting on the
+            # queue would wake it (and take the GIL from the event loop) once a record.
+            if self._queue.qsize() < self._batch_size:
+                time.sleep(self._linger_seconds)
             while len(batch) < self._batch_size:
                 try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             self._write(batch)

@@ -233,6 +233,13 @@ class Settings(BaseSettings):
     rag_overlap_tokens: int = Field(
         default=32, ge=0, description="Tokens consecutive chunks share, for a new collection."
     )
+    rag_auto_index_points: int = Field(
+        default=20_000,
+        ge=0,
+        description="A server builds a collection's search index by itself once an ingestion leaves at "
+        "least this many chunks unindexed (the embedded Qdrant Edge has no background optimizer; "
+        "queries go on meanwhile); 0: only when asked (opsloop ingest --optimize).",
+    )
     rag_max_document_chars: int = Field(
         default=1_000_000,
         ge=1,

@@ -42,6 +42,7 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -108,10 +109,12 @@ EmbeddingMeterFactory = Callable[..., AbstractContextManager[EmbeddingMeter]]
 """``Gateway.meter_embedding``: admits an embedding by the caller's budgets and records it."""
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _COLLECTION = re.compile(COLLECTION_PATTERN)
 _LOCK_FILE = ".lock"
 _AUDITED_NAMES = 1000  # file names per status in one rag.ingest audit entry
+_QUIET_SECONDS = 2.0  # no ingestion for this long: a bulk load has paused, build the index
 
 
 def physical_name(tenant: str, collection: str) -> str:
@@ -353,6 +356,7 @@ class RagService:
         store: VectorStore | None = None,
         meter: EmbeddingMeterFactory | None = None,
         traffic: TrafficSplit | None = None,
+        auto_index: bool = False,
     ) -> None:
         self.settings = settings
         self.traffic = traffic
@@ -383,6 +387,10 @@ class RagService:
         self.answer_llm = answer_llm
         self.meter = meter
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-writer")
+        self.auto_index_points = settings.rag_auto_index_points if auto_index else 0
+        self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-indexer")
+        self._closing = threading.Event()
+        self._last_write = 0.0
         self._prompt_ready = False
         self._prompt_lock = threading.Lock()
         # Read per query, the alias cost each query a registry round trip (12-26 ms here).
@@ -582,7 +590,46 @@ class RagService:
             after={"via": via, **counts, "files": files},
             request_id=request_id,
         )
+        self._last_write = time.monotonic()
+        if self.auto_index_points and report.chunks_written:
+            self._indexer.submit(self._index_when_quiet, caller.tenant, collection)
         return run
+
+    def _index_when_quiet(self, tenant: str, collection: str) -> None:
+        """Build the collection's index once ingestion has paused, if enough chunks lack one.
+
+        A bulk load comes as many uploads: waiting for a pause builds once, after the last.
+        Runs on the indexer thread; failures are logged (nobody waits for this).
+        """
+        while not self._closing.wait(_QUIET_SECONDS):
+            if time.monotonic() - self._last_write >= _QUIET_SECONDS:
+                break
+        else:
+            return
+        name = physical_name(tenant, collection)
+        try:
+            unindexed = self.store.unindexed(name)
+            if unindexed < self.auto_index_points:
+                return  # built meanwhile, or what the last build could not index (see unindexed)
+            log.info("building the search index of %s (%d chunks unindexed)", collection, unindexed)
+            started = time.perf_counter()
+            self.store.optimize(name)
+            seconds = time.perf_counter() - started
+            self.audit.append(
+                actor="system",
+                tenant=tenant,
+                action="rag.optimize",
+                target=collection,
+                after={
+                    "chunks": self.store.count(name),
+                    "unindexed": unindexed,
+                    "seconds": round(seconds, 3),
+                },
+            )
+            log.info("built the search index of %s in %.1f s", collection, seconds)
+        except Exception as exc:  # a collection dropped meanwhile, a closed store, a failed build
+            if not self._closing.is_set():
+                log.warning("could not build the search index of %s: %s", collection, exc)
 
     # -- collections -----------------------------------------------------------------
 
@@ -852,9 +899,11 @@ class RagService:
     def close(self) -> None:
         """Close the store and release the store lock (from any thread)."""
         self._production_prompt.close()
+        self._closing.set()
         self._worker.shutdown(wait=True)
         try:
-            self.store.close()
+            self.store.close()  # stops an index build (the indexer thread then ends)
+            self._indexer.shutdown(wait=True, cancel_futures=True)
         finally:
             if self._lock is not None:
                 self._lock.release()

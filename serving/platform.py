@@ -418,6 +418,7 @@ class Platform:
                     meter=lambda *args, **kwargs: self.gateway.meter_embedding(*args, **kwargs),
                     traffic=self.experiments.router,
                     store=shared,
+                    auto_index=self.local_token is not None,  # a server: it stays up to build
                 )
             return self._rag
 

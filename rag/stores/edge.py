@@ -99,6 +99,7 @@ class EdgeStore:
         self._open: dict[str, _Collection] = {}
         self._lock = threading.RLock()
         self._closed = False
+        self._builds: set[subprocess.Popen[str]] = set()  # optimizing children, killed by close()
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -330,7 +331,7 @@ class EdgeStore:
                     shard.flush()
                     shutil.copytree(coll.directory / coll.shard_dir, coll.directory / staged)
                     coll.journal = []
-                _optimize_in_child(coll.directory / staged, name)
+                self._build(coll.directory / staged, name)
                 with _engine(f"open the optimized copy of {name!r}"):
                     optimized = qe.EdgeShard.load(str(coll.directory / staged))
                 self._swap(name, coll, optimized, staged)
@@ -338,6 +339,39 @@ class EdgeStore:
                 coll.journal = None
                 shutil.rmtree(coll.directory / staged, ignore_errors=True)
                 raise
+
+    def unindexed(self, name: str) -> int:
+        """Points whose dense vectors have no HNSW index, so that dense searches scan them one by one.
+
+        Written since the last :meth:`optimize`, mostly; the optimizer also leaves segments
+        under its indexing threshold (about 6,500 384-d vectors) unindexed on purpose, where a
+        scan is as fast. Sparse vectors are always indexed; counted as one per point.
+        """
+        coll = self._collection(name)
+        with coll.use(f"describe {name!r}") as shard:
+            info = shard.info()
+        sparse_indexed = info.points_count if coll.sparse else 0
+        return info.points_count - min(max(info.indexed_vectors_count - sparse_indexed, 0), info.points_count)
+
+    def _build(self, shard_dir: Path, name: str) -> None:
+        """Build the index of the shard in ``shard_dir`` in a child process (:meth:`close` kills it)."""
+        with self._lock:
+            self._check_open()
+            child = subprocess.Popen(
+                [sys.executable, str(_OPTIMIZER), str(shard_dir)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            self._builds.add(child)
+        try:
+            _, errors = child.communicate()
+        finally:
+            with self._lock:
+                self._builds.discard(child)
+        if child.returncode != 0:
+            reason = (errors.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+            raise BackendError(f"Qdrant Edge failed to optimize {name!r}: {reason}", collection=name)
 
     def _swap(self, name: str, coll: _Collection, optimized: qe.EdgeShard, staged: str) -> None:
         """Replay the updates made during the build on ``optimized`` and serve it from now on."""
@@ -358,9 +392,11 @@ class EdgeStore:
         _remove_unused_shards(coll)
 
     def close(self) -> None:
-        """Close every open shard; later calls raise. Calling it twice is harmless."""
+        """Close every open shard and stop index builds; later calls raise. Calling it twice is harmless."""
         with self._lock:
             self._closed = True
+            for child in self._builds:
+                child.kill()  # the optimize() waiting for it fails and removes its copy
             opened, self._open = self._open, {}
             failures = []
             for name, coll in opened.items():
@@ -441,16 +477,6 @@ def _remove_unused_shards(coll: _Collection) -> None:
     for path in coll.directory.glob(f"{_SHARD}*"):
         if path.name != coll.shard_dir:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _optimize_in_child(shard_dir: Path, name: str) -> None:
-    """Build the index of the shard in ``shard_dir`` in a child process."""
-    done = subprocess.run(
-        [sys.executable, str(_OPTIMIZER), str(shard_dir)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise BackendError(f"Qdrant Edge failed to optimize {name!r}: {reason}", collection=name)
 
 
 def _config(dimension: int, sparse: bool) -> qe.EdgeConfig:

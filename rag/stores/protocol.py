@@ -206,6 +206,13 @@ class VectorStore(Protocol):
         """Build search indexes now, after a bulk load (a no-op where the engine does it by itself)."""
         ...
 
+    def unindexed(self, name: str) -> int:
+        """Points that dense searches scan one by one until :meth:`optimize`.
+
+        0 where the engine indexes by itself.
+        """
+        ...
+
     def close(self) -> None:
         """Release the backend; later calls raise. Calling it twice is harmless."""
         ...

@@ -319,6 +319,11 @@ class QdrantServerStore:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def unindexed(self, name: str) -> int:
+        """0 for an existing collection: the server indexes in the background, by itself."""
+        self._shape(name)
+        return 0
+
     def optimize(self, name: str) -> None:
         """Nothing to do beyond checking the collection: the server optimizes in the background."""
         self._shape(name)

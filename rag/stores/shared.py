@@ -53,6 +53,7 @@ _METHODS = frozenset(
         "payloads",
         "dense_scores",
         "optimize",
+        "unindexed",
     }
 )
 """What a worker may call; ``close`` is the holder's alone."""
@@ -243,6 +244,10 @@ class SocketStore:
     def optimize(self, name: str) -> None:
         """See :class:`~rag.stores.VectorStore`."""
         self._call("optimize", name)
+
+    def unindexed(self, name: str) -> int:
+        """See :class:`~rag.stores.VectorStore`."""
+        return int(self._call("unindexed", name))
 
     def close(self) -> None:
         """Close this process's connections (the holder keeps the store open)."""

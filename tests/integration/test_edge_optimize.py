@@ -53,18 +53,18 @@ def test_updates_made_while_the_copy_is_optimized_are_kept(
     store.create_collection("docs", DIM, keyword_fields=["source"])
     store.upsert("docs", _points(0, 500))
     (root / "docs" / "shard-0123abcd").mkdir()  # what a killed optimization leaves
-    build = edge_module._optimize_in_child
+    build = EdgeStore._build
 
-    def build_while_writing(shard_dir: Path, name: str) -> None:
+    def build_while_writing(self: EdgeStore, shard_dir: Path, name: str) -> None:
         store.upsert("docs", _points(1000, 20, source="late.md"))
         store.delete("docs", [_id(0), _id(1)])
         store.delete_where("docs", "source", "late.md")
         store.upsert("docs", _points(2000, 5, source="later.md"))
         store.create_collection("docs", DIM, keyword_fields=["source", "lang"])
         assert store.count("docs") == 503  # the live shard answers meanwhile
-        build(shard_dir, name)
+        build(self, shard_dir, name)
 
-    monkeypatch.setattr(edge_module, "_optimize_in_child", build_while_writing)
+    monkeypatch.setattr(EdgeStore, "_build", build_while_writing)
     store.optimize("docs")
 
     manifest = json.loads((root / "docs" / "collection.json").read_text())
@@ -88,15 +88,15 @@ def test_searches_are_answered_while_the_index_is_built(root: Path, monkeypatch:
     store = EdgeStore(root)
     store.create_collection("docs", DIM)
     store.upsert("docs", _points(0, 3000))
-    build = edge_module._optimize_in_child
+    build = EdgeStore._build
     building: list[float] = []
 
-    def timed_build(shard_dir: Path, name: str) -> None:
+    def timed_build(self: EdgeStore, shard_dir: Path, name: str) -> None:
         building.append(time.monotonic())
-        build(shard_dir, name)
+        build(self, shard_dir, name)
         building.append(time.monotonic())
 
-    monkeypatch.setattr(edge_module, "_optimize_in_child", timed_build)
+    monkeypatch.setattr(EdgeStore, "_build", timed_build)
     optimizing = threading.Thread(target=store.optimize, args=("docs",))
     answered: list[float] = []
     query = _points(0, 1)[0]
@@ -141,3 +141,45 @@ def test_a_collection_from_before_optimized_shards_opens(root: Path) -> None:
         store.optimize("docs")
         assert store.count("docs") == 3
     assert json.loads(manifest.read_text())["shard"] != "shard"
+
+
+def test_closing_the_store_stops_a_build(root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    slow = tmp_path / "slow.py"
+    slow.write_text("import time\ntime.sleep(600)\n")
+    monkeypatch.setattr(edge_module, "_OPTIMIZER", slow)
+    store = EdgeStore(root)
+    store.create_collection("docs", DIM)
+    store.upsert("docs", _points(0, 10))
+    failed: list[BaseException] = []
+
+    def optimize() -> None:
+        try:
+            store.optimize("docs")
+        except BackendError as exc:
+            failed.append(exc)
+
+    optimizing = threading.Thread(target=optimize)
+    optimizing.start()
+    deadline = time.monotonic() + 60
+    while not store._builds and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.close()
+    optimizing.join(timeout=60)
+    assert not optimizing.is_alive() and failed, "the build outlived the store"
+    assert _shard_dirs(root) == ["shard"]
+    with EdgeStore(root) as reopened:
+        assert reopened.count("docs") == 10
+
+
+def test_unindexed_counts_what_an_optimization_indexes(root: Path) -> None:
+    """7,000 384-d points: over the size under which Qdrant leaves a segment unindexed on purpose."""
+    vectors = np.random.default_rng(0).standard_normal((7000, 384)).astype(np.float32)
+    with EdgeStore(root) as store:
+        store.create_collection("docs", 384)
+        store.upsert("docs", [Point(_id(i), vectors[i], SparseVector([i], [1.0]), {}) for i in range(7000)])
+        assert store.unindexed("docs") == 7000
+        store.optimize("docs")
+        assert store.unindexed("docs") == 0
+        later = [Point(_id(7000 + i), vectors[i], SparseVector([i], [1.0]), {}) for i in range(3)]
+        store.upsert("docs", later)
+        assert store.unindexed("docs") == 3
