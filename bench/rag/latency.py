@@ -3,9 +3,10 @@
 Three sides hold the same synthetic points (:mod:`bench.rag.synthetic`), loaded through the
 ``VectorStore`` Protocol in the same batches:
 
-* ``edge``: ``rag.stores.EdgeStore``, left as ``Ingestor`` leaves a collection (nothing in
-  opsloop calls ``optimize()`` today, and Edge runs no background optimizer);
-* ``edge_optimized``: the same after ``EdgeStore.optimize()`` (segments merged, HNSW built);
+* ``edge``: ``rag.stores.EdgeStore``, left as ``Ingestor`` leaves a collection (what the CLI
+  without a server leaves, and a server until ``rag_auto_index_points`` chunks are unindexed);
+* ``edge_optimized``: the same after ``EdgeStore.optimize()`` (segments merged, HNSW built),
+  as a server leaves a larger collection a moment after its ingestion;
 * ``local``: ``rag.stores.QdrantServerStore`` over ``QdrantClient(location=":memory:")``,
   qdrant-client's own in-process mode, the peer.
 
