@@ -26,8 +26,9 @@ import numpy as np
 
 from bench.rag import BenchError
 from bench.rag.corpus import write_corpus
+from opsloop.settings import Settings
 from rag.chunking import HFTokenizer
-from rag.embedder import Embedder, SentenceTransformerEmbedder
+from rag.embedder import Embedder, make_embedder
 from rag.ingest import Ingestor, IngestReport
 from rag.sparse import BM25Encoder
 from rag.stores import EdgeStore, SparseVector
@@ -107,10 +108,16 @@ class IngestionResult:
         return asdict(self) | {"rerun_clean": self.rerun_clean}
 
 
-def load_model() -> tuple[SentenceTransformerEmbedder, HFTokenizer, float]:
-    """The packaged MiniLM and its tokenizer, loaded and run once; and the seconds that took."""
+def load_model() -> tuple[Embedder, HFTokenizer, float]:
+    """The packaged MiniLM as opsloop runs it by default, and its tokenizer, loaded and run once.
+
+    The default is ``embedder_backend: auto``: ONNX Runtime with int8 weights on a CPU (exported
+    into the embedder cache on first use), torch on a GPU. ``bench/embedder.py`` sets the two
+    side by side. Also the seconds the loading took.
+    """
     start = time.perf_counter()
-    embedder = SentenceTransformerEmbedder()
+    settings = Settings()
+    embedder = make_embedder(settings.embedder_backend, settings.embedder_cache_path)
     tokenizer = HFTokenizer()
     embedder.embed(["warm up the model"])
     tokenizer.count("warm up the tokenizer")

@@ -196,6 +196,10 @@ def measure(
         results[f"{form}_common"] = {
             name: latency_stats(times[form][name][:peer_queries]) for name in EDGE_SIDES
         }
+        if queries > peer_queries:  # the Edge sides after the peer stopped: nothing else between calls
+            results[f"{form}_alone"] = {
+                name: latency_stats(times[form][name][peer_queries:]) for name in EDGE_SIDES
+            }
     results["edge_over_local"] = {
         form: {
             name: {

@@ -141,8 +141,11 @@ def latency_goal(steps: list[dict[str, Any]]) -> dict[str, Any]:
     step = next((s for s in steps if s["points"] == GOAL_POINTS), None)
     if step is None:
         return {"statement": statement, "evaluated": False, "reason": f"{GOAL_POINTS} is not among --sizes"}
+    # Read on the queries after the peer's last: each of its seconds-long Python loops over
+    # every point leaves the Edge query after it cold (p99 24 ms on those, against 2-3 ms).
+    timed = "_alone" if "hybrid_alone" in step else ""
     p99 = {
-        form: {side: step[form][side]["p99_ms"] for side in ("edge", "edge_optimized")}
+        form: {side: step[form + timed][side]["p99_ms"] for side in ("edge", "edge_optimized")}
         for form in ("dense", "hybrid")
     }
     detail = ", ".join(
@@ -155,6 +158,7 @@ def latency_goal(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "evaluated": True,
         "p99_ms": p99,
         "met": p99["hybrid"]["edge_optimized"] < GOAL_P99_MS,
+        "queries": f"{step['queries'] - step['peer_queries']} after the peer's last" if timed else "all",
         "met_each": {form: {side: v < GOAL_P99_MS for side, v in by.items()} for form, by in p99.items()},
         "detail": detail,
     }
