@@ -27,8 +27,8 @@ from contextlib import aclosing
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request, Response
-from starlette.responses import StreamingResponse
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from opsloop.errors import InvalidInputError, OpsloopError
@@ -156,7 +156,6 @@ async def chat_completions(
     platform: PlatformDep,
     principal: UserKey,
     request: Request,
-    response: Response,
     unit: Unit = None,
 ) -> Any:
     """Complete the conversation on the route named by ``model``; 404 for an unknown model."""
@@ -169,8 +168,11 @@ async def chat_completions(
         stream = await gateway.open_stream(principal, body.model, asked, request_id=rid, unit=unit)
         return _EventStream(stream, body, completion_id, _routing_headers(stream.outcome, stream.variant))
     routed = await gateway.chat(principal, body.model, asked, request_id=rid, unit=unit)
-    response.headers.update(_routing_headers(routed.outcome, routed.variant))
-    return completion_body(completion_id, body.model, routed.result)
+    # A response of our own: FastAPI would walk the body with jsonable_encoder first (50 us here).
+    return JSONResponse(
+        completion_body(completion_id, body.model, routed.result),
+        headers=_routing_headers(routed.outcome, routed.variant),
+    )
 
 
 @router.get("/models", summary="The public model names this gateway serves")
