@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -184,6 +186,9 @@ class LlamaCppClient:
         max_queue: how many requests may wait behind the running one before
             :class:`OverloadedError`.
         threads: CPU threads for llama.cpp; its own default when omitted.
+        nice: how many steps below the server's CPU priority the worker thread runs (Linux), and
+            with it the threads llama.cpp starts from it: under contention a server's short
+            requests (a prediction, a retrieval) get the CPU first. 0 leaves it alone.
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class LlamaCppClient:
         n_ctx: int = 2048,
         max_queue: int = 16,
         threads: int | None = None,
+        nice: int = 0,
     ) -> None:
         if max_queue < 0:
             raise InvalidInputError(f"max_queue must be >= 0, got {max_queue}", field="max_queue")
@@ -208,7 +214,9 @@ class LlamaCppClient:
         self._load_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._in_flight = 0  # running plus waiting
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llm-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"llm-{name}", initializer=_lower_priority, initargs=(nice,)
+        )
 
     @property
     def model(self) -> str:
@@ -359,6 +367,22 @@ class LlamaCppClient:
 
 
 OpsloopErrorType = BackendError | InvalidInputError
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority by ``nice`` steps (Linux: a thread's nice value is its own).
+
+    Threads it starts inherit it: llama.cpp's compute threads are started from this worker.
+    Measured on 2 cores (``bench/predict_during_eval.py``), ``/predict`` p99 while an eval generated
+    answers went from x3.0 the p99 without one to x1.2 at 10.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + nice, 19))
+    except OSError as exc:  # a sandbox that forbids it: generate at the server's priority
+        log.warning("could not lower the LLM worker's CPU priority: %s", exc)
 
 
 def _processors(counter: _TokenCounter) -> Any:

@@ -116,6 +116,14 @@ class BackendSpec(BaseModel):
         f"default {DEFAULT_CONTEXT_TOKENS}. It caps max_tokens and what a call reserves.",
     )
     threads: int | None = Field(default=None, ge=1, description="CPU threads of a llamacpp backend.")
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="How far below the server's own CPU priority a llamacpp backend generates (Linux "
+        "nice steps; 0: the same): a busy CPU then serves predictions and retrieval first. Idle CPU "
+        "goes to generation either way.",
+    )
     structured_output: Literal["json_schema", "json_object"] = Field(
         default="json_schema",
         description="How an openai backend is asked for JSON of a schema: json_schema (OpenAI, vLLM) "
@@ -322,6 +330,7 @@ def create_client(spec: BackendSpec, *, http_client: httpx.AsyncClient | None = 
             n_ctx=spec.n_ctx,
             max_queue=spec.max_concurrency,
             threads=spec.threads,
+            nice=spec.nice,
         )
     if spec.kind == "openai":
         from opsloop.llm.openai_compat import OpenAICompatClient

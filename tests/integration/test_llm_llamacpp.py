@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -135,3 +138,17 @@ def test_a_frequency_penalty_reaches_the_model(client: LlamaCppClient) -> None:
     # At temperature 0 with one seed the answer is fixed; the penalty alone changes it.
     assert asyncio.run(client.chat(request(None))).text == plain.text
     assert penalised.text != plain.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_generation_runs_below_the_servers_cpu_priority() -> None:
+    """The worker runs 7 steps below this thread; llama.cpp's compute threads, started from it, inherit it."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    client = LlamaCppClient(nice=7)
+    try:
+        asyncio.run(client.chat(_request("Say hi.", max_tokens=2)))
+        workers = list(client._executor._threads)
+        assert workers
+        assert {os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in workers} == {min(own + 7, 19)}
+    finally:
+        asyncio.run(client.aclose())
