@@ -601,11 +601,9 @@ class RagService:
         A bulk load comes as many uploads: waiting for a pause builds once, after the last.
         Runs on the indexer thread; failures are logged (nobody waits for this).
         """
-        while not self._closing.wait(_QUIET_SECONDS):
-            if time.monotonic() - self._last_write >= _QUIET_SECONDS:
-                break
-        else:
-            return
+        while time.monotonic() - self._last_write < _QUIET_SECONDS:
+            if self._closing.wait(_QUIET_SECONDS):
+                return
         name = physical_name(tenant, collection)
         try:
             unindexed = self.store.unindexed(name)

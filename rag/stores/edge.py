@@ -280,7 +280,7 @@ class EdgeStore:
             query=query,
             filter=_filter(_checks.check_filter(filter)),
             score_threshold=_checks.check_threshold(score_threshold),
-            with_payload=bool(with_payload),
+            with_payload=with_payload,
         )
         with coll.use(f"search {name!r}") as shard:
             scored = shard.query(request)
@@ -302,7 +302,7 @@ class EdgeStore:
             limit=_checks.check_limit(limit),
             query=qe.Query.Nearest(qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE),
             filter=_filter(_checks.check_filter(filter)),
-            with_payload=bool(with_payload),
+            with_payload=with_payload,
         )
         if not sparse.indices:
             return []

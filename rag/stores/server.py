@@ -278,7 +278,7 @@ class QdrantServerStore:
                 limit=limit,
                 query_filter=flt,
                 score_threshold=threshold,
-                with_payload=bool(with_payload),
+                with_payload=with_payload,
             )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
@@ -313,7 +313,7 @@ class QdrantServerStore:
                 using=SPARSE,
                 limit=limit,
                 query_filter=flt,
-                with_payload=bool(with_payload),
+                with_payload=with_payload,
             )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
