@@ -20,7 +20,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from opsloop.errors import InvalidInputError
 from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, ChatResult, ToolCall, Usage
+from opsloop.llm.structured import check_schema
 
 __all__ = [
     "ChatCompletionRequest",
@@ -111,6 +113,37 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema the answer must match, and its name."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``text``, ``json_object`` (any JSON object) or ``json_schema``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only with it")
+        if self.json_schema is not None:
+            try:
+                check_schema(self.json_schema.schema_, field="response_format.json_schema.schema")
+            except InvalidInputError as exc:
+                raise ValueError(exc.message) from exc
+        return self
+
+
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``: OpenAI's request, without the parameters not implemented."""
 
@@ -138,6 +171,11 @@ class ChatCompletionRequest(BaseModel):
         default=None, description="none: offer no tools; a specific function is not supported."
     )
     parallel_tool_calls: bool | None = Field(default=None, description="Accepted; backends decide.")
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="json_object or json_schema: the answer is JSON (matching the schema), or the call "
+        "fails with a 502 that says why (e.g. cut at max_tokens).",
+    )
     n: Literal[1] = Field(default=1, description="Only one choice per request.")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -154,6 +192,7 @@ class ChatCompletionRequest(BaseModel):
     def to_request(self) -> ChatRequest:
         """The protocol's request; ``model`` stays the public name, the router rewrites it."""
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        spec = self.response_format.json_schema if self.response_format else None
         tools = (
             [] if self.tool_choice == "none" else [t.model_dump(exclude_none=True) for t in self.tools or ()]
         )
@@ -166,7 +205,18 @@ class ChatCompletionRequest(BaseModel):
             stop=stop,
             seed=self.seed,
             tools=tools,
+            json_schema=self.answer_schema,
+            json_schema_name=spec.name if spec else "answer",
+            json_schema_strict=spec.strict if spec else None,
         )
+
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the answer must match: ``json_object``'s is that of any object."""
+        answer = self.response_format
+        if answer is None or answer.type == "text":
+            return None
+        return answer.json_schema.schema_ if answer.json_schema else {"type": "object"}
 
     @property
     def include_usage(self) -> bool:

@@ -11,6 +11,7 @@ ways::
     ``role="tool"`` with ``tool_call_id``    ``tool_result`` block in a user turn
     ``tools`` (function, ``parameters``)     ``tools`` (``name``, ``input_schema``)
     ``stop``                                 ``stop_sequences``
+    ``json_schema``                          ``output_config.format`` (type json_schema)
     ``max_tokens``, optional                 ``max_tokens``, required: the client's default
     finish_reason "stop"                     stop_reason end_turn, stop_sequence, pause_turn
     finish_reason "length"                   max_tokens, model_context_window_exceeded
@@ -405,6 +406,10 @@ class AnthropicClient:
             arguments["stop_sequences"] = list(request.stop)
         if request.tools:
             arguments["tools"] = _tools(request.tools)
+        if request.json_schema is not None:  # structured outputs: the text is JSON of the schema
+            arguments["output_config"] = {
+                "format": {"type": "json_schema", "schema": dict(request.json_schema)}
+            }
         sampling = {"temperature": request.temperature, "top_p": request.top_p}
         sampling = {key: value for key, value in sampling.items() if value is not None}
         if sampling and self.send_sampling:

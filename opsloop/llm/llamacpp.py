@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -323,8 +324,8 @@ class LlamaCppClient:
             arguments["top_p"] = request.top_p
         if request.frequency_penalty is not None:
             arguments["frequency_penalty"] = request.frequency_penalty
-        if request.json_schema is not None:  # compiled to a grammar that only admits such JSON
-            arguments["response_format"] = {"type": "json_object", "schema": dict(request.json_schema)}
+        if request.json_schema is not None:  # a grammar that only admits such JSON
+            arguments["grammar"] = _json_grammar(request.json_schema)
         return arguments
 
     def _chat_sync(self, request: ChatRequest) -> ChatResult:
@@ -383,6 +384,34 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + nice, 19))
     except OSError as exc:  # a sandbox that forbids it: generate at the server's priority
         log.warning("could not lower the LLM worker's CPU priority: %s", exc)
+
+
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def _json_grammar(schema: Mapping[str, Any]) -> Any:
+    """The grammar of JSON that matches ``schema``, as llama-cpp-python builds it, made strict.
+
+    Its converter lets a string hold raw control characters (a newline the model writes inside
+    ``"summary"``), which no JSON parser accepts: llama.cpp's own converter excludes them, and
+    so does this. It leaves some keywords out (``minimum``, ``maximum``), so the answer is still
+    checked against the schema afterwards (``opsloop.llm.structured``).
+
+    Raises:
+        InvalidInputError: The schema uses what the converter cannot compile (e.g. a regex
+            ``pattern`` without ``^`` and ``$``).
+    """
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(schema)).replace(_LOOSE_CHAR, _JSON_CHAR)
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise InvalidInputError(
+            f"llama.cpp cannot compile the JSON schema: {reason}", field="json_schema"
+        ) from exc
 
 
 def _processors(counter: _TokenCounter) -> Any:

@@ -322,10 +322,13 @@ class OpenAICompatClient:
             arguments["tools"] = [dict(tool) for tool in request.tools]
         if request.json_schema is not None:
             schema = dict(request.json_schema)
+            spec: dict[str, Any] = {"name": request.json_schema_name, "schema": schema}
+            if request.json_schema_strict is not None:
+                spec["strict"] = request.json_schema_strict
             arguments["response_format"] = (
                 {"type": "json_object", "schema": schema}
                 if self.structured_output == "json_object"
-                else {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+                else {"type": "json_schema", "json_schema": spec}
             )
         optional = {
             "max_tokens": request.max_tokens,

@@ -132,7 +132,12 @@ class ChatRequest:
     """Function tools in OpenAI's shape: ``{"type": "function", "function": {...}}``."""
     json_schema: Mapping[str, Any] | None = None
     """The answer must be JSON matching this JSON Schema (constrained decoding where the
-    backend has it: llama.cpp's grammars, vLLM's guided decoding, OpenAI's structured outputs)."""
+    backend has it: llama.cpp's grammars, vLLM's guided decoding, OpenAI's structured outputs,
+    Anthropic's ``output_config``)."""
+    json_schema_name: str = "answer"
+    """The schema's name, sent where the backend's API takes one (OpenAI's ``json_schema.name``)."""
+    json_schema_strict: bool | None = None
+    """OpenAI's ``strict``, passed to OpenAI-compatible backends as the client set it."""
     frequency_penalty: float | None = None
     """OpenAI's: lowers a token's odds by how often it already occurs (-2 to 2; llama.cpp counts
     the last 64 tokens). llama.cpp and OpenAI-compatible backends send it; Anthropic's API has no

@@ -15,6 +15,11 @@ Streams are server-sent events as OpenAI sends them: ``data: {chunk}`` lines of
 ``data: [DONE]``. The first chunk is awaited before the response starts, so a route whose
 every backend fails still answers with an HTTP error; an error after that is sent as a
 ``data: {"error": ...}`` event, which the openai SDK raises as ``APIError``.
+
+With ``response_format`` (``json_object`` or ``json_schema``) the backend is asked to
+constrain its answer, and the answer is checked before it is returned: JSON that does not
+parse or match the schema, or that ``max_tokens`` cut short, is a 502 naming the problem
+(streamed: the error event in place of the last chunk). An answer of tool calls is not checked.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from opsloop.errors import InvalidInputError, OpsloopError
 from opsloop.llm.gateway import GatewayStream
 from opsloop.llm.protocol import ChatChunk
 from opsloop.llm.router import RouteOutcome
+from opsloop.llm.structured import check_answer
 from serving.deps import VARIANT_HEADER, PlatformDep, Unit, UserKey, request_id
 from serving.openai_schemas import (
     ChatCompletionRequest,
@@ -118,10 +124,12 @@ async def _events(
     created = int(time.time())
     model = body.model
     include_usage = body.include_usage
+    structured = _StructuredAnswer(body.answer_schema, stream.outcome.backend or model)
     try:
         chunk = stream.first
         first = True
         while chunk is not None:
+            structured.add(chunk)  # a finish chunk of a wrong answer is an error event instead
             yield _event(
                 chunk_body(completion_id, created, model, chunk, first=first, include_usage=include_usage)
             )
@@ -133,6 +141,7 @@ async def _events(
             chunk = await anext(stream, None)
         if chunk is None:  # the backend ended without a finish reason
             ended = ChatChunk(finish_reason="stop")
+            structured.add(ended)
             yield _event(
                 chunk_body(completion_id, created, model, ended, first=first, include_usage=include_usage)
             )
@@ -144,6 +153,29 @@ async def _events(
         await stream.settle("error", exc)
         yield _event(exc.to_dict())
         yield _event("[DONE]")
+
+
+class _StructuredAnswer:
+    """A streamed answer's text, checked against ``response_format``'s schema when it finishes."""
+
+    def __init__(self, schema: dict[str, Any] | None, backend: str) -> None:
+        self._schema = schema
+        self._backend = backend
+        self._text: list[str] = []
+        self._called = False
+
+    def add(self, chunk: ChatChunk) -> None:
+        """Take ``chunk``; on the last one, raise unless the text is JSON of the schema.
+
+        Raises:
+            BackendError: The finished answer is cut short, no JSON, or does not match.
+        """
+        if self._schema is None:
+            return
+        self._text.append(chunk.delta)
+        self._called = self._called or bool(chunk.tool_calls)
+        if chunk.finish_reason is not None and not self._called:
+            check_answer("".join(self._text), self._schema, chunk.finish_reason, self._backend)
 
 
 @router.post(
@@ -168,9 +200,12 @@ async def chat_completions(
         stream = await gateway.open_stream(principal, body.model, asked, request_id=rid, unit=unit)
         return _EventStream(stream, body, completion_id, _routing_headers(stream.outcome, stream.variant))
     routed = await gateway.chat(principal, body.model, asked, request_id=rid, unit=unit)
+    result = routed.result
+    if asked.json_schema is not None and not result.tool_calls:
+        check_answer(result.text, asked.json_schema, result.finish_reason, result.backend)
     # A response of our own: FastAPI would walk the body with jsonable_encoder first (50 us here).
     return JSONResponse(
-        completion_body(completion_id, body.model, routed.result),
+        completion_body(completion_id, body.model, result),
         headers=_routing_headers(routed.outcome, routed.variant),
     )
 

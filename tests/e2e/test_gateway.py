@@ -19,6 +19,8 @@ import numpy as np
 import openai
 import pytest
 import yaml
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, Field
 
 from opsloop.db import Database
 from opsloop.llm.ledger import Ledger, LLMCall
@@ -278,3 +280,87 @@ def test_costs_report_cli(server: Server, admin_key: str) -> None:
     assert [row["group"] for row in json.loads(acme.stdout)["rows"]] == ["acme"]
     bad = cli(server.home, "costs", "report", "--since", "yesterday")
     assert bad.returncode == 1 and "--since must look like 30m, 24h or 7d" in bad.stderr
+
+
+class Capital(BaseModel):
+    """What the structured-output tests ask the model for; short strings keep the answer short."""
+
+    city: str = Field(max_length=20)
+    country: str = Field(max_length=20)
+
+
+CAPITAL_SCHEMA = Capital.model_json_schema()
+CAPITAL_QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]
+
+
+def test_the_sdks_parse_helper_gets_an_instance_of_its_model(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.parse(
+        model="smollm2", messages=CAPITAL_QUESTION, response_format=Capital, max_tokens=64, temperature=0
+    )
+    message = completion.choices[0].message
+    assert isinstance(message.parsed, Capital) and message.parsed.city and message.refusal is None
+
+
+def test_json_object_answers_are_json_objects_streamed_or_not(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model="smollm2",
+        messages=CAPITAL_QUESTION,
+        response_format={"type": "json_object"},
+        max_tokens=64,
+        temperature=0,
+    )
+    assert isinstance(json.loads(answer.choices[0].message.content or ""), dict)
+    chunks = client.chat.completions.create(
+        model="smollm2",
+        messages=CAPITAL_QUESTION,
+        response_format={"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL_SCHEMA}},
+        max_tokens=64,
+        temperature=0,
+        stream=True,
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert Capital.model_validate_json(text).city
+
+
+def test_langchain_with_structured_output_gets_its_model(server: Server, admin_key: str) -> None:
+    chat = ChatOpenAI(
+        model="smollm2",
+        base_url=f"{server.url}/v1",
+        api_key=admin_key,
+        max_tokens=64,
+        temperature=0,
+        max_retries=0,
+    )
+    capital = chat.with_structured_output(Capital, method="json_schema").invoke(
+        CAPITAL_QUESTION[0]["content"]
+    )
+    assert isinstance(capital, Capital) and capital.city
+
+
+def test_an_answer_cut_at_max_tokens_fails_instead_of_returning_broken_json(
+    server: Server, admin_key: str, client: openai.OpenAI
+) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL_SCHEMA}}
+    with pytest.raises(
+        openai.APIStatusError, match="stopped at max_tokens before the JSON answer ended"
+    ) as raised:
+        client.chat.completions.create(
+            model="smollm2", messages=CAPITAL_QUESTION, response_format=schema, max_tokens=3
+        )
+    assert raised.value.status_code == 502
+    call = _call(server, admin_key, raised.value.response.headers["x-request-id"])
+    assert call.completion_tokens == 3  # the tokens were generated and are charged
+    stream = client.chat.completions.create(
+        model="smollm2", messages=CAPITAL_QUESTION, response_format=schema, max_tokens=3, stream=True
+    )
+    with pytest.raises(openai.APIError, match="stopped at max_tokens"):
+        list(stream)
+    with pytest.raises(openai.UnprocessableEntityError, match="must describe an object"):
+        client.chat.completions.create(
+            model="smollm2",
+            messages=CAPITAL_QUESTION,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "array"}},
+            },
+        )

@@ -303,6 +303,20 @@ def test_sampling_can_be_left_out_and_max_tokens_comes_from_the_request() -> Non
     assert sent["max_tokens"] == 5 and sent["model"] == "claude-haiku-4-5"
 
 
+def test_a_json_schema_is_sent_as_structured_output_and_its_json_text_returned() -> None:
+    seen: list[httpx.Request] = []
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    answer = {**TEXT_MESSAGE, "content": [{"type": "text", "text": '{"city": "Paris"}'}]}
+
+    async def body(client: AnthropicClient) -> ChatResult:
+        return await client.chat(_request(json_schema=schema))
+
+    result = _run(_json_reply(answer, seen), body)
+    sent = json.loads(seen[0].content)
+    assert sent["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    assert "tools" not in sent and json.loads(result.text) == {"city": "Paris"}
+
+
 def test_conversation_with_tools_is_translated_to_the_messages_shape() -> None:
     seen: list[httpx.Request] = []
     weather: dict[str, Any] = {

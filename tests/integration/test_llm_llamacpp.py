@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import threading
@@ -11,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from opsloop.errors import BackendError, OverloadedError
+from opsloop.errors import BackendError, InvalidInputError, OverloadedError
 from opsloop.llm.llamacpp import LlamaCppClient
 from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, ChatResult, LLMClient
 
@@ -152,3 +153,28 @@ def test_generation_runs_below_the_servers_cpu_priority() -> None:
         assert {os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in workers} == {min(own + 7, 19)}
     finally:
         asyncio.run(client.aclose())
+
+
+TICKET = {
+    "type": "object",
+    "properties": {
+        "priority": {"type": "integer"},
+        "team": {"type": "string", "pattern": "^(billing|infra|ml)$"},
+        "summary": {"type": "string", "maxLength": 60},
+    },
+    "required": ["priority", "team", "summary"],
+}
+
+
+def test_a_json_schema_answer_is_json_a_strict_parser_reads(client: LlamaCppClient) -> None:
+    # This question made llama-cpp-python's own grammar put a raw newline inside "summary".
+    question = "Triage this ticket as JSON: 'The GPU nodes are down since 3am, training jobs fail.'"
+    asked = ChatRequest([ChatMessage("user", question)], max_tokens=96, temperature=0.0, json_schema=TICKET)
+    answer = json.loads(asyncio.run(client.chat(asked)).text)
+    assert answer["team"] in {"billing", "infra", "ml"} and len(answer["summary"]) <= 60
+
+
+def test_a_schema_the_grammar_cannot_take_is_refused_as_bad_input(client: LlamaCppClient) -> None:
+    unanchored = {"type": "object", "properties": {"code": {"type": "string", "pattern": "[A-Z]+"}}}
+    with pytest.raises(InvalidInputError, match=r"cannot compile the JSON schema.*start with"):
+        asyncio.run(client.chat(replace(_request("Hi"), json_schema=unanchored)))

@@ -275,10 +275,20 @@ def test_a_json_schema_is_sent_as_the_server_expects(mode: str, expected: dict[s
             )
             await client.chat(ChatRequest([ChatMessage("user", "hi")], json_schema=OBJECT))
             await client.chat(ChatRequest([ChatMessage("user", "hi")]))
+            named = ChatRequest(
+                [ChatMessage("user", "hi")],
+                json_schema=OBJECT,
+                json_schema_name="city",
+                json_schema_strict=True,
+            )
+            await client.chat(named)
             await client.aclose()
 
     asyncio.run(run())
     assert sent[0]["response_format"] == expected and "response_format" not in sent[1]
+    if mode == "json_schema":  # the client's name and strict pass through to the server
+        spec = {"name": "city", "schema": OBJECT, "strict": True}
+        assert sent[2]["response_format"] == {"type": "json_schema", "json_schema": spec}
 
 
 def test_a_frequency_penalty_is_sent_only_when_set() -> None:
