@@ -107,6 +107,19 @@ class ToolSpec(BaseModel):
     function: FunctionSpec
 
 
+class NamedFunction(BaseModel):
+    """The function a named ``tool_choice`` makes the model call."""
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``{"type": "function", "function": {"name": ...}}``."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class StreamOptions(BaseModel):
     """``include_usage``: send a last chunk with the usage and no choices."""
 
@@ -167,8 +180,10 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = Field(default=None, description="Up to 4 stop sequences.")
     seed: int | None = Field(default=None, ge=-_MAX_INT64 - 1, le=_MAX_INT64)
     tools: list[ToolSpec] | None = Field(default=None, max_length=128)
-    tool_choice: Literal["none", "auto"] | None = Field(
-        default=None, description="none: offer no tools; a specific function is not supported."
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None,
+        description="none: offer no tools; auto (the default): the model decides; required: it calls "
+        "one; {type: function, function: {name}}: it calls that one.",
     )
     parallel_tool_calls: bool | None = Field(default=None, description="Accepted; backends decide.")
     response_format: ResponseFormat | None = Field(
@@ -187,6 +202,12 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("stop takes at most 4 sequences")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice required or a named function needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if name not in {tool.function.name for tool in self.tools or ()}:
+                raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
         return self
 
     def to_request(self) -> ChatRequest:
@@ -205,6 +226,10 @@ class ChatCompletionRequest(BaseModel):
             stop=stop,
             seed=self.seed,
             tools=tools,
+            tool_choice="required" if self.tool_choice == "required" else "auto",
+            tool_name=self.tool_choice.function.name
+            if isinstance(self.tool_choice, NamedToolChoice)
+            else None,
             json_schema=self.answer_schema,
             json_schema_name=spec.name if spec else "answer",
             json_schema_strict=spec.strict if spec else None,

@@ -10,6 +10,7 @@ ways::
     assistant ``tool_calls``                 ``tool_use`` blocks, arguments parsed as JSON
     ``role="tool"`` with ``tool_call_id``    ``tool_result`` block in a user turn
     ``tools`` (function, ``parameters``)     ``tools`` (``name``, ``input_schema``)
+    ``tool_choice`` required / a function    ``tool_choice`` any / tool with its name
     ``stop``                                 ``stop_sequences``
     ``json_schema``                          ``output_config.format`` (type json_schema)
     ``max_tokens``, optional                 ``max_tokens``, required: the client's default
@@ -406,6 +407,10 @@ class AnthropicClient:
             arguments["stop_sequences"] = list(request.stop)
         if request.tools:
             arguments["tools"] = _tools(request.tools)
+            if request.tool_name is not None:
+                arguments["tool_choice"] = {"type": "tool", "name": request.tool_name}
+            elif request.tool_choice == "required":
+                arguments["tool_choice"] = {"type": "any"}
         if request.json_schema is not None:  # structured outputs: the text is JSON of the schema
             arguments["output_config"] = {
                 "format": {"type": "json_schema", "schema": dict(request.json_schema)}

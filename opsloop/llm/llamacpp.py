@@ -41,7 +41,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opsloop.errors import BackendError, InvalidInputError, OverloadedError
-from opsloop.llm.protocol import ChatChunk, ChatMessage, ChatRequest, ChatResult, FinishReason, Usage
+from opsloop.llm.local_tools import chat_turns, read_answer, tool_grammar
+from opsloop.llm.protocol import (
+    ChatChunk,
+    ChatRequest,
+    ChatResult,
+    FinishReason,
+    ToolCallDelta,
+    Usage,
+)
 from opsloop.llm.stream import BackendStream
 
 if TYPE_CHECKING:
@@ -138,6 +146,18 @@ class LlamaCppStream(BackendStream):
         if self._job is not None:
             await asyncio.shield(self._job)  # _generate reports its errors through the queue
 
+    def _emit_answer(
+        self, text: str, finish: FinishReason | None, started: float, emit: Callable[[ChatChunk], None]
+    ) -> FinishReason | None:
+        """Emit a held answer to a request with tools: its call, or its words."""
+        words, calls = read_answer(text, self._request)
+        if not (words or calls):
+            return finish
+        self._first_piece(started)
+        pieces = tuple(ToolCallDelta(0, call.id, call.name, call.arguments) for call in calls)
+        emit(ChatChunk(delta=words, tool_calls=pieces))
+        return "tool_calls" if calls else finish
+
     def _generate(self, emit: Callable[[ChatChunk | BaseException | object], None]) -> None:
         """Run on the worker thread: produce chunks until done or cancelled."""
         counter = _TokenCounter()
@@ -152,6 +172,7 @@ class LlamaCppStream(BackendStream):
                 **self._client._arguments(self._request), stream=True, logits_processor=_processors(counter)
             )
             assert isinstance(chunks, Generator)  # noqa: S101 - stream=True returns a generator
+            held: list[str] | None = [] if self._request.tools else None  # a call is read whole
             try:
                 for raw in chunks:
                     if self._cancel.is_set():
@@ -162,11 +183,15 @@ class LlamaCppStream(BackendStream):
                     delta = content if isinstance(content, str) else ""
                     if choice.get("finish_reason"):
                         finish = _finish_reason(choice["finish_reason"])
-                    if delta:
+                    if held is not None:
+                        held.append(delta)
+                    elif delta:
                         self._first_piece(started)
                         emit(ChatChunk(delta=delta))
             finally:
                 chunks.close()  # stops llama.cpp's generator between two tokens
+            if held is not None and not self.cancelled:
+                finish = self._emit_answer("".join(held), finish, started, emit)
         except Exception as exc:
             emit(self._client._backend_error(exc))
             return
@@ -313,7 +338,7 @@ class LlamaCppClient:
         if request.max_tokens is not None and request.max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be >= 1, got {request.max_tokens}", field="max_tokens")
         arguments: dict[str, Any] = {
-            "messages": [_message(m) for m in request.messages],
+            "messages": chat_turns(request),
             "max_tokens": request.max_tokens,
             "stop": list(request.stop),
             "seed": request.seed,
@@ -324,8 +349,14 @@ class LlamaCppClient:
             arguments["top_p"] = request.top_p
         if request.frequency_penalty is not None:
             arguments["frequency_penalty"] = request.frequency_penalty
-        if request.json_schema is not None:  # a grammar that only admits such JSON
-            arguments["grammar"] = _json_grammar(request.json_schema)
+        if request.tools and request.json_schema is not None:
+            raise InvalidInputError(
+                f"{self.name} takes tools or a JSON schema for the answer, not both", field="response_format"
+            )
+        if request.tools:  # a call of one of them or, under auto, words
+            arguments["grammar"] = _grammar(tool_grammar(request, _json_gbnf))
+        elif request.json_schema is not None:  # a grammar that only admits such JSON
+            arguments["grammar"] = _grammar(_json_gbnf(request.json_schema))
         return arguments
 
     def _chat_sync(self, request: ChatRequest) -> ChatResult:
@@ -340,13 +371,15 @@ class LlamaCppClient:
         assert isinstance(response, dict)  # noqa: S101 - stream=False returns one response
         choice = response["choices"][0]
         usage = response.get("usage") or {}
+        text, calls = read_answer(choice["message"].get("content") or "", request)
         return ChatResult(
-            text=choice["message"].get("content") or "",
-            finish_reason=_finish_reason(choice.get("finish_reason")),
+            text=text,
+            finish_reason="tool_calls" if calls else _finish_reason(choice.get("finish_reason")),
             usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
             model=self.model,
             backend=self.name,
             ttft_ms=counter.ttft_ms(started),
+            tool_calls=calls,
         )
 
     def _usage(self, counter: _TokenCounter, finish: FinishReason | None) -> Usage:
@@ -390,23 +423,22 @@ _LOOSE_CHAR = r'char ::= [^"\\] |'
 _JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
-def _json_grammar(schema: Mapping[str, Any]) -> Any:
-    """The grammar of JSON that matches ``schema``, as llama-cpp-python builds it, made strict.
+def _json_gbnf(schema: Mapping[str, Any]) -> str:
+    """GBNF of JSON that matches ``schema``, as llama-cpp-python converts it, made strict.
 
     Its converter lets a string hold raw control characters (a newline the model writes inside
     ``"summary"``), which no JSON parser accepts: llama.cpp's own converter excludes them, and
-    so does this. It leaves some keywords out (``minimum``, ``maximum``), so the answer is still
-    checked against the schema afterwards (``opsloop.llm.structured``).
+    so does this. It leaves some keywords out (``minimum``, ``maximum``), so the gateway still
+    checks an answer against the schema (``opsloop.llm.structured``).
 
     Raises:
         InvalidInputError: The schema uses what the converter cannot compile (e.g. a regex
             ``pattern`` without ``^`` and ``$``).
     """
-    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        gbnf = json_schema_to_gbnf(json.dumps(schema)).replace(_LOOSE_CHAR, _JSON_CHAR)
-        return LlamaGrammar.from_string(gbnf, verbose=False)
+        return json_schema_to_gbnf(json.dumps(schema)).replace(_LOOSE_CHAR, _JSON_CHAR)
     except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
         reason = str(exc) or type(exc).__name__
         raise InvalidInputError(
@@ -414,14 +446,16 @@ def _json_grammar(schema: Mapping[str, Any]) -> Any:
         ) from exc
 
 
+def _grammar(gbnf: str) -> Any:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+    except ValueError as exc:
+        raise InvalidInputError(f"llama.cpp cannot compile the grammar: {exc}", field="json_schema") from exc
+
+
 def _processors(counter: _TokenCounter) -> Any:
     from llama_cpp import LogitsProcessorList
 
     return LogitsProcessorList([counter])
-
-
-def _message(message: ChatMessage) -> dict[str, str]:
-    out = {"role": message.role, "content": message.content}
-    if message.name is not None:
-        out["name"] = message.name
-    return out

@@ -320,6 +320,10 @@ class OpenAICompatClient:
         }
         if request.tools:
             arguments["tools"] = [dict(tool) for tool in request.tools]
+            if request.tool_name is not None:
+                arguments["tool_choice"] = {"type": "function", "function": {"name": request.tool_name}}
+            elif request.tool_choice == "required":
+                arguments["tool_choice"] = "required"
         if request.json_schema is not None:
             schema = dict(request.json_schema)
             spec: dict[str, Any] = {"name": request.json_schema_name, "schema": schema}

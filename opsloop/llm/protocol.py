@@ -130,6 +130,10 @@ class ChatRequest:
     seed: int | None = None
     tools: Sequence[Mapping[str, Any]] = ()
     """Function tools in OpenAI's shape: ``{"type": "function", "function": {...}}``."""
+    tool_choice: Literal["auto", "required"] = "auto"
+    """With ``tools``: ``auto`` lets the model answer in words, ``required`` makes it call one."""
+    tool_name: str | None = None
+    """With ``tools``: the one function the model must call (OpenAI's named ``tool_choice``)."""
     json_schema: Mapping[str, Any] | None = None
     """The answer must be JSON matching this JSON Schema (constrained decoding where the
     backend has it: llama.cpp's grammars, vLLM's guided decoding, OpenAI's structured outputs,

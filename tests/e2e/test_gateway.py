@@ -364,3 +364,104 @@ def test_an_answer_cut_at_max_tokens_fails_instead_of_returning_broken_json(
                 "json_schema": {"name": "x", "schema": {"type": "array"}},
             },
         )
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add_numbers",
+        "description": "Add two numbers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_the_embedded_model_calls_a_tool_and_reads_its_result(client: openai.OpenAI) -> None:
+    asked = client.chat.completions.create(
+        model="smollm2",
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER, ADD],
+        tool_choice="required",
+        max_tokens=48,
+    )
+    choice = asked.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name in {"get_weather", "add_numbers"}
+    assert isinstance(json.loads(call.function.arguments), dict) and call.id.startswith("call_")
+
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 18, "sky": "sunny"}'}
+    answered = client.chat.completions.create(
+        model="smollm2",
+        messages=[*WEATHER_QUESTION, choice.message.model_dump(exclude_none=True), result],
+        tools=[WEATHER, ADD],
+        tool_choice="none",
+        max_tokens=24,
+    )
+    assert answered.choices[0].message.content and not answered.choices[0].message.tool_calls
+
+
+def test_a_named_tool_choice_is_the_function_called_streamed_or_not(client: openai.OpenAI) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    asked = client.chat.completions.create(
+        model="smollm2", messages=WEATHER_QUESTION, tools=[WEATHER, ADD], tool_choice=named, max_tokens=48
+    )
+    call = asked.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2",
+            messages=WEATHER_QUESTION,
+            tools=[WEATHER, ADD],
+            tool_choice=named,
+            max_tokens=48,
+            stream=True,
+        )
+    )
+    pieces = [p for c in chunks if c.choices for p in c.choices[0].delta.tool_calls or ()]
+    assert pieces[0].function.name == "get_weather" and pieces[0].id
+    assert "city" in json.loads("".join(p.function.arguments or "" for p in pieces))
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_langchain_bind_tools_gets_tool_calls(server: Server, admin_key: str) -> None:
+    chat = ChatOpenAI(
+        model="smollm2",
+        base_url=f"{server.url}/v1",
+        api_key=admin_key,
+        max_tokens=48,
+        temperature=0,
+        max_retries=0,
+    )
+    reply = chat.bind_tools([WEATHER, ADD], tool_choice="get_weather").invoke(WEATHER_QUESTION[0]["content"])
+    assert reply.tool_calls and reply.tool_calls[0]["name"] == "get_weather"
+    assert isinstance(reply.tool_calls[0]["args"].get("city"), str)
+
+
+def test_a_tool_choice_that_cannot_be_honoured_is_422(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.UnprocessableEntityError, match="not among the tools"):
+        client.chat.completions.create(
+            model="smollm2",
+            messages=WEATHER_QUESTION,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "launch_rockets"}},
+        )
+    with pytest.raises(openai.UnprocessableEntityError, match="needs tools"):
+        client.chat.completions.create(model="smollm2", messages=WEATHER_QUESTION, tool_choice="required")

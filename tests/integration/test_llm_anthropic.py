@@ -317,6 +317,25 @@ def test_a_json_schema_is_sent_as_structured_output_and_its_json_text_returned()
     assert "tools" not in sent and json.loads(result.text) == {"city": "Paris"}
 
 
+@pytest.mark.parametrize(
+    ("choice", "name", "expected"),
+    [
+        ("auto", None, None),
+        ("required", None, {"type": "any"}),
+        ("auto", "weather", {"type": "tool", "name": "weather"}),
+    ],
+)
+def test_tool_choice_is_sent_in_the_messages_shape(choice: str, name: str | None, expected: object) -> None:
+    seen: list[httpx.Request] = []
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+    async def body(client: AnthropicClient) -> ChatResult:
+        return await client.chat(_request(tools=[tool], tool_choice=choice, tool_name=name))
+
+    _run(_json_reply(TOOL_USE_MESSAGE, seen), body)
+    assert json.loads(seen[0].content).get("tool_choice") == expected
+
+
 def test_conversation_with_tools_is_translated_to_the_messages_shape() -> None:
     seen: list[httpx.Request] = []
     weather: dict[str, Any] = {

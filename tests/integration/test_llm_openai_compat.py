@@ -183,6 +183,37 @@ def test_cached_tokens_and_usage_from_the_server() -> None:
     asyncio.run(run())
 
 
+@pytest.mark.parametrize(
+    ("choice", "name", "expected"),
+    [
+        ("auto", None, None),
+        ("required", None, "required"),
+        ("auto", "weather", {"type": "function", "function": {"name": "weather"}}),
+    ],
+)
+def test_tool_choice_is_sent_as_openai_takes_it(choice: str, name: str | None, expected: object) -> None:
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    sent: list[dict[str, object]] = []
+    body = {
+        "id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    }  # fmt: skip
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=body)
+
+    async def run() -> None:
+        async with scripted_server(reply) as root:
+            client = OpenAICompatClient(f"{root}/v1", model=MODEL)
+            asked = ChatRequest([ChatMessage("user", "hi")], tools=[tool], tool_choice=choice, tool_name=name)
+            await client.chat(asked)
+            await client.aclose()
+
+    asyncio.run(run())
+    assert sent[0].get("tool_choice") == expected
+
+
 def test_tools_pass_through_both_ways() -> None:
     tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
     call = ToolCall("call_1", "weather", '{"city": "Oslo"}')

@@ -1,0 +1,1 @@
+"""``python -m bench.tool_calling``: how reliably the embedded model calls tools."""
