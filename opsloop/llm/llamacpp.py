@@ -354,9 +354,9 @@ class LlamaCppClient:
                 f"{self.name} takes tools or a JSON schema for the answer, not both", field="response_format"
             )
         if request.tools:  # a call of one of them or, under auto, words
-            arguments["grammar"] = _grammar(tool_grammar(request, _json_gbnf))
+            arguments["grammar"] = _grammar(tool_grammar(request, _json_gbnf), field="tools")
         elif request.json_schema is not None:  # a grammar that only admits such JSON
-            arguments["grammar"] = _grammar(_json_gbnf(request.json_schema))
+            arguments["grammar"] = _grammar(_json_gbnf(request.json_schema), field="json_schema")
         return arguments
 
     def _chat_sync(self, request: ChatRequest) -> ChatResult:
@@ -446,13 +446,15 @@ def _json_gbnf(schema: Mapping[str, Any]) -> str:
         ) from exc
 
 
-def _grammar(gbnf: str) -> Any:
+def _grammar(gbnf: str, *, field: str) -> Any:
     from llama_cpp.llama_grammar import LlamaGrammar
 
     try:
         return LlamaGrammar.from_string(gbnf, verbose=False)
     except ValueError as exc:
-        raise InvalidInputError(f"llama.cpp cannot compile the grammar: {exc}", field="json_schema") from exc
+        raise InvalidInputError(
+            f"llama.cpp cannot compile the grammar of the {field}: {exc}", field=field
+        ) from exc
 
 
 def _processors(counter: _TokenCounter) -> Any:
