@@ -22,6 +22,7 @@ from serving.routers import (
     experiments,
     gateway,
     health,
+    inference_v2,
     models,
     rag,
     retraining,
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(rag.router)  # before models: its /feedback/query must win over /feedback/{model}
     app.include_router(models.router)
     app.include_router(gateway.router)
+    app.include_router(inference_v2.router)
     app.include_router(costs.router)
     app.include_router(admin.router)
     app.include_router(budgets.router)

@@ -1,5 +1,7 @@
 """Maps every error to the JSON shape ``{"error": {"type", "message", "details"}}``.
 
+Under ``/v2/`` (the Open Inference Protocol) the shape is that protocol's, ``{"error": "<message>"}``.
+
 Domain errors carry their status; framework errors (validation, unknown routes) are
 translated; anything unexpected becomes a 500 that names the request id and never
 shows the traceback to the client.
@@ -8,6 +10,7 @@ shows the traceback to the client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,15 +29,26 @@ log = logging.getLogger("opsloop.serving")
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
 
 
-def _response(error: OpsloopError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.to_dict(), status_code=error.status, headers=headers)
+def _json(
+    request: Request, body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The error's response; under ``/v2/`` in the Open Inference Protocol's ``{"error": "<message>"}``."""
+    if request.url.path.startswith("/v2/"):
+        body = {"error": body["error"]["message"]}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _response(
+    request: Request, error: OpsloopError, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return _json(request, error.to_dict(), error.status, headers)
 
 
 async def _opsloop_error(request: Request, exc: OpsloopError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     if exc.status == 429 and isinstance(exc.details.get("retry_after_s"), int):
         headers = {"Retry-After": str(exc.details["retry_after_s"])}
-    return _response(exc, headers)
+    return _response(request, exc, headers)
 
 
 _UNSUPPORTED = "not a parameter this route supports; remove it (the API docs at /docs list what it takes)"
@@ -45,10 +59,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if any(err.get("type") == "json_invalid" for err in errors):
         ctx = errors[0].get("ctx", {})
         return _response(
+            request,
             BadRequestError(
                 f"request body is not valid JSON: {ctx.get('error', 'parse error')}",
                 position=errors[0]["loc"][-1] if errors[0].get("loc") else None,
-            )
+            ),
         )
     fields = [
         {
@@ -60,19 +75,19 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         for err in errors
     ]
     message = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields)
-    return _response(InvalidInputError(f"invalid request: {message}", errors=fields))
+    return _response(request, InvalidInputError(f"invalid request: {message}", errors=fields))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     error_type = _HTTP_TYPES.get(exc.status_code, "http_error")
     body = {"error": {"type": error_type, "message": str(exc.detail), "details": {}}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return _json(request, body, exc.status_code, exc.headers)
 
 
 async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
     """The relational store went away under a running server: a dead backend, not a bug."""
     log.warning("the database does not answer (%s %s): %s", request.method, request.url.path, exc.orig)
-    return _response(BackendError(f"the database does not answer: {driver_reason(exc)}"))
+    return _response(request, BackendError(f"the database does not answer: {driver_reason(exc)}"))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -85,7 +100,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
             "details": {"request_id": request_id},
         }
     }
-    return JSONResponse(body, status_code=500)
+    return _json(request, body, 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -64,6 +64,8 @@ class ModelDescription:
     versions: list[ModelVersionInfo]
     input_schema: list[FieldSpec]
     example: dict[str, Any]
+    classes: list[Any] | None = None
+    """A classifier's classes in the order of its probabilities; None for a regressor."""
 
 
 class ModelService:
@@ -264,6 +266,7 @@ class ModelService:
             versions=versions,
             input_schema=list(loaded.schema.fields),
             example=loaded.schema.example(),
+            classes=list(loaded.classes) if loaded.classes is not None else None,
         )
 
     async def _serving(self, model: str) -> LoadedModel:

@@ -61,6 +61,10 @@ class Call:
     files: list[tuple[str, tuple[str, bytes]]] | None = None
 
 
+V2_APPLICANT = {
+    "inputs": [{"name": k, "datatype": "BYTES", "shape": [1], "data": [v]} for k, v in APPLICANT.items()]
+}
+
 REQUESTS: dict[tuple[str, str], list[Call]] = {
     ("GET", "/healthz"): [Call("public")],
     ("GET", "/readyz"): [Call("public")],
@@ -72,6 +76,15 @@ REQUESTS: dict[tuple[str, str], list[Call]] = {
     ],
     ("GET", "/models"): [Call("own")],
     ("GET", "/models/{model}"): [Call("own")],
+    # The Open Inference Protocol over the same models and predictions.
+    ("GET", "/v2/health/live"): [Call("public")],
+    ("GET", "/v2/health/ready"): [Call("public")],
+    ("GET", "/v2/models/{model}"): [Call("own")],
+    ("GET", "/v2/models/{model}/versions/{version}"): [Call("own")],
+    ("GET", "/v2/models/{model}/ready"): [Call("own")],
+    ("GET", "/v2/models/{model}/versions/{version}/ready"): [Call("own")],
+    ("POST", "/v2/models/{model}/infer"): [Call("own", json=V2_APPLICANT)],
+    ("POST", "/v2/models/{model}/versions/{version}/infer"): [Call("own", json=V2_APPLICANT)],
     ("POST", "/query"): [
         Call("denied", json={"question": QUESTION, "collection": COLLECTION, "generate": False})
     ],
@@ -290,6 +303,7 @@ def _request(world: World, method: str, path: str, call: Call, headers: dict[str
             JOB,
         ),
         "{action}": "stop",
+        "{version}": "1",
         "{source:path}": "keys.md",
         "{key_id}": world.a_keys[Role.VIEWER][0],
         "{task_id}": world.a_task,
