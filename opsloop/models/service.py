@@ -269,6 +269,15 @@ class ModelService:
             classes=list(loaded.classes) if loaded.classes is not None else None,
         )
 
+    async def signature(self, caller: Principal, model: str) -> tuple[int, list[FieldSpec]]:
+        """The serving version and its input fields, without asking the registry (a hot path's).
+
+        Raises:
+            NotFoundError: No such model, or it has no champion version.
+        """
+        loaded = await self._serving(model)
+        return loaded.version, list(loaded.schema.fields)
+
     async def _serving(self, model: str) -> LoadedModel:
         """The loaded version that answers for ``model``, loading it when the runtime has none yet."""
         loaded = self.runtime.get(model)

@@ -35,6 +35,7 @@ from serving.deps import VARIANT_HEADER, ModelsDep, PlatformDep, Unit, UserKey, 
 router = APIRouter(prefix="/v2", tags=["inference v2"])
 
 BINARY_HEADER = "inference-header-content-length"
+_OUTPUTS = {"predictions", "probabilities"}
 _FIELD_TYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "boolean": "BOOL"}
 _NUMPY = {"BOOL": "?", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"} | {
     f"{kind}{bits}": f"<{kind[0].lower()}{bits // 8}" for kind in ("INT", "UINT") for bits in (8, 16, 32, 64)
@@ -101,9 +102,13 @@ async def infer(
     version: str | None = None,
 ) -> JSONResponse:
     """Turn the tensors into instances, predict them as ``/predict`` does, answer with tensors."""
-    described = await _described(models, principal, model, version)
+    champion, fields = await models.signature(principal, model)
+    _check_version(model, version, champion)
     body = _parse(await request.body(), request.headers.get(BINARY_HEADER))
-    instances = _instances(body, [f.name for f in described.input_schema])
+    wanted = {str(o.get("name")) for o in body.get("outputs") or () if isinstance(o, dict)}
+    if unknown := wanted - _OUTPUTS:
+        raise BadRequestError(f"unknown outputs {sorted(unknown)}; a model has {sorted(_OUTPUTS)}")
+    instances = _instances(body, [f.name for f in fields])
     rid = request_id(request)
     result = await models.predict(principal, model, instances, request_id=rid, unit=unit)
     count = len(instances)
@@ -123,11 +128,6 @@ async def infer(
                 "parameters": parameters,
             }
         )
-    wanted = {str(o.get("name")) for o in body.get("outputs") or () if isinstance(o, dict)}
-    if unknown := wanted - {o["name"] for o in outputs}:
-        raise BadRequestError(
-            f"unknown outputs {sorted(unknown)}; this model has predictions and probabilities"
-        )
     answer = {
         "model_name": model,
         "model_version": str(result.version),
@@ -142,11 +142,15 @@ async def _described(
     models: ModelService, principal: Principal, name: str, version: str | None
 ) -> ModelDescription:
     described = await models.describe(principal, name)
-    if version is not None and version != str(described.champion):
-        raise NotFoundError(
-            f"model {name!r} version {version} is not served; version {described.champion} is", model=name
-        )
+    _check_version(name, version, described.champion)
     return described
+
+
+def _check_version(model: str, version: str | None, champion: int) -> None:
+    if version is not None and version != str(champion):
+        raise NotFoundError(
+            f"model {model!r} version {version} is not served; version {champion} is", model=model
+        )
 
 
 def _parse(raw: bytes, json_length: str | None) -> dict[str, Any]:
