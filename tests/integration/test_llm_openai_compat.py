@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -193,10 +194,16 @@ def test_cached_tokens_and_usage_from_the_server() -> None:
 )
 def test_tool_choice_is_sent_as_openai_takes_it(choice: str, name: str | None, expected: object) -> None:
     tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
-    sent: list[dict[str, object]] = []
+    asked = ChatRequest([ChatMessage("user", "hi")], tools=[tool], tool_choice=choice, tool_name=name)  # type: ignore[arg-type]
+    assert _sent(asked)[0].get("tool_choice") == expected
+
+
+def _sent(*requests: ChatRequest, **options: Any) -> list[dict[str, Any]]:
+    """The bodies a client built with ``options`` sends for ``requests``, each answered "ok"."""
+    sent: list[dict[str, Any]] = []
     body = {
         "id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
     }  # fmt: skip
 
     def reply(request: httpx.Request) -> httpx.Response:
@@ -205,13 +212,13 @@ def test_tool_choice_is_sent_as_openai_takes_it(choice: str, name: str | None, e
 
     async def run() -> None:
         async with scripted_server(reply) as root:
-            client = OpenAICompatClient(f"{root}/v1", model=MODEL)
-            asked = ChatRequest([ChatMessage("user", "hi")], tools=[tool], tool_choice=choice, tool_name=name)
-            await client.chat(asked)
+            client = OpenAICompatClient(f"{root}/v1", model=MODEL, **options)
+            for request in requests:
+                await client.chat(request)
             await client.aclose()
 
     asyncio.run(run())
-    assert sent[0].get("tool_choice") == expected
+    return sent
 
 
 def test_tools_pass_through_both_ways() -> None:
@@ -287,35 +294,9 @@ OBJECT = {"type": "object"}
     ],
 )
 def test_a_json_schema_is_sent_as_the_server_expects(mode: str, expected: dict[str, object]) -> None:
-    sent: list[dict[str, object]] = []
-    body = {
-        "id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}],
-    }  # fmt: skip
-
-    def reply(request: httpx.Request) -> httpx.Response:
-        sent.append(json.loads(request.content))
-        return httpx.Response(200, json=body)
-
-    async def run() -> None:
-        async with scripted_server(reply) as root:
-            client = OpenAICompatClient(
-                f"{root}/v1",
-                model=MODEL,
-                structured_output=mode,  # type: ignore[arg-type]
-            )
-            await client.chat(ChatRequest([ChatMessage("user", "hi")], json_schema=OBJECT))
-            await client.chat(ChatRequest([ChatMessage("user", "hi")]))
-            named = ChatRequest(
-                [ChatMessage("user", "hi")],
-                json_schema=OBJECT,
-                json_schema_name="city",
-                json_schema_strict=True,
-            )
-            await client.chat(named)
-            await client.aclose()
-
-    asyncio.run(run())
+    hi = [ChatMessage("user", "hi")]
+    named = ChatRequest(hi, json_schema=OBJECT, json_schema_name="city", json_schema_strict=True)
+    sent = _sent(ChatRequest(hi, json_schema=OBJECT), ChatRequest(hi), named, structured_output=mode)
     assert sent[0]["response_format"] == expected and "response_format" not in sent[1]
     if mode == "json_schema":  # the client's name and strict pass through to the server
         spec = {"name": "city", "schema": OBJECT, "strict": True}
@@ -323,22 +304,6 @@ def test_a_json_schema_is_sent_as_the_server_expects(mode: str, expected: dict[s
 
 
 def test_a_frequency_penalty_is_sent_only_when_set() -> None:
-    sent: list[dict[str, object]] = []
-    body = {
-        "id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-    }  # fmt: skip
-
-    def reply(request: httpx.Request) -> httpx.Response:
-        sent.append(json.loads(request.content))
-        return httpx.Response(200, json=body)
-
-    async def run() -> None:
-        async with scripted_server(reply) as root:
-            client = OpenAICompatClient(f"{root}/v1", model=MODEL)
-            await client.chat(ChatRequest([ChatMessage("user", "hi")], frequency_penalty=0.5))
-            await client.chat(ChatRequest([ChatMessage("user", "hi")]))
-            await client.aclose()
-
-    asyncio.run(run())
+    hi = [ChatMessage("user", "hi")]
+    sent = _sent(ChatRequest(hi, frequency_penalty=0.5), ChatRequest(hi))
     assert sent[0]["frequency_penalty"] == 0.5 and "frequency_penalty" not in sent[1]
