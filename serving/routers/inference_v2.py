@@ -168,8 +168,15 @@ def _parse(raw: bytes, json_length: str | None) -> dict[str, Any]:
             raise BadRequestError("each input must be an object with name, shape, datatype and data")
         length = (tensor.get("parameters") or {}).get("binary_data_size")
         if length is not None:
-            tensor["data"] = _binary(raw[offset : offset + int(length)], tensor)
-            offset += int(length)
+            try:
+                end = offset + int(length)
+                tensor["data"] = _binary(raw[offset:end], tensor)
+            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+                raise BadRequestError(
+                    f"input {tensor.get('name')!r}: its binary data cannot be read as "
+                    f"{tensor.get('datatype')}: {exc}"
+                ) from exc
+            offset = end
     return body
 
 
@@ -191,8 +198,10 @@ def _instances(body: dict[str, Any], fields: list[str]) -> list[dict[str, Any]]:
     """``/predict`` instances from one tensor per field, or from one ``[N, F]`` tensor."""
     tensors = body["inputs"]
     for tensor in tensors:
-        if not isinstance(tensor.get("data"), list) or not isinstance(tensor.get("shape"), list):
-            raise BadRequestError(f"input {tensor.get('name')!r} needs a shape and its data")
+        shape = tensor.get("shape")
+        whole = isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+        if not isinstance(tensor.get("data"), list) or not whole:
+            raise BadRequestError(f"input {tensor.get('name')!r} needs a shape of whole numbers and its data")
     if len(tensors) == 1 and len(tensors[0]["shape"]) == 2 and tensors[0]["shape"][1] == len(fields) > 1:
         rows = _flat(tensors[0])
         width = len(fields)

@@ -8,6 +8,7 @@ adds its own headers to the dict it is given).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,3 +141,35 @@ def test_errors_are_the_protocols_shape_and_say_what_is_wrong(
     answer = server.http.post(f"/v2/models/{MODEL}/infer", json=body, headers=user)
     assert answer.status_code == 422 and isinstance(answer.json()["error"], str)
     assert FEATURE_NAMES[0] in answer.json()["error"]
+
+
+def _binary_request(datatype: str, size: object, data: bytes) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "age", "datatype": datatype, "shape": [1], "parameters": {"binary_data_size": size}}
+            ]
+        }
+    ).encode()
+    return header + data, {"Inference-Header-Content-Length": str(len(header))}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (_binary_request("BYTES", 5, b"\x01\x00\x00\x00\xff"), "cannot be read as BYTES"),
+        (_binary_request("FP32", 3, b"abc"), "cannot be read as FP32"),
+        (_binary_request("FP32", "three", b"abc"), "cannot be read as FP32"),
+        (
+            (b'{"inputs": [{"name": "age", "datatype": "FP64", "shape": ["x"], "data": [1]}]}', {}),
+            "whole numbers",
+        ),
+        ((b'{"inputs": [', {}), "not valid JSON"),
+    ],
+)
+def test_a_malformed_tensor_is_a_400_not_a_server_error(
+    server: Server, user: dict[str, str], content: tuple[bytes, dict[str, str]], message: str
+) -> None:
+    raw, headers = content
+    answer = server.http.post(f"/v2/models/{MODEL}/infer", content=raw, headers=user | headers)
+    assert answer.status_code == 400 and message in answer.json()["error"]
