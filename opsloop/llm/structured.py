@@ -45,16 +45,16 @@ def check_answer(text: str, schema: Mapping[str, Any], finish_reason: FinishReas
             schema (the first mismatch and where it is); not retryable, since the same request
             would most likely be answered the same way.
     """
-    if finish_reason == "length":
-        raise BackendError(
-            f"{backend} stopped at max_tokens before the JSON answer ended ({len(text)} characters); "
-            "raise max_tokens",
-            backend=backend,
-            retryable=False,
-        )
     try:
         answer = json.loads(text)
     except json.JSONDecodeError as exc:
+        if finish_reason == "length":  # a whole answer that just reached the limit still counts
+            raise BackendError(
+                f"{backend} stopped at max_tokens before the JSON answer ended ({len(text)} characters); "
+                "raise max_tokens",
+                backend=backend,
+                retryable=False,
+            ) from exc
         raise BackendError(
             f"{backend} answered with no JSON ({exc.msg} at character {exc.pos}): {text[:120]!r}",
             backend=backend,
