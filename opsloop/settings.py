@@ -24,6 +24,7 @@ from pydantic_settings import (
 
 from opsloop.errors import ConfigError
 from opsloop.llm.routes import RouteConfig, RouteTable
+from opsloop.privacy import DEFAULT_SCORE_THRESHOLD, PATTERN_ENTITIES, PiiEntity, PiiOverride
 
 __all__ = ["DEFAULT_LLM_ROUTE", "Settings", "default_llm_routes", "load_settings"]
 
@@ -100,6 +101,22 @@ class Settings(BaseSettings):
         default=None,
         description="A Prometheus Pushgateway that `opsloop jobs run` pushes its metrics to when it ends "
         "(a CronJob's pod is gone before Prometheus would scrape it), e.g. http://pushgateway:9091.",
+    )
+    tracing: bool = Field(
+        default=True,
+        description="Record a trace of every /query, gateway call, eval sample and agent run in "
+        "MLflow's tracing (experiment `tracing_experiment`), exported off the request path.",
+    )
+    tracing_experiment: str = Field(
+        default="opsloop-traces", min_length=1, description="The MLflow experiment traces are logged to."
+    )
+    tracing_otlp_endpoint: str | None = Field(
+        default=None,
+        description="Also send every span to this OpenTelemetry collector (OTLP over HTTP), e.g. "
+        "http://otel-collector:4318/v1/traces.",
+    )
+    tracing_max_pending: int = Field(
+        default=1000, ge=1, description="Finished traces waiting for export before new ones are dropped."
     )
     drift_check_seconds: float = Field(
         default=300.0, ge=0, description="How often serve checks each model for drift; 0 turns it off."
@@ -329,6 +346,35 @@ class Settings(BaseSettings):
         ge=0,
         description="USD per million embedding tokens, for the ledger and USD budgets; default: free.",
     )
+    pii_redaction: bool = Field(
+        default=True,
+        description="Replace PII (e-mail addresses, phone numbers, card numbers, IBANs, IP addresses, API "
+        "keys) by placeholders in what opsloop records, such as traces (opsloop.privacy).",
+    )
+    pii_entities: list[PiiEntity] = Field(
+        default=list(PATTERN_ENTITIES),
+        description="What pii_redaction finds; PERSON and LOCATION need an installed spaCy English model.",
+    )
+    pii_redact_outbound: bool = Field(
+        default=False,
+        description="Also redact requests before they leave for an external LLM backend (e.g. Anthropic); "
+        "placeholders in the answer get their values back.",
+    )
+    pii_score_threshold: float = Field(
+        default=DEFAULT_SCORE_THRESHOLD,
+        ge=0,
+        le=1,
+        description="Least confidence a finding needs (phone numbers score 0.4, checksummed ones 1.0).",
+    )
+    pii_tenants: dict[str, PiiOverride] = Field(
+        default_factory=dict,
+        description='Per-tenant overrides of the pii_ settings, e.g. {"acme": {"redact_outbound": true}}.',
+    )
+    pii_routes: dict[str, PiiOverride] = Field(
+        default_factory=dict,
+        description="Per-route overrides (an operation such as query or chat.completions, or an LLM route's "
+        "name), applied over the tenant's.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -451,7 +497,7 @@ class Settings(BaseSettings):
             f"{ENV_PREFIX}{name.upper()}": value.get_secret_value()
             if isinstance(value, SecretStr)
             else json.dumps(value)
-            if isinstance(value, list)  # pydantic-settings reads lists back as JSON
+            if isinstance(value, list | dict)  # pydantic-settings reads these back as JSON
             else str(value)
             for name, value in self.model_dump(exclude={"llm_routes", "eval_jobs"}).items()
             if value is not None
