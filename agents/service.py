@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from agents.replies import compose
 from opsloop.auth import Principal, Role
 from opsloop.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from opsloop.telemetry import ChatMetrics
+from opsloop.tracing import Span, Tracer
 
 __all__ = ["ChatReply", "ChatService", "ThreadView"]
 
@@ -68,8 +70,10 @@ class ChatService:
         audit: Callable[..., None],
         metrics: ChatMetrics,
         approver_must_differ: bool = False,
+        tracer: Tracer | None = None,
     ) -> None:
         self._graph = build(checkpointer)
+        self._tracer = tracer or Tracer(None)
         self._ops = ops
         self._planner = planner
         self._limits = limits
@@ -117,8 +121,11 @@ class ChatService:
             "dry_run": dry_run,
             "status": "running",
         }
-        await self._graph.ainvoke(start, self._config(thread_id), context=self._context(thread_id))
-        return await self._reply(thread_id, count=True)
+        with self._traced("agent.run", caller, thread_id, {"message": text, "dry_run": dry_run}) as traced:
+            await self._graph.ainvoke(start, self._config(thread_id), context=self._context(thread_id))
+            reply = await self._reply(thread_id, count=True)
+            traced.end({"status": reply.status, "reply": reply.reply})
+        return reply
 
     async def approve(
         self, caller: Principal, thread_id: str, approve: bool, comment: str | None = None
@@ -160,10 +167,24 @@ class ChatService:
             },
         )
         self._metrics.approvals.labels(waiting.value["action"], "approved" if approve else "rejected").inc()
-        await self._graph.ainvoke(
-            Command(resume={waiting.id: decision}), self._config(thread_id), context=self._context(thread_id)
+        inputs = {"action": waiting.value["action"], "approve": approve, "comment": comment}
+        with self._traced("agent.resume", caller, thread_id, inputs) as traced:
+            await self._graph.ainvoke(
+                Command(resume={waiting.id: decision}),
+                self._config(thread_id),
+                context=self._context(thread_id),
+            )
+            reply = await self._reply(thread_id, count=True)
+            traced.end({"status": reply.status, "reply": reply.reply})
+        return reply
+
+    def _traced(
+        self, name: str, caller: Principal, thread_id: str, inputs: dict[str, Any]
+    ) -> AbstractContextManager[Span]:
+        """A trace of one run of the graph; its request id is the thread's."""
+        return self._tracer.trace(
+            name, "AGENT", request_id=thread_id, tenant=caller.tenant, inputs=inputs, thread_id=thread_id
         )
-        return await self._reply(thread_id, count=True)
 
     async def thread(self, caller: Principal, thread_id: str) -> ThreadView:
         """A thread's messages, plan, approvals and status (only its own tenant reads it).

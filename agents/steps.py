@@ -21,6 +21,7 @@ from agents.plan import AgentName, Step
 from agents.registry import REGISTRY
 from agents.state import AgentUpdate, ChatState
 from agents.tools import ToolCall
+from opsloop import tracing
 from opsloop.auth import Principal, Role
 from opsloop.errors import OpsloopError
 
@@ -41,7 +42,9 @@ async def run_step(step: Step, caller: Principal, context: Context, agent: str) 
     call = ToolCall(caller, context.ops, context.limits.get(agent, {}))
     done = copy.deepcopy(step)
     try:
-        outcome = await tool.run(call, **step["args"])
+        with tracing.span(f"tool {tool.name}", "TOOL", inputs=step["args"], agent=agent) as traced:
+            outcome = await tool.run(call, **step["args"])
+            traced.end({"status": outcome.status, "summary": outcome.summary})
     except OpsloopError as exc:
         error = exc.to_dict()["error"]
         done |= {"status": "error", "summary": f"{tool.name} failed: {exc.message}", "result": error}

@@ -36,9 +36,11 @@ from evals.dataset import EvalDataset, EvalItem
 from evals.metrics import OPERATIONAL_METRICS
 from evals.results import Checkpoint, MetricSummary, SampleResult, summarize
 from evals.scoring import Scorer, ScoringInput, build_scorers, select_metrics
+from opsloop import tracing
 from opsloop.auth import Principal
 from opsloop.errors import ConfigError, InvalidInputError, NotFoundError, OpsloopError
 from opsloop.llm.protocol import LLMClient
+from opsloop.tracing import Tracer
 from rag.answer import Answer, Source
 from rag.embedder import Embedder
 from rag.retriever import RetrievedChunk
@@ -188,6 +190,7 @@ class EvalRunner:
         answer_cost: Prices an answer's LLM call; None counts answers as free.
         judge_cost: Prices a judge call; None counts judge calls as free.
         progress: Called after every sample.
+        tracer: Records each sample as a trace: its query, its judge calls, its scores.
     """
 
     def __init__(
@@ -201,7 +204,9 @@ class EvalRunner:
         answer_cost: CostFn | None = None,
         judge_cost: CostFn | None = None,
         progress: Progress | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        self.tracer = tracer or Tracer(None)
         self.rag = rag
         self.caller = caller
         self.embedder = embedder
@@ -274,6 +279,20 @@ class EvalRunner:
         return EvalOutcome(samples, summaries, metrics, resumed, time.perf_counter() - started)
 
     async def _sample(self, item: EvalItem, config: EvalConfig, scorers: Sequence[Scorer]) -> SampleResult:
+        request_id = f"eval-{uuid.uuid4().hex}"
+        inputs = {"id": item.id, "question": item.question, "reference": item.reference}
+        with self.tracer.trace(
+            "eval.sample", "EVALUATOR", request_id=request_id, tenant=self.caller.tenant, inputs=inputs,
+            collection=config.collection, prompt=config.prompt,
+        ) as traced:  # fmt: skip
+            sample = await self._scored(item, config, scorers, request_id)
+            outputs = {"answer": sample.answer, "scores": sample.scores, "failures": sample.failures or None}
+            traced.end(outputs, error=sample.error)
+        return sample
+
+    async def _scored(
+        self, item: EvalItem, config: EvalConfig, scorers: Sequence[Scorer], request_id: str
+    ) -> SampleResult:
         tally = JudgeTally()
         current_tally.set(tally)  # this task's own context: concurrent samples keep their own tallies
         try:
@@ -283,7 +302,7 @@ class EvalRunner:
                 config.collection,
                 config.top_k,
                 generate=config.generate,
-                request_id=f"eval-{uuid.uuid4().hex}",
+                request_id=request_id,
                 prompt=config.prompt,
                 llm=self.answer_llm,
                 max_answer_tokens=config.max_answer_tokens,
@@ -314,7 +333,8 @@ class EvalRunner:
         undefined: list[str] = []
         for scorer in scorers:
             try:
-                value = await scorer.score(inputs)
+                with tracing.span(f"score {scorer.name}", "EVALUATOR"):
+                    value = await scorer.score(inputs)
             except JudgeError as exc:
                 failures[scorer.name] = f"judge_{exc.reason}"
                 log.warning("eval sample %s: %s failed: %s", item.id, scorer.name, exc)

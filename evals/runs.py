@@ -33,6 +33,7 @@ from evals.service import EvalService, Resume, TrackedRun
 from opsloop.audit import AuditLog
 from opsloop.auth import Principal, Role, system_principal
 from opsloop.llm.protocol import LLMClient, Usage
+from opsloop.tracing import Tracer
 from rag.embedder import Embedder
 
 __all__ = ["EvalLLMs", "EvalRag", "EvalRunResult", "EvalRuns", "Stage", "eval_config"]
@@ -98,6 +99,7 @@ class EvalRuns:
         audit: Where each run is recorded.
         default_top_k: Chunks per question when a scheduled job does not say.
         default_route: The route that answers when a run names none.
+        tracer: Records a trace of each sample.
     """
 
     def __init__(
@@ -109,7 +111,9 @@ class EvalRuns:
         *,
         default_top_k: int,
         default_route: str,
+        tracer: Tracer | None = None,
     ) -> None:
+        self.tracer = tracer
         self.service = service
         self._rag = rag
         self.llms = llms
@@ -139,6 +143,7 @@ class EvalRuns:
             answer_cost=self.llms.cost,
             judge_cost=self.llms.cost,
             progress=progress,
+            tracer=self.tracer,
         )
 
     async def run(

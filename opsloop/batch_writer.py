@@ -183,7 +183,7 @@ class BatchedLog(Generic[T]):
         self._writer = BatchWriter[T](
             db,
             self.table,
-            lambda record: {k: v for k, v in vars(record).items() if k != "id"},
+            self._row,
             name=self.name,
             batch_size=batch_size,
             flush_seconds=flush_seconds,
@@ -191,6 +191,10 @@ class BatchedLog(Generic[T]):
             on_dropped=on_dropped,
             on_written=on_written,
         )
+
+    def _row(self, record: T) -> dict[str, Any]:
+        """The column values of ``record``; runs on the writer's thread."""
+        return {k: v for k, v in vars(record).items() if k != "id"}
 
     @property
     def pending(self) -> int:

@@ -86,6 +86,16 @@ class Metrics:
         self.experiments = ExperimentMetrics(self.registry)
         self.retraining = RetrainingMetrics(self.registry)
         self.chat = ChatMetrics(self.registry)
+        self.traces_dropped = Counter(
+            "opsloop_traces_dropped_total",
+            "Finished traces dropped because the exporter's queue was full.",
+            registry=self.registry,
+        )
+        self.trace_export_failures = Counter(
+            "opsloop_trace_export_failures_total",
+            "Finished traces the exporter failed to write to MLflow (logged with the request id).",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric of this process (or all workers)."""

@@ -13,6 +13,8 @@ It knows rows and numbers, not retrievers or answerers; reads are scoped to the 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,9 +24,15 @@ from sqlalchemy.orm import Session
 
 from opsloop.auth import Principal
 from opsloop.batch_writer import BatchedLog
+from opsloop.db import Database
 from opsloop.tables import RagQuery, utcnow
 
-__all__ = ["QueryLog", "QueryLogEntry"]
+__all__ = ["WITHHELD", "QueryLog", "QueryLogEntry"]
+
+log = logging.getLogger(__name__)
+
+WITHHELD = "<withheld: PII redaction failed>"
+"""Stored instead of a question or answer that could not be redacted."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +78,32 @@ class QueryLogEntry:
 class QueryLog(BatchedLog[QueryLogEntry]):
     """Batched, asynchronous writes of RAG queries; reads of the newest ones.
 
-    Its table needs the store migrated to ``0004`` or later; options as :class:`BatchedLog`.
+    Its table needs the store migrated to ``0004`` or later; options as :class:`BatchedLog`,
+    and ``redact(text, tenant, "query")``, which the question and the answer go through on the
+    writer's thread before they are stored (PII redaction; None stores them as asked).
     """
 
     table = RagQuery
     name = "query-log"
+
+    def __init__(
+        self, db: Database, *, redact: Callable[[str, str, str], str] | None = None, **options: Any
+    ) -> None:
+        self.redact = redact
+        super().__init__(db, **options)
+
+    def _row(self, record: QueryLogEntry) -> dict[str, Any]:
+        row = super()._row(record)
+        if self.redact is None:
+            return row
+        for column in ("question", "answer"):
+            if row[column] is not None:
+                try:
+                    row[column] = self.redact(row[column], record.tenant, "query")
+                except Exception:  # the row is kept, the text it might leak is not
+                    log.exception("could not redact the %s of query %s", column, record.request_id)
+                    row[column] = WITHHELD
+        return row
 
     def feedback(self, tenant: str, scores: dict[str, float]) -> tuple[list[str], list[str]]:
         """Score earlier answers of ``tenant`` by request id; returns (scored, unknown) request ids.

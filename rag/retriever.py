@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opsloop import tracing
 from opsloop.errors import InvalidInputError
 from rag.embedder import Embedder
 from rag.sparse import BM25Encoder
@@ -146,19 +147,27 @@ class HybridRetriever:
 
         # Payloads are read for the k chunks returned only: in Qdrant Edge, reading back the
         # payloads of both searches' candidates was most of a retrieval's time at 100k chunks.
-        vector = self.embedder.embed([query])[0]
-        dense = self.store.search_dense(collection, vector, limit=pool, filter=filter, with_payload=False)
-        sparse = (
-            self.store.search_sparse(
-                collection,
-                self.sparse_encoder.encode_query(query),
-                limit=pool,
-                filter=filter,
-                with_payload=False,
+        with tracing.span("embed", "EMBEDDING", inputs={"texts": [query]}):
+            vector = self.embedder.embed([query])[0]
+        with tracing.span(
+            "search",
+            "RETRIEVER",
+            collection=collection,
+            candidates=pool,
+            hybrid=self.sparse_encoder is not None,
+        ):
+            dense = self.store.search_dense(collection, vector, limit=pool, filter=filter, with_payload=False)
+            sparse = (
+                self.store.search_sparse(
+                    collection,
+                    self.sparse_encoder.encode_query(query),
+                    limit=pool,
+                    filter=filter,
+                    with_payload=False,
+                )
+                if self.sparse_encoder is not None
+                else []
             )
-            if self.sparse_encoder is not None
-            else []
-        )
         fused = reciprocal_rank_fusion([[h.id for h in dense], [h.id for h in sparse]], k=self.rrf_k)
 
         dense_rank = {h.id: rank for rank, h in enumerate(dense, start=1)}

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from opsloop import tracing
 from opsloop.audit import AuditLog
 from opsloop.auth import Principal, Role, check_tenant
 from opsloop.errors import ConflictError, InvalidInputError, NotFoundError
@@ -63,6 +64,7 @@ from opsloop.llm.gateway import EmbeddingMeter
 from opsloop.llm.protocol import LLMClient
 from opsloop.registry import PromptVersionInfo, Registry
 from opsloop.settings import Settings
+from opsloop.tracing import Tracer
 from opsloop.traffic import CHALLENGER, CHAMPION, Assignment, ExperimentVariant, Outcome, TrafficSplit
 from opsloop.watched import Watched
 from rag.answer import (
@@ -357,8 +359,10 @@ class RagService:
         meter: EmbeddingMeterFactory | None = None,
         traffic: TrafficSplit | None = None,
         auto_index: bool = False,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
+        self.tracer = tracer or Tracer(None)
         self.traffic = traffic
         self.registry = registry
         self.audit = audit
@@ -716,61 +720,71 @@ class RagService:
             )
         physical_name(tenant, collection)  # a bad name is a 422 before any work
         request_id = request_id or uuid.uuid4().hex
-        started = time.perf_counter()
-        if generate or not log_query or self.meter is None:
-            chunks = await asyncio.to_thread(self._retrieve, tenant, collection, question, top_k)
-        else:  # no LLM call to meter this query: its embedding is the model call that counts
-            with self.meter(caller, [question], request_id=request_id) as metered:
+        with self.tracer.trace(
+            "query", "CHAIN", request_id=request_id, tenant=tenant,
+            inputs={"question": question, "collection": collection, "top_k": top_k}, generate=generate,
+        ) as traced:  # fmt: skip
+            started = time.perf_counter()
+            if generate or not log_query or self.meter is None:
                 chunks = await asyncio.to_thread(self._retrieve, tenant, collection, question, top_k)
-                metered.prompt_tokens = self.tokenizer.count(question)
-        retrieved = time.perf_counter()
-        answer: Answer | None = None
-        prompt_ms: float | None = None
-        generation_ms: float | None = None
-        assignment: Assignment | None = None
-        variant: str | None = None
-        if generate:
+            else:  # no LLM call to meter this query: its embedding is the model call that counts
+                with self.meter(caller, [question], request_id=request_id) as metered:
+                    chunks = await asyncio.to_thread(self._retrieve, tenant, collection, question, top_k)
+                    metered.prompt_tokens = self.tokenizer.count(question)
+            retrieved = time.perf_counter()
+            answer: Answer | None = None
+            prompt_ms: float | None = None
+            generation_ms: float | None = None
+            assignment: Assignment | None = None
+            variant: str | None = None
+            if generate:
 
-            def answerer(variant: ExperimentVariant | None) -> Answerer:
-                """An answerer whose LLM calls are ``variant``'s in the ledger."""
-                return Answerer(
-                    llm or self.answer_llm(caller, request_id, variant),
-                    self.tokenizer,
-                    context_tokens=self.settings.rag_context_tokens,
-                    max_answer_tokens=max_answer_tokens or self.settings.rag_max_answer_tokens,
-                    temperature=self.settings.rag_answer_temperature,
-                    frequency_penalty=self.settings.rag_answer_frequency_penalty,
-                    fallback=self.settings.rag_answer_fallback if fallback is None else fallback,
-                    embedder=self.embedder,
+                def answerer(variant: ExperimentVariant | None) -> Answerer:
+                    """An answerer whose LLM calls are ``variant``'s in the ledger."""
+                    return Answerer(
+                        llm or self.answer_llm(caller, request_id, variant),
+                        self.tokenizer,
+                        context_tokens=self.settings.rag_context_tokens,
+                        max_answer_tokens=max_answer_tokens or self.settings.rag_max_answer_tokens,
+                        temperature=self.settings.rag_answer_temperature,
+                        frequency_penalty=self.settings.rag_answer_frequency_penalty,
+                        fallback=self.settings.rag_answer_fallback if fallback is None else fallback,
+                        embedder=self.embedder,
+                    )
+
+                if prompt is None and self.traffic is not None:
+                    assignment = self.traffic.assign(
+                        "prompt", ANSWER_PROMPT, unit or caller.key_id or request_id
+                    )
+                answer, prompted, variant = await self._answer(
+                    answerer, question, chunks, prompt, assignment, request_id
                 )
-
-            if prompt is None and self.traffic is not None:
-                assignment = self.traffic.assign("prompt", ANSWER_PROMPT, unit or caller.key_id or request_id)
-            answer, prompted, variant = await self._answer(
-                answerer, question, chunks, prompt, assignment, request_id
+                prompt_ms = (prompted - retrieved) * 1000
+                generation_ms = (time.perf_counter() - prompted) * 1000
+                sources = answer.sources
+            else:
+                # The sources the model would have been given: same numbering, same cut texts.
+                _, sources = await asyncio.to_thread(
+                    build_context, chunks, self.tokenizer, self.settings.rag_context_tokens
+                )
+            result = QueryResult(
+                answer=answer,
+                sources=sources,
+                chunks=chunks,
+                request_id=request_id,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                retrieval_ms=(retrieved - started) * 1000,
+                prompt_ms=prompt_ms,
+                generation_ms=generation_ms,
+                variant=variant,
+                experiment=None if assignment is None else assignment.experiment,
             )
-            prompt_ms = (prompted - retrieved) * 1000
-            generation_ms = (time.perf_counter() - prompted) * 1000
-            sources = answer.sources
-        else:
-            # The sources the model would have been given: same numbering, same cut texts.
-            _, sources = await asyncio.to_thread(
-                build_context, chunks, self.tokenizer, self.settings.rag_context_tokens
+            if log_query:
+                self.queries.record(_log_entry(tenant, collection, question, result))
+            traced.set(answer_mode=result.answer_mode, variant=variant)
+            traced.end(
+                {"answer": None if answer is None else answer.answer, "sources": [s.source for s in sources]}
             )
-        result = QueryResult(
-            answer=answer,
-            sources=sources,
-            chunks=chunks,
-            request_id=request_id,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            retrieval_ms=(retrieved - started) * 1000,
-            prompt_ms=prompt_ms,
-            generation_ms=generation_ms,
-            variant=variant,
-            experiment=None if assignment is None else assignment.experiment,
-        )
-        if log_query:
-            self.queries.record(_log_entry(tenant, collection, question, result))
         return result
 
     def feedback(self, caller: Principal, scores: dict[str, float]) -> tuple[list[str], list[str]]:
@@ -809,7 +823,9 @@ class RagService:
         started = time.perf_counter()
 
         async def answer_with(version: str | int | None, variant: str) -> tuple[Answer, float]:
-            template = await asyncio.to_thread(self._prompt, version)
+            with tracing.span("prompt", "PARSER", inputs={"prompt": version or "production"}) as traced:
+                template = await asyncio.to_thread(self._prompt, version)
+                traced.end({"name": ANSWER_PROMPT, "version": template.version})
             prompted = time.perf_counter()
             tagged = answerer(None if assignment is None else (assignment.experiment, variant))
             return await tagged.answer(question, chunks, template.template, template.version), prompted
@@ -849,12 +865,16 @@ class RagService:
     def _retrieve(
         self, tenant: str, collection: str, question: str, top_k: int | None
     ) -> list[RetrievedChunk]:
-        return self.retriever.retrieve(
-            self._existing(tenant, collection),
-            question,
-            top_k=top_k,
-            score_threshold=self.settings.rag_score_threshold,
-        )
+        with tracing.span("retrieve", "RETRIEVER", inputs={"query": question, "top_k": top_k}) as traced:
+            chunks = self.retriever.retrieve(
+                self._existing(tenant, collection),
+                question,
+                top_k=top_k,
+                score_threshold=self.settings.rag_score_threshold,
+            )
+            if traced.recording:
+                traced.end([_document(chunk) for chunk in chunks])
+        return chunks
 
     def _prompt(self, alias_or_version: str | int | None = None) -> PromptVersionInfo:
         """The prompt asked for (default ``production``, re-read every ``model_poll_seconds``)."""
@@ -905,6 +925,12 @@ class RagService:
         finally:
             if self._lock is not None:
                 self._lock.release()
+
+
+def _document(chunk: RetrievedChunk) -> dict[str, Any]:
+    """A retrieved chunk as MLflow's trace UI shows a retriever's documents."""
+    metadata = {"source": chunk.source, "chunk": chunk.chunk, "score": chunk.score}
+    return {"id": chunk.id, "page_content": chunk.text, "metadata": metadata}
 
 
 def _log_entry(tenant: str, collection: str, question: str, result: QueryResult) -> QueryLogEntry:

@@ -339,6 +339,7 @@ class ChatHost:
             audit=platform.audit.append,
             metrics=platform.metrics.chat,
             approver_must_differ=platform.settings.chat_approver_must_differ,
+            tracer=platform.tracer,
         )
 
     async def aclose(self) -> None:

@@ -26,6 +26,7 @@ from opsloop.llm.ledger import cost_usd
 from opsloop.llm.protocol import LLMClient, Usage
 from opsloop.registry import Registry
 from opsloop.settings import Settings
+from opsloop.tracing import Tracer
 
 __all__ = ["EVAL_KEY_ID", "EvalHost", "GatewayLLMs", "eval_runs", "job_executor"]
 
@@ -48,6 +49,11 @@ class EvalHost(Protocol):
     @property
     def audit(self) -> AuditLog:
         """Where runs are recorded."""
+        ...
+
+    @property
+    def tracer(self) -> Tracer:
+        """Records a trace of each eval sample."""
         ...
 
     @property
@@ -101,6 +107,7 @@ def eval_runs(host: EvalHost) -> EvalRuns:
         host.audit,
         default_top_k=settings.rag_top_k,
         default_route=settings.rag_route,
+        tracer=host.tracer,
     )
 
 

@@ -21,9 +21,12 @@ from opsloop.llm.ledger import Ledger
 from opsloop.models.runtime import LoadedModel, LoadFailure, ModelRuntime
 from opsloop.models.service import ModelService
 from opsloop.predictions import PredictionLog
+from opsloop.privacy import PrivacyPolicies, Redactor, trace_redactor
 from opsloop.registry import Registry
 from opsloop.settings import Settings
 from opsloop.telemetry import Metrics
+from opsloop.trace_export import ExportConfig, ProcessExporter
+from opsloop.tracing import Tracer
 from rag.catalog import CollectionCatalog
 from rag.query_log import QueryLog
 from serving.experiment_wiring import Experiments
@@ -93,6 +96,12 @@ class Platform:
     enforcer: BudgetEnforcer
     experiments: Experiments
     retraining: Retraining
+    tracer: Tracer = field(default_factory=lambda: Tracer(None))
+    """Records traces and exports them to MLflow (off unless ``tracing`` is set)."""
+    privacy: PrivacyPolicies = field(default_factory=PrivacyPolicies)
+    """The PII policy of each tenant and route (the ``pii_*`` settings)."""
+    redactor: Redactor = field(default_factory=Redactor)
+    """Finds and replaces PII for the query log, traces and redacted gateway calls."""
     startup: Startup = field(default_factory=lambda: Startup(log))
     """Each component's state while it starts: what ``/readyz`` and the start-up log lines say."""
     _starting: list[threading.Thread] = field(default_factory=list)
@@ -164,7 +173,9 @@ class Platform:
             db, registry, predictions, audit, metrics.drift,
             last=settings.drift_last, min_rows=settings.drift_min_rows,
         )  # fmt: skip
-        queries = QueryLog(db)
+        privacy = PrivacyPolicies.from_settings(settings)
+        redactor = Redactor()
+        queries = QueryLog(db, redact=trace_redactor(privacy, redactor))
         ledger = Ledger(db, on_dropped=metrics.llm.ledger_dropped.inc)
         budgets = BudgetStore(db, audit, cache_seconds=settings.budget_cache_seconds)
         counters = RedisCounters(settings.redis_url) if settings.redis_url else InProcessCounters()
@@ -176,9 +187,29 @@ class Platform:
         )
         drift.subscribe(retraining.triggers.on_drift)
         drift.subscribe_concept(retraining.triggers.on_concept)
+        tracer = Tracer(
+            ProcessExporter(
+                ExportConfig(
+                    settings.tracking_uri,
+                    settings.tracing_experiment,
+                    artifact_root=settings.artifact_root,
+                    otlp_endpoint=settings.tracing_otlp_endpoint,
+                    privacy=privacy.to_dict(),
+                ),
+                max_in_flight=settings.tracing_max_pending,
+                on_dropped=metrics.traces_dropped.inc,
+                on_failed=metrics.trace_export_failures.inc,
+            )
+            if settings.tracing
+            else None,
+            max_pending=settings.tracing_max_pending,
+            on_dropped=metrics.traces_dropped.inc,
+            on_failed=metrics.trace_export_failures.inc,
+        )
         return cls(
             settings, db, audit, keys, registry, runtime, predictions, models, drift, metrics, queries,
             ledger, budgets, enforcer, experiments, retraining,
+            tracer=tracer, privacy=privacy, redactor=redactor,
         )  # fmt: skip
 
     def start_store(self) -> Platform:
@@ -213,7 +244,10 @@ class Platform:
         self.local_token = server_token()
         routes = self.gateway.routes()  # built now (SDK imports included), not by a first request
         log.info("gateway ready (%s: %s)", plural(len(routes), "route"), ", ".join(routes))
-        for target, name in ((self._start_models, "models-start"), (self._start_rag, "rag-start")):
+        starts = [(self._start_models, "models-start"), (self._start_rag, "rag-start")]
+        if self.settings.pii_redaction or self.settings.pii_tenants or self.settings.pii_routes:
+            starts.append((self._warm_redactor, "pii-warm-up"))
+        for target, name in starts:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._starting.append(thread)
@@ -317,6 +351,13 @@ class Platform:
                 if self.startup.state(name) != "ready":
                     self.startup.failed(name, reason(exc))
 
+    def _warm_redactor(self) -> None:
+        """Import Presidio now (seconds), not in the middle of the first query's log write."""
+        try:
+            self.redactor.warm()
+        except Exception:  # each redaction will then fail and say why; serving goes on
+            log.exception("the PII redactor could not be built")
+
     def _start_rag(self) -> None:
         """Take the RAG store now, so CLI runs find this server holding it; ingest the bundled docs."""
         try:
@@ -419,6 +460,7 @@ class Platform:
                     traffic=self.experiments.router,
                     store=shared,
                     auto_index=self.local_token is not None,  # a server: it stays up to build
+                    tracer=self.tracer,
                 )
             return self._rag
 
@@ -467,6 +509,9 @@ class Platform:
                     traffic=self.experiments.router,
                     aliases=RouteAliases(self.db).all,
                     on_shadow_dropped=lambda name: self.metrics.experiments.shadow_dropped.labels(name).inc(),
+                    tracer=self.tracer,
+                    privacy=self.privacy,
+                    redactor=self.redactor,
                 )
                 self.experiments.pollers.append(self._gateway.reload_aliases)
             return self._gateway
@@ -565,6 +610,7 @@ class Platform:
         self.runtime.close()
         self.predictions.close()
         self.queries.close()
+        self.tracer.close()
         self.ledger.close()
         self.enforcer.close()
         self.registry.close()

@@ -61,6 +61,9 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "gateway.json"
 GOAL_P50_MS = 1.0
 GOAL_P99_MS = 5.0
 GOAL_RATIO = 3.0
+UNTRACED = "opsloop-untraced"
+"""A second ``opsloop serve``, the same but ``tracing: false``: what tracing costs, same run."""
+GOAL_TRACING_P50_MS = 0.2
 _SUSTAINED_LATE = 0.01  # a paced run with more late sends than this did not sustain its rate
 _PROFILE_HZ = 200
 _EXPECT = "capital of France is Paris"  # in every answer, streamed or not
@@ -122,6 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="Measured runs per target and level.")
     parser.add_argument("--stream", action="store_true", help="Streamed requests (SSE), to the last byte.")
     parser.add_argument("--no-litellm", action="store_true", help="Leave LiteLLM out (no ratio).")
+    parser.add_argument(
+        "--no-untraced",
+        action="store_true",
+        help=f"Leave out {UNTRACED}, opsloop with tracing off (no measure of what tracing adds).",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -338,6 +346,26 @@ def goal(summary: dict[str, dict[str, Any]], levels: list[Level], moderate: Leve
     return verdict
 
 
+def tracing_cost(summary: dict[str, dict[str, Any]], moderate: str) -> dict[str, Any] | None:
+    """What tracing adds per level (opsloop minus :data:`UNTRACED`, ms) and its goal at ``moderate``."""
+    if UNTRACED not in summary:
+        return None
+    by_level = {
+        level: {
+            "p50_ms": traced["p50_ms"] - summary[UNTRACED][level]["p50_ms"],
+            "p99_ms": traced["p99_ms"] - summary[UNTRACED][level]["p99_ms"],
+        }
+        for level, traced in summary["opsloop"].items()
+    }
+    added_p50 = by_level[moderate]["p50_ms"]
+    return {
+        "statement": f"tracing adds at most {GOAL_TRACING_P50_MS:g} ms at p50 at moderate load ({moderate})",
+        "by_level": by_level,
+        "added_p50_ms": added_p50,
+        "met": added_p50 <= GOAL_TRACING_P50_MS,
+    }
+
+
 def print_report(
     summary: dict[str, dict[str, Any]], levels: list[Level], args: argparse.Namespace, verdict: dict[str, Any]
 ) -> None:
@@ -352,7 +380,7 @@ def print_report(
     )
     for column in ("level", "target", "req/s", "p50", "p99", "added p50", "added p99", "errors"):
         table.add_column(column, justify="left" if column in ("level", "target") else "right")
-    gateways = [g for g in ("opsloop", "litellm") if g in summary]
+    gateways = [g for g in ("opsloop", UNTRACED, "litellm") if g in summary]
     extra: dict[str, dict[str, dict[str, float]]] = {g: added(summary, g) for g in gateways}
     for level in levels:
         for target in ("direct", *gateways):
@@ -388,6 +416,15 @@ def print_report(
         ours, theirs = max_sustained(summary, "opsloop", levels), max_sustained(summary, "litellm", levels)
         if ours["rps"] and theirs["rps"]:
             console.print(f"throughput opsloop / litellm: x{ours['rps'] / theirs['rps']:.1f}")
+    tracing = tracing_cost(summary, verdict["level"])
+    if tracing is not None:
+        by_level = ", ".join(
+            f"{level} p50 {c['p50_ms']:+.3f} / p99 {c['p99_ms']:+.3f} ms"
+            for level, c in tracing["by_level"].items()
+        )
+        console.print(f"tracing adds (opsloop - {UNTRACED}): {by_level}")
+        ok = "[green]MET[/green]" if tracing["met"] else "[red]NOT MET[/red]"
+        console.print(f"goal: {tracing['statement']}: {ok}")
     status = "[green]MET[/green]" if verdict["met"] else "[red]NOT MET[/red]"
     console.print(f"\ngoal: {verdict['statement']}: {status}")
     console.print(
@@ -510,6 +547,9 @@ def _run(args: argparse.Namespace, tmp: Path, group: ProcessGroup) -> int:
         Target("direct", f"{backend.base_url}/chat/completions", "unused", backend.server),
         Target("opsloop", f"{opsloop.url}/v1/chat/completions", key, opsloop),
     ]
+    if not args.no_untraced:
+        untraced, untraced_key = start_opsloop(group, tmp, backend, name=UNTRACED, tracing=False)
+        targets.append(Target(UNTRACED, f"{untraced.url}/v1/chat/completions", untraced_key, untraced))
     if litellm_venv is not None:
         _say(f"opsloop on {opsloop.url}; starting LiteLLM {LITELLM_VERSION}'s proxy")
         litellm = start_litellm(group, tmp, backend, litellm_venv)
@@ -548,11 +588,8 @@ def _run(args: argparse.Namespace, tmp: Path, group: ProcessGroup) -> int:
         profile_data = _profile(group, py_spy, targets[1], args, body, tmp)
 
     opsloop_metrics = scrape(opsloop, ("opsloop_llm_", "opsloop_budget_"))
-    litellm_metrics = (
-        scrape(targets[2].server, ("litellm_",), {"Authorization": f"Bearer {MASTER_KEY}"})
-        if len(targets) > 2
-        else {}
-    )
+    proxy = next((t.server for t in targets if t.name == "litellm"), None)
+    litellm_metrics = scrape(proxy, ("litellm_",), {"Authorization": f"Bearer {MASTER_KEY}"}) if proxy else {}
     group.stop(opsloop.proc)  # a clean stop writes what the ledger still queues
     ledger = ledger_report(tmp)
 
@@ -614,13 +651,15 @@ def _run(args: argparse.Namespace, tmp: Path, group: ProcessGroup) -> int:
             "opsloop": "opsloop serve, 1 worker, log level info (access log on); route 'bench' -> openai "
             "backend 'stub' with input/output prices; budgets daily_usd and rpm of tenant 'default'; "
             "ledger and metrics on; admin key",
+            UNTRACED: "the same as opsloop with `tracing: false`",
             "litellm": f"litellm[proxy]=={LITELLM_VERSION}, 1 uvicorn worker, its defaults (access log on); "
             "model_list 'bench' -> openai/stub-model with per-token prices; master key; prometheus "
             "callback; no database (so no spend logs, no per-key budgets)",
         },
         "parity": parity,
         "summary": summary,
-        "added_ms": {g: added(summary, g) for g in ("opsloop", "litellm") if g in summary},
+        "added_ms": {g: added(summary, g) for g in ("opsloop", UNTRACED, "litellm") if g in summary},
+        "tracing": tracing_cost(summary, moderate.name),
         "max_sustained": {t: max_sustained(summary, t, levels) for t in names},
         "goal": verdict,
         "profile": profile_data,

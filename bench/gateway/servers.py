@@ -79,9 +79,10 @@ def start_stub(group: ProcessGroup, tmp: Path, python: str) -> Backend:
     return Backend(server)
 
 
-def opsloop_config(backend: Backend) -> dict[str, object]:
+def opsloop_config(backend: Backend, *, tracing: bool = True) -> dict[str, object]:
     """The settings file of ``opsloop serve``: one route to the stub, with prices."""
     return {
+        "tracing": tracing,
         "bootstrap_demo": False,
         "bootstrap_docs": False,
         "drift_check_seconds": 0,
@@ -118,17 +119,19 @@ def _cli(home: Path, config: Path, *args: str) -> str:
     return done.stdout
 
 
-def start_opsloop(group: ProcessGroup, tmp: Path, backend: Backend) -> tuple[Server, str]:
+def start_opsloop(
+    group: ProcessGroup, tmp: Path, backend: Backend, *, name: str = "opsloop", tracing: bool = True
+) -> tuple[Server, str]:
     """``opsloop serve`` on a fresh home, its budget set, waited for; and its admin key."""
-    home = tmp / "opsloop-home"
-    config = tmp / "opsloop.yaml"
-    config.write_text(json.dumps(opsloop_config(backend), indent=2))  # JSON is YAML
+    home = tmp / f"{name}-home"
+    config = tmp / f"{name}.yaml"
+    config.write_text(json.dumps(opsloop_config(backend, tracing=tracing), indent=2))  # JSON is YAML
     # Set before the server starts, so that the very first request is admitted by them.
     _cli(home, config, "budgets", "set", "--tenant", "default", "--daily-usd", "1000000", "--rpm", "10000000")
     port = free_port()
-    log = tmp / "opsloop.log"
+    log = tmp / f"{name}.log"
     args = [OPSLOOP, "--config", str(config), "--home", str(home), "serve", "--port", str(port)]
-    server = Server("opsloop", group.start("opsloop", args, env=clean_env(), log=log), port, log)
+    server = Server(name, group.start(name, args, env=clean_env(), log=log), port, log)
     server.wait_until("/readyz", timeout=300)
     key_file = home / "admin.key"
     if not key_file.exists():

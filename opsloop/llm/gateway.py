@@ -67,7 +67,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
-from typing import NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import numpy as np
 
@@ -87,7 +87,9 @@ from opsloop.llm.router import (
     build_router,
 )
 from opsloop.llm.routes import BackendSpec, ClientFactory, RouteConfig, create_client
+from opsloop.privacy import ConversationRedaction, PrivacyPolicies, Redactor
 from opsloop.telemetry import LLMMetrics
+from opsloop.tracing import Tracer, current_span
 from opsloop.traffic import CHALLENGER, CHAMPION, Assignment, ExperimentVariant, TrafficSplit
 from opsloop.traffic import Outcome as VariantOutcome
 
@@ -114,6 +116,9 @@ T = TypeVar("T")
 SHADOW_KEY = "shadow"
 """The key id a shadow copy's ledger row carries, under the experiment's tenant."""
 log = logging.getLogger(__name__)
+
+_MAX_PLACEHOLDER = 96
+"""Longer than any placeholder (``<EMAIL_ADDRESS_12>``): how much streamed text may be held back."""
 
 
 class TextEmbedder(Protocol):
@@ -146,6 +151,8 @@ class _Call:
     assignment: Assignment | None = None
     """Set when the call's outcome counts for its variant: not for a champion answering in
     place of a failed challenger."""
+    request: ChatRequest | None = None
+    """What was asked: the inputs of the call's trace."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,11 @@ class Gateway:
             and again on every :meth:`reload_aliases`. None: every route serves itself.
         shadow_max_pending: shadow copies in flight before new ones are dropped.
         on_shadow_dropped: called with the experiment of each dropped shadow copy (a metric).
+        tracer: records each call as a trace (or as a span of the trace it is made in).
+        privacy: the PII policy of each tenant and route; where it says ``redact_outbound``, a
+            request's messages are redacted (by ``redactor``) before they reach a backend, and
+            the placeholders the answer repeats are replaced by the original values.
+        redactor: finds and replaces PII (``opsloop.privacy.Redactor``).
     """
 
     def __init__(
@@ -215,8 +227,14 @@ class Gateway:
         aliases: Callable[[], Mapping[str, str]] | None = None,
         shadow_max_pending: int = 256,
         on_shadow_dropped: Callable[[str], None] = lambda experiment: None,
+        tracer: Tracer | None = None,
+        privacy: PrivacyPolicies | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.ledger = ledger.start()
+        self.tracer = tracer or Tracer(None)
+        self.privacy = privacy
+        self.redactor = redactor or Redactor()
         self.metrics = metrics
         self.enforcer = enforcer
         self.default_max_tokens = default_max_tokens
@@ -296,14 +314,18 @@ class Gateway:
         async def routed(call: _Call, served: str) -> RoutedResult:
             return await self._chat(call, served, request)
 
-        result, answered = await self._split(_Call(caller, request_id, variant), route, request, unit, routed)
+        call = _Call(caller, request_id, variant, request=request)
+        result, answered = await self._split(call, route, request, unit, routed)
         return result if answered is None else replace(result, variant=answered)
 
     async def _chat(self, call: _Call, route: str, request: ChatRequest) -> RoutedResult:
         started = time.perf_counter()
         request, reservation = self._admit(call, route, request, started, streamed=False)
         try:
+            request, redaction = await self._redact_outbound(call, route, request)
             routed = await self.router.chat(route, request)
+            if redaction is not None:
+                routed = replace(routed, result=_restored(routed.result, redaction))
         except OpsloopError as exc:
             self._record_failure(call, route, None, exc, started, streamed=False, reservation=reservation)
             raise
@@ -324,6 +346,7 @@ class Gateway:
             outcome="ok",
             model=result.model,
             reservation=reservation,
+            answer=result,
         )
         return replace(routed, result=replace(result, cost_usd=cost))
 
@@ -349,15 +372,19 @@ class Gateway:
             started = time.perf_counter()
             prepared, reservation = self._admit(call, served, request, started, streamed=True)
             try:
+                prepared, redaction = await self._redact_outbound(call, served, prepared)
                 routed = self.router.stream(served, prepared)
             except OpsloopError as exc:
                 self._record_failure(call, served, None, exc, started, streamed=True, reservation=reservation)
                 raise
             stream = GatewayStream(self, call, routed, started, reservation)
+            if redaction is not None:
+                stream.restoring = _Restoring(redaction)
             await stream.open()
             return stream
 
-        opened_stream, variant = await self._split(_Call(caller, request_id), route, request, unit, opened)
+        call = _Call(caller, request_id, request=request)
+        opened_stream, variant = await self._split(call, route, request, unit, opened)
         opened_stream.variant = variant
         return opened_stream
 
@@ -416,7 +443,7 @@ class Gateway:
             self._on_shadow_dropped(name)
             return
         payer = Principal(SHADOW_KEY, assignment.tenant or call.caller.tenant, Role.USER)
-        copy = _Call(payer, call.request_id, (name, CHALLENGER), Assignment(name, CHALLENGER, route))
+        copy = _Call(payer, call.request_id, (name, CHALLENGER), Assignment(name, CHALLENGER, route), request)
         task = asyncio.create_task(self._shadow_copy(copy, route, request), name=f"shadow-{name}")
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
@@ -442,6 +469,30 @@ class Gateway:
             self._record_failure(call, route, None, exc, started, streamed=streamed, unrouted=True)
             raise
         return request, reservation
+
+    async def _redact_outbound(
+        self, call: _Call, route: str, request: ChatRequest
+    ) -> tuple[ChatRequest, ConversationRedaction | None]:
+        """``request`` with its messages' PII replaced, where the route's policy says so.
+
+        Presidio takes milliseconds of CPU per message: it runs on a worker thread.
+        """
+        if self.privacy is None:
+            return request, None
+        policy = self.privacy.resolve(call.caller.tenant, route)
+        if not policy.redact_outbound:
+            return request, None
+        contents = [message.content for message in request.messages]
+        redaction = await asyncio.to_thread(
+            self.redactor.redact_many, contents, policy.model_copy(update={"enabled": True})
+        )
+        if not redaction.originals:
+            return request, None
+        messages = [
+            replace(message, content=text)
+            for message, text in zip(request.messages, redaction.texts, strict=True)
+        ]
+        return replace(request, messages=messages), redaction
 
     def spec(self, backend: str | None) -> BackendSpec | None:
         """The spec of backend ``backend``; None for None or an unknown name."""
@@ -684,8 +735,9 @@ class Gateway:
         metrics_route: str | None = None,
         reservation: Reservation | None = None,
         cost: float | None = None,
+        answer: ChatResult | str | None = None,
     ) -> float:
-        """Settle the reservation, write the ledger row and update the metrics of one call.
+        """Settle the reservation, write the ledger row, update the metrics and trace one call.
 
         ``cost`` None: priced at the serving backend's prices (0 when none served). Returns
         the cost recorded.
@@ -694,6 +746,7 @@ class Gateway:
         backend = routed.backend or (routed.attempts[-1].backend if routed.attempts else "")
         spec = self.spec(backend)
         served = routed.backend is not None
+        served_model = model or self._backend_model(spec)
         if cost is None:
             cost = cost_usd(spec, usage, latency_ms) if spec is not None and served else 0.0
         if reservation is not None:
@@ -722,7 +775,7 @@ class Gateway:
                 key_id=call.caller.key_id,
                 route=route,
                 backend=backend,
-                model=model or self._backend_model(spec),
+                model=served_model,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 cached_tokens=usage.cached_tokens,
@@ -734,6 +787,10 @@ class Gateway:
                 error_type=error_type,
             )
         )
+        if self.tracer.enabled or current_span() is not None:
+            self._trace(
+                call, routed, usage, latency_ms, cost, outcome, error_type, served_model, streamed, answer
+            )
         label = metrics_route or route
         metrics = self.metrics
         metrics.requests.labels(label, outcome).inc()
@@ -752,6 +809,98 @@ class Gateway:
             metrics.ttft.labels(label, backend).observe(ttft_ms / 1000)
         metrics.latency.labels(label, backend, str(streamed).lower()).observe(latency_ms / 1000)
         return cost
+
+    def _trace(
+        self,
+        call: _Call,
+        routed: RouteOutcome,
+        usage: Usage,
+        latency_ms: float,
+        cost: float,
+        outcome: Outcome,
+        error_type: str | None,
+        model: str,
+        streamed: bool,
+        answer: ChatResult | str | None,
+    ) -> None:
+        """Record the call as a span of the current trace (a ``/query``'s), or as a trace of its own.
+
+        Each backend it tried is a child span, laid end to end from the call's start.
+        """
+        try:
+            end = time.time_ns()
+            start = end - int(latency_ms * 1e6)
+            request = call.request
+            inputs = None
+            if request is not None:
+                inputs = {"messages": request.messages, "tools": list(request.tools) or None}
+            experiment, variant = call.variant or (None, None)
+            span = self.tracer.start(
+                "generate" if current_span() is not None else "chat.completions",
+                "CHAT_MODEL",
+                request_id=call.request_id,
+                tenant=call.caller.tenant,
+                inputs=inputs,
+                start_ns=start,
+                route=routed.route,
+                backend=routed.backend,
+                model=model,
+                streamed=streamed,
+                outcome=outcome,
+                usage={
+                    "input_tokens": usage.prompt_tokens,
+                    "output_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+                cost_usd=cost,
+                experiment=experiment,
+                variant=variant,
+            )
+            at = start
+            for attempt in routed.attempts:
+                tried = span.child(
+                    attempt.backend, "LLM", start_ns=at, backend=attempt.backend, attempt=attempt.number
+                )
+                at = min(end, at + int(attempt.elapsed_ms * 1e6))
+                tried.end(error=None if attempt.error is None else attempt.error.message, end_ns=at)
+            outputs: dict[str, Any] | None = None
+            if isinstance(answer, ChatResult):
+                outputs = {"content": answer.text, "finish_reason": answer.finish_reason}
+                if answer.tool_calls:
+                    outputs["tool_calls"] = [tool.to_openai() for tool in answer.tool_calls]
+            elif answer is not None:
+                outputs = {"content": answer}
+            span.end(outputs, error=error_type, end_ns=end)
+        except Exception:  # a trace is never worth failing the call it describes
+            log.warning("could not trace gateway call %s", call.request_id, exc_info=True)
+
+
+def _restored(result: ChatResult, redaction: ConversationRedaction) -> ChatResult:
+    """``result`` with the original values of the placeholders it repeats (text and tool arguments)."""
+    tools = [replace(tool, arguments=redaction.restore(tool.arguments)) for tool in result.tool_calls]
+    return replace(result, text=redaction.restore(result.text), tool_calls=tools)
+
+
+class _Restoring:
+    """Puts a redaction's original values back into streamed text.
+
+    A placeholder can arrive cut between chunks (``<EMAIL_`` then ``ADDRESS_1>``): text from an
+    unclosed ``<`` is held back until the next chunk, at most a placeholder's length.
+    """
+
+    def __init__(self, redaction: ConversationRedaction) -> None:
+        self.redaction = redaction
+        self.held = ""
+
+    def feed(self, chunk: ChatChunk) -> ChatChunk:
+        text = self.held + chunk.delta
+        self.held = ""
+        if chunk.finish_reason is None:
+            cut = text.rfind("<")
+            if cut != -1 and ">" not in text[cut:] and len(text) - cut < _MAX_PLACEHOLDER:
+                text, self.held = text[:cut], text[cut:]
+        tools = [replace(tool, arguments=self.redaction.restore(tool.arguments)) for tool in chunk.tool_calls]
+        return replace(chunk, delta=self.redaction.restore(text), tool_calls=tools)
 
 
 class GatewayStream:
@@ -774,6 +923,9 @@ class GatewayStream:
         """The variant of the route experiment whose route streams (None: none runs)."""
         self._call = call
         self._started = started
+        self._text: list[str] = []
+        self.restoring: _Restoring | None = None
+        """Set when the request was redacted: the answer's placeholders are restored."""
 
     @property
     def outcome(self) -> RouteOutcome:
@@ -788,7 +940,7 @@ class GatewayStream:
     async def open(self) -> None:
         """Wait for the first chunk; a failure is settled (recorded) before it is raised."""
         try:
-            self.first = await self.routed.__anext__()
+            self.first = await self.__anext__()
         except StopAsyncIteration:
             self.first = None
         except OpsloopError as exc:
@@ -797,13 +949,14 @@ class GatewayStream:
         except BaseException:
             await self.settle("disconnected")
             raise
-        self._seen(self.first)
 
     def __aiter__(self) -> GatewayStream:
         return self
 
     async def __anext__(self) -> ChatChunk:
         chunk = await self.routed.__anext__()
+        if self.restoring is not None:
+            chunk = self.restoring.feed(chunk)
         self._seen(chunk)
         return chunk
 
@@ -839,10 +992,15 @@ class GatewayStream:
                     streamed=True,
                     outcome=outcome,
                     reservation=self.reservation,
+                    answer="".join(self._text),
                 )
 
     def _seen(self, chunk: ChatChunk | None) -> None:
-        if self.ttft_ms is None and chunk is not None and (chunk.delta or chunk.tool_calls):
+        if chunk is None:
+            return
+        if chunk.delta:
+            self._text.append(chunk.delta)
+        if self.ttft_ms is None and (chunk.delta or chunk.tool_calls):
             self.ttft_ms = (time.perf_counter() - self._started) * 1000
 
 

@@ -123,6 +123,18 @@ def test_a_run_is_an_mlflow_run_with_params_metrics_intervals_and_the_sample_tab
     artifacts = {a.path for a in client.list_artifacts(tracked.run_id)}
     assert {"samples.jsonl", "per_sample.json", "summary.json"} <= artifacts
 
+    # Each sample is a trace: its query (retrieval, generation) and a span per metric.
+    assert platform.tracer.flush(30)
+    traces = client.search_traces(
+        locations=[client.get_experiment_by_name(platform.settings.tracing_experiment).experiment_id],
+        max_results=100,
+    )
+    samples = [t for t in traces if t.data.spans[0].name == "eval.sample"]
+    assert {t.data.spans[0].inputs["id"] for t in samples} >= {i.id for i in dataset.items}
+    names = {span.name for span in samples[0].data.spans}
+    assert {"query", "retrieve", "generate", *(f"score {m}" for m in GENERATION.metrics or ())} <= names
+    assert samples[0].data.spans[0].outputs["scores"]
+
     # Found again by the tracker (eval list / show), samples included.
     tracker = service.tracker
     assert tracked.run_id in [r.run_id for r in tracker.runs()]
