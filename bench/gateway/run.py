@@ -587,7 +587,7 @@ def _run(args: argparse.Namespace, tmp: Path, group: ProcessGroup) -> int:
     if py_spy is not None:
         profile_data = _profile(group, py_spy, targets[1], args, body, tmp)
 
-    opsloop_metrics = scrape(opsloop, ("opsloop_llm_", "opsloop_budget_"))
+    opsloop_metrics = scrape(opsloop, ("opsloop_llm_", "opsloop_budget_", "opsloop_trace"))
     proxy = next((t.server for t in targets if t.name == "litellm"), None)
     litellm_metrics = scrape(proxy, ("litellm_",), {"Authorization": f"Bearer {MASTER_KEY}"}) if proxy else {}
     group.stop(opsloop.proc)  # a clean stop writes what the ledger still queues

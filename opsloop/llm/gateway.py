@@ -73,7 +73,7 @@ import numpy as np
 
 from opsloop.auth import Principal, Role
 from opsloop.budgets import BudgetEnforcer, Reservation
-from opsloop.errors import InvalidInputError, NotFoundError, OpsloopError, RateLimitedError
+from opsloop.errors import BackendError, InvalidInputError, NotFoundError, OpsloopError, RateLimitedError
 from opsloop.llm.aliases import applicable
 from opsloop.llm.ledger import Ledger, LLMCall, Outcome, cost_usd
 from opsloop.llm.protocol import ChatChunk, ChatRequest, ChatResult, Usage
@@ -476,6 +476,9 @@ class Gateway:
         """``request`` with its messages' PII replaced, where the route's policy says so.
 
         Presidio takes milliseconds of CPU per message: it runs on a worker thread.
+
+        Raises:
+            BackendError: the redaction failed (the request is not sent).
         """
         if self.privacy is None:
             return request, None
@@ -483,9 +486,16 @@ class Gateway:
         if not policy.redact_outbound:
             return request, None
         contents = [message.content for message in request.messages]
-        redaction = await asyncio.to_thread(
-            self.redactor.redact_many, contents, policy.model_copy(update={"enabled": True})
-        )
+        try:
+            redaction = await asyncio.to_thread(
+                self.redactor.redact_many, contents, policy.model_copy(update={"enabled": True})
+            )
+        except Exception as exc:  # nothing leaves unredacted
+            log.exception("redacting a request to route %s failed", route)
+            raise BackendError(
+                f"route {route!r} redacts PII before a request leaves, and redacting failed: {exc}",
+                route=route,
+            ) from exc
         if not redaction.originals:
             return request, None
         messages = [

@@ -10,12 +10,13 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import pytest
 from fastapi.testclient import TestClient
 
+from opsloop.privacy import ConversationRedaction, PiiPolicy, Redactor
 from opsloop.settings import load_settings
 from serving.app import create_app
 
@@ -133,3 +134,24 @@ def test_routes_without_the_setting_send_what_they_were_given(
     response = client.post("/v1/chat/completions", json=_ask("internal", f"mail {EMAIL}"), headers=auth)
     assert response.status_code == 200, response.text
     assert _Echo.received[0]["messages"][0]["content"] == f"mail {EMAIL}"
+
+
+def test_when_redaction_fails_nothing_is_sent_and_the_caller_is_told(
+    served: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, auth = served
+    gateway = client.app.state.platform.gateway  # type: ignore[attr-defined]
+
+    class Failing(Redactor):
+        def redact_many(self, texts: Iterable[str], policy: PiiPolicy | None = None) -> ConversationRedaction:
+            raise RuntimeError("presidio is not installed")
+
+    _Echo.received.clear()
+    working, gateway.redactor = gateway.redactor, Failing()
+    try:
+        response = client.post("/v1/chat/completions", json=_ask("external", f"mail {EMAIL}"), headers=auth)
+    finally:
+        gateway.redactor = working
+    assert response.status_code == 502, response.text
+    assert "redacting failed: presidio is not installed" in response.json()["error"]["message"]
+    assert _Echo.received == []
