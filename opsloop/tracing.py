@@ -288,19 +288,28 @@ class Tracer:
         exported = flush(max(0.0, deadline - time.monotonic())) if flush is not None else True
         return not self._pending.unfinished_tasks and exported is not False
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Export what is queued (up to ``timeout``), stop the thread and close the exporter."""
+    def close(self, timeout: float = 10.0, *, wait: bool = True) -> None:
+        """Hand what is queued to the exporter, stop the thread and close the exporter.
+
+        ``wait``: also wait (up to ``timeout``) until the exporter has written it; False for a
+        short-lived process, whose exporter (a child process) finishes on its own.
+        """
         if self._closed:
             return
-        self.flush(timeout)
+        deadline = time.monotonic() + timeout
+        self._hurry.set()
+        while self._pending.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if wait:
+            self.flush(max(0.0, deadline - time.monotonic()))
         self._closed = True
         thread = self._thread
         if thread is not None:
             self._pending.put(None)
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         close = getattr(self.exporter, "close", None)
         if close is not None:
-            close()
+            close(max(0.0, deadline - time.monotonic()) if wait else 0.0)
 
     def _ensure_thread(self) -> None:
         if self._thread is not None:

@@ -610,7 +610,9 @@ class Platform:
         self.runtime.close()
         self.predictions.close()
         self.queries.close()
-        self.tracer.close()
+        # A stopping server waits (a little) for its traces to be written; a CLI run hands them
+        # to the exporting process, which writes them after the command has returned.
+        self.tracer.close(wait=self.local_token is not None)
         self.ledger.close()
         self.enforcer.close()
         self.registry.close()
