@@ -191,8 +191,8 @@ class Tracer:
         exporter: where finished traces go; None: tracing is off and nothing is recorded.
         max_pending: finished traces waiting for the exporter before new ones are dropped.
         max_batch: most traces handed to the exporter at once.
-        max_wait_s: how long a finished trace waits for others to share its batch (MLflow
-            writes a batch of 100 traces for a fifth of the CPU of 100 single ones).
+        max_wait_s: how often the queued traces are handed over, as one batch (MLflow writes a
+            batch of 100 traces for a fifth of the CPU of 100 single ones).
         on_dropped: called once per trace dropped for a full queue (a metric).
         on_failed: called with the number of traces an export failed to write (a metric).
     """
@@ -209,7 +209,7 @@ class Tracer:
     ) -> None:
         self.exporter = exporter
         self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
+        self.max_wait_s = max(max_wait_s, 0.01)
         self._hurry = threading.Event()
         self._pending: queue.Queue[Span | None] = queue.Queue(max_pending)
         self._on_dropped = on_dropped
@@ -305,6 +305,7 @@ class Tracer:
         self._closed = True
         thread = self._thread
         if thread is not None:
+            self._hurry.set()
             self._pending.put(None)
             thread.join(max(0.0, deadline - time.monotonic()))
         close = getattr(self.exporter, "close", None)
@@ -320,22 +321,22 @@ class Tracer:
                 self._thread.start()
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch = [self._pending.get()]
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_batch and batch[-1] is not None:
-                left = deadline - time.monotonic()
+        # It wakes once a batch period (or when flushed), not per trace: a request's put on the
+        # queue wakes no thread and costs it no switch.
+        while True:
+            if not self._pending.qsize():
+                self._hurry.wait(self.max_wait_s)
+            batch: list[Span | None] = []
+            while len(batch) < self.max_batch:
                 try:
-                    if left <= 0 or self._hurry.is_set():  # take what is queued, wait for no more
-                        batch.append(self._pending.get_nowait())
-                    else:
-                        batch.append(self._pending.get(timeout=min(left, 0.05)))
+                    batch.append(self._pending.get_nowait())
                 except queue.Empty:
-                    if left <= 0 or self._hurry.is_set():
-                        break
+                    break
+            if not batch:
+                if self._hurry.is_set():  # a flush is waiting for the exporter, not for the queue
+                    time.sleep(0.01)
+                continue
             roots = [root for root in batch if root is not None]
-            stop = len(roots) < len(batch)
             try:
                 if roots and self.exporter is not None:
                     self.exporter.export([record(root) for root in roots])
@@ -345,6 +346,8 @@ class Tracer:
             finally:
                 for _ in batch:
                     self._pending.task_done()
+            if len(roots) < len(batch):  # close()'s sentinel
+                return
 
 
 def jsonable(value: Any) -> Any:
