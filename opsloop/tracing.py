@@ -134,16 +134,22 @@ def span(name: str, kind: str, *, inputs: Any = None, **attributes: Any) -> Iter
     if parent is None:
         yield _DETACHED
         return
-    child = parent.child(name, kind, inputs=inputs, **attributes)
-    token = _current.set(child)
-    try:
+    with _entered(parent.child(name, kind, inputs=inputs, **attributes)) as child:
         yield child
+
+
+@contextmanager
+def _entered(current: Span) -> Iterator[Span]:
+    """``current`` made the current span around a block, and ended after it (failed if it raised)."""
+    token = _current.set(current)
+    try:
+        yield current
     except BaseException as exc:
-        child.end(error=exc)
+        current.end(error=exc)
         raise
     finally:
         _current.reset(token)
-        child.end()
+        current.end()
 
 
 TraceRecord = dict[str, Any]
@@ -257,15 +263,8 @@ class Tracer:
         if not started.recording:
             yield started
             return
-        token = _current.set(started)
-        try:
+        with _entered(started):
             yield started
-        except BaseException as exc:
-            started.end(error=exc)
-            raise
-        finally:
-            _current.reset(token)
-            started.end()
 
     def submit(self, root: Span) -> None:
         """Queue a finished trace for export; drop it (counted) when the queue is full."""

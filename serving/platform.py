@@ -244,10 +244,7 @@ class Platform:
         self.local_token = server_token()
         routes = self.gateway.routes()  # built now (SDK imports included), not by a first request
         log.info("gateway ready (%s: %s)", plural(len(routes), "route"), ", ".join(routes))
-        starts = [(self._start_models, "models-start"), (self._start_rag, "rag-start")]
-        if self.settings.pii_redaction or self.settings.pii_tenants or self.settings.pii_routes:
-            starts.append((self._warm_redactor, "pii-warm-up"))
-        for target, name in starts:
+        for target, name in ((self._start_models, "models-start"), (self._start_rag, "rag-start")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._starting.append(thread)
@@ -350,13 +347,6 @@ class Platform:
             for name in ("registry", "models"):
                 if self.startup.state(name) != "ready":
                     self.startup.failed(name, reason(exc))
-
-    def _warm_redactor(self) -> None:
-        """Import Presidio now (seconds), not in the middle of the first query's log write."""
-        try:
-            self.redactor.warm()
-        except Exception:  # each redaction will then fail and say why; serving goes on
-            log.exception("the PII redactor could not be built")
 
     def _start_rag(self) -> None:
         """Take the RAG store now, so CLI runs find this server holding it; ingest the bundled docs."""

@@ -16,6 +16,9 @@ from opsloop.settings import Settings, load_settings
 
 # LangGraph reads it when it is imported: chat checkpoints must hold plain JSON-able values only.
 os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
+# Each traced platform starts an exporting process (MLflow and Presidio imports: seconds of CPU
+# per test module on 2 cores). The tests about traces turn tracing on (tracing=True).
+os.environ.setdefault("OPSLOOP_TRACING", "false")
 
 POSTGRES_URL = os.environ.get("OPSLOOP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

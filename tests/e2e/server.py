@@ -38,8 +38,9 @@ def clean_environment() -> dict[str, str]:
 def environment(home: Path) -> dict[str, str]:
     """:func:`clean_environment`, pointed at ``home``."""
     env = clean_environment()
-    # Ingesting the bundled docs at start loads the embedder: only the tests about it want that.
-    return {**env, "OPSLOOP_HOME": str(home), "OPSLOOP_BOOTSTRAP_DOCS": "false"}
+    # Ingesting the bundled docs at start loads the embedder, and tracing starts an exporting
+    # process: only the tests about them want that.
+    return {**env, "OPSLOOP_HOME": str(home), "OPSLOOP_BOOTSTRAP_DOCS": "false", "OPSLOOP_TRACING": "false"}
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -68,7 +68,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     docs.mkdir()
     for name in DOCS:
         shutil.copy(REPO / "docs" / name, docs / name)
-    plat = Platform.build(load_settings(home=root / "home")).start_store()
+    plat = Platform.build(load_settings(home=root / "home", tracing=True)).start_store()
     plat.rag.ingest(CALLER, "docs", docs)
     try:
         yield plat

@@ -30,6 +30,7 @@ from opsloop.trace_export import ExportConfig, ProcessExporter
 from opsloop.tracing import Tracer, TraceRecord
 from serving.app import create_app
 from serving.platform import Platform, bundled_docs
+from tests.integration.ready import wait_ready
 
 QUESTION = "How do I revoke an API key?"
 
@@ -40,17 +41,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
     shutil.copy(bundled_docs() / "auth.md", docs / "auth.md")
     home = tmp_path_factory.mktemp("home")
     settings = load_settings(
-        home=home, bootstrap_demo=False, bootstrap_docs=True, docs_path=docs, drift_check_seconds=0
+        home=home,
+        bootstrap_demo=False,
+        bootstrap_docs=True,
+        docs_path=docs,
+        drift_check_seconds=0,
+        tracing=True,
     )
     app: FastAPI = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
-        platform: Platform = app.state.platform
-        deadline = time.monotonic() + 300
-        while platform.components.get("rag") == "starting" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert platform.components.get("rag") == "ready", platform.components
+        wait_ready(client, 300)
         key = settings.admin_key_path.read_text().strip()
-        yield client, platform, {"Authorization": f"Bearer {key}"}
+        yield client, app.state.platform, {"Authorization": f"Bearer {key}"}
 
 
 def traces_of(platform: Platform, request_id: str) -> list[Trace]:
