@@ -28,9 +28,13 @@ from opsloop.errors import ConflictError, ForbiddenError, InvalidInputError, Not
 from opsloop.telemetry import ChatMetrics
 from opsloop.tracing import Span, Tracer
 
-__all__ = ["ChatReply", "ChatService", "ThreadView"]
+__all__ = ["ChatReply", "ChatService", "ThreadSummary", "ThreadView"]
 
 MAX_MESSAGE_CHARS = 4000
+_TENANT_KEY = "opsloop_tenant"
+"""Checkpoint metadata naming the thread's tenant, so threads can be listed per tenant."""
+_SCAN = 2000
+"""Checkpoints read at most to list threads (a run writes about ten)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,16 @@ class ChatReply:
     reply: str
     plan: dict[str, Any] | None
     pending: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ThreadSummary:
+    """A thread in a list: its latest request and where it stands."""
+
+    thread_id: str
+    title: str
+    status: str
+    updated_at: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class ChatService:
         tracer: Tracer | None = None,
     ) -> None:
         self._graph = build(checkpointer)
+        self._checkpointer = checkpointer
         self._tracer = tracer or Tracer(None)
         self._ops = ops
         self._planner = planner
@@ -85,8 +100,12 @@ class ChatService:
         return Context(self._ops, self._planner, self._limits, thread_id, self._audit, self._metrics)
 
     @staticmethod
-    def _config(thread_id: str) -> RunnableConfig:
-        return {"configurable": {"thread_id": thread_id}}
+    def _config(thread_id: str, tenant: str | None = None) -> RunnableConfig:
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        if tenant is not None:
+            # Kept in each checkpoint's metadata: threads() lists a tenant's threads by it.
+            config["metadata"] = {_TENANT_KEY: tenant}
+        return config
 
     async def chat(
         self, caller: Principal, message: str, thread_id: str | None = None, *, dry_run: bool = False
@@ -122,7 +141,9 @@ class ChatService:
             "status": "running",
         }
         with self._traced("agent.run", caller, thread_id, {"message": text, "dry_run": dry_run}) as traced:
-            await self._graph.ainvoke(start, self._config(thread_id), context=self._context(thread_id))
+            await self._graph.ainvoke(
+                start, self._config(thread_id, caller.tenant), context=self._context(thread_id)
+            )
             reply = await self._reply(thread_id, count=True)
             traced.end({"status": reply.status, "reply": reply.reply})
         return reply
@@ -171,7 +192,7 @@ class ChatService:
         with self._traced("agent.resume", caller, thread_id, inputs) as traced:
             await self._graph.ainvoke(
                 Command(resume={waiting.id: decision}),
-                self._config(thread_id),
+                self._config(thread_id, caller.tenant),
                 context=self._context(thread_id),
             )
             reply = await self._reply(thread_id, count=True)
@@ -185,6 +206,25 @@ class ChatService:
         return self._tracer.trace(
             name, "AGENT", request_id=thread_id, tenant=caller.tenant, inputs=inputs, thread_id=thread_id
         )
+
+    async def threads(self, caller: Principal, *, limit: int = 30) -> list[ThreadSummary]:
+        """The caller's tenant's threads, most recently active first, each titled by its first request."""
+        caller.require(Role.VIEWER, "listing chat threads")
+        latest: dict[str, str] = {}
+        async for checkpoint in self._checkpointer.alist(
+            None, filter={_TENANT_KEY: caller.tenant}, limit=_SCAN
+        ):
+            latest.setdefault(checkpoint.config["configurable"]["thread_id"], checkpoint.checkpoint["ts"])
+            if len(latest) == limit:
+                break
+        summaries = []
+        for thread_id, updated_at in latest.items():
+            snapshot = await self._graph.aget_state(self._config(thread_id))
+            messages = snapshot.values.get("messages", [])
+            title = next((m["content"] for m in messages if m.get("role") == "user"), thread_id)
+            reply = await self._reply(thread_id)
+            summaries.append(ThreadSummary(thread_id, title[:120], reply.status, updated_at))
+        return summaries
 
     async def thread(self, caller: Principal, thread_id: str) -> ThreadView:
         """A thread's messages, plan, approvals and status (only its own tenant reads it).

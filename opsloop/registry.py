@@ -736,6 +736,28 @@ class Registry:
         except FileNotFoundError as exc:
             raise NotFoundError(f"run {run_id} has no artifact {path!r}", run=run_id, path=path) from exc
 
+    def run_text(self, uri: str, *, max_bytes: int = 1_000_000) -> str:
+        """A text artifact of a run by its ``runs:/RUN_ID/PATH`` URI (a version's model card).
+
+        Raises:
+            InvalidInputError: Not a ``runs:/`` URI.
+            NotFoundError: The run has no such artifact.
+        """
+        run_id, _, path = uri.removeprefix("runs:/").partition("/")
+        if not uri.startswith("runs:/") or not run_id or not path:
+            raise InvalidInputError(f"not a runs:/RUN_ID/PATH artifact URI: {uri!r}", field="uri")
+        client = self._started()
+        try:
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                _translated(f"artifact {path!r} of run {run_id}", run=run_id),open(
+                client.download_artifacts(run_id, path, tmp), encoding="utf-8", errors="replace"
+            ) as file
+            ):
+                return file.read(max_bytes)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"run {run_id} has no artifact {path!r}", run=run_id, path=path) from exc
+
     def log_reference(self, name: str, version: int | str, profile: Mapping[str, Any]) -> str:
         """Keep ``profile`` as the reference of a model version, replacing any earlier one.
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from opsloop.settings import Settings, load_settings
+from serving import console
 from serving.agent_wiring import ChatHost
 from serving.errors import install_error_handlers
 from serving.middleware import RequestMiddleware
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(retraining.router)
     app.include_router(chat_router.router)
+    console.mount(app)
     return app
 
 
