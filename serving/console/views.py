@@ -100,6 +100,7 @@ async def experiment_page(request: Request, name: str, caller: SessionDep, platf
     service = platform.experiments.service
 
     def gather() -> dict[str, Any]:
+        platform.experiments.outcomes.flush()  # the requests just answered count too
         report = service.show(caller.principal, name)
         samples = service.store.samples(report.name)
         latency, volume, errors = {}, {}, {}

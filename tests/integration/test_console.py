@@ -258,3 +258,86 @@ def test_a_viewer_cannot_approve_even_with_a_valid_form_and_another_tenant_canno
     )
     assert denied.status_code == 200
     assert "denied by" in denied.text and "not now" in denied.text
+
+
+def test_an_experiment_page_charts_each_variants_traffic_and_shows_its_decision(
+    client: TestClient, platform: Platform, second_version: int
+) -> None:
+    from workflows.experiments.service import ExperimentPlan
+
+    operator_key = _key(platform, Role.OPERATOR)
+    operator = platform.keys.authenticate(operator_key)
+    service = platform.experiments.service
+    service.create(operator, ExperimentPlan("console-ab", "ab", "model", "credit-risk", str(second_version)))
+    platform.experiments.router.refresh()  # route to it now, not at the next poll
+    try:
+        user = {"Authorization": f"Bearer {_key(platform, Role.USER)}"}
+        example = client.get("/models/credit-risk", headers=user).json()["example"]
+        for unit in range(40):
+            answer = client.post(
+                "/predict/credit-risk", json=example, headers={**user, "X-Opsloop-Unit": f"u{unit}"}
+            )
+            assert answer.status_code == 200, answer.text
+        browser = _login(client, operator_key)
+        listed = browser.get("/ui/experiments")
+        assert 'href="/ui/experiments/console-ab"' in listed.text and "running" in listed.text
+        page = browser.get("/ui/experiments/console-ab")
+        assert page.status_code == 200, page.text
+        assert page.text.count('<svg class="chart"') == 3  # requests, latency and errors over time
+        assert "champion" in page.text and "challenger" in page.text
+        service.stop(operator, "console-ab")
+        ended = browser.get("/ui/experiments/console-ab").text
+        assert "stopped" in ended and "No decision yet" not in ended
+        # another tenant does not see it
+        stranger = _login(client, _key(platform, Role.OPERATOR, tenant="bravo"))
+        assert "console-ab" not in stranger.get("/ui/experiments").text
+        assert stranger.get("/ui/experiments/console-ab").status_code == 404
+    finally:
+        if service.store.get("console-ab").status == "running":
+            service.stop(operator, "console-ab")
+
+
+def test_the_evals_page_shows_runs_with_intervals_and_a_trend_per_data_set(
+    client: TestClient, platform: Platform
+) -> None:
+    operator_key = _key(platform, Role.OPERATOR)
+    guide = b"# Rotating keys\n\nCreate a new key, move clients to it, then revoke the old key.\n"
+    platform.rag.upload(platform.keys.authenticate(operator_key), "evalbook", [("keys.md", guide)])
+    item = {
+        "question": "How do I rotate a key?",
+        "reference": "Create a new key.",
+        "reference_sources": ["keys.md"],
+    }
+    body = {
+        "dataset": {"name": "keys", "items": [item]},
+        "collection": "evalbook",
+        "generate": False,
+        "resume": "never",
+    }
+    headers = {"Authorization": f"Bearer {operator_key}"}
+    runs = [client.post("/admin/evals/runs", json=body, headers=headers) for _ in range(2)]
+    assert all(r.status_code == 200 for r in runs), runs[0].text
+    page = _login(client, operator_key).get("/ui/evals")
+    assert page.status_code == 200
+    for run in runs:
+        assert run.json()["run_id"][:12] in page.text
+    assert "hit_rate" in page.text and '<svg class="chart"' in page.text
+    stranger = _login(client, _key(platform, Role.OPERATOR, tenant="bravo")).get("/ui/evals")
+    assert runs[0].json()["run_id"][:12] not in stranger.text
+
+
+def test_the_costs_page_shows_a_gateway_call_to_its_tenant_only(
+    client: TestClient, platform: Platform
+) -> None:
+    user = {"Authorization": f"Bearer {_key(platform, Role.USER, tenant='acme')}"}
+    chat = {"model": "smollm2", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4}
+    assert client.post("/v1/chat/completions", json=chat, headers=user).status_code == 200
+    platform.ledger.flush()
+    acme = _login(client, _key(platform, Role.OPERATOR, tenant="acme")).get("/ui/costs?since=24h")
+    assert acme.status_code == 200
+    assert "smollm2" in acme.text and "No gateway calls in this window" not in acme.text
+    assert "Budgets" not in acme.text  # budgets are an admin's
+    other = _login(client, _key(platform, Role.OPERATOR, tenant="bravo")).get("/ui/costs?since=24h")
+    assert "smollm2" not in other.text
+    admin = _login(client, _key(platform, Role.ADMIN)).get("/ui/costs?since=24h")
+    assert "acme" in admin.text and "Budgets" in admin.text
