@@ -45,5 +45,8 @@ def test_a_thread_waits_in_postgres_across_a_restart(tmp_path: Path, postgres_ur
             f"/chat/{asked.json()['thread_id']}/approve", json={"approve": True}, headers=headers
         )
         assert done.json()["status"] == "done", done.text
+        # the console lists the thread from the PostgreSQL checkpoints, for its own tenant
+        client.cookies.set("opsloop_console", key, domain="testserver.local", path="/ui")
+        assert asked.json()["thread_id"] in client.get("/ui/chat").text
         registry = client.app.state.platform.registry  # type: ignore[attr-defined]
         assert registry.get_alias(MODEL, "champion").version == version
