@@ -17,7 +17,10 @@ __all__ = ["bars", "lines"]
 
 WIDTH, HEIGHT = 640, 220
 _PAD_LEFT, _PAD_RIGHT, _PAD_TOP, _PAD_BOTTOM = 56, 12, 12, 40
-COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
+COLOURS = (
+    "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
+    "#be185d", "#4d7c0f", "#7c3aed", "#b45309", "#0f766e", "#64748b",
+)  # fmt: skip
 
 
 def _number(value: float) -> str:

@@ -63,6 +63,7 @@ def over_time(
     stat: Literal["count", "mean", "p50", "p99"],
     *,
     buckets: int = 24,
+    span: tuple[float, float] | None = None,
 ) -> list[tuple[float, float]]:
     """A statistic of samples per time bucket: ``(bucket middle in epoch seconds, value)``.
 
@@ -73,12 +74,13 @@ def over_time(
         values: Each sample's value (not needed to ``count``).
         stat: What to take per bucket: the count, or the mean or a percentile of ``values``.
         buckets: Equal spans from the first sample to the last.
+        span: The first and last time instead, so that series of several variants share buckets.
     """
     times = np.asarray(at, dtype=float)
     if times.size == 0:
         return []
-    start = float(times.min())
-    width = (float(times.max()) - start) / buckets or 1.0
+    start, end = span or (float(times.min()), float(times.max()))
+    width = (end - start) / buckets or 1.0
     index = np.minimum(((times - start) / width).astype(int), buckets - 1)
     data = np.asarray(values if values is not None else np.zeros(times.size), dtype=float)
     points = []

@@ -103,12 +103,14 @@ async def experiment_page(request: Request, name: str, caller: SessionDep, platf
         platform.experiments.outcomes.flush()  # the requests just answered count too
         report = service.show(caller.principal, name)
         samples = service.store.samples(report.name)
+        times = [float(t) for got in samples.values() for t in got.at]
+        shared = (min(times), max(times)) if times else None
         latency, volume, errors = {}, {}, {}
         for variant, got in samples.items():
-            latency[f"{variant} p50"] = over_time(got.at, got.latency_ms, "p50")
-            volume[variant] = over_time(got.at, None, "count")
-            errors[variant] = over_time(got.at, (~got.ok).astype(float), "mean")
-        span = _span([t for got in samples.values() for t in got.at])
+            latency[f"{variant} p50"] = over_time(got.at, got.latency_ms, "p50", span=shared)
+            volume[variant] = over_time(got.at, None, "count", span=shared)
+            errors[variant] = over_time(got.at, (~got.ok).astype(float), "mean", span=shared)
+        span = _span(times)
         return {
             "title": f"Experiment {report.name}",
             "experiment": report,
@@ -176,23 +178,28 @@ async def drift_page(
                 ))
                 for name, feature in report.features.items()
             ]  # fmt: skip
-        if principal.role >= Role.ADMIN:
+        if principal.role >= Role.ADMIN:  # scheduled checks compare every tenant's traffic
             checks = list(reversed(platform.drift.history(chosen, limit=200)))
-            scores: dict[str, list[tuple[float, float]]] = {"share drifted": []}
-            for check in checks:
-                scores["share drifted"].append(
-                    (check.at.replace(tzinfo=UTC).timestamp(), check.share_drifted)
-                )
-            context["history"] = charts.lines(
-                scores, "scheduled checks: share of features drifted",
-                x_labels=_span([t for t, _ in scores["share drifted"]]),
-            )  # fmt: skip
+            context["history"] = _psi_over_time(checks)
             context["checks"] = checks[-10:][::-1]
         context["concept"] = _concept(platform, chosen, scope, concept_report)
         return context
 
     context = await run_in_threadpool(gather)
     return render(request, caller, "drift.html", context, page="drift")
+
+
+def _psi_over_time(checks: list[Any]) -> Any:
+    """Each feature's PSI in the scheduled checks, oldest first, with the share of features drifted."""
+    series: dict[str, list[tuple[float, float]]] = {"share drifted": []}
+    for check in checks:
+        at = check.at.replace(tzinfo=UTC).timestamp()
+        series["share drifted"].append((at, check.share_drifted))
+        for name, feature in check.report.get("features", {}).items():
+            if feature.get("psi") is not None:
+                series.setdefault(f"PSI {name}", []).append((at, feature["psi"]))
+    return charts.lines(series, "scheduled checks: PSI per feature and share of features drifted",
+                        x_labels=_span([t for t, _ in series["share drifted"]]))  # fmt: skip
 
 
 def _concept(platform: Platform, model: str, scope: str | None, concept_report: Any) -> dict[str, Any]:

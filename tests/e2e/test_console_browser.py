@@ -203,6 +203,44 @@ def test_an_admin_walks_from_a_drift_alert_to_an_approved_promotion(
     _clean(admin)
 
 
+def test_a_running_experiment_fills_its_page_without_a_reload(server: Server, keys: Keys, login: Any) -> None:
+    admin_api = {"Authorization": f"Bearer {keys.admin}"}
+    body = {
+        "name": "browser-ab",
+        "kind": "ab",
+        "model": "credit-risk",
+        "challenger": str(3 - _champion(server, keys)),
+    }
+    started = server.http.post("/admin/experiments", json=body, headers=admin_api)
+    assert started.status_code == 201, started.text
+    try:
+        admin = login(keys.admin)
+        page = admin.page
+        page.goto("/ui/experiments")
+        page.click("a[href='/ui/experiments/browser-ab']")
+        sync_api.expect(page.locator("main h1")).to_have_text("Experiment browser-ab")
+        sent = cli(
+            server.home,
+            "demo",
+            "traffic",
+            "--url",
+            server.url,
+            "--key",
+            keys.user,
+            "--rows",
+            "200",
+            "--units",
+            "50",
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        # The live block redraws the charts as the outcomes arrive.
+        sync_api.expect(page.locator("#experiment svg.chart")).to_have_count(3, timeout=30_000)
+        _shot(admin, "admin-experiment-running")
+        _clean(admin)
+    finally:
+        server.http.post("/admin/experiments/browser-ab/stop", headers=admin_api)
+
+
 def test_a_viewer_sees_no_approve_button_cannot_forge_one_and_watches_the_thread_end(
     server: Server, keys: Keys, login: Any
 ) -> None:

@@ -63,3 +63,9 @@ def test_numbers_and_times_read_the_same_everywhere() -> None:
         == "2026-12-07 08:30:00 UTC"
     )
     assert when(None) == ""
+
+
+def test_series_of_several_variants_can_share_their_buckets() -> None:
+    early = over_time([0.0, 1.0], None, "count", buckets=4, span=(0.0, 100.0))
+    late = over_time([99.0, 100.0], None, "count", buckets=4, span=(0.0, 100.0))
+    assert [x for x, _ in early] == [12.5] and [x for x, _ in late] == [87.5]
