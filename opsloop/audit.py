@@ -2,21 +2,42 @@
 
 Writers call :meth:`AuditLog.record` inside the same transaction as the change they
 audit, so a change is never stored without its audit row (or the other way round).
+
+The log's table, :data:`audit_events`, is a Core table defined here, and the log reads and
+writes it with Core statements: ``opsloop audit tail`` runs without SQLAlchemy's ORM
+(:mod:`opsloop.db`). :class:`opsloop.tables.AuditEvent` maps it for ORM queries.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import JSON, Column, Index, Integer, String, Table, insert, select
 
-from opsloop.db import Database
-from opsloop.tables import AuditEvent, utcnow
+from opsloop.db import Database, UTCDateTime, metadata, utcnow
 
-__all__ = ["AuditEntry", "AuditFilter", "AuditLog"]
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["AuditEntry", "AuditFilter", "AuditLog", "audit_events"]
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False, index=True, default=utcnow),
+    Column("actor", String(64), nullable=False),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False, default=""),
+    Column("before", JSON),
+    Column("after", JSON),
+    Column("request_id", String(64)),
+    Index("ix_audit_events_action_at", "action", "at"),
+)
+"""One mutating action per row; append-only (the migration's triggers refuse UPDATE and DELETE)."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +91,13 @@ class AuditLog:
         after: dict[str, Any] | None = None,
         request_id: str | None = None,
     ) -> None:
-        """Add an event to ``session``; it is stored when the caller's transaction commits."""
-        session.add(
-            AuditEvent(
+        """Add an event to ``session``; it is stored when the caller's transaction commits.
+
+        A Core insert, sent at once: it flushes none of the caller's pending ORM objects (only
+        ORM statements autoflush), and commits or rolls back with them.
+        """
+        session.execute(
+            insert(audit_events).values(
                 at=utcnow(),
                 actor=actor,
                 tenant=tenant,
@@ -90,25 +115,25 @@ class AuditLog:
 
     def query(self, where: AuditFilter) -> list[AuditEntry]:
         """Entries matching ``where``, newest first (oldest first when ``after_id`` is set)."""
-        query = select(AuditEvent)
+        c = audit_events.c
+        query = select(audit_events)
         for column, value in (
-            (AuditEvent.tenant, where.tenant),
-            (AuditEvent.actor, where.actor),
-            (AuditEvent.action, where.action),
-            (AuditEvent.target, where.target),
+            (c.tenant, where.tenant),
+            (c.actor, where.actor),
+            (c.action, where.action),
+            (c.target, where.target),
         ):
             if value is not None:
                 query = query.where(column == value)
         if where.since is not None:
-            query = query.where(AuditEvent.at >= where.since)
+            query = query.where(c.at >= where.since)
         if where.until is not None:
-            query = query.where(AuditEvent.at < where.until)
+            query = query.where(c.at < where.until)
         if where.after_id is not None:
-            query = query.where(AuditEvent.id > where.after_id).order_by(AuditEvent.id)
+            query = query.where(c.id > where.after_id).order_by(c.id)
         else:
-            query = query.order_by(AuditEvent.id.desc())
-        with self._db.read() as session:
-            rows = session.scalars(query.limit(where.limit)).all()
+            query = query.order_by(c.id.desc())
+        rows = self._db.rows(query.limit(where.limit))
         return [
             AuditEntry(r.id, r.at, r.actor, r.tenant, r.action, r.target, r.before, r.after, r.request_id)
             for r in rows

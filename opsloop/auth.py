@@ -10,6 +10,10 @@ Roles are ordered: ``viewer < user < operator < admin``. Every key belongs to a 
 The first admin key is written to its file (mode 0600) *before* its hash is stored, and the
 file is removed again if storing fails: a stored hash whose only secret was lost would lock
 everyone out of a fresh install.
+
+The keys' table, :data:`api_keys`, is a Core table defined here, and the key store reads and
+writes it with Core statements: ``opsloop keys list`` runs without SQLAlchemy's ORM
+(:mod:`opsloop.db`). :class:`opsloop.tables.ApiKey` maps it for ORM queries.
 """
 
 from __future__ import annotations
@@ -21,22 +25,36 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Column, Row, String, Table, insert, select, update
 
 from opsloop.audit import AuditLog
-from opsloop.db import Database
+from opsloop.db import Database, UTCDateTime, metadata, utcnow
 from opsloop.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError
-from opsloop.tables import ApiKey, utcnow
 
-__all__ = ["KeyInfo", "KeyStore", "NewKey", "Principal", "Role", "system_principal"]
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["KeyInfo", "KeyStore", "NewKey", "Principal", "Role", "api_keys", "system_principal"]
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("role", String(16), nullable=False),
+    Column("name", String(128), nullable=False, default=""),
+    Column("key_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("revoked_at", UTCDateTime),
+)
+"""One row per API key: only its SHA-256 hash is stored, never the key itself."""
 
 _PREFIX = "olk"
 _TENANT_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -180,7 +198,7 @@ def _write_key_file(path: Path, secret: str) -> None:
         raise
 
 
-def _info(row: ApiKey) -> KeyInfo:
+def _info(row: Row[Any]) -> KeyInfo:
     return KeyInfo(row.id, row.tenant, Role.parse(row.role), row.name, row.created_at, row.revoked_at)
 
 
@@ -222,11 +240,18 @@ class KeyStore:
         actor: str,
         request_id: str | None = None,
     ) -> NewKey:
-        def insert(session: Session) -> KeyInfo:
-            row = ApiKey(id=key_id, tenant=tenant, role=str(role), name=name, key_hash=_hash(secret))
-            row.created_at = utcnow()
-            session.add(row)
-            info = _info(row)
+        def add(session: Session) -> KeyInfo:
+            info = KeyInfo(key_id, tenant, role, name, utcnow(), None)
+            session.execute(
+                insert(api_keys).values(
+                    id=key_id,
+                    tenant=tenant,
+                    role=str(role),
+                    name=name,
+                    key_hash=_hash(secret),
+                    created_at=info.created_at,
+                )
+            )
             self._audit.record(
                 session,
                 actor=actor,
@@ -238,7 +263,7 @@ class KeyStore:
             )
             return info
 
-        return NewKey(self._db.write(insert), SecretStr(secret))
+        return NewKey(self._db.write(add), SecretStr(secret))
 
     def create_first_admin(self, *, actor: str, key_file: Path | None = None) -> NewKey | None:
         """Create an admin key of tenant ``default`` if no key exists yet, else None.
@@ -274,9 +299,8 @@ class KeyStore:
             raise
         # Two processes on one database but different homes may both have seen an empty
         # table; the earliest key wins, and the other's file goes with its revoked key.
-        with self._db.read() as session:
-            first = session.scalar(select(ApiKey.id).order_by(ApiKey.created_at, ApiKey.id).limit(1))
-        if first != key.info.id:
+        first = self._db.rows(select(api_keys.c.id).order_by(api_keys.c.created_at, api_keys.c.id).limit(1))
+        if first[0].id != key.info.id:
             self.revoke(key.info.id, actor=actor)
             if key_file is not None:
                 key_file.unlink(missing_ok=True)
@@ -284,44 +308,44 @@ class KeyStore:
         return key
 
     def _has_keys(self) -> bool:
-        with self._db.read() as session:
-            return session.scalar(select(ApiKey.id).limit(1)) is not None
+        return bool(self._db.rows(select(api_keys.c.id).limit(1)))
 
     def list(self, *, tenant: str | None = None, include_revoked: bool = False) -> list[KeyInfo]:
         """Keys, oldest first, optionally of one tenant."""
-        query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
         if tenant is not None:
-            query = query.where(ApiKey.tenant == tenant)
+            query = query.where(api_keys.c.tenant == tenant)
         if not include_revoked:
-            query = query.where(ApiKey.revoked_at.is_(None))
-        with self._db.read() as session:
-            return [_info(row) for row in session.scalars(query)]
+            query = query.where(api_keys.c.revoked_at.is_(None))
+        return [_info(row) for row in self._db.rows(query)]
 
     def revoke(self, key_id: str, *, actor: str, request_id: str | None = None) -> KeyInfo:
         """Revoke a key; it stops working at once here and within the cache time elsewhere."""
 
-        def update(session: Session) -> KeyInfo:
-            row = session.get(ApiKey, key_id)
+        def mark(session: Session) -> KeyInfo:
+            row = session.execute(select(api_keys).where(api_keys.c.id == key_id)).one_or_none()
             if row is None:
                 raise NotFoundError(f"no key with id {key_id!r}", key_id=key_id)
             if row.revoked_at is not None:
                 raise ConflictError(f"key {key_id!r} is already revoked", key_id=key_id)
-            before = _info(row).to_dict()
-            row.revoked_at = utcnow()
-            info = _info(row)
+            before = _info(row)
+            info = replace(before, revoked_at=utcnow())
+            session.execute(
+                update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=info.revoked_at)
+            )
             self._audit.record(
                 session,
                 actor=actor,
-                tenant=row.tenant,
+                tenant=info.tenant,
                 action="key.revoke",
                 target=f"key:{key_id}",
-                before=before,
+                before=before.to_dict(),
                 after=info.to_dict(),
                 request_id=request_id,
             )
             return info
 
-        info = self._db.write(update)
+        info = self._db.write(mark)
         with self._lock:
             self._cache.pop(key_id, None)
         return info
@@ -343,10 +367,10 @@ class KeyStore:
             cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1], cached[2]
-        with self._db.read() as session:
-            row = session.get(ApiKey, key_id) if key_id else None
-        if row is None:
+        rows = self._db.rows(select(api_keys).where(api_keys.c.id == key_id)) if key_id else []
+        if not rows:
             return _DUMMY_HASH, None
+        row = rows[0]
         principal = None if row.revoked_at else Principal(row.id, row.tenant, Role.parse(row.role))
         with self._lock:
             self._cache[key_id] = (now, row.key_hash, principal)

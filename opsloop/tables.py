@@ -1,29 +1,24 @@
 """Table definitions of the relational store (SQLAlchemy 2 declarative).
 
 The schema itself is created and changed only by the Alembic migrations in
-``opsloop/migrations``; these classes must match them.
+``opsloop/migrations``; these classes must match them. Every table is on
+:data:`opsloop.db.metadata`. Two are Core tables defined beside the code that owns them,
+:data:`opsloop.auth.api_keys` and :data:`opsloop.audit.audit_events`, so that the CLI's key and
+audit commands run without the ORM; :class:`ApiKey` and :class:`AuditEvent` map them.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    DateTime,
-    Dialect,
-    Float,
-    Index,
-    Integer,
-    String,
-    Text,
-    TypeDecorator,
-)
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import text
+
+from opsloop.audit import audit_events
+from opsloop.auth import api_keys
+from opsloop.db import UTCDateTime, metadata, utcnow
 
 __all__ = [
     "ApiKey",
@@ -47,68 +42,41 @@ __all__ = [
 ]
 
 
-def utcnow() -> datetime:
-    """Return the current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp that is stored in UTC and always read back timezone-aware.
-
-    SQLite keeps no zone, PostgreSQL does; this makes both return the same values.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Convert to UTC, taking naive values to be UTC already."""
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Attach UTC to the naive values SQLite returns."""
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 class Base(DeclarativeBase):
     """Declarative base of every opsloop table."""
 
+    metadata = metadata
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON}
 
 
 class ApiKey(Base):
-    """An API key: only its SHA-256 hash is stored, never the key itself."""
+    """An API key: only its SHA-256 hash is stored, never the key itself (table ``opsloop.auth.api_keys``)."""
 
-    __tablename__ = "api_keys"
+    __table__ = api_keys
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(64), index=True)
-    role: Mapped[str] = mapped_column(String(16))
-    name: Mapped[str] = mapped_column(String(128), default="")
-    key_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    id: Mapped[str]
+    tenant: Mapped[str]
+    role: Mapped[str]
+    name: Mapped[str]
+    key_hash: Mapped[str]
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
 
 
 class AuditEvent(Base):
-    """One mutating action; the table is append-only (triggers refuse UPDATE and DELETE)."""
+    """One mutating action, append-only (table ``opsloop.audit.audit_events``)."""
 
-    __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_action_at", "action", "at"),)
+    __table__ = audit_events
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(64))
-    tenant: Mapped[str] = mapped_column(String(64), index=True)
-    action: Mapped[str] = mapped_column(String(64))
-    target: Mapped[str] = mapped_column(String(256), default="")
-    before: Mapped[dict[str, Any] | None] = mapped_column(default=None)
-    after: Mapped[dict[str, Any] | None] = mapped_column(default=None)
-    request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    id: Mapped[int]
+    at: Mapped[datetime]
+    actor: Mapped[str]
+    tenant: Mapped[str]
+    action: Mapped[str]
+    target: Mapped[str]
+    before: Mapped[dict[str, Any] | None]
+    after: Mapped[dict[str, Any] | None]
+    request_id: Mapped[str | None]
 
 
 class Prediction(Base):

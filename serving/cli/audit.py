@@ -29,7 +29,7 @@ def audit_tail(
     """Print the newest audit entries, oldest first, and optionally follow new ones."""
     from opsloop.audit import AuditFilter
 
-    audit = ctx.obj.store().audit
+    audit = ctx.obj.quick_store().audit
     where = AuditFilter(tenant=tenant, actor=actor, action=action, limit=lines)
     entries = list(reversed(audit.query(where)))
     _print_audit(entries, as_json)

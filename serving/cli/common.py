@@ -5,7 +5,9 @@ typer, rich and ``opsloop.errors``; settings (pydantic), the store (SQLAlchemy) 
 platform (MLflow, SciPy, ...) load in the methods below, when a command first asks. Commands
 that need only the relational store or the registry open just that (:meth:`State.store`,
 :meth:`State.store_and_registry`), not a whole Platform; commands that only read the registry
-ask :meth:`State.registry_reader`, which skips importing MLflow where it can.
+ask :meth:`State.registry_reader`, which skips importing MLflow where it can. The key and audit
+commands, which read nothing of the settings but where the store is, ask
+:meth:`State.quick_store`, which skips building the settings where it can.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
     from opsloop.registry import Registry
     from opsloop.registry_view import RegistryView
     from opsloop.settings import Settings
-    from serving.local import Store
+    from serving.local import SettingsT, Store, StoreSettings
+    from serving.logs import LogLevel
     from serving.platform import Platform
 
 __all__ = ["State", "err", "fail", "out", "when"]
@@ -38,7 +41,7 @@ class State:
     def __init__(self, config: Path | None, home: Path | None) -> None:
         self.config = config
         self.home = home
-        self._opened: list[Store | Platform | RegistryView] = []
+        self._opened: list[Store[Any] | Platform | RegistryView] = []
 
     def close(self) -> None:
         """Close what the command opened, newest first; the app calls it when the command ends."""
@@ -53,21 +56,35 @@ class State:
         imports them.
         """
         from opsloop.settings import load_settings
-        from serving.logs import cli_logging, quiet_libraries
 
         try:
             settings = load_settings(self.config, home=self.home, **overrides)
         except OpsloopError as exc:
             raise fail(exc) from exc
-        quiet_libraries(settings.log_level)
-        cli_logging(settings.log_level)
+        _start_logging(settings.log_level)
         return settings
 
-    def store(self) -> Store:
+    def store(self) -> Store[Settings]:
         """The migrated relational store: keys, budgets, the audit log, the ledger."""
+        return self._open(self.settings())
+
+    def quick_store(self) -> Store[Settings] | Store[StoreSettings]:
+        """The store, for commands that use no other setting: :meth:`store`, built quicker where it can be.
+
+        Where the environment alone decides where the store is (``StoreSettings.from_environment``),
+        it is opened from that, without pydantic-settings; otherwise from the whole settings.
+        """
+        from serving.local import StoreSettings
+
+        settings = StoreSettings.from_environment(self.config, self.home)
+        if settings is None:
+            return self.store()
+        _start_logging(settings.log_level)
+        return self._open(settings)
+
+    def _open(self, settings: SettingsT) -> Store[SettingsT]:
         from serving.local import Store
 
-        settings = self.settings()
         try:
             store = Store.open(settings)
         except OpsloopError as exc:
@@ -122,6 +139,13 @@ class State:
             return platform, platform.start_registry()
         except OpsloopError as exc:
             raise fail(exc) from exc
+
+
+def _start_logging(level: LogLevel) -> None:
+    from serving.logs import cli_logging, quiet_libraries
+
+    quiet_libraries(level)
+    cli_logging(level)
 
 
 def fail(exc: OpsloopError) -> typer.Exit:

@@ -26,7 +26,7 @@ def keys_create(
     from serving.local import cli_actor
 
     try:
-        new = ctx.obj.store().keys.create(tenant, Role.parse(role), name=name, actor=cli_actor())
+        new = ctx.obj.quick_store().keys.create(tenant, Role.parse(role), name=name, actor=cli_actor())
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"created key [bold]{new.info.id}[/] ({new.info.role}) for tenant {tenant}; store it now:")
@@ -41,7 +41,7 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List keys (never their secrets)."""
-    keys = ctx.obj.store().keys.list(tenant=tenant, include_revoked=all_)
+    keys = ctx.obj.quick_store().keys.list(tenant=tenant, include_revoked=all_)
     if as_json:
         for key in keys:
             print(json.dumps(key.to_dict()))
@@ -59,7 +59,7 @@ def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="
     from serving.local import cli_actor
 
     try:
-        ctx.obj.store().keys.revoke(key_id, actor=cli_actor())
+        ctx.obj.quick_store().keys.revoke(key_id, actor=cli_actor())
     except OpsloopError as exc:
         raise fail(exc) from exc
     err.print(f"revoked key {key_id}")

@@ -2,12 +2,15 @@
 
 Each case runs the ``opsloop`` app in a fresh interpreter and reads ``sys.modules`` after it
 returns; a module that imports one of these at its top (MLflow alone takes seconds) fails
-here, naming the command and the module. Timings are in ``bench/cli``, not here.
+here, naming the command and the module. The key and audit commands import no ORM either, nor
+pydantic-settings where the environment alone says where the store is. Timings are in
+``bench/cli``, not here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +47,8 @@ HEAVY = (
 )
 # Help needs no store and no settings either.
 HELP_ALSO = ("sqlalchemy", "alembic", "pydantic_settings")
+# The key and audit commands read with SQLAlchemy Core (opsloop.db).
+KEYS_AND_AUDIT = (["keys", "list"], ["audit", "tail", "-n", "5"])
 
 _RUN = """
 import json, sys
@@ -53,16 +58,20 @@ try:
 except SystemExit as exc:
     if exc.code not in (0, None):
         raise
-print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+print(json.dumps(sorted(sys.modules)))
 """
 
 
-def _imported(*args: str) -> set[str]:
+def _modules(*args: str, env: dict[str, str] | None = None) -> set[str]:
     done = subprocess.run(
-        [sys.executable, "-c", _RUN, *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", _RUN, *args], capture_output=True, text=True, timeout=120, check=False, env=env
     )
     assert done.returncode == 0, done.stderr
     return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def _imported(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    return {name.split(".")[0] for name in _modules(*args, env=env)}
 
 
 @pytest.mark.parametrize(
@@ -110,3 +119,16 @@ def test_an_existing_store_is_opened_without_alembic(tmp_path: Path) -> None:
     home = str(tmp_path / "home")
     assert "alembic" in _imported("--home", home, "keys", "list")  # a new store is migrated
     assert "alembic" not in _imported("--home", home, "keys", "list")  # then found at the newest
+
+
+@pytest.mark.parametrize("command", KEYS_AND_AUDIT)
+def test_key_and_audit_commands_load_no_orm_and_no_settings_class(tmp_path: Path, command: list[str]) -> None:
+    home = str(tmp_path / "home")
+    _modules("--home", home, "keys", "list")  # migrates the new store (Alembic loads the ORM)
+    bare = {k: v for k, v in os.environ.items() if not k.upper().startswith("OPSLOOP_")}
+    loaded = _modules("--home", home, *command, env=bare)
+    unwanted = {"sqlalchemy.orm", "opsloop.tables", "opsloop.settings", "pydantic_settings"} & loaded
+    assert not unwanted, f"opsloop {' '.join(command)} imported {sorted(unwanted)}"
+    # Another setting in the environment takes the whole Settings (which validates it), still no ORM.
+    loaded = _modules("--home", home, *command, env={**bare, "OPSLOOP_TRACING": "false"})
+    assert "pydantic_settings" in loaded and "sqlalchemy.orm" not in loaded
