@@ -39,10 +39,11 @@ def _model_row(platform: Platform, caller: Principal, name: str, version: int) -
     recent = platform.predictions.recent(
         name, tenant=caller.scope(None, "predictions"), since=since, limit=100_000
     )
-    drift = None
-    if caller.role >= Role.ADMIN:  # scheduled checks compare every tenant's traffic: admins only
+    drift, retraining = None, []
+    if caller.role >= Role.ADMIN:  # checks and retrainings are about every tenant's traffic: admins only
         checks = platform.drift.history(name, limit=1)
         drift = checks[0] if checks else None
+        retraining = platform.retraining.store.history(name, limit=5)
     versions = sorted(platform.registry.versions(name), key=lambda v: v.version, reverse=True)
     return {
         "name": name,
@@ -50,6 +51,7 @@ def _model_row(platform: Platform, caller: Principal, name: str, version: int) -
         "versions": versions,
         "activity": activity([r.latency_ms for r in recent], ACTIVITY_MINUTES),
         "drift": drift,
+        "retraining": retraining,
     }
 
 
