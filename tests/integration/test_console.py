@@ -341,3 +341,24 @@ def test_the_costs_page_shows_a_gateway_call_to_its_tenant_only(
     assert "smollm2" not in other.text
     admin = _login(client, _key(platform, Role.ADMIN)).get("/ui/costs?since=24h")
     assert "acme" in admin.text and "Budgets" in admin.text
+
+
+def test_a_versions_model_card_is_one_click_from_the_models_page(
+    client: TestClient, platform: Platform, second_version: int
+) -> None:
+    registry = platform.registry
+    run = registry.open_run("card")
+    registry.log_run(run, artifacts={"model_card.md": "# credit-risk v2\n\n<b>holdout</b> log_loss 0.44\n"})
+    registry.end_run(run)
+    # Retraining tags its versions so; MLflow's client sets the tag here.
+    registry._started().set_model_version_tag(
+        "credit-risk", str(second_version), "model_card", f"runs:/{run}/model_card.md"
+    )
+    browser = _login(client, _key(platform, Role.VIEWER))
+    models = browser.get("/ui/models").text
+    link = f"/ui/models/credit-risk/{second_version}/card"
+    assert f'href="{link}"' in models
+    card = browser.get(link)
+    assert card.status_code == 200
+    assert "# credit-risk v2" in card.text and "&lt;b&gt;holdout&lt;/b&gt;" in card.text
+    assert browser.get("/ui/models/credit-risk/1/card").status_code == 404
