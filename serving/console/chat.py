@@ -75,7 +75,7 @@ async def send(
     thread: ThreadField = "",
 ) -> Response:
     """Ask the ops assistant; back to the thread with its answer."""
-    checked(request, caller, csrf)
+    checked(request, csrf)
     service = await _service(request)
     try:
         reply = await service.chat(caller.principal, message, thread or None)
@@ -94,7 +94,7 @@ async def decide(
     comment: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
     """Approve or deny the action the thread waits for (operators and admins)."""
-    checked(request, caller, csrf)
+    checked(request, csrf)
     service = await _service(request)
     await service.approve(caller.principal, thread_id, decision == "approve", comment or None)
     return back("/ui/chat", thread=thread_id)

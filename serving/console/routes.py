@@ -103,7 +103,7 @@ SessionDep = Annotated[Session, Depends(current)]
 Csrf = Annotated[str, Form(max_length=128)]
 
 
-def checked(request: Request, caller: Session, sent: str) -> None:
+def checked(request: Request, sent: str) -> None:
     """Refuse a form post that this console did not serve to this session."""
     session.check_csrf(request, session.presented_key(request), sent)
 
@@ -186,7 +186,7 @@ async def login(
 @auth.post("/logout")
 async def logout(request: Request, caller: SessionDep, csrf: Csrf) -> Response:
     """End the session."""
-    checked(request, caller, csrf)
+    checked(request, csrf)
     response = back("/ui/login")
     session.end(response)
     return response
