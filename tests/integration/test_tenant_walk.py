@@ -30,6 +30,7 @@ from opsloop.audit import AuditFilter
 from opsloop.auth import Role
 from opsloop.settings import load_settings
 from serving.app import create_app
+from serving.console.session import SESSION_COOKIE, csrf_for
 from serving.platform import Platform
 from tests.integration.demo_inputs import APPLICANT
 from tests.integration.ready import wait_ready
@@ -42,8 +43,8 @@ JOB = "alpha-nightly"
 EXPERIMENT = "alpha-canary"
 SECRET = "alpha-secret-rotation-guide"
 QUESTION = "How does alpha rotate a key?"
-SKIPPED = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static-offline-docs"}
-"""Documentation and its static files: the same for everyone, and no tenant's data."""
+SKIPPED = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static-offline-docs", "/ui/static"}
+"""Documentation and static files (the console's too): the same for everyone, and no tenant's data."""
 
 Expect = Literal["denied", "own", "public"]
 """``denied``: 401/403/404 for bravo's non-admin keys. ``own``: the call acts on bravo's own
@@ -150,6 +151,23 @@ REQUESTS: dict[tuple[str, str], list[Call]] = {
     # too few labels here, so it ends refused). The runs' history is for admins.
     ("POST", "/admin/models/{model}/retrain"): [Call("own", json={"handoff": "none", "trials": 1})],
     ("POST", "/admin/experiments/{name}/{action}"): [Call("denied")],
+    # The web console, walked with the key's session cookie and its CSRF token (a form's fields
+    # as ``json``): its pages read the same services, so the same rules hold.
+    ("GET", "/ui/login"): [Call("public")],
+    ("POST", "/ui/login"): [Call("denied", json={"key": "olk_x_y"})],  # no login form was served
+    ("POST", "/ui/logout"): [Call("own")],
+    ("GET", "/ui/"): [Call("own")],
+    ("GET", "/ui/chat"): [Call("own")],
+    ("POST", "/ui/chat"): [Call("own", json={"message": "is everything healthy?"})],
+    ("POST", "/ui/chat/{thread_id}/decision"): [Call("denied", json={"decision": "approve"})],
+    ("GET", "/ui/models"): [Call("own")],
+    ("GET", "/ui/models/{model}/{version}/card"): [Call("denied")],  # no card: retraining makes them
+    ("GET", "/ui/experiments"): [Call("own")],
+    ("GET", "/ui/experiments/{name}"): [Call("denied")],
+    ("GET", "/ui/drift"): [Call("own")],
+    ("GET", "/ui/costs"): [Call("own")],
+    ("GET", "/ui/evals"): [Call("own")],
+    ("GET", "/ui/audit"): [Call("denied")],
 }
 
 
@@ -312,6 +330,8 @@ def _request(world: World, method: str, path: str, call: Call, headers: dict[str
     url = path
     for placeholder, value in filled.items():
         url = url.replace(placeholder, value)
+    if path.startswith("/ui/"):
+        return _console_request(world, method, url, call, headers)
     body = json.loads(
         json.dumps(call.json)
         .replace("{a_request}", world.a_request)
@@ -326,6 +346,21 @@ def _request(world: World, method: str, path: str, call: Call, headers: dict[str
         files=call.files,
         headers=headers,
     )
+
+
+def _console_request(world: World, method: str, url: str, call: Call, headers: dict[str, str]) -> Any:
+    """A console page or form post as the key's browser sends it: session cookie, CSRF token."""
+    key = headers["Authorization"].removeprefix("Bearer ")
+    client = world.client
+    client.cookies.set(SESSION_COOKIE, key, domain="testserver.local", path="/ui")
+    try:
+        data = {**(call.json or {}), "csrf": csrf_for(key)} if method == "POST" else None
+        response = client.request(method, url, params=call.params, data=data)
+        if method == "GET" and url != "/ui/login":  # the walk is logged in: no page sends it to log in
+            assert "/ui/login" not in str(response.url), f"{url} asked {key[:16]} to log in"
+        return response
+    finally:
+        client.cookies.clear()
 
 
 def _calls(method: str, path: str) -> list[Call]:
