@@ -750,9 +750,10 @@ class Registry:
         try:
             with (
                 tempfile.TemporaryDirectory() as tmp,
-                _translated(f"artifact {path!r} of run {run_id}", run=run_id),open(
-                client.download_artifacts(run_id, path, tmp), encoding="utf-8", errors="replace"
-            ) as file
+                _translated(f"artifact {path!r} of run {run_id}", run=run_id),
+                open(
+                    client.download_artifacts(run_id, path, tmp), encoding="utf-8", errors="replace"
+                ) as file,
             ):
                 return file.read(max_bytes)
         except FileNotFoundError as exc:
