@@ -36,9 +36,7 @@ ACTIVITY_MINUTES = 5
 def _model_row(platform: Platform, caller: Principal, name: str, version: int) -> dict[str, Any]:
     """A served model's versions, aliases, lineage, live traffic and last drift verdict."""
     since = datetime.now(UTC) - timedelta(minutes=ACTIVITY_MINUTES)
-    recent = platform.predictions.recent(
-        name, tenant=caller.scope(None, "predictions"), since=since, limit=100_000
-    )
+    latencies = platform.predictions.latencies(name, since=since, tenant=caller.scope(None, "predictions"))
     drift, retraining = None, []
     if caller.role >= Role.ADMIN:  # checks and retrainings are about every tenant's traffic: admins only
         checks = platform.drift.history(name, limit=1)
@@ -49,7 +47,7 @@ def _model_row(platform: Platform, caller: Principal, name: str, version: int) -
         "name": name,
         "champion": version,
         "versions": versions,
-        "activity": activity([r.latency_ms for r in recent], ACTIVITY_MINUTES),
+        "activity": activity(latencies, ACTIVITY_MINUTES),
         "drift": drift,
         "retraining": retraining,
     }

@@ -279,6 +279,8 @@ def test_an_experiment_page_charts_each_variants_traffic_and_shows_its_decision(
             )
             assert answer.status_code == 200, answer.text
         browser = _login(client, operator_key)
+        traffic = re.search(r"\((\d+) requests\)", browser.get("/ui/models").text)
+        assert traffic and int(traffic.group(1)) >= 40  # the model's live rate counts them
         listed = browser.get("/ui/experiments")
         assert 'href="/ui/experiments/console-ab"' in listed.text and "running" in listed.text
         page = browser.get("/ui/experiments/console-ab")
