@@ -131,7 +131,14 @@ def _load_test(a: dict[str, Any], _: str) -> list[Step]:
 
 
 def _capacity_check(a: dict[str, Any], _: str) -> list[Step]:
-    return [step("health"), step("queues"), step("stores"), step("capacity", replicas=a["replicas"])]
+    sized = {"replicas": a["replicas"]}
+    return [
+        step("health"),
+        step("queues"),
+        step("stores"),
+        step("capacity", **sized),
+        step("manifests", **sized),
+    ]
 
 
 def _ask_docs(a: dict[str, Any], question: str) -> list[Step]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
+from agents.infra.sizing import OVERLAY_DIR, memory_request, overlay
 from agents.tools import Outcome, ToolCall, jsonable, tool
 from opsloop.auth import Role
 
-__all__ = ["TOOLS", "capacity", "health", "queues", "stores"]
+__all__ = ["TOOLS", "capacity", "health", "manifests", "queues", "stores"]
 
 
 @tool("infra", role=Role.VIEWER)
@@ -79,4 +80,22 @@ async def capacity(call: ToolCall, replicas: int = 1) -> Outcome:
     return Outcome(summary, result, "ok" if fits else "failed")
 
 
-TOOLS = (health, queues, stores, capacity)
+@tool("infra", role=Role.VIEWER)
+async def manifests(call: ToolCall, replicas: int = 1) -> Outcome:
+    """Kubernetes manifests for ``replicas`` servers: a kustomize overlay sized from this server's memory."""
+    rss = _rss_bytes()
+    if rss is None:
+        return Outcome(
+            "this system does not report memory use; sizing needs it", {"replicas": replicas}, "failed"
+        )
+    files = overlay(replicas, rss)
+    where = OVERLAY_DIR.format(replicas=replicas)
+    summary = (
+        f"an overlay of the production manifests for {replicas} replicas (autoscaled up to {2 * replicas}),"
+        f" each requesting 1 CPU and {memory_request(rss)} MiB; save its {len(files)} files in {where}/"
+        f" and render it with `kubectl kustomize {where}`"
+    )
+    return Outcome(summary, {"replicas": replicas, "directory": where, "files": files})
+
+
+TOOLS = (health, queues, stores, capacity, manifests)

@@ -343,6 +343,10 @@ def test_investigations_run_every_step_and_report_numbers(
         assert not [
             s for s in body["plan"]["steps"] if s["status"] == "error" and "Error:" in s["summary"]
         ], body
+    sized = _chat(client, keys["operator"], "render the kubernetes manifests for 4 replicas")
+    assert (sized["plan"]["workflow"], sized["plan"]["args"]) == ("capacity_check", {"replicas": 4})
+    overlay = sized["plan"]["steps"][-1]
+    assert overlay["tool"] == "manifests" and "replicas: 4" in overlay["result"]["files"]["size.yaml"]
     cost = _chat(client, keys["operator"], "show LLM cost by tenant this week")
     assert "$" in cost["plan"]["steps"][0]["summary"]
     evaluated = _chat(client, keys["operator"], "run the docs eval")

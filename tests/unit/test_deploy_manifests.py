@@ -478,3 +478,31 @@ def test_the_image_and_the_manifests_agree() -> None:
     assert _server(objects)["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".opsloop", ".git", "bench/results"} <= ignored
+
+
+def test_the_infra_agents_sized_overlay_renders_over_production_with_its_size(tmp_path: Path) -> None:
+    from agents.infra.sizing import OVERLAY_DIR, overlay
+
+    tree = tmp_path / "deploy"
+    shutil.copytree(ROOT / "deploy", tree)
+    where = tmp_path / OVERLAY_DIR.format(replicas=6)
+    where.mkdir()
+    for name, text in overlay(6, 1_200 * (1 << 20)).items():
+        (where / name).write_text(text)
+    done = _run(_tool("kubectl"), "kustomize", str(where), timeout=60)
+    assert done.returncode == 0, done.stderr
+    objects = [obj for obj in yaml.safe_load_all(done.stdout) if obj]
+    server = _one(objects, "Deployment", "opsloop")
+    assert server["spec"]["replicas"] == 6
+    container = next(c for c in server["spec"]["template"]["spec"]["containers"] if c["name"] == "opsloop")
+    assert container["resources"]["requests"] == {
+        "cpu": "1",
+        "memory": "1536Mi",
+    }  # 1.25 x 1,200 MiB, up to 256s
+    assert container["resources"]["limits"]["memory"] == "3072Mi"
+    assert container["env"], "the production overlay's settings are kept"
+    hpa = _one(objects, "HorizontalPodAutoscaler", "opsloop")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (6, 12)
+    assert len(objects) == len(_render("production"))  # the same objects, only sized
+    lint = _run(_tool("yamllint"), "--strict", "-c", ".yamllint.yaml", str(where))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
