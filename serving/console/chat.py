@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Form, Request
+from fastapi import Form, Query, Request
 from starlette.responses import Response
 
 from agents.service import MAX_MESSAGE_CHARS, ChatService
@@ -38,7 +38,11 @@ def _evidence(plan: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 @router.get("/chat")
-async def chat_page(request: Request, caller: SessionDep, thread: str = "") -> Response:
+async def chat_page(
+    request: Request,
+    caller: SessionDep,
+    thread: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = "",
+) -> Response:
     """The caller's tenant's threads, and one thread with its plan, outcomes and pending approval."""
     return await _page(request, caller, thread)
 

@@ -166,6 +166,7 @@ def test_pages_and_navigation_follow_the_role(client: TestClient, platform: Plat
     viewer = _login(client, _key(platform, Role.VIEWER))
     chat = viewer.get("/ui/chat")
     assert chat.status_code == 200
+    assert viewer.get("/ui/chat?thread=../x").status_code == 400  # a thread id is a token, not a path
     assert 'href="/ui/audit"' not in chat.text and 'href="/ui/costs"' not in chat.text
     for page, status in {
         "models": 200,
