@@ -17,7 +17,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.types import Command
+from langgraph.types import Command, StateSnapshot
 
 from agents.context import Context, Planner
 from agents.graph import build
@@ -222,8 +222,7 @@ class ChatService:
             snapshot = await self._graph.aget_state(self._config(thread_id))
             messages = snapshot.values.get("messages", [])
             title = next((m["content"] for m in messages if m.get("role") == "user"), thread_id)
-            reply = await self._reply(thread_id)
-            summaries.append(ThreadSummary(thread_id, title[:120], reply.status, updated_at))
+            summaries.append(ThreadSummary(thread_id, title[:120], _status(snapshot), updated_at))
         return summaries
 
     async def thread(self, caller: Principal, thread_id: str) -> ThreadView:
@@ -260,9 +259,14 @@ class ChatService:
         snapshot = await self._graph.aget_state(self._config(thread_id))
         values = dict(snapshot.values)
         pending = dict(snapshot.interrupts[0].value) if snapshot.interrupts else None
-        status = "pending_approval" if pending else values.get("status", "done")
+        status = _status(snapshot)
         text = compose(values, status, pending) if pending else values.get("reply", "")
         plan = values.get("plan")
         if count:
             self._metrics.requests.labels((plan or {}).get("workflow", "none"), status).inc()
         return ChatReply(thread_id, status, text, plan, pending)
+
+
+def _status(snapshot: StateSnapshot) -> str:
+    """Where a thread stands: waiting for approval, or the status its last run left."""
+    return "pending_approval" if snapshot.interrupts else str(snapshot.values.get("status", "done"))
