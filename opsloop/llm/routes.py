@@ -24,7 +24,9 @@ whose model the gateway cannot ask (default :data:`DEFAULT_CONTEXT_TOKENS`). A r
 for more ``max_tokens``, and no call is reserved against budgets for more.
 
 Clients are made from specs by a factory callable (:data:`ClientFactory`);
-:func:`create_client` is the real one, and tests or the app pass their own.
+:func:`create_client` is the real one, and tests or the app pass their own. An openai or
+anthropic backend is called by opsloop's own client (``client: native``, the default) or by
+LangChain's chat model (``client: langchain``, :mod:`opsloop.llm.langchain_client`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,13 @@ class BackendSpec(BaseModel):
         description="Backend name in results, the served-by header, metrics and the ledger.",
     )
     kind: BackendKind = Field(description="llamacpp: in-process GGUF; openai: any OpenAI-compatible server.")
+    client: Literal["native", "langchain"] = Field(
+        default="native",
+        validate_default=True,
+        description="How an openai or anthropic backend is called: native (opsloop's own clients) or "
+        "langchain (LangChain's ChatOpenAI or ChatAnthropic, e.g. for one LangChain stack per "
+        "deployment). The gateway's budgets, ledger, retries and fallbacks apply either way.",
+    )
     model: str = Field(
         default="",
         validate_default=True,
@@ -155,6 +164,14 @@ class BackendSpec(BaseModel):
     gpu_hour_usd: float | None = Field(
         default=None, ge=0, description="Self-hosted: USD per GPU hour, for cost from serving time."
     )
+
+    @field_validator("client")
+    @classmethod
+    def _langchain_is_remote(cls, client: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if client == "langchain" and kind is not None and kind not in _REMOTE:
+            raise ValueError(f"client langchain is for openai and anthropic backends, not {kind}")
+        return client
 
     @field_validator("model")
     @classmethod
@@ -311,13 +328,15 @@ def create_client(spec: BackendSpec, *, http_client: httpx.AsyncClient | None = 
 
     Args:
         spec: the backend.
-        http_client: ``httpx.AsyncClient`` for the Anthropic backend (a ``MockTransport`` in
-            tests); the caller keeps ownership. OpenAI-compatible backends keep a pool of their own.
+        http_client: ``httpx.AsyncClient`` for the native Anthropic backend (a ``MockTransport``
+            in tests); the caller keeps ownership. OpenAI-compatible backends keep a pool of their
+            own, and so do LangChain's models (``client: langchain``).
 
     Returns:
         A :class:`~opsloop.llm.llamacpp.LlamaCppClient`,
-        :class:`~opsloop.llm.openai_compat.OpenAICompatClient` or
-        :class:`~opsloop.llm.anthropic.AnthropicClient` named ``spec.name``.
+        :class:`~opsloop.llm.openai_compat.OpenAICompatClient`,
+        :class:`~opsloop.llm.anthropic.AnthropicClient` or, for ``client: langchain``,
+        :class:`~opsloop.llm.langchain_client.LangChainClient`, named ``spec.name``.
     """
     if spec.kind == "llamacpp":
         from opsloop.llm.llamacpp import LlamaCppClient
@@ -331,6 +350,18 @@ def create_client(spec: BackendSpec, *, http_client: httpx.AsyncClient | None = 
             max_queue=spec.max_concurrency,
             threads=spec.threads,
             nice=spec.nice,
+        )
+    if spec.client == "langchain":
+        from opsloop.llm.langchain_client import LangChainClient
+
+        assert spec.kind != "llamacpp"  # noqa: S101 - BackendSpec allows langchain for remote kinds only
+        return LangChainClient(
+            spec.kind,
+            model=spec.model,
+            base_url=spec.base_url,
+            api_key=spec.api_key,
+            name=spec.name,
+            timeout=spec.timeout_s + _SDK_GRACE_S,
         )
     if spec.kind == "openai":
         from opsloop.llm.openai_compat import OpenAICompatClient

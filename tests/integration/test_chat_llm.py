@@ -4,6 +4,9 @@ SmolLM2 picks the workflow by a function call (grammar-constrained by llama.cpp'
 ``chatml-function-calling``) and, being small, proposes wrong names; the planner keeps only
 names the catalog knows and reads the rest from the request. The call is metered in the ledger
 under the caller's key and refused by the caller's budget like any gateway call.
+
+Every test runs twice: with the route's backend called by opsloop's own client (``native``) and
+by LangChain's ``ChatOpenAI`` (``client: langchain``), against the same server.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from workflows.demo import train_demo
 MODEL = "credit-risk"
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, llama_tools_url: str) -> FastAPI:
+@pytest.fixture(scope="module", params=["native", "langchain"])
+def app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, llama_tools_url: str
+) -> FastAPI:
     planner = {
         "name": "llama-tools",
         "kind": "openai",
+        "client": request.param,
         "base_url": llama_tools_url,
         "model": "smollm2",
         "cost_per_token": 1e-6,
@@ -33,7 +39,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, llama_tools_url: str) -> FastA
         "timeout_s": 120,
     }
     settings = load_settings(
-        home=tmp_path_factory.mktemp("chat-llm") / "home",
+        home=tmp_path_factory.mktemp(f"chat-llm-{request.param}") / "home",
         bootstrap_docs=False,
         drift_check_seconds=0,
         chat_planner="llm",
