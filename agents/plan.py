@@ -1,7 +1,7 @@
 """The typed plan both planners produce and the executor carries out.
 
-A request becomes a :class:`Plan`: one of the twelve documented workflows (fixed names that
-tests and users rely on), the role agent that runs it, its arguments (slots) and its steps.
+A request becomes a :class:`Plan`: one of the documented workflows (fixed names that tests and
+users rely on), the role agent that runs it, its arguments (slots) and its steps.
 Each step is one tool call; a mutating step waits for a person's approval before it runs.
 Plans and steps are plain JSON-able dicts in the graph's state (the checkpointer stores them),
 built and read through the helpers here.
@@ -46,6 +46,10 @@ SLOT_KINDS: dict[str, type] = {
     "requests": int,
     "concurrency": int,
     "replicas": int,
+    "path": str,
+    "budget": str,
+    "limit": float,
+    "key": str,
 }
 """Every slot a request can fill, with its type (the labelled set uses the same names)."""
 
@@ -145,6 +149,25 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
         "answer a how-to or runbook question from the docs, with citations",
         optional=("collection",),
         example="how do I rotate an API key?",
+    ),
+    "register_model": WorkflowSpec(
+        "ml-ops",
+        "register an MLflow model saved at a path on the server as the next version of a model",
+        required=(("path", "model"),),
+        example="register ./models/churn-v2 as churn",
+    ),
+    "set_budget": WorkflowSpec(
+        "cost",
+        "set a tenant's (or one of its keys') spend budget or rate limit",
+        required=(("tenant", "budget", "limit"),),
+        optional=("key",),
+        example="set acme's monthly budget to $200",
+    ),
+    "revoke_key": WorkflowSpec(
+        "infra",
+        "revoke an API key by its id",
+        required=(("key",),),
+        example="revoke key 3f9a1c2b7d4e",
     ),
 }
 

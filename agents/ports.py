@@ -17,12 +17,16 @@ from opsloop.auth import Principal
 
 if TYPE_CHECKING:
     from evals.schedule import JobStatus
+    from opsloop.auth import KeyInfo
+    from opsloop.budgets import Budget
+    from opsloop.budgets.enforcer import BudgetUsage
     from opsloop.llm.ledger import CostRow
     from opsloop.models.service import ModelDescription, ServedModel
     from rag.service import QueryResult
     from workflows.experiments.service import ExperimentPlan, ExperimentReport
     from workflows.experiments.store import Experiment
     from workflows.promotion import AliasMove
+    from workflows.registration import Registration, SourceInfo
     from workflows.retraining.validation import ValidationReport
 
 __all__ = ["Operations"]
@@ -54,6 +58,14 @@ class Operations(Protocol):
 
     def rollback(self, caller: Principal, model: str) -> AliasMove:
         """Point the champion back at its version before (``AliasMove``); audited."""
+        ...
+
+    def inspect_model(self, caller: Principal, path: str) -> SourceInfo:
+        """What the MLflow model folder at ``path`` holds, from its MLmodel file (nothing loaded)."""
+        ...
+
+    async def register(self, caller: Principal, model: str, path: str) -> Registration:
+        """Register the model folder at ``path`` as the next version of ``model``; audited."""
         ...
 
     # -- experiments and retraining (ml-ops) ------------------------------------------
@@ -92,6 +104,14 @@ class Operations(Protocol):
 
     def stores(self) -> Mapping[str, Any]:
         """The state store, registry and vector store: kind, location, schema revision."""
+        ...
+
+    def key(self, caller: Principal, key_id: str) -> KeyInfo:
+        """One API key's tenant, role, name and state (admins)."""
+        ...
+
+    def revoke_key(self, caller: Principal, key_id: str) -> KeyInfo:
+        """Revoke an API key (admins); audited."""
         ...
 
     # -- performance --------------------------------------------------------------------
@@ -143,6 +163,16 @@ class Operations(Protocol):
         self, caller: Principal, by: str, since: timedelta, tenant: str | None, until: datetime | None = None
     ) -> list[CostRow]:
         """The ledger's usage and cost per group (``CostRow``) over ``since`` up to ``until`` (now)."""
+        ...
+
+    def budgets(self, caller: Principal, tenant: str) -> list[BudgetUsage]:
+        """A tenant's budgets and rate limits with what their current windows used (admins)."""
+        ...
+
+    def set_budget(
+        self, caller: Principal, tenant: str, kind: str, limit: float, key_id: str | None
+    ) -> Budget:
+        """Create or change one budget or rate limit of a tenant or one of its keys (admins); audited."""
         ...
 
     def route_scores(self, caller: Principal) -> Mapping[str, Mapping[str, float]]:

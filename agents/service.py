@@ -22,6 +22,7 @@ from langgraph.types import Command, StateSnapshot
 from agents.context import Context, Planner
 from agents.graph import build
 from agents.ports import Operations
+from agents.registry import REGISTRY
 from agents.replies import compose
 from opsloop.auth import Principal, Role
 from opsloop.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
@@ -154,8 +155,9 @@ class ChatService:
         """Resume (approve) or cancel (reject) the action the thread waits for.
 
         Raises:
-            ForbiddenError: The caller is below operator, of another tenant, or (with
-                ``approver_must_differ``) the key that asked.
+            ForbiddenError: The caller is below operator or below the role the action needs
+                (budgets and keys: admin), of another tenant, or (with ``approver_must_differ``)
+                the key that asked.
             NotFoundError: No such thread.
             ConflictError: Nothing waits for approval in the thread.
         """
@@ -167,6 +169,10 @@ class ChatService:
         if not snapshot.interrupts:
             raise ConflictError(f"nothing in thread {thread_id} waits for approval", thread_id=thread_id)
         waiting = snapshot.interrupts[0]
+        needed = REGISTRY[waiting.value["action"]].role
+        caller.require(
+            needed, f"approving {waiting.value['action']}"
+        )  # an admin's action, an admin's approval
         requester = waiting.value["requested_by"]
         if self._approver_must_differ and caller.key_id == requester:
             raise ForbiddenError(

@@ -145,6 +145,22 @@ def _ask_docs(a: dict[str, Any], question: str) -> list[Step]:
     return [step("ask_docs", question=question, collection=a["collection"])]
 
 
+def _register_model(a: dict[str, Any], _: str) -> list[Step]:
+    return [
+        step("inspect_model", path=a["path"], model=a["model"]),
+        step("register_model", path=a["path"], model=a["model"]),
+    ]
+
+
+def _set_budget(a: dict[str, Any], _: str) -> list[Step]:
+    scope = {"tenant": a["tenant"], "key": a.get("key")}
+    return [step("budget_status", **scope), step("set_budget", **scope, budget=a["budget"], limit=a["limit"])]
+
+
+def _revoke_key(a: dict[str, Any], _: str) -> list[Step]:
+    return [step("key_info", key=a["key"]), step("revoke_key", key=a["key"])]
+
+
 _STEPS = {
     "status_report": _status_report,
     "deploy_model": _deploy_model,
@@ -158,4 +174,7 @@ _STEPS = {
     "load_test": _load_test,
     "capacity_check": _capacity_check,
     "ask_docs": _ask_docs,
+    "register_model": _register_model,
+    "set_budget": _set_budget,
+    "revoke_key": _revoke_key,
 }

@@ -523,6 +523,18 @@ class Registry:
         """
         return self._signature_columns(_local(model_uri), f"model {model_uri!r}", model_uri=model_uri)
 
+    def flavors(self, model_uri: str) -> list[str]:
+        """The flavors a model not registered yet was saved with, read from its MLmodel file only.
+
+        Raises:
+            NotFoundError: Nothing at ``model_uri``.
+        """
+        from mlflow.models import get_model_info
+
+        with _translated(f"model {model_uri!r}", model_uri=model_uri):
+            self._bind_globals()
+            return sorted(get_model_info(_local(model_uri)).flavors)
+
     def load_model_uri(self, model_uri: str, *, flavor: Literal["pyfunc", "sklearn"] = "pyfunc") -> Any:
         """:meth:`load_model` of a model not registered yet: a folder, ``runs:/`` or ``models:/`` URI.
 

@@ -61,6 +61,17 @@ class PlatformOperations:
 
         return rollback(caller, self._p.registry, self._p.audit, model)
 
+    def inspect_model(self, caller: Principal, path: str) -> Any:
+        from workflows.registration import inspect_source
+
+        return inspect_source(caller, self._p.start_registry(), path)
+
+    async def register(self, caller: Principal, model: str, path: str) -> Any:
+        from workflows.registration import register
+
+        # Loading the model to check it takes seconds of CPU: off the serving loop.
+        return await asyncio.to_thread(register, caller, self._p.start_registry(), self._p.audit, model, path)
+
     def start_experiment(self, caller: Principal, plan: Any) -> Any:
         service = self._p.experiments.service
         experiment = service.create(caller, plan)
@@ -125,6 +136,17 @@ class PlatformOperations:
             },
             "vectors": {"kind": "qdrant-edge" if settings.vector_store == "edge" else "qdrant"},
         }
+
+    def key(self, caller: Principal, key_id: str) -> Any:
+        caller.require(Role.ADMIN, "reading API keys")
+        found = [k for k in self._p.keys.list(include_revoked=True) if k.id == key_id]
+        if not found:
+            raise NotFoundError(f"no key with id {key_id!r}", key_id=key_id)
+        return found[0]
+
+    def revoke_key(self, caller: Principal, key_id: str) -> Any:
+        caller.require(Role.ADMIN, "revoking API keys")
+        return self._p.keys.revoke(key_id, actor=caller.actor)
 
     # -- performance ------------------------------------------------------------------------
     async def predict_one(self, caller: Principal, model: str, instance: Mapping[str, Any]) -> None:
@@ -252,6 +274,14 @@ class PlatformOperations:
     ) -> list[Any]:
         caller.require(Role.OPERATOR, "reading LLM costs")
         return self._p.ledger.report(caller, by, since, tenant, now=until)  # type: ignore[arg-type]
+
+    def budgets(self, caller: Principal, tenant: str) -> list[Any]:
+        caller.require(Role.ADMIN, "reading budgets")
+        return self._p.enforcer.usage(self._p.budgets.list(tenant=tenant))
+
+    def set_budget(self, caller: Principal, tenant: str, kind: str, limit: float, key_id: str | None) -> Any:
+        caller.require(Role.ADMIN, "setting budgets")
+        return self._p.budgets.set(tenant, kind, limit, key_id=key_id, actor=caller.actor)
 
     def route_scores(self, caller: Principal) -> Mapping[str, Mapping[str, float]]:
         settings = self._p.settings

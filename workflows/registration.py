@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pandas is only needed when a reference is given
 
     from opsloop.audit import AuditLog
 
-__all__ = ["Registration", "register"]
+__all__ = ["Registration", "SourceInfo", "inspect_source", "register"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,62 @@ def register(
     return Registration(registry.get_version(name, info.version), stored)
 
 
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a model to register holds, read from its MLmodel file without loading it.
+
+    Attributes:
+        source: As given.
+        location: The folder it resolves to on this machine.
+        flavors: The flavors it was saved with (``sklearn``, ``xgboost``, ``python_function``, ...).
+        columns: Its input signature's ``(column, type)`` pairs; None when it has none that
+            names columns (:func:`register` refuses it then, unless given ``signature_from``).
+        size_bytes: The folder's size on disk.
+    """
+
+    source: str
+    location: str
+    flavors: list[str]
+    columns: list[tuple[str, str]] | None
+    size_bytes: int
+
+
+def inspect_source(caller: Principal, registry: Registry, source: str) -> SourceInfo:
+    """What the MLflow model folder ``source`` holds, before anyone approves registering it.
+
+    Nothing of the model is loaded: unpickling runs the model's code, which waits for
+    :func:`register` (and, from chat, for a person's approval).
+
+    Raises:
+        ForbiddenError: The caller is below operator.
+        NotFoundError: The path does not exist.
+        InvalidInputError: It is not an MLflow model folder.
+    """
+    caller.require(Role.OPERATOR, f"inspecting the model at {source!r}")
+    folder = _model_folder(source)
+    try:
+        columns: list[tuple[str, str]] | None = registry.signature_columns(str(folder))
+    except InvalidInputError:
+        columns = None
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return SourceInfo(source, str(folder), registry.flavors(str(folder)), columns, size)
+
+
+def _model_folder(source: str) -> Path:
+    """The folder of the MLflow model at the path ``source``; say what is wrong before MLflow does."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        missing = str(path.resolve())
+        raise NotFoundError(f"no model at {missing!r}: the path does not exist", source=source)
+    if not (path / "MLmodel").is_file():
+        raise InvalidInputError(
+            f"{source!r} is not an MLflow model: it has no MLmodel file "
+            "(save the model with mlflow.sklearn.save_model or mlflow.xgboost.save_model)",
+            source=source,
+        )
+    return path.resolve()
+
+
 def _checked_source(registry: Registry, source: str) -> str:
     """The URI to register ``source`` under, once it is known to be an MLflow model that loads.
 
@@ -151,17 +207,7 @@ def _checked_source(registry: Registry, source: str) -> str:
     if "://" in source or source.startswith(("models:/", "runs:/")):
         uri = source
     else:  # a path: say which, and what is wrong with it, before MLflow says something vaguer
-        path = Path(source)
-        if not path.exists():
-            missing = str(path.resolve())
-            raise NotFoundError(f"no model at {missing!r}: the path does not exist", source=source)
-        if not (path / "MLmodel").is_file():
-            raise InvalidInputError(
-                f"{source!r} is not an MLflow model: it has no MLmodel file "
-                "(save the model with mlflow.sklearn.save_model or mlflow.xgboost.save_model)",
-                source=source,
-            )
-        uri = path.resolve().as_uri()
+        uri = _model_folder(source).as_uri()
     try:
         try:
             registry.load_model_uri(uri, flavor="sklearn")

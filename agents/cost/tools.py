@@ -9,7 +9,7 @@ from agents.tools import Outcome, ToolCall, jsonable, tool
 from opsloop.auth import Role
 from opsloop.durations import parse_duration
 
-__all__ = ["TOOLS", "cost_change", "cost_report", "route_quality"]
+__all__ = ["TOOLS", "budget_status", "cost_change", "cost_report", "route_quality", "set_budget"]
 
 BREAKDOWNS = ("route", "model", "tenant")
 
@@ -122,4 +122,35 @@ async def route_quality(call: ToolCall) -> Outcome:
     return Outcome(shown, {"routes": scores})
 
 
-TOOLS = (cost_report, cost_change, route_quality)
+def _scope(tenant: str, key: str | None) -> str:
+    return f"key {key} of tenant {tenant}" if key else f"tenant {tenant}"
+
+
+@tool("cost", role=Role.ADMIN)
+async def budget_status(call: ToolCall, tenant: str, key: str | None = None) -> Outcome:
+    """A tenant's budgets and rate limits, with what their current windows have used."""
+    usages = [
+        u for u in call.ops.budgets(call.caller, tenant) if key is None or u.budget.key_id in (None, key)
+    ]
+    shown = "; ".join(f"{u.budget.name} {u.used:g} of {u.budget.limit:g} ({u.ratio:.0%})" for u in usages)
+    summary = f"{_scope(tenant, key)}: " + (shown or "no budget or rate limit is set")
+    return Outcome(summary, {"tenant": tenant, "key": key, "budgets": [u.to_dict() for u in usages]})
+
+
+@tool("cost", role=Role.ADMIN, mutating=True)
+async def set_budget(
+    call: ToolCall, tenant: str, budget: str, limit: float, key: str | None = None
+) -> Outcome:
+    """Create or change a budget or rate limit of a tenant or one of its keys."""
+    before = {
+        u.budget.kind: u.budget.limit for u in call.ops.budgets(call.caller, tenant) if u.budget.key_id == key
+    }
+    done = call.ops.set_budget(call.caller, tenant, budget, limit, key)
+    was = f"was {before[budget]:g}" if budget in before else "was not set"
+    return Outcome(
+        f"{budget} of {_scope(tenant, key)} set to {done.limit:g} ({was}); gateways apply it within seconds",
+        {**done.to_dict(), "before": before.get(budget)},
+    )
+
+
+TOOLS = (cost_report, cost_change, route_quality, budget_status, set_budget)

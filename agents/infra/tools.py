@@ -8,7 +8,7 @@ from agents.infra.sizing import OVERLAY_DIR, memory_request, overlay
 from agents.tools import Outcome, ToolCall, jsonable, tool
 from opsloop.auth import Role
 
-__all__ = ["TOOLS", "capacity", "health", "manifests", "queues", "stores"]
+__all__ = ["TOOLS", "capacity", "health", "key_info", "manifests", "queues", "revoke_key", "stores"]
 
 
 @tool("infra", role=Role.VIEWER)
@@ -98,4 +98,24 @@ async def manifests(call: ToolCall, replicas: int = 1) -> Outcome:
     return Outcome(summary, {"replicas": replicas, "directory": where, "files": files})
 
 
-TOOLS = (health, queues, stores, capacity, manifests)
+@tool("infra", role=Role.ADMIN)
+async def key_info(call: ToolCall, key: str) -> Outcome:
+    """An API key's tenant, role, name and whether it is revoked."""
+    info = call.ops.key(call.caller, key)
+    state = f"revoked at {info.revoked_at:%Y-%m-%d %H:%M} UTC" if info.revoked_at else "active"
+    named = f" '{info.name}'" if info.name else ""
+    summary = (
+        f"key {info.id}{named} of tenant {info.tenant}, role {info.role},"
+        f" created {info.created_at:%Y-%m-%d}: {state}"
+    )
+    return Outcome(summary, info.to_dict(), "failed" if info.revoked_at else "ok")
+
+
+@tool("infra", role=Role.ADMIN, mutating=True)
+async def revoke_key(call: ToolCall, key: str) -> Outcome:
+    """Revoke an API key: it stops working at once here, within the key cache time elsewhere."""
+    info = call.ops.revoke_key(call.caller, key)
+    return Outcome(f"key {info.id} of tenant {info.tenant} ({info.role}) revoked", info.to_dict())
+
+
+TOOLS = (health, queues, stores, capacity, manifests, key_info, revoke_key)

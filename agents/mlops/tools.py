@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agents.tools import Outcome, ToolCall, jsonable, tool
 from opsloop.auth import Role
-from opsloop.errors import InvalidInputError
+from opsloop.errors import InvalidInputError, NotFoundError
 from workflows.experiments.policy import DEFAULT_STEPS
 from workflows.experiments.service import ExperimentPlan
 
@@ -12,10 +12,12 @@ __all__ = [
     "TOOLS",
     "canary_name",
     "check_version",
+    "inspect_model",
     "list_models",
     "model_status",
     "promote_experiment",
     "promote_model",
+    "register_model",
     "retrain_model",
     "rollback_model",
     "start_experiment",
@@ -154,6 +156,51 @@ async def retrain_model(call: ToolCall, model: str) -> Outcome:
     return Outcome(f"retraining of {model} started as run {record['id']}", dict(record))
 
 
+@tool("ml-ops", role=Role.OPERATOR)
+async def inspect_model(call: ToolCall, path: str, model: str) -> Outcome:
+    """What a model folder holds (flavors, input columns, size), against the model's champion if any."""
+    found = call.ops.inspect_model(call.caller, path)
+    result = jsonable(found)
+    size = f"{found.size_bytes / 1e6:.1f} MB"
+    if found.columns is None:
+        return Outcome(
+            f"{path}: {', '.join(found.flavors)} model of {size} without a column-based input signature;"
+            " it cannot be registered for serving (save it with an input signature)",
+            result,
+            "failed",
+        )
+    summary = f"{path}: {', '.join(found.flavors)} model of {size} taking {len(found.columns)} inputs"
+    try:
+        champion = call.ops.champion(call.caller, model)
+    except NotFoundError:  # a new model, or one nobody has promoted yet
+        return Outcome(summary + f"; {model} has no champion to compare with", result)
+    expected = call.ops.signature(call.caller, model, champion)
+    given = [tuple(c) for c in found.columns]
+    result |= {
+        "champion": champion,
+        "missing": sorted(set(expected) - set(given)),
+        "extra": sorted(set(given) - set(expected)),
+    }
+    summary += (
+        f"; differs from {model} v{champion}'s inputs: missing {result['missing']}, extra {result['extra']}"
+        if result["missing"] or result["extra"]
+        else f", the same as {model} v{champion}'s"
+    )
+    return Outcome(summary, result)
+
+
+@tool("ml-ops", role=Role.OPERATOR, mutating=True)
+async def register_model(call: ToolCall, path: str, model: str) -> Outcome:
+    """Register a model folder as the next version of a model (no alias moves)."""
+    done = await call.ops.register(call.caller, model, path)
+    version = done.version.version
+    return Outcome(
+        f"{model} v{version} registered from {path}; the champion is unchanged"
+        " (promote or canary it to serve it)",
+        {"model": model, "version": version, "source": done.version.source, "path": path},
+    )
+
+
 TOOLS = (
     list_models,
     model_status,
@@ -163,4 +210,6 @@ TOOLS = (
     start_experiment,
     promote_experiment,
     retrain_model,
+    inspect_model,
+    register_model,
 )

@@ -15,6 +15,7 @@ retrieved can put words in the planner's mouth.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Protocol
 
 from agents.cost.prompts import SYSTEM as COST
@@ -26,6 +27,7 @@ from agents.planning.offline import OfflinePlanner, Planned, answer_pending, com
 from agents.planning.slots import Catalog, extract_slots
 from agents.quality.prompts import SYSTEM as QUALITY
 from opsloop.auth import Principal
+from opsloop.budgets.model import KINDS
 from opsloop.durations import parse_duration
 from opsloop.errors import InvalidInputError
 from opsloop.llm.protocol import ChatMessage, ChatRequest, ChatResult, ToolCall
@@ -34,7 +36,9 @@ __all__ = ["Completer", "LLMPlanner", "planned_from_call", "workflow_tools"]
 
 _NAMES = {"model": "models", "collection": "collections", "tenant": "tenants", "prompt": "prompts",
           "job": "jobs", "route": "routes"}  # fmt: skip
-_JSON_TYPES = {str: "string", int: "integer"}
+_KEY = re.compile(r"[0-9a-f]{12}")
+_NEW_MODEL = re.compile(r"[a-z][a-z0-9_-]{1,62}")
+_JSON_TYPES = {str: "string", int: "integer", float: "number"}
 
 
 class Completer(Protocol):
@@ -92,17 +96,34 @@ def planned_from_call(call: ToolCall, message: str, catalog: Catalog) -> Planned
         return refusal(str(arguments.get("reason") or "That is outside what I can do here."))
     wanted = WORKFLOWS[call.name].slots
     proposed = {
-        slot: value for slot, value in arguments.items() if slot in wanted and _valid(slot, value, catalog)
+        slot: value
+        for slot, value in arguments.items()
+        if slot in wanted and _valid(slot, value, catalog, registering=call.name == "register_model")
     }
     read = extract_slots(message, catalog, wanted)
     return complete(call.name, {**proposed, **read.slots}, read.ambiguous, catalog, message)
 
 
-def _valid(slot: str, value: Any, catalog: Catalog) -> bool:
-    if SLOT_KINDS[slot] is int:
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _valid(slot: str, value: Any, catalog: Catalog, *, registering: bool = False) -> bool:
+    """Whether a proposed value can stand: known names (a new model name when registering), kinds, numbers."""
+    if slot == "model" and registering:
+        return isinstance(value, str) and _NEW_MODEL.fullmatch(value) is not None
+    if SLOT_KINDS[slot] in (int, float):
+        whole = SLOT_KINDS[slot] is int
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value > 0
+            and (not whole or isinstance(value, int))
+        )
     if slot in _NAMES:
         return value in getattr(catalog, _NAMES[slot])
+    if slot == "budget":
+        return value in KINDS
+    if slot == "key":
+        return isinstance(value, str) and _KEY.fullmatch(value) is not None
+    if slot == "path":
+        return isinstance(value, str) and bool(value.strip())
     try:
         parse_duration(str(value), field=slot)  # the window, the one slot left
     except InvalidInputError:

@@ -48,6 +48,12 @@ _ASK = {
     "prompt": "Which prompt? {prompts}",
     "prompt_version": "Which version of the prompt {prompt}? Say e.g. 'version 2'.",
     "job": "Which eval job or collection? {jobs}",
+    "path": "Where is the model saved? Give the path of its MLflow model folder on the server.",
+    "tenant": "Which tenant? {tenants}",
+    "budget": "Which budget: daily or monthly USD or tokens, or a per-minute request (rpm) or token"
+    " (tpm) limit?",
+    "limit": "How much? Say e.g. '$200' or '2M tokens'.",
+    "key": "Which key? Give its id (12 hex digits, as `opsloop keys list` shows).",
 }
 
 
@@ -148,6 +154,7 @@ def complete(
             "collections": _known(catalog.collections),
             "routes": _known(catalog.routes),
             "prompts": _known(catalog.prompts),
+            "tenants": _known(catalog.tenants),
             "jobs": _known(catalog.jobs + catalog.collections),
             "model": slots.get("model", "the model"),
             "prompt": slots.get("prompt", ""),

@@ -4,8 +4,11 @@ Names (models, collections, tenants, prompts, eval jobs, LLM routes) come from t
 :class:`Catalog` (the platform's own, at the time of the request), matched tolerant of
 spacing, hyphens and one typo per five letters ("credit risk", "creditrisk", "chrun"); numbers
 in digits or words ("v4", "version four", "10%", "a tenth"); time windows as durations
-("this week" -> ``7d``). Every pattern is linear: no nested or adjacent unbounded quantifiers
-over the same characters (a request is untrusted text).
+("this week" -> ``7d``); a model folder's path as written (read first and taken out of the text,
+so "./models/churn-v2" names no model and no version); budgets by kind ("monthly", "$",
+"tokens per minute") and amount ("$1.5k", "2M tokens"); API keys by their 12-hex-digit id.
+Every pattern is linear: no nested or adjacent unbounded quantifiers over the same characters
+(a request is untrusted text).
 
 The result holds only what the request says: defaults are the plan's business, so that a
 missing required slot can be asked for instead of guessed.
@@ -38,8 +41,8 @@ class Catalog:
 class Extraction:
     """Slots found, and the ones the request named more than one value for."""
 
-    slots: dict[str, str | int] = field(default_factory=dict)
-    ambiguous: dict[str, list[str | int]] = field(default_factory=dict)
+    slots: dict[str, str | int | float] = field(default_factory=dict)
+    ambiguous: dict[str, list[str | int | float]] = field(default_factory=dict)
 
 
 _NUMBER_WORDS = {
@@ -134,18 +137,128 @@ def _windows(text: str) -> list[str]:
     return found[:1]  # the first named window; "this week vs last week" names one
 
 
+_ENDPOINTS = ("/predict", "/query", "/v1", "/chat", "/ui", "/admin", "/health", "/metrics")
+"""opsloop's own routes: a request naming one asks about the endpoint, not a folder."""
+_QUOTED = re.compile(r"(['\"`])([^'\"`\n]{2,512})\1")
+_TRAILING = ".,;:!?)]}'\"`"
+_KEY_ID = re.compile(r"\b(?:olk?_)?([0-9a-f]{12})(?:_[A-Za-z0-9_-]+)?\b")
+_NEW_NAME = re.compile(
+    r"\b(?:as|named|called|under(?: the name)?|name it)\s(?:(?:a|the)\s)?(?:new\s)?(?:model\s)?"
+    r"[\"'`]?([a-z][a-z0-9_-]{1,62})"
+)
+_BARE_NAME = re.compile(r"[a-z][a-z0-9_-]{1,62}")
+_NOT_NAMES = {
+    "a", "the", "new", "brand", "model", "version", "v", "champion", "challenger", "latest", "next",
+    "well", "registry", "it", "named", "called",
+}  # fmt: skip
+_AMOUNT = re.compile(
+    r"(\$\s?)?(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s?(k|m|thousand|million)?\b"
+    r"(\s?(?:usd|dollars?|bucks|tokens?|rpm|tpm|requests?|reqs))?"
+)
+_SCALE = {"k": 1e3, "thousand": 1e3, "m": 1e6, "million": 1e6}
+_PER_MINUTE = re.compile(r"\b(?:per|a|each|/)\s?(?:minute|min)\b|/min\b")
+_RATE_WORDS = {"rpm": "rpm", "tpm": "tpm"}
+_DAILY = re.compile(r"\b(?:daily|per day|a day|each day|every day|day's|today's)\b|/day\b")
+_MONTHLY = re.compile(r"\b(?:monthly|per month|a month|each month|every month|month's)\b|/mo(?:nth)?\b")
+
+
+def _is_path(word: str) -> bool:
+    """A folder's path: ``./x``, ``~/x``, ``/a/b``, ``a/b/c`` (not "a/b", "w/", "50/50" or ``/predict``)."""
+    if word.startswith(("./", "../", "~/")):
+        return len(word) > 2
+    if word.lower().startswith(_ENDPOINTS) or "://" in word:
+        return False
+    if word.startswith("/"):
+        return len(word.strip("/")) > 0
+    segments = word.strip("/").split("/")
+    return (
+        len(segments) >= 2
+        and all(len(part) >= 2 and not part.isdigit() for part in segments)
+        and word.lower() not in ("and/or", "w/o")
+    )
+
+
+def split_path(text: str) -> tuple[str | None, str]:
+    """The first folder path ``text`` names (as written), and ``text`` with it replaced by "path".
+
+    A path in quotes may hold spaces ("register '/srv/models/churn 2' as churn").
+    """
+    for quoted in _QUOTED.finditer(text):
+        inside = quoted.group(2)
+        if inside == inside.strip() and _is_path(inside):  # not the text between two apostrophes
+            return inside, text.replace(quoted.group(0), " path ", 1)
+    for word in text.split():
+        path = word.strip("'\"`").rstrip(_TRAILING)
+        if _is_path(path):
+            return path, text.replace(word, " path ", 1)
+    return None, text
+
+
+def _budget_kind(lowered: str, tokens: list[str]) -> str | None:
+    for word, kind in _RATE_WORDS.items():
+        if word in tokens:
+            return kind
+    per_minute = bool(_PER_MINUTE.search(lowered))
+    counts_tokens = bool({"token", "tokens"} & set(tokens))
+    if per_minute:
+        return "tpm" if counts_tokens else "rpm"
+    period = "daily" if _DAILY.search(lowered) else "monthly" if _MONTHLY.search(lowered) else None
+    money = "$" in lowered or bool({"usd", "dollar", "dollars", "bucks", "spend"} & set(tokens))
+    unit = "tokens" if counts_tokens else "usd" if money else None
+    return f"{period}_{unit}" if period and unit else None
+
+
+def _limits(lowered: str) -> list[float]:
+    """Amounts stated as money, tokens or requests ("$200", "1.5k dollars", "2M tokens", "to 50")."""
+    found = []
+    for match in _AMOUNT.finditer(lowered):
+        dollar, number, scale, unit = match.groups()
+        before = lowered[max(0, match.start() - 3) : match.start()]
+        if not (dollar or unit or scale or before.endswith("to ")):
+            continue
+        value = float(number.replace(",", "")) * _SCALE.get(scale or "", 1.0)
+        found.append(int(value) if value.is_integer() else value)
+    return found
+
+
 def extract_slots(text: str, catalog: Catalog, wanted: Iterable[str]) -> Extraction:
     """The ``wanted`` slots that ``text`` names, with conflicting values set aside as ambiguous."""
     wanted = set(wanted)
-    lowered = text.lower()
-    tokens = _TOKEN.findall(lowered)
-    values: dict[str, list[str | int]] = {}
+    values: dict[str, list[str | int | float]] = {}
 
-    def add(slot: str, value: str | int) -> None:
+    def add(slot: str, value: str | int | float) -> None:
         if slot in wanted and value not in values.setdefault(slot, []):
             values[slot].append(value)
 
+    if "path" in wanted:
+        path, text = split_path(text)
+        if path is not None:
+            add("path", path)
+    lowered = text.lower()
+    tokens = _TOKEN.findall(lowered)
+    if "key" in wanted:
+        for match in _KEY_ID.finditer(lowered):
+            add("key", match.group(1))
+        lowered = _KEY_ID.sub(" key ", lowered)  # a key id's digits are no amount or version
+        tokens = _TOKEN.findall(lowered)
+    if "budget" in wanted:
+        kind = _budget_kind(lowered, tokens)
+        if kind is not None:
+            add("budget", kind)
+    if "limit" in wanted:
+        for amount in _limits(lowered):
+            add("limit", amount)
+
     models = _mentions(tokens, catalog.models)
+    if "path" in wanted and not models:  # registering: the name may be a new one
+        new_name = _NEW_NAME.search(lowered)
+        while new_name is not None and new_name.group(1) in _NOT_NAMES:  # "as a new model named x"
+            new_name = _NEW_NAME.search(lowered, new_name.start(1))
+        if new_name is not None:
+            add("model", new_name.group(1))
+        bare = lowered.strip().strip(".!")
+        if "model" not in values and _BARE_NAME.fullmatch(bare) and bare not in _NOT_NAMES:
+            add("model", bare)  # the answer to "which model?"
     prompts = _mentions(tokens, catalog.prompts)
     for mention in models:
         add("model", mention.name)
@@ -214,11 +327,14 @@ _SHORT_VERSION = re.compile(r"\bv\d+\b")
 def mask_names(text: str, catalog: Catalog) -> str:
     """``text`` in lower case with catalog names replaced by their kind and numbers by ``N``.
 
+    A folder's path becomes ``path`` and an API key's id ``key``.
+
     What a request asks for is in its verbs, not in which model it names: without this, the
     nearest examples of "fraud-detector: all good?" are the ones that name fraud-detector.
     Eval job names stay (they say "eval"), and so does ``docs`` (a word of how-to questions).
     """
-    tokens = _TOKEN.findall(text.lower())
+    text = _KEY_ID.sub(" key ", split_path(text)[1].lower())
+    tokens = _TOKEN.findall(text)
     kinds: list[tuple[str, tuple[str, ...]]] = [
         (kind, getattr(catalog, attr)) for kind, attr in _PLACEHOLDERS
     ]

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Form, Query, Request
 from starlette.responses import Response
 
+from agents.registry import REGISTRY
 from agents.service import MAX_MESSAGE_CHARS, ChatService
 from opsloop.auth import Role
 from opsloop.errors import OpsloopError
@@ -58,12 +59,17 @@ async def _page(
             view = await service.thread(caller.principal, thread)
         except OpsloopError as exc:
             error = exc.message
+    # budgets and keys are an admin's to change, and so to approve
+    approver = (
+        max(Role.OPERATOR, REGISTRY[view.pending["action"]].role) if view and view.pending else Role.OPERATOR
+    )
     context = {
         "title": "Chat ops",
         "threads": threads,
         "thread": view,
         "evidence": _evidence(view.plan) if view and view.pending else [],
-        "can_approve": caller.principal.role >= Role.OPERATOR,
+        "can_approve": caller.principal.role >= approver,
+        "approver_role": str(approver),
         "max_chars": MAX_MESSAGE_CHARS,
         "error": error,
     }

@@ -353,6 +353,88 @@ def test_investigations_run_every_step_and_report_numbers(
     assert evaluated["plan"]["steps"][0]["result"]["scores"], evaluated["plan"]["steps"][0]
 
 
+def test_register_model_reads_the_folder_then_registers_after_approval(
+    client: TestClient,
+    keys: dict[str, dict[str, str]],
+    platform: Platform,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    champion = platform.registry.get_alias(MODEL, "champion").version
+    folder = save_wrapper(f"models:/{MODEL}/{champion}", tmp_path_factory.mktemp("to-register") / "wrapper")
+    before = {v.version for v in platform.registry.versions(MODEL)}
+
+    asked = _chat(client, keys["operator"], f"please register the model saved in {folder} as credit risk")
+    assert asked["status"] == "pending_approval", asked["reply"]
+    assert asked["plan"]["workflow"] == "register_model"
+    assert asked["pending"] == {
+        "action": "register_model",
+        "args": {"path": str(folder), "model": MODEL},
+        "requested_by": asked["pending"]["requested_by"],
+    }
+    inspected = asked["plan"]["steps"][0]
+    assert inspected["status"] == "ok", inspected["summary"]
+    assert f"the same as {MODEL} v{champion}'s" in inspected["summary"]
+    assert {v.version for v in platform.registry.versions(MODEL)} == before  # nothing yet
+
+    done = client.post(
+        f"/chat/{asked['thread_id']}/approve", json={"approve": True}, headers=keys["approver"]
+    ).json()
+    assert done["status"] == "done", done["reply"]
+    (added,) = {v.version for v in platform.registry.versions(MODEL)} - before
+    assert f"{MODEL} v{added} registered" in done["reply"]
+    assert platform.registry.get_alias(MODEL, "champion").version == champion
+    registered = platform.audit.query(AuditFilter(action="model.register", target=f"model:{MODEL}"))
+    assert registered[0].after is not None and registered[0].after["version"] == added
+
+    empty = tmp_path_factory.mktemp("not-a-model")
+    refused = _chat(client, keys["operator"], f"register {empty}/ as credit-risk")
+    assert refused["status"] == "done"
+    assert [s["status"] for s in refused["plan"]["steps"]] == ["error", "skipped"]
+    assert "not an MLflow model" in refused["plan"]["steps"][0]["summary"]
+    assert refused["pending"] is None
+
+
+def test_budgets_and_keys_are_an_admins_to_change_and_to_approve(
+    client: TestClient, keys: dict[str, dict[str, str]], platform: Platform
+) -> None:
+    admin, second_admin = _headers(platform, Role.ADMIN), _headers(platform, Role.ADMIN)
+    by_operator = _chat(client, keys["operator"], "set the default tenant's monthly budget to $5")
+    assert by_operator["status"] == "refused"
+    assert "needs role 'admin'" in by_operator["reply"]
+
+    asked = _chat(client, admin, "cap bravo at 25 dollars a day")
+    assert asked["status"] == "pending_approval", asked["reply"]
+    assert asked["pending"]["args"] == {"tenant": "bravo", "key": None, "budget": "daily_usd", "limit": 25}
+    assert asked["plan"]["steps"][0]["summary"] == "tenant bravo: no budget or rate limit is set"
+    thread = asked["thread_id"]
+    by_operator_approval = client.post(
+        f"/chat/{thread}/approve", json={"approve": True}, headers=keys["approver"]
+    )
+    assert by_operator_approval.status_code == 403
+    assert platform.budgets.list(tenant="bravo") == []
+    done = client.post(f"/chat/{thread}/approve", json={"approve": True}, headers=second_admin).json()
+    assert done["status"] == "done", done["reply"]
+    (budget,) = platform.budgets.list(tenant="bravo")
+    assert (budget.kind, budget.limit, budget.key_id) == ("daily_usd", 25.0, None)
+    assert platform.audit.query(AuditFilter(action="budget.set", target="budget:bravo/daily_usd"))
+
+    leaked = platform.keys.create("bravo", Role.USER, name="leaked", actor="test")
+    secret = {"Authorization": f"Bearer {leaked.secret.get_secret_value()}"}
+    assert client.get("/models", headers=secret).status_code == 200
+    asked = _chat(client, admin, f"the key {leaked.info.id} was committed to git, revoke it")
+    assert asked["status"] == "pending_approval", asked["reply"]
+    assert asked["pending"]["args"] == {"key": leaked.info.id}
+    assert "of tenant bravo, role user" in asked["plan"]["steps"][0]["summary"]
+    done = client.post(
+        f"/chat/{asked['thread_id']}/approve", json={"approve": True}, headers=second_admin
+    ).json()
+    assert done["status"] == "done", done["reply"]
+    assert client.get("/models", headers=secret).status_code == 401
+    again = _chat(client, admin, f"revoke key {leaked.info.id}")
+    assert again["status"] == "done"  # nothing waits: the key is revoked already
+    assert [s["status"] for s in again["plan"]["steps"]] == ["failed", "skipped"]
+
+
 def test_a_restart_between_request_and_approval_still_resumes(
     home: Path, client: TestClient, keys: dict[str, dict[str, str]], platform: Platform, second_version: int
 ) -> None:

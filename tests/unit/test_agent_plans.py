@@ -35,6 +35,38 @@ from agents.workflows import build_plan, missing_slots
             {"collection": "runbooks", "requests": 300, "concurrency": 12},
         ),
         ("can we scale to twelve replicas", "capacity_check", {"replicas": 12}),
+        (
+            "register ./exports/credit-risk-v7. as a new model named loan-default",
+            "register_model",
+            {"path": "./exports/credit-risk-v7", "model": "loan-default"},  # the path names no model
+        ),
+        (
+            "register '/srv/models/churn 2' as churn",
+            "register_model",
+            {"path": "/srv/models/churn 2", "model": "churn"},
+        ),
+        ("loan-default", "register_model", {"model": "loan-default"}),  # the answer to "which model?"
+        (
+            "put a $1,500 monthly cap on globex",
+            "set_budget",
+            {"tenant": "globex", "budget": "monthly_usd", "limit": 1500},
+        ),
+        (
+            "limit key 4be0c2a19f7d of acme to 2.5M tokens a day",
+            "set_budget",
+            {"tenant": "acme", "key": "4be0c2a19f7d", "budget": "daily_tokens", "limit": 2_500_000},
+        ),
+        (
+            "acme: 300 requests a minute at most",
+            "set_budget",
+            {"tenant": "acme", "budget": "rpm", "limit": 300},
+        ),
+        (
+            "set tpm of the default tenant to 40k",
+            "set_budget",
+            {"tenant": "default", "budget": "tpm", "limit": 40_000},
+        ),
+        ("revoke olk_5d6e7f8091a2_Qx3vTzN0Yy now", "revoke_key", {"key": "5d6e7f8091a2"}),
     ],
 )
 def test_slots_are_read_from_words(text: str, workflow: str, slots: dict[str, object]) -> None:
@@ -49,6 +81,9 @@ def test_two_values_of_one_slot_are_ambiguous_not_guessed() -> None:
 
 def test_names_are_masked_by_kind() -> None:
     assert mask_names("Roll Fraud Detector v3 back", LABELLED_CATALOG) == "roll model version N back"
+    assert mask_names("register ~/m/churn-v2 as churn", LABELLED_CATALOG) == "register path as model"
+    assert mask_names("revoke key 3f9a1c2b7d4e", LABELLED_CATALOG) == "revoke key key"
+    assert mask_names("load test /predict and a/b it", LABELLED_CATALOG) == "load test predict and a b it"
 
 
 def test_a_missing_required_slot_is_named_before_any_plan() -> None:
@@ -68,6 +103,9 @@ def test_plans_take_defaults_and_mark_the_mutating_steps() -> None:
         "start_experiment",
         "promote_experiment",
         "retrain_model",
+        "register_model",
+        "set_budget",
+        "revoke_key",
     } == MUTATING
     assert all(REGISTRY[s["tool"]].mutating == s["mutating"] for s in plan.steps)
 
