@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents.registry import REGISTRY
+from opsloop.auth import Role
+
 __all__ = ["compose"]
+
+
+def _approver(action: str) -> str:
+    return "an admin" if REGISTRY[action].role >= Role.ADMIN else "an operator or admin"
+
 
 _MARK = {
     "ok": "ok",
@@ -51,7 +59,7 @@ def compose(state: dict[str, Any], status: str, pending: dict[str, Any] | None) 
     if status == "pending_approval" and pending is not None:
         lines.append(
             f"\nWaiting for approval of {pending['action']}({_args(pending['args'])}), requested by"
-            f" {pending['requested_by']}: an operator answers with POST /chat/<thread>/approve"
-            " or `opsloop chat --approve <thread>`."
+            f" {pending['requested_by']}: {_approver(pending['action'])} answers with"
+            " POST /chat/<thread>/approve or `opsloop chat --approve <thread>`."
         )
     return "\n".join(lines)

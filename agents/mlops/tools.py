@@ -161,7 +161,11 @@ async def inspect_model(call: ToolCall, path: str, model: str) -> Outcome:
     """What a model folder holds (flavors, input columns, size), against the model's champion if any."""
     found = call.ops.inspect_model(call.caller, path)
     result = jsonable(found)
-    size = f"{found.size_bytes / 1e6:.1f} MB"
+    size = (
+        f"{found.size_bytes / 1e6:.1f} MB"
+        if found.size_bytes >= 100_000
+        else f"{found.size_bytes / 1e3:.0f} kB"
+    )
     if found.columns is None:
         return Outcome(
             f"{path}: {', '.join(found.flavors)} model of {size} without a column-based input signature;"

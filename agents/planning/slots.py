@@ -143,8 +143,8 @@ _QUOTED = re.compile(r"(['\"`])([^'\"`\n]{2,512})\1")
 _TRAILING = ".,;:!?)]}'\"`"
 _KEY_ID = re.compile(r"\b(?:olk?_)?([0-9a-f]{12})(?:_[A-Za-z0-9_-]+)?\b")
 _NEW_NAME = re.compile(
-    r"\b(?:as|named|called|under(?: the name)?|name it)\s(?:(?:a|the)\s)?(?:new\s)?(?:model\s)?"
-    r"[\"'`]?([a-z][a-z0-9_-]{1,62})"
+    r"\b(?:as|named|called|under(?: the name)?|name it|call it|calling it)\s"
+    r"(?:(?:a|the)\s)?(?:new\s)?(?:model\s)?[\"'`]?([a-z][a-z0-9_-]{1,62})"
 )
 _BARE_NAME = re.compile(r"[a-z][a-z0-9_-]{1,62}")
 _NOT_NAMES = {
