@@ -261,6 +261,24 @@ def test_a_viewer_cannot_approve_even_with_a_valid_form_and_another_tenant_canno
     assert "denied by" in denied.text and "not now" in denied.text
 
 
+def test_an_admins_action_shows_its_buttons_to_admins_only(client: TestClient, platform: Platform) -> None:
+    _key(platform, Role.USER, tenant="bravo")  # a tenant the admin's catalog knows
+    admin = _login(client, _key(platform, Role.ADMIN))
+    token = _csrf(admin.get("/ui/chat").text)
+    asked = admin.post("/ui/chat", data={"message": "cap bravo at 5 dollars a day", "csrf": token})
+    thread = re.search(r"thread=([0-9a-f]+)", str(asked.url))
+    assert thread, asked.text
+    assert "Waiting for approval: <code>set_budget</code>" in asked.text and ">Approve</button>" in asked.text
+    operator = _login(client, _key(platform, Role.OPERATOR))
+    seen = operator.get(f"/ui/chat?thread={thread.group(1)}")
+    assert ">Approve</button>" not in seen.text and "An admin decides" in seen.text
+    forged = operator.post(
+        f"/ui/chat/{thread.group(1)}/decision", data={"decision": "approve", "csrf": _csrf(seen.text)}
+    )
+    assert forged.status_code == 403
+    assert platform.budgets.list(tenant="bravo") == []
+
+
 def test_an_experiment_page_charts_each_variants_traffic_and_shows_its_decision(
     client: TestClient, platform: Platform, second_version: int
 ) -> None:
