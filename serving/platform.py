@@ -76,6 +76,15 @@ def bundled_docs() -> Path:
     return Path(__file__).resolve().parent.parent / "docs"
 
 
+def _preload_evals() -> None:
+    from evals.scoring import preload
+
+    try:
+        preload()
+    except Exception:  # the first run imports them again and reports what fails, where it is seen
+        log.warning("preloading ragas for the scheduled evals failed", exc_info=True)
+
+
 @dataclass
 class Platform:
     """Every long-lived component, built once per process and passed down explicitly."""
@@ -302,6 +311,7 @@ class Platform:
             from serving.eval_wiring import job_executor
 
             self.evals = EvalScheduler(eval_jobs, job_executor(self), self.metrics.evals, self.audit)
+            threading.Thread(target=_preload_evals, name="eval-preload", daemon=True).start()
         if self.evals is not None:
             jobs.update(self.evals.periodic())
         return jobs
