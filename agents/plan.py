@@ -159,8 +159,8 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     "set_budget": WorkflowSpec(
         "cost",
         "set a tenant's (or one of its keys') spend budget or rate limit",
-        required=(("tenant", "budget", "limit"),),
-        optional=("key",),
+        required=(("tenant", "budget", "limit"), ("key", "budget", "limit")),
+        optional=("tenant", "key"),
         example="set acme's monthly budget to $200",
     ),
     "revoke_key": WorkflowSpec(

@@ -153,7 +153,7 @@ def _register_model(a: dict[str, Any], _: str) -> list[Step]:
 
 
 def _set_budget(a: dict[str, Any], _: str) -> list[Step]:
-    scope = {"tenant": a["tenant"], "key": a.get("key")}
+    scope = {"tenant": a.get("tenant"), "key": a.get("key")}  # a key's tenant is read from the key
     return [step("budget_status", **scope), step("set_budget", **scope, budget=a["budget"], limit=a["limit"])]
 
 

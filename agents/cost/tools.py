@@ -8,6 +8,7 @@ from typing import Any
 from agents.tools import Outcome, ToolCall, jsonable, tool
 from opsloop.auth import Role
 from opsloop.durations import parse_duration
+from opsloop.errors import InvalidInputError
 
 __all__ = ["TOOLS", "budget_status", "cost_change", "cost_report", "route_quality", "set_budget"]
 
@@ -126,9 +127,19 @@ def _scope(tenant: str, key: str | None) -> str:
     return f"key {key} of tenant {tenant}" if key else f"tenant {tenant}"
 
 
+def _tenant(call: ToolCall, tenant: str | None, key: str | None) -> str:
+    """The tenant named, else the one of the key named (a key's budget is its tenant's row)."""
+    if tenant is not None:
+        return tenant
+    if key is None:
+        raise InvalidInputError("name a tenant or one of its keys", field="tenant")
+    return call.ops.key(call.caller, key).tenant
+
+
 @tool("cost", role=Role.ADMIN)
-async def budget_status(call: ToolCall, tenant: str, key: str | None = None) -> Outcome:
+async def budget_status(call: ToolCall, tenant: str | None = None, key: str | None = None) -> Outcome:
     """A tenant's budgets and rate limits, with what their current windows have used."""
+    tenant = _tenant(call, tenant, key)
     usages = [
         u for u in call.ops.budgets(call.caller, tenant) if key is None or u.budget.key_id in (None, key)
     ]
@@ -139,9 +150,10 @@ async def budget_status(call: ToolCall, tenant: str, key: str | None = None) -> 
 
 @tool("cost", role=Role.ADMIN, mutating=True)
 async def set_budget(
-    call: ToolCall, tenant: str, budget: str, limit: float, key: str | None = None
+    call: ToolCall, budget: str, limit: float, tenant: str | None = None, key: str | None = None
 ) -> Outcome:
     """Create or change a budget or rate limit of a tenant or one of its keys."""
+    tenant = _tenant(call, tenant, key)
     before = {
         u.budget.kind: u.budget.limit for u in call.ops.budgets(call.caller, tenant) if u.budget.key_id == key
     }

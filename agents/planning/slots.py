@@ -195,6 +195,7 @@ def split_path(text: str) -> tuple[str | None, str]:
 
 
 def _budget_kind(lowered: str, tokens: list[str]) -> str | None:
+    lowered = lowered.replace("-", " ")  # "requests-per-minute", "per-day"
     for word, kind in _RATE_WORDS.items():
         if word in tokens:
             return kind

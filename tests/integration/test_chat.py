@@ -419,6 +419,23 @@ def test_budgets_and_keys_are_an_admins_to_change_and_to_approve(
     assert platform.audit.query(AuditFilter(action="budget.set", target="budget:bravo/daily_usd"))
 
     leaked = platform.keys.create("bravo", Role.USER, name="leaked", actor="test")
+    keyed = _chat(client, admin, f"limit key {leaked.info.id} to 1000 tokens a day")
+    assert keyed["pending"]["args"] == {
+        "tenant": None,
+        "key": leaked.info.id,
+        "budget": "daily_tokens",
+        "limit": 1000,
+    }
+    assert keyed["plan"]["steps"][0]["summary"].startswith(f"key {leaked.info.id} of tenant bravo: ")
+    done = client.post(
+        f"/chat/{keyed['thread_id']}/approve", json={"approve": True}, headers=second_admin
+    ).json()
+    assert done["status"] == "done", done["reply"]
+    assert {(b.key_id, b.kind) for b in platform.budgets.list(tenant="bravo")} == {
+        (None, "daily_usd"),
+        (leaked.info.id, "daily_tokens"),
+    }
+
     secret = {"Authorization": f"Bearer {leaked.secret.get_secret_value()}"}
     assert client.get("/models", headers=secret).status_code == 200
     asked = _chat(client, admin, f"the key {leaked.info.id} was committed to git, revoke it")
