@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.registry import REGISTRY
+from agents.registry import approver_role
 from opsloop.auth import Role
 
 __all__ = ["compose"]
 
 
 def _approver(action: str) -> str:
-    return "an admin" if REGISTRY[action].role >= Role.ADMIN else "an operator or admin"
+    return "an admin" if approver_role(action) >= Role.ADMIN else "an operator or admin"
 
 
 _MARK = {

@@ -22,7 +22,7 @@ from langgraph.types import Command, StateSnapshot
 from agents.context import Context, Planner
 from agents.graph import build
 from agents.ports import Operations
-from agents.registry import REGISTRY
+from agents.registry import approver_role
 from agents.replies import compose
 from opsloop.auth import Principal, Role
 from opsloop.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
@@ -169,10 +169,7 @@ class ChatService:
         if not snapshot.interrupts:
             raise ConflictError(f"nothing in thread {thread_id} waits for approval", thread_id=thread_id)
         waiting = snapshot.interrupts[0]
-        needed = REGISTRY[waiting.value["action"]].role
-        caller.require(
-            needed, f"approving {waiting.value['action']}"
-        )  # an admin's action, an admin's approval
+        caller.require(approver_role(waiting.value["action"]), f"approving {waiting.value['action']}")
         requester = waiting.value["requested_by"]
         if self._approver_must_differ and caller.key_id == requester:
             raise ForbiddenError(

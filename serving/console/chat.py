@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Form, Query, Request
 from starlette.responses import Response
 
-from agents.registry import REGISTRY
+from agents.registry import approver_role
 from agents.service import MAX_MESSAGE_CHARS, ChatService
 from opsloop.auth import Role
 from opsloop.errors import OpsloopError
@@ -59,10 +59,7 @@ async def _page(
             view = await service.thread(caller.principal, thread)
         except OpsloopError as exc:
             error = exc.message
-    # budgets and keys are an admin's to change, and so to approve
-    approver = (
-        max(Role.OPERATOR, REGISTRY[view.pending["action"]].role) if view and view.pending else Role.OPERATOR
-    )
+    approver = approver_role(view.pending["action"]) if view and view.pending else Role.OPERATOR
     context = {
         "title": "Chat ops",
         "threads": threads,
