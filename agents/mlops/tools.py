@@ -59,19 +59,18 @@ async def model_status(call: ToolCall, model: str) -> Outcome:
     )
 
 
+def _input_changes(expected: list[tuple[str, str]], given: list[tuple[str, str]]) -> dict[str, list]:
+    """The ``(column, type)`` inputs ``given`` lacks (``missing``) and adds (``extra``)."""
+    return {"missing": sorted(set(expected) - set(given)), "extra": sorted(set(given) - set(expected))}
+
+
 @tool("ml-ops", role=Role.VIEWER)
 async def check_version(call: ToolCall, model: str, version: int) -> Outcome:
     """Whether a registered version takes the champion's inputs (names and types of its signature)."""
     current = call.ops.champion(call.caller, model)
     candidate = call.ops.signature(call.caller, model, version)
     champion = call.ops.signature(call.caller, model, current)
-    result = {
-        "model": model,
-        "version": version,
-        "champion": current,
-        "missing": sorted(set(champion) - set(candidate)),
-        "extra": sorted(set(candidate) - set(champion)),
-    }
+    result = {"model": model, "version": version, "champion": current, **_input_changes(champion, candidate)}
     if version == current:
         return Outcome(f"{model} v{version} is the champion already", result, "failed")
     if result["missing"] or result["extra"]:
@@ -179,12 +178,7 @@ async def inspect_model(call: ToolCall, path: str, model: str) -> Outcome:
     except NotFoundError:  # a new model, or one nobody has promoted yet
         return Outcome(summary + f"; {model} has no champion to compare with", result)
     expected = call.ops.signature(call.caller, model, champion)
-    given = [tuple(c) for c in found.columns]
-    result |= {
-        "champion": champion,
-        "missing": sorted(set(expected) - set(given)),
-        "extra": sorted(set(given) - set(expected)),
-    }
+    result |= {"champion": champion, **_input_changes(expected, found.columns)}
     summary += (
         f"; differs from {model} v{champion}'s inputs: missing {result['missing']}, extra {result['extra']}"
         if result["missing"] or result["extra"]

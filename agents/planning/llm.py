@@ -15,7 +15,6 @@ retrieved can put words in the planner's mouth.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Protocol
 
 from agents.cost.prompts import SYSTEM as COST
@@ -24,7 +23,7 @@ from agents.mlops.prompts import SYSTEM as MLOPS
 from agents.performance.prompts import SYSTEM as PERFORMANCE
 from agents.plan import SLOT_KINDS, WORKFLOWS
 from agents.planning.offline import OfflinePlanner, Planned, answer_pending, complete, refusal
-from agents.planning.slots import Catalog, extract_slots
+from agents.planning.slots import KEY_ID, MODEL_NAME, Catalog, extract_slots
 from agents.quality.prompts import SYSTEM as QUALITY
 from opsloop.auth import Principal
 from opsloop.budgets.model import KINDS
@@ -36,8 +35,6 @@ __all__ = ["Completer", "LLMPlanner", "planned_from_call", "workflow_tools"]
 
 _NAMES = {"model": "models", "collection": "collections", "tenant": "tenants", "prompt": "prompts",
           "job": "jobs", "route": "routes"}  # fmt: skip
-_KEY = re.compile(r"[0-9a-f]{12}")
-_NEW_MODEL = re.compile(r"[a-z][a-z0-9_-]{1,62}")
 _JSON_TYPES = {str: "string", int: "integer", float: "number"}
 
 
@@ -107,7 +104,7 @@ def planned_from_call(call: ToolCall, message: str, catalog: Catalog) -> Planned
 def _valid(slot: str, value: Any, catalog: Catalog, *, registering: bool = False) -> bool:
     """Whether a proposed value can stand: known names (a new model name when registering), kinds, numbers."""
     if slot == "model" and registering:
-        return isinstance(value, str) and _NEW_MODEL.fullmatch(value) is not None
+        return isinstance(value, str) and MODEL_NAME.fullmatch(value) is not None
     if SLOT_KINDS[slot] in (int, float):
         whole = SLOT_KINDS[slot] is int
         return (
@@ -121,7 +118,7 @@ def _valid(slot: str, value: Any, catalog: Catalog, *, registering: bool = False
     if slot == "budget":
         return value in KINDS
     if slot == "key":
-        return isinstance(value, str) and _KEY.fullmatch(value) is not None
+        return isinstance(value, str) and KEY_ID.fullmatch(value) is not None
     if slot == "path":
         return isinstance(value, str) and bool(value.strip())
     try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from rapidfuzz.distance import DamerauLevenshtein
 
-__all__ = ["Catalog", "Extraction", "extract_slots"]
+__all__ = ["KEY_ID", "MODEL_NAME", "Catalog", "Extraction", "extract_slots"]
 
 
 @dataclass(frozen=True)
@@ -141,12 +141,15 @@ _ENDPOINTS = ("/predict", "/query", "/v1", "/chat", "/ui", "/admin", "/health", 
 """opsloop's own routes: a request naming one asks about the endpoint, not a folder."""
 _QUOTED = re.compile(r"(['\"`])([^'\"`\n]{2,512})\1")
 _TRAILING = ".,;:!?)]}'\"`"
-_KEY_ID = re.compile(r"\b(?:olk?_)?([0-9a-f]{12})(?:_[A-Za-z0-9_-]+)?\b")
+KEY_ID = re.compile(r"[0-9a-f]{12}")
+"""An API key's public id."""
+MODEL_NAME = re.compile(r"[a-z][a-z0-9_-]{1,62}")
+"""A name a request may give a model it registers."""
+_KEY_ID = re.compile(rf"\b(?:olk?_)?({KEY_ID.pattern})(?:_[A-Za-z0-9_-]+)?\b")  # a pasted secret too
 _NEW_NAME = re.compile(
     r"\b(?:as|named|called|under(?: the name)?|name it|call it|calling it)\s"
-    r"(?:(?:a|the)\s)?(?:new\s)?(?:model\s)?[\"'`]?([a-z][a-z0-9_-]{1,62})"
+    rf"(?:(?:a|the)\s)?(?:new\s)?(?:model\s)?[\"'`]?({MODEL_NAME.pattern})"
 )
-_BARE_NAME = re.compile(r"[a-z][a-z0-9_-]{1,62}")
 _NOT_NAMES = {
     "a", "the", "new", "brand", "model", "version", "v", "champion", "challenger", "latest", "next",
     "well", "registry", "it", "named", "called",
@@ -258,7 +261,7 @@ def extract_slots(text: str, catalog: Catalog, wanted: Iterable[str]) -> Extract
         if new_name is not None:
             add("model", new_name.group(1))
         bare = lowered.strip().strip(".!")
-        if "model" not in values and _BARE_NAME.fullmatch(bare) and bare not in _NOT_NAMES:
+        if "model" not in values and MODEL_NAME.fullmatch(bare) and bare not in _NOT_NAMES:
             add("model", bare)  # the answer to "which model?"
     prompts = _mentions(tokens, catalog.prompts)
     for mention in models:
