@@ -82,3 +82,10 @@ def test_a_spent_budget_refuses_the_planner_call(client: TestClient, platform: P
     first = client.post("/chat", json={"message": "status of credit-risk"}, headers=headers)
     refused = client.post("/chat", json={"message": "status of credit-risk"}, headers=headers)
     assert 429 in (first.status_code, refused.status_code), (first.text, refused.text)
+
+
+def test_the_planner_route_is_called_by_the_configured_client(platform: Platform) -> None:
+    (spec,) = platform.settings.llm_routes["planner"].backends
+    backend = platform.gateway.router._backends[spec.name].client
+    expected = {"native": "OpenAICompatClient", "langchain": "LangChainClient"}[spec.client]
+    assert type(backend).__name__ == expected
