@@ -62,15 +62,19 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         # Swagger UI would otherwise ask validator.swagger.io to check the spec.
         swagger_ui_parameters={"validatorUrl": None},
+        # opsloop traces (MLflow) and meters (Prometheus) its requests itself; FastAPI's own
+        # OpenTelemetry would look up the global providers on every request to find them unset.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.platform = platform
     app.state.chat = chat
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=platform.metrics, max_body_bytes=settings.max_body_bytes)
+    # Routes are matched in this order: the gateway's, the busiest, first (none of them overlap).
+    app.include_router(gateway.router)
     app.include_router(health.router)
     app.include_router(rag.router)  # before models: its /feedback/query must win over /feedback/{model}
     app.include_router(models.router)
-    app.include_router(gateway.router)
     app.include_router(inference_v2.router)
     app.include_router(costs.router)
     app.include_router(admin.router)

@@ -346,6 +346,11 @@ class Platform:
             # collector's reach: full collections of that heap stalled requests 200-300 ms.
             gc.collect()
             gc.freeze()
+            # A full collection runs once the objects that survived younger ones grow by a
+            # quarter of those its last one kept, and frozen objects do not count there: under
+            # load that was one 7-13 ms stall a second. A hundred times rarer now; reference
+            # cycles on the request path are broken by hand (opsloop.tracing) and die young.
+            gc.set_threshold(*gc.get_threshold()[:2], 1000)
             served = {name: model.version for name, model in self.runtime.loaded().items()}
             summary = f"serving {versions(served)}" if served else "no champion to serve"
             failing = len(self.runtime.failures())

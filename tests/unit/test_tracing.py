@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -128,6 +130,35 @@ def test_traces_finished_close_together_share_a_batch_and_a_flush_does_not_wait_
     assert time.monotonic() - started < 10  # the flush cut the minute's wait short
     assert [t["request_id"] for t in collected.traces] == [str(n) for n in range(5)]
     assert collected.batches == 1
+
+
+class Payload:
+    """Inputs that can be watched through a weak reference."""
+
+
+def test_exported_and_dropped_traces_are_freed_without_the_garbage_collector() -> None:
+    collected = Collected()
+    collected.gate.clear()  # the first trace waits in the exporter, the second in the queue
+    tracer = Tracer(collected, max_pending=1)
+    watched: list[weakref.ref[Payload]] = []
+    gc.disable()  # a trace left as a reference cycle would now stay
+    try:
+        for n in range(4):  # exported, exported, then dropped for a full queue
+            payload = Payload()
+            watched.append(weakref.ref(payload))
+            with (
+                tracer.trace("query", "CHAIN", request_id=str(n), tenant="t"),
+                tracing.span("retrieve", "RETRIEVER", inputs=payload),
+            ):
+                pass
+            del payload
+            time.sleep(0.05)  # the tracer thread takes the first trace before the others come
+        collected.gate.set()
+        assert tracer.flush()
+        assert [ref() for ref in watched] == [None] * 4
+    finally:
+        gc.enable()
+        tracer.close()
 
 
 def test_jsonable_drops_a_dataclass_s_unset_fields_and_keeps_plain_values() -> None:
