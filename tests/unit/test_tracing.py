@@ -138,12 +138,13 @@ class Payload:
 
 def test_exported_and_dropped_traces_are_freed_without_the_garbage_collector() -> None:
     collected = Collected()
-    collected.gate.clear()  # the first trace waits in the exporter, the second in the queue
-    tracer = Tracer(collected, max_pending=1)
+    collected.gate.clear()  # the exporter holds the first trace, so the queue (1) fills
+    dropped: list[int] = []
+    tracer = Tracer(collected, max_pending=1, on_dropped=lambda: dropped.append(1))
     watched: list[weakref.ref[Payload]] = []
     gc.disable()  # a trace left as a reference cycle would now stay
     try:
-        for n in range(4):  # exported, exported, then dropped for a full queue
+        for n in range(4):
             payload = Payload()
             watched.append(weakref.ref(payload))
             with (
@@ -152,9 +153,9 @@ def test_exported_and_dropped_traces_are_freed_without_the_garbage_collector() -
             ):
                 pass
             del payload
-            time.sleep(0.05)  # the tracer thread takes the first trace before the others come
         collected.gate.set()
         assert tracer.flush()
+        assert "0" in [t["request_id"] for t in collected.traces] and len(dropped) >= 2
         assert [ref() for ref in watched] == [None] * 4
     finally:
         gc.enable()
