@@ -265,7 +265,7 @@ class EvalRunner:
         try:
             for next_done in asyncio.as_completed(tasks):
                 sample = await next_done
-                checkpoint.append(sample)
+                await asyncio.to_thread(checkpoint.append, sample)  # it ends in an fsync
                 finished[sample.id] = sample
                 if self.progress is not None:
                     self.progress(len(finished), total)
@@ -275,7 +275,9 @@ class EvalRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         samples = [finished[item.id] for item in dataset.items]
-        summaries = summarize(samples, (*metrics, *OPERATIONAL_METRICS))
+        # Off the loop: each metric's bootstrap interval is ~10 ms of numpy, and the server's
+        # requests would wait for all of them.
+        summaries = await asyncio.to_thread(summarize, samples, (*metrics, *OPERATIONAL_METRICS))
         return EvalOutcome(samples, summaries, metrics, resumed, time.perf_counter() - started)
 
     async def _sample(self, item: EvalItem, config: EvalConfig, scorers: Sequence[Scorer]) -> SampleResult:

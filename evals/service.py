@@ -22,8 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -139,65 +138,68 @@ class EvalService:
         config = await asyncio.to_thread(self.resolve, config)
         tracker = await asyncio.to_thread(self.tracker.start)
         key = config_key(dataset, config)
-        with self._claim(key, resume) as claimed:
-            directory = claimed
-            resumed = directory is not None
-            lock: IO[str] | None = None
-            if directory is None:
-                params = {"dataset": dataset.name, "dataset_sha256": dataset.sha256, "samples": len(dataset)}
-                run_id = await asyncio.to_thread(
-                    tracker.create_run,
-                    name or _run_name(dataset, config),
-                    {**params, **config.params()},
-                    {
-                        TAG_DATASET: dataset.sha256,
-                        TAG_CONFIG_KEY: key,
-                        TAG_BASE_KEY: base_key(dataset, config),
-                        TAG_PROMPT_VERSION: "" if config.prompt is None else str(config.prompt),
-                        "opsloop.eval.dataset": dataset.name,
-                        **({"opsloop.eval.prompt_asked": str(asked)} if asked is not None else {}),
-                        **(tags or {}),
-                    },
-                )
-                directory = self.root / run_id
-                directory.mkdir(parents=True, exist_ok=True)
-                lock = _lock(directory)
-                _write_state(directory, {"run_id": run_id, "config_key": key, "status": "running",
-                                         "dataset": dataset.name, "dataset_path": dataset.path,
-                                         "params": config.params(), "created": time.time()})  # fmt: skip
-            else:
-                run_id = directory.name
+        # Every file of the run is read and written off the loop too: finding a run to resume
+        # reads the state of every run this home kept, and each write ends in an fsync.
+        claimed = await asyncio.to_thread(self._claim, key, resume)
+        resumed = claimed is not None
+        if claimed is None:
+            params = {"dataset": dataset.name, "dataset_sha256": dataset.sha256, "samples": len(dataset)}
+            run_id = await asyncio.to_thread(
+                tracker.create_run,
+                name or _run_name(dataset, config),
+                {**params, **config.params()},
+                {
+                    TAG_DATASET: dataset.sha256,
+                    TAG_CONFIG_KEY: key,
+                    TAG_BASE_KEY: base_key(dataset, config),
+                    TAG_PROMPT_VERSION: "" if config.prompt is None else str(config.prompt),
+                    "opsloop.eval.dataset": dataset.name,
+                    **({"opsloop.eval.prompt_asked": str(asked)} if asked is not None else {}),
+                    **(tags or {}),
+                },
+            )
+            directory = self.root / run_id
+            state = {
+                "run_id": run_id,
+                "config_key": key,
+                "status": "running",
+                "dataset": dataset.name,
+                "dataset_path": dataset.path,
+                "params": config.params(),
+                "created": time.time(),
+            }
+            lock = await asyncio.to_thread(_create, directory, state)
+        else:
+            directory, lock = claimed
+            run_id = directory.name
+        try:
+            if resumed:
                 await asyncio.to_thread(tracker.reopen, run_id)
             try:
                 checkpoint = Checkpoint(directory)
                 outcome = await runner.run(dataset, config, checkpoint)
-                checkpoint.rewrite(outcome.samples)  # complete: now in data set order
+                await asyncio.to_thread(checkpoint.rewrite, outcome.samples)  # now in data set order
                 await asyncio.to_thread(
                     tracker.finish,
                     run_id,
                     outcome.summaries,
                     outcome.samples,
-                    Checkpoint(directory).path,
+                    checkpoint.path,
                     seconds=outcome.seconds,
                 )
-                _write_state(
-                    directory, {**_read_state(directory), "status": "finished", "finished": time.time()}
-                )
+                await asyncio.to_thread(_finish, directory)
             except BaseException as exc:
                 killed = not isinstance(exc, Exception)  # KeyboardInterrupt, cancellation
                 await asyncio.to_thread(tracker.fail, run_id, killed=killed)
                 raise
-            finally:
-                if lock is not None:
-                    lock.close()
+        finally:
+            lock.close()
         return TrackedRun(run_id, directory, config, outcome, resumed)
 
-    @contextmanager
-    def _claim(self, key: str, resume: Resume) -> Iterator[Path | None]:
-        """The run directory to resume (locked while in use), or None to start a new one."""
+    def _claim(self, key: str, resume: Resume) -> tuple[Path, IO[str]] | None:
+        """The run directory to resume and its lock (the caller closes it), or None to start a new one."""
         if resume == "never":
-            yield None
-            return
+            return None
         if resume != "auto":
             directory = self.root / resume
             state = _read_state(directory)
@@ -209,25 +211,15 @@ class EvalService:
                 )
             if state.get("status") == "finished":
                 raise ConflictError(f"eval run {resume} has finished already", run_id=resume)
-            lock = _lock(directory)
-            try:
-                yield directory
-            finally:
-                lock.close()
-            return
+            return directory, _lock(directory)
         for directory in self._unfinished():
             if _read_state(directory).get("config_key") != key:
                 continue
             try:
-                lock = _lock(directory)
+                return directory, _lock(directory)
             except ConflictError:
                 continue  # a live process is running it
-            try:
-                yield directory
-            finally:
-                lock.close()
-            return
-        yield None
+        return None
 
     def _unfinished(self) -> list[Path]:
         if not self.root.is_dir():
@@ -330,6 +322,22 @@ def _read_state(directory: Path) -> dict[str, Any]:
             f"eval run {directory.name} has a damaged {_RUN_FILE}", run_id=directory.name
         ) from exc
     return data if isinstance(data, dict) else {}
+
+
+def _create(directory: Path, state: dict[str, Any]) -> IO[str]:
+    """Make a new run's directory and state file; return its lock, held."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = _lock(directory)
+    try:
+        _write_state(directory, state)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
+def _finish(directory: Path) -> None:
+    _write_state(directory, {**_read_state(directory), "status": "finished", "finished": time.time()})
 
 
 def _write_state(directory: Path, state: dict[str, Any]) -> None:

@@ -23,8 +23,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import threading
-import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import IntEnum
@@ -37,6 +35,7 @@ from sqlalchemy import Column, Row, String, Table, insert, select, update
 from opsloop.audit import AuditLog
 from opsloop.db import Database, UTCDateTime, metadata, utcnow
 from opsloop.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, UnauthorizedError
+from opsloop.refreshing import RefreshAhead
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -217,9 +216,7 @@ class KeyStore:
     def __init__(self, db: Database, audit: AuditLog, *, cache_seconds: float = 2.0) -> None:
         self._db = db
         self._audit = audit
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, str, Principal | None]] = {}
-        self._lock = threading.Lock()
+        self._rows = RefreshAhead(self._read, cache_seconds, name="opsloop-keys")
 
     def create(
         self, tenant: str, role: Role, *, name: str = "", actor: str, request_id: str | None = None
@@ -346,8 +343,7 @@ class KeyStore:
             return info
 
         info = self._db.write(mark)
-        with self._lock:
-            self._cache.pop(key_id, None)
+        self._rows.forget(key_id)
         return info
 
     def authenticate(self, presented: str | None) -> Principal:
@@ -356,22 +352,16 @@ class KeyStore:
             raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
         parts = presented.split("_")
         key_id = parts[1] if len(parts) >= 3 and parts[0] == _PREFIX else ""
-        stored_hash, principal = self._lookup(key_id)
+        stored_hash, principal = (self._rows.get(key_id) if key_id else None) or (_DUMMY_HASH, None)
         if not hmac.compare_digest(stored_hash, _hash(presented)) or principal is None:
             raise UnauthorizedError("invalid or revoked API key")
         return principal
 
-    def _lookup(self, key_id: str) -> tuple[str, Principal | None]:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(key_id)
-        if cached is not None and now - cached[0] < self._cache_seconds:
-            return cached[1], cached[2]
-        rows = self._db.rows(select(api_keys).where(api_keys.c.id == key_id)) if key_id else []
+    def _read(self, key_id: str) -> tuple[str, Principal | None] | None:
+        """The stored hash of ``key_id`` and its principal (None once revoked); None if no such key."""
+        rows = self._db.rows(select(api_keys).where(api_keys.c.id == key_id))
         if not rows:
-            return _DUMMY_HASH, None
+            return None
         row = rows[0]
         principal = None if row.revoked_at else Principal(row.id, row.tenant, Role.parse(row.role))
-        with self._lock:
-            self._cache[key_id] = (now, row.key_hash, principal)
         return row.key_hash, principal

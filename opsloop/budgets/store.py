@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -15,6 +13,7 @@ from opsloop.auth import check_tenant
 from opsloop.budgets.model import DEFAULT_SOFT_RATIO, KINDS, Budget, validate
 from opsloop.db import Database
 from opsloop.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
+from opsloop.refreshing import RefreshAhead
 from opsloop.tables import ApiKey, BudgetRow, utcnow
 
 __all__ = ["BudgetStore"]
@@ -38,9 +37,7 @@ class BudgetStore:
     def __init__(self, db: Database, audit: AuditLog, *, cache_seconds: float = 5.0) -> None:
         self._db = db
         self._audit = audit
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, tuple[Budget, ...]]] = {}
-        self._lock = threading.Lock()
+        self._cache = RefreshAhead(self._read, cache_seconds, name="opsloop-budgets")
 
     def set(
         self,
@@ -152,33 +149,30 @@ class BudgetStore:
     def applicable(self, tenant: str, key_id: str | None) -> tuple[Budget, ...]:
         """The tenant's budgets and those of ``key_id``, from a cache of at most ``cache_seconds``.
 
-        When the store fails and an expired entry is at hand, that entry is used (and the
-        failure logged) rather than failing every request.
+        The cache reads a tenant's rows again in the background before they expire, so a
+        steady caller does not wait for the store. When the store fails and an expired entry
+        is at hand, that entry is used (and the failure logged) rather than failing every
+        request.
         """
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(tenant)
-        if cached is None or now - cached[0] >= self._cache_seconds:
-            try:
-                with self._db.read() as session:
-                    rows = session.scalars(select(BudgetRow).where(BudgetRow.tenant == tenant)).all()
-                cached = (now, tuple(_budget(row) for row in rows))
-            except SQLAlchemyError as exc:
-                if cached is None:
-                    raise BackendError(f"cannot read the budgets of tenant {tenant!r}: {exc}") from exc
-                log.warning("reading budgets of tenant %r failed; using those read before: %s", tenant, exc)
-                cached = (now, cached[1])
-            with self._lock:
-                self._cache[tenant] = cached
-        return tuple(b for b in cached[1] if b.key_id is None or b.key_id == key_id)
+        try:
+            budgets = self._cache.get(tenant) or ()
+        except SQLAlchemyError as exc:
+            stale = self._cache.last(tenant)
+            if stale is None:
+                raise BackendError(f"cannot read the budgets of tenant {tenant!r}: {exc}") from exc
+            log.warning("reading budgets of tenant %r failed; using those read before: %s", tenant, exc)
+            self._cache.put(tenant, stale)  # the next read in cache_seconds, not on every request
+            budgets = stale
+        return tuple(b for b in budgets if b.key_id is None or b.key_id == key_id)
+
+    def _read(self, tenant: str) -> tuple[Budget, ...]:
+        with self._db.read() as session:
+            rows = session.scalars(select(BudgetRow).where(BudgetRow.tenant == tenant)).all()
+        return tuple(_budget(row) for row in rows)
 
     def invalidate(self, tenant: str | None = None) -> None:
         """Forget cached rows (of one tenant), so the next request reads them again."""
-        with self._lock:
-            if tenant is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(tenant, None)
+        self._cache.forget(tenant)
 
     @staticmethod
     def _row(session: Session, tenant: str, key_id: str | None, kind: str) -> BudgetRow | None:
