@@ -125,13 +125,13 @@ class BackendSpec(BaseModel):
         f"default {DEFAULT_CONTEXT_TOKENS}. It caps max_tokens and what a call reserves.",
     )
     threads: int | None = Field(default=None, ge=1, description="CPU threads of a llamacpp backend.")
-    nice: int = Field(
-        default=10,
-        ge=0,
-        le=19,
-        description="How far below the server's own CPU priority a llamacpp backend generates (Linux "
-        "nice steps; 0: the same): a busy CPU then serves predictions and retrieval first. Idle CPU "
-        "goes to generation either way.",
+    nice: int | Literal["idle"] = Field(
+        default="idle",
+        description="The CPU priority a llamacpp backend generates at (Linux). idle (the default): only "
+        "CPU time nothing else on the machine wants (SCHED_IDLE), so a prediction or a retrieval takes a "
+        "core the moment it needs one, and a CPU kept busy by other work holds generation back; 1-19: that "
+        "many nice steps below the server, keeping generation a share of a busy CPU (about a tenth at "
+        "10); 0: the server's own priority.",
     )
     structured_output: Literal["json_schema", "json_object"] = Field(
         default="json_schema",
@@ -164,6 +164,15 @@ class BackendSpec(BaseModel):
     gpu_hour_usd: float | None = Field(
         default=None, ge=0, description="Self-hosted: USD per GPU hour, for cost from serving time."
     )
+
+    @field_validator("nice", mode="before")
+    @classmethod
+    def _idle_or_nice_steps(cls, nice: Any) -> Any:
+        if isinstance(nice, str) and nice.isdigit():  # from an environment variable, say
+            nice = int(nice)
+        if nice == "idle" or (isinstance(nice, int) and not isinstance(nice, bool) and 0 <= nice <= 19):
+            return nice
+        raise ValueError(f"nice is idle or a whole number of steps from 0 to 19, got {nice!r}")
 
     @field_validator("client")
     @classmethod

@@ -155,6 +155,28 @@ def test_generation_runs_below_the_servers_cpu_priority() -> None:
         asyncio.run(client.aclose())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_idle_generation_runs_under_sched_idle_and_so_do_llama_cpps_threads() -> None:
+    """The default: the worker and every thread llama.cpp started from it generate only on idle CPU."""
+    client = LlamaCppClient(nice="idle", threads=2)
+    try:
+        asyncio.run(client.chat(_request("Say hi.", max_tokens=2)))
+        worker = next(iter(client._executor._threads)).native_id or 0
+        assert os.sched_getscheduler(worker) == os.SCHED_IDLE
+        # Only the worker was put under SCHED_IDLE: any other thread under it, it started.
+        idle = [t for t in map(int, os.listdir("/proc/self/task")) if _policy(t) == os.SCHED_IDLE]
+        assert len(idle) >= 2, idle  # the worker and llama.cpp's second compute thread
+    finally:
+        asyncio.run(client.aclose())
+
+
+def _policy(thread: int) -> int | None:
+    try:
+        return os.sched_getscheduler(thread)
+    except ProcessLookupError:  # ended since the listing
+        return None
+
+
 TICKET = {
     "type": "object",
     "properties": {

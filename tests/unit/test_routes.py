@@ -54,6 +54,11 @@ def test_defaults_and_prices_are_carried() -> None:
     assert spec.gpu_hour_usd == 2.5 and spec.cost_per_token is None
 
 
+def test_a_local_backend_generates_on_idle_cpu_unless_given_a_nice_value() -> None:
+    assert BackendSpec.model_validate(LOCAL).nice == "idle"
+    assert BackendSpec.model_validate({**LOCAL, "nice": 10}).nice == 10
+
+
 def test_api_key_is_secret() -> None:
     spec = BackendSpec.model_validate({**VLLM, "api_key": "sk-very-secret"})
     assert isinstance(spec.api_key, SecretStr)
@@ -78,6 +83,8 @@ def test_api_key_is_secret() -> None:
         ({**LOCAL, "context_tokens": 4096}, "context_tokens", "context window is n_ctx"),
         ({**VLLM, "context_tokens": 8}, "context_tokens", "greater than or equal to 16"),
         ({**LOCAL, "n_ctx": 2**31}, "n_ctx", "less than or equal to 2147483647"),
+        ({**LOCAL, "nice": 20}, "nice", "idle or a whole number of steps from 0 to 19, got 20"),
+        ({**LOCAL, "nice": "low"}, "nice", "got 'low'"),
     ],
 )
 def test_bad_backend_names_the_field(backend: dict[str, Any], field: str, message: str) -> None:
