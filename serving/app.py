@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,6 +50,9 @@ def create_app(settings: Settings) -> FastAPI:
         platform.start_serving()
         _build_routes(app)
         yield
+        # A server stopped while still starting: what those threads build must exist before
+        # it is closed, or close() finds a gateway no event loop is left to close it on.
+        await asyncio.to_thread(platform.join_starting)
         await chat.aclose()
         await platform.aclose_eval_tasks()  # before the gateway and RAG they use close
         await platform.aclose_gateway()

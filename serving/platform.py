@@ -587,8 +587,8 @@ class Platform:
         }
         return Readiness({**now.components, "models": "degraded"}, now.pending, {**now.why, "models": why})
 
-    def close(self) -> None:
-        """Wait for components still starting, then release connections.
+    def join_starting(self) -> None:
+        """Wait for the components still starting (each may build the gateway or the RAG runtime).
 
         Waiting matters because MLflow migrates its store with Alembic, whose context is
         process-global: a later Platform in this process must not migrate at the same time.
@@ -596,6 +596,10 @@ class Platform:
         for thread in self._starting:
             thread.join(timeout=120)
         self._starting.clear()
+
+    def close(self) -> None:
+        """Wait for components still starting, then release connections."""
+        self.join_starting()
         if self.scheduler is not None:
             self.scheduler.shutdown()
             self.scheduler = None

@@ -237,3 +237,15 @@ def test_the_local_token_needs_a_tenant_and_a_cli_actor(
     token = "wrong" if status == 401 else app.state.platform.local_token
     response = client.get("/collections", headers={**_auth(token), **headers})
     assert response.status_code == status, response.text
+
+
+def test_a_server_stopped_while_still_starting_stops_cleanly(tmp_path: Path) -> None:
+    """Its components start on threads (the demo model, the docs, the gateway): stopping waits for them.
+
+    Before, a component that built the gateway after the lifespan had closed it left one for
+    ``Platform.close`` to close with ``asyncio.run`` inside the running loop, and stopping failed.
+    """
+    app = create_app(load_settings(home=tmp_path / "home"))
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+    assert app.state.platform.components  # it did start; the exit above raised nothing
