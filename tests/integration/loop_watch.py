@@ -5,6 +5,13 @@ heartbeat is older than the threshold, the loop is stuck in one callback (a sync
 database or model call made from an ``async def``, say): the watchdog takes the loop thread's
 stack right then, so the report names the blocking call, and records how long the stall lasted.
 
+A call to MLflow's store is caught however short it is: the watchdog looks at the loop thread's
+stack at every tick, and a frame of MLflow's tracking or registry client or store there is
+recorded once per calling stack (as a stall of about the time it was seen for; a call shorter
+than a tick may slip between two looks). On a warm SQLite
+store such a call takes 50-80 ms, under the threshold, yet it is what must not run on the loop:
+against a remote tracking server it waits for the network.
+
 Two pauses are not a callback's, and are left out, as asyncio's slow-callback check leaves
 them out: the loop waiting in its selector for a core or the GIL that other threads hold (the
 stack ends in ``selectors.py``), and the time the garbage collector ran during the stall
@@ -31,6 +38,9 @@ __all__ = ["Stall", "loop_stalls"]
 _TICK_S = 0.005
 _INNERMOST = 4
 _PROJECT = ("opsloop", "rag", "evals", "agents", "serving", "workflows")
+# MLflow's tracking and registry clients and its stores: each call reads or writes the store.
+# (A model's own predict may run through MLflow's pyfunc code on the loop: that is the model.)
+_NEVER_ON_THE_LOOP = ("/mlflow/tracking/", "/mlflow/store/")
 
 
 @dataclass
@@ -67,11 +77,22 @@ def _idle(frame: FrameType | None) -> bool:
     return frame is not None and frame.f_code.co_filename.endswith("selectors.py")
 
 
+def _in_mlflow(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if any(part in frame.f_code.co_filename for part in _NEVER_ON_THE_LOOP):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _where(frame: FrameType) -> str:
     """The project's own frames of a stack (who made the call), then its innermost frames."""
     frames = traceback.format_stack(frame)
-    ours = [f for f in frames[:-_INNERMOST] if any(f"/{package}/" in f for package in _PROJECT)]
-    return "".join([*ours, "  ...\n", *frames[-_INNERMOST:]])
+    return "".join([*_ours(frames[:-_INNERMOST]), "  ...\n", *frames[-_INNERMOST:]])
+
+
+def _ours(frames: list[str]) -> list[str]:
+    return [f for f in frames if any(f"/{package}/" in f for package in _PROJECT)]
 
 
 @contextmanager
@@ -91,14 +112,19 @@ def loop_stalls(client: TestClient, threshold_s: float = 0.1) -> Iterator[list[S
             await asyncio.sleep(_TICK_S)
 
     collections = _Collections()
+    mlflow_calls: dict[str, int] = {}  # who called MLflow on the loop: ticks it was seen at
 
     def watchdog() -> None:
         stack: str | None = None
         since = 0.0
         while not stop.wait(_TICK_S):
             last = beat[0]
+            frame = sys._current_frames().get(loop_thread)
+            if _in_mlflow(frame):
+                assert frame is not None
+                caller = "".join(_ours(traceback.format_stack(frame)))
+                mlflow_calls[caller] = mlflow_calls.get(caller, 0) + 1
             if stack is None and time.monotonic() - last > threshold_s:
-                frame = sys._current_frames().get(loop_thread)
                 stack = "" if frame is None or _idle(frame) else _where(frame)
                 since = last
             elif stack is not None and last != since:  # it ticked again
@@ -106,6 +132,9 @@ def loop_stalls(client: TestClient, threshold_s: float = 0.1) -> Iterator[list[S
                 stack = None
         if stack is not None:
             record(since, time.monotonic(), stack)
+        stalls.extend(
+            Stall(ticks * _TICK_S, f"{caller}  ... (in MLflow)\n") for caller, ticks in mlflow_calls.items()
+        )
 
     def record(start: float, end: float, stack: str) -> None:
         blocked = end - start - collections.within(start, end)

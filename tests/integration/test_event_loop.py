@@ -2,9 +2,10 @@
 
 One real app (the demo model as champion, the bundled auth doc ingested, a scheduled eval job)
 watched by ``tests/integration/loop_watch.py``: a heartbeat on its loop and a watchdog thread,
-so a stall over 100 ms fails the test with the stack of the call that held the loop. A
-synchronous MLflow, database or model call made from an ``async def`` is what this catches:
-while it runs, no other request is answered.
+so a stall over 100 ms fails the test with the stack of the call that held the loop, and so
+does any call to MLflow's client or store seen on the loop, however short. A synchronous
+MLflow, database or model call made from an ``async def`` is what this catches: while it runs,
+no other request is answered.
 """
 
 from __future__ import annotations
@@ -144,3 +145,14 @@ def test_the_watch_names_a_call_that_holds_the_loop(client: TestClient) -> None:
         client.portal.call(_hold_the_loop)  # a plain function: it runs on the loop's own thread
     assert len(stalls) == 1, stalls
     assert stalls[0].seconds >= 0.2 and "_hold_the_loop" in stalls[0].stack, stalls[0]
+
+
+def test_the_watch_names_a_short_mlflow_call_on_the_loop(client: TestClient, platform: Platform) -> None:
+    """Under the threshold, yet named: on a remote tracking server it would wait for the network."""
+    assert client.portal is not None
+    platform.registry.get_alias(MODEL, "champion")  # warm: the calls below take milliseconds
+    with loop_stalls(client) as stalls:
+        for _ in range(20):  # seen by a watchdog that looks every 5 ms
+            client.portal.call(platform.registry.get_alias, MODEL, "champion")
+    named = [stall for stall in stalls if "(in MLflow)" in stall.stack]
+    assert named and "opsloop/registry.py" in named[0].stack, stalls  # the project's caller
