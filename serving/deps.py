@@ -19,6 +19,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from evals.tasks import EvalTasks
 from opsloop.auth import Principal, Role, check_tenant
@@ -39,6 +40,8 @@ __all__ = [
     "RagDep",
     "UserKey",
     "ViewerKey",
+    "authorize",
+    "bearer_key",
     "request_id",
 ]
 
@@ -91,21 +94,36 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
 
     async def dependency(
         request: Request,
-        platform: PlatformDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        presented = credentials.credentials if credentials else None
-        principal = _local(platform, presented, request) or platform.keys.authenticate(presented)
-        if principal.role < role:
-            raise ForbiddenError(
-                f"this action needs role '{role}' or higher; key {principal.key_id} has '{principal.role}'",
-                required=str(role),
-                role=str(principal.role),
-            )
-        request.state.principal = principal
-        return principal
+        return authorize(request, credentials.credentials if credentials else None, role)
 
     return dependency
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key of the request's ``Authorization: Bearer`` header, as :data:`UserKey` reads it."""
+    scheme, key = get_authorization_scheme_param(request.headers.get("Authorization"))
+    return key if key and scheme.lower() == "bearer" else None
+
+
+def authorize(request: Request, presented: str | None, role: Role) -> Principal:
+    """The caller ``presented`` authenticates, with at least ``role``; kept on ``request.state``.
+
+    Raises:
+        UnauthorizedError: No key, or one that is unknown or revoked.
+        ForbiddenError: The key's role is below ``role``.
+    """
+    platform: Platform = request.app.state.platform
+    principal = _local(platform, presented, request) or platform.keys.authenticate(presented)
+    if principal.role < role:
+        raise ForbiddenError(
+            f"this action needs role '{role}' or higher; key {principal.key_id} has '{principal.role}'",
+            required=str(role),
+            role=str(principal.role),
+        )
+    request.state.principal = principal
+    return principal
 
 
 def _local(platform: Platform, presented: str | None, request: Request) -> Principal | None:
@@ -127,11 +145,12 @@ OperatorKey = Annotated[Principal, Depends(require(Role.OPERATOR))]
 AdminKey = Annotated[Principal, Depends(require(Role.ADMIN))]
 
 VARIANT_HEADER = "X-Opsloop-Variant"
+UNIT_MAX_LENGTH = 256
 Unit = Annotated[
     str | None,
     Header(
         alias=UNIT_HEADER,
-        max_length=256,
+        max_length=UNIT_MAX_LENGTH,
         description="Who the request is for, in an experiment: the same unit always gets the same "
         "variant (default: the API key).",
     ),
