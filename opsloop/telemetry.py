@@ -7,6 +7,7 @@ apps). With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -244,9 +245,13 @@ class BudgetMetrics:
 
     def tenant(self, name: str) -> str:
         """The ``tenant`` label of tenant ``name``."""
-        if not self.hash_tenants:
-            return name
-        return "t_" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+        return _hashed_tenant(name) if self.hash_tenants else name
+
+
+@functools.lru_cache(maxsize=4096)
+def _hashed_tenant(name: str) -> str:
+    """A tenant's label, hashed (once per tenant: every budgeted call asks for it)."""
+    return "t_" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
 
 
 class LLMMetrics:

@@ -295,6 +295,9 @@ class OpenAICompatClient:
                 # Like a read timeout: a long stream lives as long as tokens keep coming.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
                 connector=aiohttp.TCPConnector(limit=0),  # the router bounds concurrency per backend
+                # One session serves every tenant: a cookie a backend sets for one caller's call
+                # must not ride along on the next caller's (and the jar costs each call ~10 us).
+                cookie_jar=aiohttp.DummyCookieJar(),
                 read_bufsize=_MAX_EVENT_BYTES,
             )
             self._http_loop = loop
