@@ -225,6 +225,35 @@ def test_an_unsupported_parameter_is_a_422_naming_it(app: FastAPI, client: TestC
     assert "logit_bias: not a parameter this route supports; remove it" in error["message"]
 
 
+def test_the_chat_route_checks_key_then_body_and_unit_with_fastapis_errors(
+    app: FastAPI, client: TestClient
+) -> None:
+    """The chat route reads its inputs itself (serving.routers.gateway): the same answers as any route."""
+    _, headers = _key(app, "acme")
+    viewer = _platform(app).keys.create("acme", Role.VIEWER, actor="test").secret.get_secret_value()
+    url = "/v1/chat/completions"
+    assert client.post(url, content=b"{").status_code == 401  # the key comes first
+    assert client.post(url, json={}, headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.post(url, json={}, headers={"Authorization": f"Bearer {viewer}"}).status_code == 403
+
+    json_type = {**headers, "Content-Type": "application/json"}
+    malformed = client.post(url, content=b'{"model": ', headers=json_type)
+    assert malformed.status_code == 400, malformed.text
+    assert malformed.json()["error"]["message"].startswith("request body is not valid JSON: Expecting value")
+    assert malformed.json()["error"]["details"]["position"] == 10
+
+    empty = client.post(url, headers=json_type)
+    assert empty.status_code == 422
+    assert empty.json()["error"]["message"] == "invalid request: body: Field required"
+
+    both = client.post(
+        url, json={"model": "tiny", "messages": []}, headers={**headers, "X-Opsloop-Unit": "u" * 257}
+    )
+    assert both.status_code == 422
+    fields = [error["field"] for error in both.json()["error"]["details"]["errors"]]
+    assert fields == ["header.X-Opsloop-Unit", "messages"]
+
+
 # --- embeddings --------------------------------------------------------------------------------
 
 
