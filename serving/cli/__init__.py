@@ -106,6 +106,7 @@ def serve(
     from evals.schedule import parse_jobs
     from opsloop.telemetry import MULTIPROC_ENV
     from serving.app import create_app
+    from serving.http_protocol import HttpProtocol
     from serving.local import claim_home
     from serving.logs import serve_log_config
     from serving.platform import Platform
@@ -130,6 +131,7 @@ def serve(
             create_app(settings),
             host=settings.host,
             port=settings.port,
+            http=HttpProtocol,
             log_level=settings.log_level,
             log_config=serve_log_config(settings.log_level),
         )
@@ -152,6 +154,7 @@ def serve(
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            http=HttpProtocol,
             log_level=settings.log_level,
             log_config=serve_log_config(settings.log_level),
         )
