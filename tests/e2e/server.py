@@ -9,9 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 
 OPSLOOP = str(Path(sys.executable).with_name("opsloop"))
 
@@ -20,6 +24,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def uvicorn_thread(
+    app: Any, *, port: int | None = None, start_s: float = 30, **options: Any
+) -> Iterator[int]:
+    """``app`` served by uvicorn on loopback from a thread, for the block: its port.
+
+    ``port``: default a free one. ``options`` go to ``uvicorn.Config``. The server is stopped
+    when the block ends.
+    """
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_s
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
 
 
 def clean_environment() -> dict[str, str]:

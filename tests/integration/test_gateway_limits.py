@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,6 @@ from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
@@ -36,7 +34,7 @@ from opsloop.llm.gateway import EMBEDDING_MODEL
 from opsloop.settings import load_settings
 from serving.app import create_app
 from serving.platform import Platform
-from tests.e2e.server import free_port
+from tests.e2e.server import uvicorn_thread
 
 PROMPT_TOKENS = 5
 ANSWER_S = 0.5
@@ -74,19 +72,8 @@ async def _completions(request: Request) -> Response:
 def upstream() -> Iterator[str]:
     """API root of the fake OpenAI-compatible server."""
     app = Starlette(routes=[Route("/v1/chat/completions", _completions, methods=["POST"])])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the fake upstream did not start"
-        time.sleep(0.05)
-    try:
+    with uvicorn_thread(app) as port:
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -9,18 +9,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from serving.http_protocol import CoalescingTransport, HttpProtocol
-from tests.e2e.server import free_port
+from tests.e2e.server import uvicorn_thread
 
 release = threading.Event()  # the streamed response's last chunk waits for it
 
@@ -42,18 +40,8 @@ async def _stream(request: Request) -> Response:
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
     app = Starlette(routes=[Route("/json", _json), Route("/stream", _stream)])
-    chosen = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=chosen, http=HttpProtocol, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield chosen
-    server.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_thread(app, http=HttpProtocol) as port:
+        yield port
 
 
 def _read_until(conn: socket.socket, marker: bytes, seconds: float = 5) -> bytes:

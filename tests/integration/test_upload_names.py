@@ -8,8 +8,6 @@ parts: Qdrant Edge under a temporary home, MiniLM, SQLite.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from opsloop.auth import Principal, Role
@@ -28,7 +25,7 @@ from rag.loaders import load_bytes
 from rag.service import physical_name
 from serving.app import create_app
 from serving.cli.remote import ServerRag
-from tests.e2e.server import free_port
+from tests.e2e.server import free_port, uvicorn_thread
 
 DOC = b"# Victim\n\nThe victim document must survive another collection's ingest.\n"
 ACME = Principal("test", "acme", Role.OPERATOR)
@@ -49,19 +46,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         home=home, port=port, bootstrap_demo=False, bootstrap_docs=False, drift_check_seconds=0
     )
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    key = app.state.platform.keys.create("acme", Role.OPERATOR, actor="test").secret.get_secret_value()
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
-        yield Served(app, url, http)
-    server.should_exit = True
-    thread.join(timeout=60)
+    with uvicorn_thread(app, port=port, start_s=120):
+        url = f"http://127.0.0.1:{port}"
+        key = app.state.platform.keys.create("acme", Role.OPERATOR, actor="test").secret.get_secret_value()
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
+            yield Served(app, url, http)
 
 
 def _upload(served: Served, collection: str, name: str) -> httpx.Response:
